@@ -1,0 +1,301 @@
+/**
+ * A synthetic guest: our TypeScript vhost-user frontend with a virtio-net "driver".
+ * It owns its guest memory (a memfd, gpa 0), lays out split rings with DriverRing,
+ * negotiates with the backend the way QEMU does, and injects / collects packets.
+ * Used by the tests, the benchmark and the demo.
+ */
+import { native } from '../native';
+import { F, PF, Req, bit, hasBit } from '../shared/constants';
+import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../main/messages';
+import { DriverRing, RxPacket } from './driver-ring';
+import { VhostUserClient } from './vhost-user-client';
+
+/** Frontend virtual address of gpa 0 (any value works: the backend only translates it). */
+export const UVA_BASE = 0x7f0000000000;
+const RING_AREA = 0x100000;
+const RING_STRIDE = 0x10000;
+
+export interface GuestOptions {
+  socket: string;
+  mac?: Uint8Array;
+  queuePairs?: number;
+  queueSize?: number;
+  memSize?: number;
+  /** features to accept when offered (default: VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT, ANY_LAYOUT, MQ, PROTOCOL_FEATURES) */
+  want?: bigint;
+  /** negotiate VHOST_USER_F_PROTOCOL_FEATURES (default true) */
+  protocol?: boolean;
+  /** pass memory with ADD_MEM_REG instead of SET_MEM_TABLE (CONFIGURE_MEM_SLOTS) */
+  memSlots?: boolean;
+  rxBufLen?: number;
+  /** RX chains kept posted per ring (default queueSize) */
+  rxPosted?: number;
+  /** an already connected client (the backend connected to us in client mode) */
+  client?: VhostUserClient;
+}
+
+export const DEFAULT_WANT =
+  bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_RING_F_EVENT_IDX) | bit(F.VIRTIO_RING_F_INDIRECT_DESC) |
+  bit(F.VIRTIO_F_ANY_LAYOUT) | bit(F.VIRTIO_NET_F_MQ) | bit(F.VHOST_USER_F_PROTOCOL_FEATURES) | bit(F.VIRTIO_NET_F_GUEST_ANNOUNCE);
+
+export class SyntheticGuest {
+  readonly memSize: number;
+  readonly memFd: number;
+  readonly sab: SharedArrayBuffer;
+  readonly mem: Uint8Array;
+  readonly rx: DriverRing[] = [];
+  readonly tx: DriverRing[] = [];
+  readonly kickFds: number[] = [];
+  readonly callFds: number[] = [];
+  features = 0n;
+  protocolFeatures = 0n;
+  logFd = -1;
+  /** pages the driver (the guest itself) wrote since logging started: QEMU tracks those on its own */
+  readonly guestDirty = new Set<number>();
+  logSab: SharedArrayBuffer | null = null;
+  readonly mac: Uint8Array;
+  readonly queuePairs: number;
+  readonly queueSize: number;
+  readonly rxBufLen: number;
+
+  private constructor(readonly client: VhostUserClient, readonly opts: GuestOptions) {
+    this.memSize = opts.memSize ?? 16 << 20;
+    this.queuePairs = opts.queuePairs ?? 1;
+    this.queueSize = opts.queueSize ?? 256;
+    this.rxBufLen = opts.rxBufLen ?? 2048;
+    this.mac = opts.mac ?? Uint8Array.from([0x52, 0x54, 0, 0, 0, 1]);
+    this.memFd = native.memfdCreate('synthetic-guest', this.memSize);
+    this.sab = native.mmap(this.memFd, this.memSize, 0);
+    this.mem = new Uint8Array(this.sab);
+  }
+
+  static async start(opts: GuestOptions): Promise<SyntheticGuest> {
+    const client = opts.client ?? (await VhostUserClient.connect(opts.socket));
+    const g = new SyntheticGuest(client, opts);
+    await g.negotiate(null);
+    return g;
+  }
+
+  /**
+   * The destination of a live migration: a new guest on `socket` whose memory is `image`
+   * (the source's memory as the migration stream rebuilt it) and whose driver state is
+   * the source's (as QEMU carries device state). Rings resume at `bases` (GET_VRING_BASE
+   * on the source), then SEND_RARP tells switches where the guest went.
+   */
+  static async migrate(src: SyntheticGuest, socket: string, image: Uint8Array, bases: readonly number[]): Promise<SyntheticGuest> {
+    const client = await VhostUserClient.connect(socket);
+    const g = new SyntheticGuest(client, { ...src.opts, socket, client: undefined, mac: src.mac });
+    g.mem.set(image);
+    await g.negotiate({ rx: src.rx, tx: src.tx, bases });
+    if (hasBit(g.protocolFeatures, PF.RARP)) await g.sendRarp();
+    return g;
+  }
+
+  /** Ring i: even = RX (device writes), odd = TX. */
+  ringGpa(i: number): { desc: number; avail: number; used: number } {
+    const base = RING_AREA + i * RING_STRIDE;
+    const n = this.queueSize;
+    return { desc: base, avail: base + 16 * n, used: base + 16 * n + ((6 + 2 * n + 4095) & ~4095) };
+  }
+
+  private arena(i: number): { bufBase: number; bufEnd: number } {
+    const start = RING_AREA + 2 * this.queuePairs * RING_STRIDE;
+    const per = Math.floor((this.memSize - start) / (2 * this.queuePairs) / 4096) * 4096;
+    return { bufBase: start + i * per, bufEnd: start + (i + 1) * per };
+  }
+
+  private async negotiate(resume: { rx: DriverRing[]; tx: DriverRing[]; bases: readonly number[] } | null): Promise<void> {
+    const c = this.client;
+    const offered = await c.callU64(Req.GET_FEATURES);
+    const wantProtocol = this.opts.protocol !== false && hasBit(offered, F.VHOST_USER_F_PROTOCOL_FEATURES);
+    if (wantProtocol) {
+      const pf = await c.callU64(Req.GET_PROTOCOL_FEATURES);
+      const mine = bit(PF.MQ) | bit(PF.LOG_SHMFD) | bit(PF.REPLY_ACK) | bit(PF.RARP) | bit(PF.CONFIGURE_MEM_SLOTS) | bit(PF.STATUS);
+      this.protocolFeatures = pf & mine;
+      c.send(Req.SET_PROTOCOL_FEATURES, encodeU64(this.protocolFeatures));
+      if (hasBit(this.protocolFeatures, PF.MQ)) {
+        const qn = Number(await c.callU64(Req.GET_QUEUE_NUM));
+        if (qn < this.queuePairs) throw new Error(`backend serves ${qn} queue pairs, ${this.queuePairs} wanted`);
+      }
+    }
+    await this.ack(Req.SET_OWNER);
+    let want = this.opts.want ?? DEFAULT_WANT;
+    if (!wantProtocol) want &= ~bit(F.VHOST_USER_F_PROTOCOL_FEATURES);
+    this.features = offered & want;
+    await this.ack(Req.SET_FEATURES, encodeU64(this.features));
+    const region = { gpa: 0, size: this.memSize, uva: UVA_BASE, mmapOffset: 0 };
+    if (this.opts.memSlots) await this.ack(Req.ADD_MEM_REG, encodeSingleRegion(region), [this.memFd]);
+    else await this.ack(Req.SET_MEM_TABLE, encodeMemoryTable([region]), [this.memFd]);
+    const hdrLen = hasBit(this.features, F.VIRTIO_NET_F_MRG_RXBUF) || hasBit(this.features, F.VIRTIO_F_VERSION_1) ? 12 : 10;
+    for (let i = 0; i < 2 * this.queuePairs; i++) {
+      const g = this.ringGpa(i);
+      let ring: DriverRing;
+      if (resume) {
+        ring = (i & 1 ? resume.tx : resume.rx)[i >> 1];
+        ring.rebind(this.mem);
+      } else {
+        ring = new DriverRing(this.mem, {
+          size: this.queueSize, descGpa: g.desc, availGpa: g.avail, usedGpa: g.used, ...this.arena(i),
+          hdrLen, mrgRxbuf: hasBit(this.features, F.VIRTIO_NET_F_MRG_RXBUF),
+        });
+        if ((i & 1) === 0) ring.postRx(this.opts.rxPosted ?? this.queueSize, this.rxBufLen);
+      }
+      (i & 1 ? this.tx : this.rx).push(ring);
+      this.kickFds.push(native.eventfdCreate(0));
+      this.callFds.push(native.eventfdCreate(0));
+      await this.setupRing(i, resume ? resume.bases[i] : 0);
+    }
+  }
+
+  /** REPLY_ACK when negotiated (so failures surface as errors here), a plain send otherwise. */
+  async ack(req: number, payload: Uint8Array = Buffer.alloc(0), fds: readonly number[] = []): Promise<void> {
+    if (hasBit(this.protocolFeatures, PF.REPLY_ACK)) {
+      const r = await this.client.callU64(req, payload, fds, true);
+      if (r !== 0n) throw new Error(`backend refused request ${req}`);
+    } else {
+      this.client.send(req, payload, fds);
+    }
+  }
+
+  private logFlag = 0;
+
+  async setupRing(i: number, base: number): Promise<void> {
+    await this.ack(Req.SET_VRING_NUM, encodeVringState({ index: i, num: this.queueSize }));
+    await this.ack(Req.SET_VRING_BASE, encodeVringState({ index: i, num: base }));
+    await this.setAddr(i);
+    await this.ack(Req.SET_VRING_KICK, encodeU64(i), [this.kickFds[i]]);
+    await this.ack(Req.SET_VRING_CALL, encodeU64(i), [this.callFds[i]]);
+    if (hasBit(this.features, F.VHOST_USER_F_PROTOCOL_FEATURES)) {
+      await this.ack(Req.SET_VRING_ENABLE, encodeVringState({ index: i, num: 1 }));
+    }
+  }
+
+  private async setAddr(i: number): Promise<void> {
+    const g = this.ringGpa(i);
+    await this.ack(Req.SET_VRING_ADDR, encodeVringAddr({ index: i, flags: this.logFlag, desc: UVA_BASE + g.desc, avail: UVA_BASE + g.avail, used: UVA_BASE + g.used, log: g.used }));
+  }
+
+  /** Transmit packets on queue pair q (header prepended by the ring), then kick. */
+  send(q: number, packets: readonly Uint8Array[]): number {
+    const ring = this.tx[q];
+    ring.collectUsed();
+    let sent = 0;
+    for (const p of packets) {
+      if (ring.freeDescCount() < 2) break;
+      try {
+        ring.postTx(p);
+      } catch {
+        break; // buffer arena full: the caller retries after the backend returns buffers
+      }
+      sent++;
+    }
+    if (sent > 0) native.eventfdWrite(this.kickFds[2 * q + 1], 1);
+    return sent;
+  }
+
+  /** TX buffers the backend has returned so far (also frees them). */
+  reclaim(q: number): number {
+    return this.tx[q].collectUsed().length;
+  }
+
+  /** Packets received on queue pair q; RX buffers are reposted. */
+  receive(q: number): RxPacket[] {
+    const ring = this.rx[q];
+    const pkts = ring.readRx();
+    const used = pkts.reduce((s, p) => s + p.used.length, 0);
+    if (used > 0) {
+      ring.postRx(used, this.rxBufLen);
+      native.eventfdWrite(this.kickFds[2 * q], 1);
+    }
+    native.eventfdRead(this.callFds[2 * q]);
+    return pkts;
+  }
+
+  /** Start dirty logging as QEMU does for migration: LOG_ALL, SET_LOG_BASE, ring log addresses. */
+  async startLogging(): Promise<Uint8Array> {
+    const pages = Math.ceil(this.memSize / 4096);
+    const size = Math.max(4096, Math.ceil(pages / 8 / 4096) * 4096);
+    this.logFd = native.memfdCreate('dirty-log', size);
+    this.logSab = native.mmap(this.logFd, size, 0);
+    await this.ack(Req.SET_FEATURES, encodeU64(this.features | bit(F.VHOST_F_LOG_ALL)));
+    await this.client.callU64(Req.SET_LOG_BASE, encodeLog({ mmapSize: size, mmapOffset: 0 }), [this.logFd]);
+    this.logFlag = 1;
+    const track = (gpa: number, len: number) => {
+      for (let p = Math.floor(gpa / 4096); p <= Math.floor((gpa + len - 1) / 4096); p++) this.guestDirty.add(p);
+    };
+    for (const r of [...this.rx, ...this.tx]) r.onWrite = track;
+    for (let i = 0; i < 2 * this.queuePairs; i++) await this.setAddr(i);
+    return new Uint8Array(this.logSab);
+  }
+
+  async stopLogging(): Promise<void> {
+    this.logFlag = 0;
+    for (const r of [...this.rx, ...this.tx]) r.onWrite = null;
+    await this.ack(Req.SET_FEATURES, encodeU64(this.features));
+    for (let i = 0; i < 2 * this.queuePairs; i++) await this.setAddr(i);
+  }
+
+  /** Pages whose bit is set in the dirty log. */
+  dirtyPages(): number[] {
+    if (!this.logSab) return [];
+    const log = new Uint8Array(this.logSab);
+    const out: number[] = [];
+    for (let i = 0; i < log.length; i++) {
+      if (log[i] === 0) continue;
+      for (let b = 0; b < 8; b++) if (log[i] & (1 << b)) out.push(i * 8 + b);
+    }
+    return out;
+  }
+
+  /** GET_VRING_BASE on every ring (the source side of a migration): returns last_avail_idx per ring. */
+  async stopRings(): Promise<number[]> {
+    const bases: number[] = [];
+    for (let i = 0; i < 2 * this.queuePairs; i++) {
+      if (hasBit(this.features, F.VHOST_USER_F_PROTOCOL_FEATURES)) await this.ack(Req.SET_VRING_ENABLE, encodeVringState({ index: i, num: 0 }));
+      const m = await this.client.call(Req.GET_VRING_BASE, encodeVringState({ index: i, num: 0 }));
+      bases.push(m.payload.readUInt32LE(4));
+    }
+    return bases;
+  }
+
+  /** SEND_RARP as QEMU does after a migration when the guest cannot announce itself. */
+  async sendRarp(): Promise<void> {
+    const p = Buffer.alloc(8);
+    p.set(this.mac, 0);
+    await this.ack(Req.SEND_RARP, p);
+  }
+
+  /** Canaries around every buffer the driver allocated that the backend overwrote. */
+  brokenGuards(): number[] {
+    return [...this.rx, ...this.tx].flatMap((r) => r.brokenGuards());
+  }
+
+  close(): void {
+    this.client.close();
+    for (const fd of [...this.kickFds, ...this.callFds, this.memFd, this.logFd]) {
+      if (fd >= 0) {
+        try {
+          native.close(fd);
+        } catch {
+          // already closed
+        }
+      }
+    }
+  }
+}
+
+/** An Ethernet frame of `len` bytes from `src` to `dst`, payload a counter pattern tagged with `seq`. */
+export function frame(dst: Uint8Array, src: Uint8Array, len: number, seq: number): Uint8Array {
+  const f = new Uint8Array(len);
+  f.set(dst, 0);
+  f.set(src, 6);
+  f[12] = 0x88;
+  f[13] = 0xb5; // local experimental ethertype
+  new DataView(f.buffer).setUint32(14, seq >>> 0, false);
+  for (let i = 18; i < len; i++) f[i] = (seq + i) & 0xff;
+  return f;
+}
+
+export function macOf(n: number): Uint8Array {
+  return Uint8Array.from([0x52, 0x54, 0x00, 0x00, (n >> 8) & 0xff, n & 0xff]);
+}

@@ -1,0 +1,572 @@
+/**
+ * One vhost-user device (one frontend connection): negotiation state and the ring
+ * lifecycle. Requests go through one declarative table (request-table.ts) that checks
+ * payload size, fd count and acked features BEFORE a typed handler here runs.
+ *
+ * Ring lifecycle (docs/interop/vhost-user.rst, "Starting and stopping rings"):
+ *  - a ring starts when it has a kick fd (or the no-fd flag), an address, and is enabled;
+ *  - without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled from the start, with it the
+ *    ring waits for SET_VRING_ENABLE;
+ *  - GET_VRING_BASE stops the ring (after the worker confirms) and returns last_avail_idx;
+ *  - a ring (re)starting resynchronises from used->idx (SET_VRING_ADDR resumes there).
+ */
+import {
+  DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, FeatureName, MAX_MEM_SLOTS,
+  MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
+} from '../shared/constants';
+import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc } from '../shared/types';
+import { Message, encodeReply, needsReply } from './codec';
+import { safeClose } from './connection';
+import { log } from './log';
+import { MemoryTable, mapRegion } from './memory-table';
+import {
+  LogArea, ProtocolError, encodeU64, encodeVringState, parseLog, parseMemoryTable, parseSingleRegion, parseVringAddr,
+  parseVringFile, parseVringState, VringAddr,
+} from './messages';
+import { REQUESTS, RequestSpec } from './request-table';
+
+/** What a device needs from the dataplane (implemented by the worker pool). */
+export interface Dataplane {
+  /** hand a ring to the workers; `regions`/`log` are the device's current memory and log. */
+  startRing(ring: VringDesc, regions: readonly RegionDesc[], log: LogDesc | null): void;
+  /** resolves once no worker touches the ring any more (its ctrl holds the final indices). */
+  stopRing(device: number, index: number): Promise<void>;
+  /** change a running ring's dirty logging in place; resolves once every worker applied it. */
+  relogRing(device: number, index: number, logAll: boolean, logUsedGpa: number, log: LogDesc | null): Promise<void>;
+  /** inject a frame as if the guest of `port` had sent it (RARP after migration). */
+  injectFrame(port: number, frame: Uint8Array): void;
+}
+
+/** Per-interface settings the device needs. */
+export interface DeviceOptions {
+  name: string;
+  port: number;
+  queuePairs: number;
+  /** features removed from the default offer. */
+  maskFeatures?: readonly FeatureName[];
+  maskProtocolFeatures?: readonly ProtocolFeatureName[];
+  mtu?: number;
+}
+
+/** Reply sender (the connection) and resetter. */
+export interface DeviceLink {
+  send(bytes: Uint8Array, fds?: readonly number[]): void;
+  /** drop the connection: the device is reset with `reason`. */
+  reset(reason: string): void;
+}
+
+export class Vring {
+  num = 0;
+  addr: VringAddr | null = null;
+  /** last_avail_idx to resume from (SET_VRING_BASE, or read back from the worker). */
+  base = 0;
+  kickFd = -1;
+  /** a kick was set up (fd or the no-fd flag): the ring may start. */
+  kicked = false;
+  callFd = -1;
+  errFd = -1;
+  enabled = false;
+  started = false;
+  /** a stop in progress (two stops of one ring must wait for the same worker ack) */
+  stopping: Promise<void> | null = null;
+  ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
+  readonly stats = new SharedArrayBuffer(STATS_SLOTS * 8);
+  constructor(readonly index: number) {}
+
+  closeFds(): void {
+    safeClose(this.kickFd);
+    safeClose(this.callFd);
+    safeClose(this.errFd);
+    this.kickFd = this.callFd = this.errFd = -1;
+    this.kicked = false;
+  }
+}
+
+let nextDeviceId = 1;
+
+export function featureMask(names: readonly string[], table: Readonly<Record<string, number>>): bigint {
+  let m = 0n;
+  for (const n of names) m |= bit(table[n]);
+  return m;
+}
+
+export class Device {
+  readonly id = nextDeviceId++;
+  readonly offered: bigint;
+  readonly offeredProtocol: bigint;
+  features = 0n;
+  protocolFeatures = 0n;
+  owner = false;
+  status = 0;
+  mtu: number;
+  readonly mem = new MemoryTable();
+  log: (LogDesc & LogArea) | null = null;
+  readonly vrings: Vring[];
+  /** requests seen, by name (for logs and tests: e.g. migration shows SET_LOG_BASE). */
+  readonly seen = new Map<string, number>();
+  private broken = false;
+
+  constructor(readonly opts: DeviceOptions, private readonly dp: Dataplane, private readonly link: DeviceLink) {
+    const mask = featureMask(opts.maskFeatures ?? [], F);
+    this.offered = featureMask(DEFAULT_FEATURES, F) & ~mask;
+    const pmask = featureMask(opts.maskProtocolFeatures ?? [], PF);
+    this.offeredProtocol = featureMask(DEFAULT_PROTOCOL_FEATURES, PF) & ~pmask;
+    this.mtu = opts.mtu ?? 1500;
+    this.vrings = Array.from({ length: opts.queuePairs * 2 }, (_, i) => new Vring(i));
+  }
+
+  get protocolFeaturesNegotiated(): boolean {
+    return hasBit(this.features, F.VHOST_USER_F_PROTOCOL_FEATURES);
+  }
+  hasProtocol(pf: number): boolean {
+    return hasBit(this.protocolFeatures, pf);
+  }
+
+  /**
+   * Entry point for one message: validate against the table, pause rings when the
+   * request changes what workers see, run the handler, reply, resume.
+   */
+  async handle(m: Message): Promise<void> {
+    if (this.broken) {
+      closeAll(m);
+      return;
+    }
+    const name = reqName(m.request);
+    this.seen.set(name, (this.seen.get(name) ?? 0) + 1);
+    const spec = REQUESTS.get(m.request);
+    try {
+      if (!spec) {
+        closeAll(m);
+        log.warn('unsupported vhost-user request', { dev: this.opts.name, request: name });
+        if (needsReply(m)) this.ack(m, false);
+        return;
+      }
+      const reason = this.validate(spec, m);
+      if (reason !== null) throw new ProtocolError(spec.name, reason);
+      log.debug('request', { dev: this.opts.name, request: spec.name, size: m.payload.length, fds: m.fds.length });
+      // Decided before the handler: RESET_OWNER clears the protocol features it is acked under.
+      const wantAck = needsReply(m) && this.hasProtocol(PF.REPLY_ACK);
+      if (spec.pause) await this.pauseRings();
+      const reply = await spec.handle(this, m);
+      this.resumeRings(spec.name);
+      if (reply) this.link.send(encodeReply(m.request, reply));
+      else if (wantAck) this.ack(m, true);
+    } catch (e) {
+      this.fail(m, spec?.name ?? name, e);
+    }
+  }
+
+  /** Header-level validation: size, fd count, feature gating. Returns a reason or null. */
+  private validate(spec: RequestSpec, m: Message): string | null {
+    const size = m.payload.length;
+    if (typeof spec.size === 'number' && size !== spec.size) {
+      return `payload size ${size}, expected ${spec.size}`;
+    }
+    if (typeof spec.size === 'object' && (size < spec.size.min || size > spec.size.max)) {
+      return `payload size ${size}, expected ${spec.size.min}..${spec.size.max}`;
+    }
+    const want = spec.fds(m);
+    if (typeof want === 'number' ? m.fds.length !== want : m.fds.length < want.min || m.fds.length > want.max) {
+      return `${m.fds.length} file descriptors, expected ${typeof want === 'number' ? want : `${want.min}..${want.max}`}`;
+    }
+    if (spec.protocolFeature !== undefined && !this.hasProtocol(spec.protocolFeature)) {
+      return `protocol feature ${Object.keys(PF).find((k) => PF[k as ProtocolFeatureName] === spec.protocolFeature)} not negotiated`;
+    }
+    if (spec.needsProtocolFeatures && !hasBit(this.offered, F.VHOST_USER_F_PROTOCOL_FEATURES)) {
+      return 'VHOST_USER_F_PROTOCOL_FEATURES not offered';
+    }
+    return null;
+  }
+
+  private ack(m: Message, ok: boolean): void {
+    this.link.send(encodeReply(m.request, encodeU64(ok ? 0 : 1)));
+  }
+
+  /**
+   * fds a handler did not take (handlers take ownership with m.fds.splice) are closed
+   * here, exactly once, whatever went wrong.
+   */
+  private fail(m: Message, name: string, e: unknown): void {
+    closeAll(m);
+    const reason = e instanceof ProtocolError ? e.reason : (e as Error).message;
+    log.error('vhost-user request rejected; resetting device', { dev: this.opts.name, request: name, reason });
+    // The frontend may be waiting for an answer: tell it the request failed before the reset.
+    const spec = REQUESTS.get(m.request);
+    if (spec?.replies || (needsReply(m) && this.hasProtocol(PF.REPLY_ACK))) {
+      try {
+        this.ack(m, false);
+      } catch {
+        // the socket may already be gone
+      }
+    }
+    this.broken = true;
+    this.link.reset(`${name}: ${reason}`);
+  }
+
+  /** A worker found the guest breaking a ring rule: reset this device only. */
+  brokenByGuest(reason: string): void {
+    if (this.broken) return;
+    this.broken = true;
+    this.link.reset(`guest error: ${reason}`);
+  }
+
+  vring(index: number, req: string): Vring {
+    const v = this.vrings[index];
+    if (!v) throw new ProtocolError(req, `ring index ${index} out of range (device has ${this.vrings.length} rings)`);
+    return v;
+  }
+
+  // ---- ring control ----
+
+  /** Stop every running ring; returns them so they can be resumed. */
+  async pauseRings(): Promise<Vring[]> {
+    const running = this.vrings.filter((v) => v.started);
+    await Promise.all(running.map((v) => this.stopRing(v)));
+    return running;
+  }
+
+  /** After a request: restart paused rings and start any ring whose setup just completed. */
+  resumeRings(req: string): void {
+    for (const v of this.vrings) this.maybeStart(v, req);
+  }
+
+  stopRing(v: Vring): Promise<void> {
+    if (v.stopping) return v.stopping;
+    if (!v.started) return Promise.resolve();
+    v.stopping = this.dp.stopRing(this.id, v.index).then(() => {
+      v.started = false;
+      v.stopping = null;
+      v.base = new Int32Array(v.ctrl)[CTRL_LAST_AVAIL] & 0xffff;
+    });
+    return v.stopping;
+  }
+
+  /** Start a ring if every condition holds. Throws ProtocolError if its addresses are bad. */
+  maybeStart(v: Vring, req: string): void {
+    if (v.started || !v.kicked || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return;
+    const ring = this.describeRing(v, req);
+    this.dp.startRing(ring, this.mem.descs(), this.log);
+    v.started = true;
+    log.debug('ring started', { dev: this.opts.name, ring: v.index, lastAvail: v.base });
+  }
+
+  private describeRing(v: Vring, req: string): VringDesc {
+    const a = v.addr as VringAddr;
+    const n = v.num;
+    const where = (what: string, uva: number, len: number): RingLocation => {
+      const loc = this.mem.fromUva(uva, len);
+      if (!loc) throw new ProtocolError(req, `ring ${v.index} ${what} 0x${uva.toString(16)}+${len} is outside guest memory`);
+      return loc;
+    };
+    const eventIdx = hasBit(this.features, F.VIRTIO_RING_F_EVENT_IDX) ? 2 : 0;
+    const desc = where('descriptor table', a.desc, 16 * n);
+    const avail = where('available ring', a.avail, 4 + 2 * n + eventIdx);
+    const used = where('used ring', a.used, 4 + 8 * n + eventIdx);
+    if (a.desc % 16 || a.avail % 2 || a.used % 4) throw new ProtocolError(req, `ring ${v.index} addresses are misaligned`);
+    // The used index the guest sees is where we resume: entries before it are complete.
+    const usedIdx = this.mem.readU16({ region: used.region, offset: used.offset + 2 });
+    if (usedIdx !== v.base) {
+      log.warn('last_avail_idx differs from used->idx; resuming from used->idx', { dev: this.opts.name, ring: v.index, lastAvail: v.base, usedIdx });
+      v.base = usedIdx;
+    }
+    v.ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
+    const ctrl = new Int32Array(v.ctrl);
+    ctrl[CTRL_LAST_AVAIL] = v.base;
+    ctrl[CTRL_LAST_USED] = usedIdx;
+    const logUsed = (a.flags & VHOST_VRING_F_LOG) !== 0 ? a.log : -1;
+    return {
+      device: this.id,
+      port: this.opts.port,
+      index: v.index,
+      size: n,
+      desc,
+      avail,
+      used,
+      logUsedGpa: logUsed,
+      kickFd: v.kickFd,
+      callFd: v.callFd,
+      features: this.queueFeatures(),
+      ctrl: v.ctrl,
+      stats: v.stats,
+    };
+  }
+
+  queueFeatures(): QueueFeatures {
+    const f = this.features;
+    const mrg = hasBit(f, F.VIRTIO_NET_F_MRG_RXBUF);
+    return {
+      hdrLen: mrg || hasBit(f, F.VIRTIO_F_VERSION_1) ? NET_HDR_MRG : NET_HDR_LEGACY,
+      mrgRxbuf: mrg,
+      eventIdx: hasBit(f, F.VIRTIO_RING_F_EVENT_IDX),
+      indirect: hasBit(f, F.VIRTIO_RING_F_INDIRECT_DESC),
+      logAll: hasBit(f, F.VHOST_F_LOG_ALL),
+    };
+  }
+
+  /** Release everything: rings stopped, fds closed, mappings dropped. */
+  async release(): Promise<void> {
+    this.broken = true;
+    await this.pauseRings();
+    for (const v of this.vrings) v.closeFds();
+    this.mem.clear();
+    this.log = null;
+  }
+
+  /** RESET_OWNER / RESET_DEVICE: back to the state of a new connection. */
+  resetState(): void {
+    for (const v of this.vrings) {
+      v.closeFds();
+      v.num = 0;
+      v.addr = null;
+      v.base = 0;
+      v.enabled = false;
+    }
+    this.features = 0n;
+    this.protocolFeatures = 0n;
+    this.status = 0;
+    this.mem.clear();
+    this.log = null;
+  }
+
+  // ---- typed handlers, one per request (called by the table after validation) ----
+
+  getFeatures(): Buffer {
+    return encodeU64(this.offered);
+  }
+
+  async setFeatures(m: Message): Promise<void> {
+    const f = m.payload.readBigUInt64LE(0);
+    const extra = f & ~this.offered;
+    if (extra !== 0n) throw new ProtocolError('SET_FEATURES', `features 0x${extra.toString(16)} were not offered`);
+    // Migration toggles only LOG_ALL on running rings: apply it in place, drop nothing.
+    // Any other change re-derives the rings' layout: stop them (they restart after).
+    const onlyLog = ((f ^ this.features) & ~bit(F.VHOST_F_LOG_ALL)) === 0n;
+    if (!onlyLog) await this.pauseRings();
+    this.features = f;
+    // Without PROTOCOL_FEATURES rings are enabled from the start.
+    // With it they stay as SET_VRING_ENABLE left them (a later SET_FEATURES that only
+    // toggles LOG_ALL for migration must not disable running rings).
+    if (!this.protocolFeaturesNegotiated) for (const v of this.vrings) v.enabled = true;
+    log.info('features negotiated', { dev: this.opts.name, features: '0x' + f.toString(16), logAll: hasBit(f, F.VHOST_F_LOG_ALL) });
+    if (onlyLog) await this.relogRunning();
+  }
+
+  /** Hand the current log state to every running ring and wait until workers use it. */
+  private async relogRunning(only?: Vring): Promise<void> {
+    const logAll = hasBit(this.features, F.VHOST_F_LOG_ALL);
+    await Promise.all(
+      this.vrings
+        .filter((v) => v.started && !v.stopping && (!only || v === only))
+        .map((v) => {
+          const a = v.addr as VringAddr;
+          return this.dp.relogRing(this.id, v.index, logAll, (a.flags & VHOST_VRING_F_LOG) !== 0 ? a.log : -1, this.log);
+        }),
+    );
+  }
+
+  setOwner(): void {
+    this.owner = true;
+  }
+
+  async resetOwner(): Promise<void> {
+    await this.pauseRings();
+    this.resetState();
+  }
+
+  setMemTable(m: Message): void {
+    const regions = parseMemoryTable(m.payload, 'SET_MEM_TABLE');
+    if (m.fds.length !== regions.length) {
+      throw new ProtocolError('SET_MEM_TABLE', `${regions.length} regions but ${m.fds.length} file descriptors`);
+    }
+    this.mem.replace(regions, m.fds.splice(0), 'SET_MEM_TABLE');
+    this.checkLogCoversMemory('SET_MEM_TABLE');
+    log.info('memory table set', { dev: this.opts.name, regions: regions.map((r) => `gpa 0x${r.gpa.toString(16)}+0x${r.size.toString(16)}`) });
+  }
+
+  private checkLogCoversMemory(req: string): void {
+    if (this.log && this.log.size * 8 * 4096 < this.mem.gpaEnd) {
+      throw new ProtocolError(req, `dirty log of ${this.log.size} bytes covers ${this.log.size * 8 * 4096} bytes of guest memory, which ends at 0x${this.mem.gpaEnd.toString(16)}`);
+    }
+  }
+
+  async setLogBase(m: Message): Promise<Buffer> {
+    const area = parseLog(m.payload, 'SET_LOG_BASE');
+    const [fd] = m.fds.splice(0);
+    const mapped = mapRegion({ gpa: 0, size: area.mmapSize, uva: 0, mmapOffset: area.mmapOffset }, fd, 'SET_LOG_BASE');
+    const previous = this.log;
+    this.log = { sab: mapped.sab, offset: mapped.sabOffset, size: area.mmapSize, mmapSize: area.mmapSize, mmapOffset: area.mmapOffset };
+    try {
+      this.checkLogCoversMemory('SET_LOG_BASE');
+    } catch (e) {
+      this.log = previous;
+      throw e;
+    }
+    log.info('dirty log set', { dev: this.opts.name, size: area.mmapSize, offset: area.mmapOffset });
+    // Workers switch to the new log before we answer: QEMU reads the log from then on.
+    await this.relogRunning();
+    // QEMU waits for this reply whenever LOG_SHMFD is negotiated.
+    return encodeU64(0);
+  }
+
+  setLogFd(m: Message): void {
+    // Only the legacy log-notification eventfd: we keep no use for it.
+    closeAll(m);
+  }
+
+  setVringNum(m: Message): void {
+    const s = parseVringState(m.payload);
+    const v = this.vring(s.index, 'SET_VRING_NUM');
+    if (s.num === 0 || s.num > MAX_QUEUE_SIZE || (s.num & (s.num - 1)) !== 0) {
+      throw new ProtocolError('SET_VRING_NUM', `queue size ${s.num} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
+    }
+    v.num = s.num;
+  }
+
+  async setVringAddr(m: Message): Promise<void> {
+    const a = parseVringAddr(m.payload, 'SET_VRING_ADDR');
+    const v = this.vring(a.index, 'SET_VRING_ADDR');
+    if (a.flags & ~VHOST_VRING_F_LOG) throw new ProtocolError('SET_VRING_ADDR', `unknown flags 0x${a.flags.toString(16)}`);
+    const old = v.addr;
+    if (v.started && old && old.desc === a.desc && old.avail === a.avail && old.used === a.used) {
+      // Same rings, new log flag / log address (migration): update in place.
+      v.addr = a;
+      await this.relogRunning(v);
+      return;
+    }
+    await this.stopRing(v);
+    v.addr = a;
+    // Fail now (not at start) if the addresses do not translate.
+    if (v.num > 0 && this.mem.count > 0) this.describeRing(v, 'SET_VRING_ADDR');
+  }
+
+  setVringBase(m: Message): void {
+    const s = parseVringState(m.payload);
+    const v = this.vring(s.index, 'SET_VRING_BASE');
+    if (s.num > 0xffff) throw new ProtocolError('SET_VRING_BASE', `base ${s.num} does not fit a 16-bit index`);
+    v.base = s.num;
+  }
+
+  async getVringBase(m: Message): Promise<Buffer> {
+    const s = parseVringState(m.payload);
+    const v = this.vring(s.index, 'GET_VRING_BASE');
+    await this.stopRing(v);
+    // The ring is stopped until the frontend sets it up again with a new kick.
+    safeClose(v.kickFd);
+    v.kickFd = -1;
+    v.kicked = false;
+    log.info('ring stopped', { dev: this.opts.name, ring: v.index, lastAvail: v.base });
+    return encodeVringState({ index: v.index, num: v.base });
+  }
+
+  setVringKick(m: Message): void {
+    const f = parseVringFile(m.payload, 'SET_VRING_KICK');
+    const v = this.takeVringFile(m, f.index, f.noFd, 'SET_VRING_KICK');
+    safeClose(v.kickFd);
+    v.kickFd = f.noFd ? -1 : (m.fds.splice(0)[0] as number);
+    v.kicked = true;
+  }
+
+  setVringCall(m: Message): void {
+    const f = parseVringFile(m.payload, 'SET_VRING_CALL');
+    const v = this.takeVringFile(m, f.index, f.noFd, 'SET_VRING_CALL');
+    safeClose(v.callFd);
+    v.callFd = f.noFd ? -1 : (m.fds.splice(0)[0] as number);
+  }
+
+  setVringErr(m: Message): void {
+    const f = parseVringFile(m.payload, 'SET_VRING_ERR');
+    const v = this.takeVringFile(m, f.index, f.noFd, 'SET_VRING_ERR');
+    safeClose(v.errFd);
+    v.errFd = f.noFd ? -1 : (m.fds.splice(0)[0] as number);
+  }
+
+  private takeVringFile(m: Message, index: number, noFd: boolean, req: string): Vring {
+    if (noFd !== (m.fds.length === 0)) {
+      throw new ProtocolError(req, noFd ? 'no-fd flag set but a file descriptor was passed' : 'file descriptor missing');
+    }
+    return this.vring(index, req);
+  }
+
+  getProtocolFeatures(): Buffer {
+    return encodeU64(this.offeredProtocol);
+  }
+
+  setProtocolFeatures(m: Message): void {
+    const f = m.payload.readBigUInt64LE(0);
+    const extra = f & ~this.offeredProtocol;
+    if (extra !== 0n) throw new ProtocolError('SET_PROTOCOL_FEATURES', `protocol features 0x${extra.toString(16)} were not offered`);
+    this.protocolFeatures = f;
+  }
+
+  getQueueNum(): Buffer {
+    return encodeU64(this.opts.queuePairs);
+  }
+
+  setVringEnable(m: Message): void {
+    const s = parseVringState(m.payload);
+    const v = this.vring(s.index, 'SET_VRING_ENABLE');
+    if (s.num > 1) throw new ProtocolError('SET_VRING_ENABLE', `enable value ${s.num} is neither 0 nor 1`);
+    v.enabled = s.num === 1;
+  }
+
+  sendRarp(m: Message): void {
+    const mac = m.payload.subarray(0, 6);
+    this.dp.injectFrame(this.opts.port, rarpFrame(mac));
+    log.info('RARP sent for migrated guest', { dev: this.opts.name, mac: [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':') });
+  }
+
+  netSetMtu(m: Message): void {
+    const mtu = Number(m.payload.readBigUInt64LE(0));
+    if (mtu < 68 || mtu > 65535) throw new ProtocolError('NET_SET_MTU', `MTU ${mtu} outside 68..65535`);
+    this.mtu = mtu;
+  }
+
+  getMaxMemSlots(): Buffer {
+    return encodeU64(MAX_MEM_SLOTS);
+  }
+
+  addMemReg(m: Message): void {
+    const region = parseSingleRegion(m.payload, 'ADD_MEM_REG');
+    this.mem.add(region, m.fds.splice(0)[0] as number, 'ADD_MEM_REG');
+    this.checkLogCoversMemory('ADD_MEM_REG');
+  }
+
+  remMemReg(m: Message): void {
+    closeAll(m);
+    this.mem.remove(parseSingleRegion(m.payload, 'REM_MEM_REG'), 'REM_MEM_REG');
+  }
+
+  setStatus(m: Message): void {
+    const s = Number(m.payload.readBigUInt64LE(0));
+    if (s > 0xff) throw new ProtocolError('SET_STATUS', `status 0x${s.toString(16)} does not fit a byte`);
+    this.status = s;
+  }
+
+  getStatus(): Buffer {
+    return encodeU64(this.status);
+  }
+
+  async resetDevice(): Promise<void> {
+    await this.pauseRings();
+    this.resetState();
+  }
+}
+
+function closeAll(m: Message): void {
+  for (const fd of m.fds.splice(0)) safeClose(fd);
+}
+
+/** A RARP request from `mac` (what QEMU's announce sends), so learning switches move the MAC. */
+export function rarpFrame(mac: Uint8Array): Uint8Array {
+  const f = new Uint8Array(60);
+  f.fill(0xff, 0, 6); // broadcast
+  f.set(mac, 6);
+  f[12] = 0x80; f[13] = 0x35; // ethertype RARP
+  f[14] = 0; f[15] = 1; // hw type ethernet
+  f[16] = 0x08; f[17] = 0x00; // proto IPv4
+  f[18] = 6; f[19] = 4;
+  f[20] = 0; f[21] = 3; // reverse request
+  f.set(mac, 22);
+  f.set(mac, 32);
+  return f;
+}

@@ -1,0 +1,136 @@
+/**
+ * The forwarder: the configured interfaces, the poller workers and the forwarding plan
+ * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
+ */
+import os from 'node:os';
+import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS } from '../shared/types';
+import { ForwardingPlan } from '../shared/worker-protocol';
+import { MAC_TABLE_BYTES } from '../workers/mac-table';
+import { Config } from './config';
+import { Interface } from './interface';
+import { log } from './log';
+import { WorkerPool } from './worker-pool';
+
+export interface QueueStats {
+  iface: string;
+  queue: number;
+  /** 'rx' = towards the guest (we enqueue), 'tx' = from the guest (we dequeue) */
+  dir: 'rx' | 'tx';
+  packets: number;
+  bytes: number;
+  dropNoBuffer: number;
+  dropNoDest: number;
+  dropTooBig: number;
+  errors: number;
+  notifications: number;
+  kicks: number;
+  dirtyPages: number;
+}
+
+export class Forwarder {
+  readonly interfaces: Interface[];
+  readonly pool: WorkerPool;
+  private readonly macTable = new SharedArrayBuffer(MAC_TABLE_BYTES);
+  private statsTimer: NodeJS.Timeout | null = null;
+
+  constructor(readonly config: Config) {
+    const owner = new Map<string, number>();
+    config.workers.forEach((w, i) => w.queues.forEach((q) => owner.set(q, i)));
+    this.pool = new WorkerPool({
+      workers: config.workers,
+      owner: (port, pair) => owner.get(`${config.interfaces[port]?.name}:${pair}`) ?? 0,
+      forceLog: config.forceLog,
+    });
+    this.interfaces = config.interfaces.map(
+      (c, port) =>
+        new Interface(
+          { name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu },
+          port,
+          this.pool,
+        ),
+    );
+    this.pool.onBroken = (device, index, reason) => {
+      const itf = this.interfaces.find((i) => i.device?.id === device);
+      if (itf?.device) itf.device.brokenByGuest(`ring ${index}: ${reason}`);
+    };
+  }
+
+  plan(): ForwardingPlan {
+    const f = this.config.forwarding;
+    if (f.mode === 'bridge') return { mode: 'bridge', ports: this.interfaces.length, agingMs: f.agingSeconds * 1000 };
+    const peer = this.interfaces.map(() => -1);
+    const idx = (n: string): number => this.interfaces.findIndex((i) => i.name === n);
+    for (const [a, b] of f.pairs) {
+      peer[idx(a)] = idx(b);
+      peer[idx(b)] = idx(a);
+    }
+    return { mode: 'xconnect', peer };
+  }
+
+  async start(): Promise<void> {
+    await this.pool.start();
+    this.pool.setPlan(this.plan(), this.macTable);
+    this.config.interfaces.forEach((c, port) => {
+      if (c.coalesceFrames || c.coalesceUsecs) this.pool.setCoalesce(port, c.coalesceFrames, c.coalesceUsecs);
+    });
+    for (const i of this.interfaces) i.start();
+    if (this.config.statsInterval > 0) {
+      let last = this.stats();
+      let lastT = Date.now();
+      this.statsTimer = setInterval(() => {
+        const now = this.stats();
+        const t = Date.now();
+        process.stdout.write(formatStats(now, last, (t - lastT) / 1000));
+        last = now;
+        lastT = t;
+      }, this.config.statsInterval * 1000);
+    }
+    log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), workers: this.pool.size, mode: this.config.forwarding.mode, cpus: os.cpus().length });
+  }
+
+  /** Counters of every running queue, read without stopping the workers. */
+  stats(): QueueStats[] {
+    const out: QueueStats[] = [];
+    for (const itf of this.interfaces) {
+      const d = itf.device;
+      if (!d) continue;
+      for (const v of d.vrings) {
+        const s = new Float64Array(v.stats);
+        out.push({
+          iface: itf.name,
+          queue: v.index >> 1,
+          dir: v.index & 1 ? 'tx' : 'rx',
+          packets: s[ST_PACKETS],
+          bytes: s[ST_BYTES],
+          dropNoBuffer: s[ST_DROP_NO_BUF],
+          dropNoDest: s[ST_DROP_NO_DEST],
+          dropTooBig: s[ST_DROP_TOO_BIG],
+          errors: s[ST_ERRORS],
+          notifications: s[ST_NOTIFY],
+          kicks: s[ST_KICKS],
+          dirtyPages: s[ST_DIRTY_PAGES],
+        });
+      }
+    }
+    return out;
+  }
+
+  async stop(): Promise<void> {
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    for (const i of this.interfaces) await i.stop();
+    await this.pool.stop();
+  }
+}
+
+export function formatStats(now: QueueStats[], before: QueueStats[], secs: number): string {
+  const key = (s: QueueStats): string => `${s.iface}/${s.queue}/${s.dir}`;
+  const prev = new Map(before.map((s) => [key(s), s]));
+  const rows = now.map((s) => {
+    const p = prev.get(key(s));
+    const dp = s.packets - (p?.packets ?? 0);
+    const db = s.bytes - (p?.bytes ?? 0);
+    const drops = s.dropNoBuffer + s.dropNoDest + s.dropTooBig;
+    return `${key(s).padEnd(16)} ${(dp / secs / 1e6).toFixed(3).padStart(9)} Mpps ${((db * 8) / secs / 1e6).toFixed(1).padStart(10)} Mbit/s  pkts ${String(s.packets).padStart(12)}  drops ${String(drops).padStart(8)}  errors ${s.errors}`;
+  });
+  return `--- ${new Date().toISOString()}\n${rows.join('\n')}\n`;
+}

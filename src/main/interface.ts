@@ -1,0 +1,144 @@
+/**
+ * One configured interface (a port of the forwarder): its vhost-user socket in server
+ * mode (listen, accept again after each disconnect) or client mode (connect, reconnect
+ * with backoff), and the device of the current connection. A disconnect or a reset
+ * releases everything of that device; the other interfaces never notice.
+ */
+import fs from 'node:fs';
+import { native, PollHandle } from '../native';
+import { Connection, safeClose } from './connection';
+import { Dataplane, Device, DeviceOptions } from './device';
+import { log } from './log';
+
+export interface InterfaceOptions extends Omit<DeviceOptions, 'port'> {
+  socket: string;
+  mode: 'server' | 'client';
+}
+
+const BACKOFF_MIN_MS = 50;
+const BACKOFF_MAX_MS = 2000;
+
+export class Interface {
+  device: Device | null = null;
+  private conn: Connection | null = null;
+  private listenFd = -1;
+  private listenPoll: PollHandle | null = null;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private backoff = BACKOFF_MIN_MS;
+  private stopped = false;
+  /** connections accepted so far (tests and stats). */
+  connections = 0;
+  /** reasons of the last resets (most recent last, bounded). */
+  readonly resets: string[] = [];
+  private readonly listeners: Array<(ev: 'connected' | 'disconnected', d: Device) => void> = [];
+
+  constructor(readonly opts: InterfaceOptions, readonly port: number, private readonly dp: Dataplane) {}
+
+  get name(): string {
+    return this.opts.name;
+  }
+
+  on(fn: (ev: 'connected' | 'disconnected', d: Device) => void): void {
+    this.listeners.push(fn);
+  }
+
+  start(): void {
+    if (this.opts.mode === 'server') {
+      this.listenFd = native.listen(this.opts.socket, 4);
+      this.listenPoll = native.poll(this.listenFd, () => this.acceptPending());
+      log.info('listening', { iface: this.name, socket: this.opts.socket });
+    } else {
+      this.tryConnect();
+    }
+  }
+
+  private acceptPending(): void {
+    for (;;) {
+      let fd: number;
+      try {
+        fd = native.accept(this.listenFd);
+      } catch (e) {
+        log.warn('accept failed', { iface: this.name, error: (e as Error).message });
+        return;
+      }
+      if (fd < 0) return;
+      if (this.conn) {
+        // One frontend per interface: a second one is refused, the first keeps running.
+        log.warn('second frontend refused while one is connected', { iface: this.name });
+        safeClose(fd);
+        continue;
+      }
+      this.attach(fd);
+    }
+  }
+
+  private tryConnect(): void {
+    this.retryTimer = null;
+    if (this.stopped) return;
+    let fd: number;
+    try {
+      fd = native.connect(this.opts.socket);
+    } catch (e) {
+      log.debug('connect failed; retrying', { iface: this.name, error: (e as Error).message, inMs: this.backoff });
+      this.retryTimer = setTimeout(() => this.tryConnect(), this.backoff);
+      this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
+      return;
+    }
+    this.backoff = BACKOFF_MIN_MS;
+    this.attach(fd);
+  }
+
+  private attach(fd: number): void {
+    this.connections++;
+    let device: Device | null = null;
+    const conn = new Connection(
+      fd,
+      (m) => (device as Device).handle(m),
+      (reason) => void this.detached(device as Device, reason),
+    );
+    device = new Device({ ...this.opts, port: this.port }, this.dp, {
+      send: (b, fds) => conn.send(b, fds ?? []),
+      reset: (reason) => conn.close(reason),
+    });
+    this.conn = conn;
+    this.device = device;
+    log.info('frontend connected', { iface: this.name, device: device.id });
+    for (const l of this.listeners) l('connected', device);
+    conn.start();
+  }
+
+  private async detached(device: Device, reason: string): Promise<void> {
+    if (this.conn?.isClosed) this.conn = null;
+    if (this.device === device) this.device = null;
+    this.resets.push(reason);
+    if (this.resets.length > 32) this.resets.shift();
+    const level = reason === 'shutting down' || reason === 'peer closed the socket' ? 'info' : 'error';
+    log[level]('device reset', { iface: this.name, device: device.id, reason });
+    await device.release();
+    for (const l of this.listeners) l('disconnected', device);
+    if (this.opts.mode === 'client' && !this.stopped && !this.retryTimer) {
+      this.retryTimer = setTimeout(() => this.tryConnect(), this.backoff);
+    }
+  }
+
+  /** Close the connection and the listening socket; unlink the socket path we created. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const d = this.device;
+    this.conn?.close('shutting down');
+    if (d) await d.release();
+    this.listenPoll?.close();
+    this.listenPoll = null;
+    if (this.listenFd >= 0) {
+      safeClose(this.listenFd);
+      this.listenFd = -1;
+      try {
+        fs.unlinkSync(this.opts.socket);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}

@@ -1,0 +1,241 @@
+/**
+ * The poller workers seen from the main thread: it implements the Dataplane the devices
+ * talk to. A guest TX ring is polled by exactly one worker (chosen by the config's queue
+ * assignment); a guest RX ring is a destination for every worker (they take its lock).
+ * A worker that dies is replaced and gets its rings back: only its queues pause.
+ */
+import path from 'node:path';
+import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
+import { native } from '../native';
+import { LogDesc, RegionDesc, VringDesc } from '../shared/types';
+import { ForwardingPlan, FromWorker, ToWorker, W_INTS, W_MAILBOX, W_RUN, W_SLEEPING, WorkerInit } from '../shared/worker-protocol';
+import { Dataplane } from './device';
+import { log } from './log';
+
+interface Slot {
+  init: WorkerInit;
+  worker: Worker | null;
+  port: MessagePort | null;
+  ctrl: Int32Array;
+  /** attach messages currently in force, by ring key, replayed after a restart */
+  rings: Map<string, ToWorker>;
+  ready: Promise<void>;
+  restarts: number;
+}
+
+export interface PoolOptions {
+  workers: Array<{ cpus: number[] }>;
+  /** which worker polls a guest TX ring: by port and queue pair */
+  owner: (port: number, pair: number) => number;
+  forceLog: boolean;
+  idleSpins?: number;
+  sleepMs?: number;
+}
+
+const ringKey = (device: number, index: number): string => `${device}:${index}`;
+
+export class WorkerPool implements Dataplane {
+  private readonly slots: Slot[] = [];
+  private seq = 0;
+  private readonly waiting = new Map<number, { left: Set<number>; done: () => void }>();
+  private plan: ToWorker | null = null;
+  private readonly coalesce = new Map<number, ToWorker>();
+  private closing = false;
+  onBroken: (device: number, index: number, reason: string) => void = () => {};
+
+  constructor(private readonly opts: PoolOptions) {}
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  async start(): Promise<void> {
+    this.opts.workers.forEach((w, i) => {
+      const init: WorkerInit = {
+        worker: i,
+        cpus: w.cpus,
+        ctrl: new SharedArrayBuffer(W_INTS * 4),
+        wakeFd: native.eventfdCreate(0),
+        idleSpins: this.opts.idleSpins ?? 2048,
+        sleepMs: this.opts.sleepMs ?? 100,
+      };
+      const slot: Slot = { init, worker: null, port: null, ctrl: new Int32Array(init.ctrl), rings: new Map(), ready: Promise.resolve(), restarts: 0 };
+      this.slots.push(slot);
+      this.spawn(slot);
+    });
+    await Promise.all(this.slots.map((s) => s.ready));
+  }
+
+  private spawn(slot: Slot): void {
+    const { port1, port2 } = new MessageChannel();
+    Atomics.store(slot.ctrl, W_RUN, 1);
+    const worker = new Worker(path.join(__dirname, '..', 'workers', 'poller.js'), {
+      workerData: { init: slot.init, port: port2 },
+      transferList: [port2],
+    });
+    slot.worker = worker;
+    slot.port = port1;
+    let readyResolve: () => void = () => {};
+    slot.ready = new Promise((r) => (readyResolve = r));
+    port1.on('message', (m: FromWorker) => {
+      if (m.op === 'ready') {
+        log.debug('worker ready', { worker: m.worker, tid: m.tid, cpus: m.cpus });
+        readyResolve();
+      } else this.fromWorker(slot, m);
+    });
+    worker.on('error', (e) => {
+      log.error('worker failed; restarting it (its queues pause)', { worker: slot.init.worker, error: e.message });
+    });
+    worker.on('exit', () => {
+      port1.close();
+      slot.worker = null;
+      // Nothing of this worker touches guest memory any more: release its pending detaches.
+      for (const [seq, w] of this.waiting) this.ack(seq, slot.init.worker, w);
+      if (!this.closing) this.respawn(slot);
+      readyResolve();
+    });
+    // Replay the state the old worker had: plan, coalescing, rings (their ctrl keeps the indices).
+    if (this.plan) this.post(slot, this.plan);
+    for (const c of this.coalesce.values()) this.post(slot, c);
+    for (const m of slot.rings.values()) this.post(slot, m);
+  }
+
+  private respawn(slot: Slot): void {
+    slot.restarts++;
+    const delay = Math.min(1000, 10 * 2 ** Math.min(slot.restarts, 6));
+    setTimeout(() => {
+      if (!this.closing) this.spawn(slot);
+    }, delay);
+  }
+
+  /** restarts so far, per worker (tests and stats) */
+  restarts(): number[] {
+    return this.slots.map((s) => s.restarts);
+  }
+
+  private fromWorker(slot: Slot, m: FromWorker): void {
+    switch (m.op) {
+      case 'ack': {
+        const w = this.waiting.get(m.seq);
+        if (w) this.ack(m.seq, slot.init.worker, w);
+        break;
+      }
+      case 'broken':
+        for (const s of this.slots) s.rings.delete(ringKey(m.device, m.index));
+        this.onBroken(m.device, m.index, m.reason);
+        break;
+      case 'error':
+        log.error('worker error', { worker: m.worker, error: m.error });
+        break;
+      default:
+        break;
+    }
+  }
+
+  private ack(seq: number, worker: number, w: { left: Set<number>; done: () => void }): void {
+    w.left.delete(worker);
+    if (w.left.size === 0) {
+      this.waiting.delete(seq);
+      w.done();
+    }
+  }
+
+  private post(slot: Slot, m: ToWorker): void {
+    if (!slot.port || !slot.worker) return;
+    slot.port.postMessage(m);
+    Atomics.add(slot.ctrl, W_MAILBOX, 1);
+    if (Atomics.load(slot.ctrl, W_SLEEPING) === 1) native.eventfdWrite(slot.init.wakeFd, 1);
+  }
+
+  setPlan(plan: ForwardingPlan, macTable: SharedArrayBuffer): void {
+    this.plan = { op: 'plan', plan, macTable };
+    for (const s of this.slots) this.post(s, this.plan);
+  }
+
+  setCoalesce(port: number, frames: number, usecs: number): void {
+    const m: ToWorker = { op: 'coalesce', port, frames, usecs };
+    this.coalesce.set(port, m);
+    for (const s of this.slots) this.post(s, m);
+  }
+
+  startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null): void {
+    const tx = (ring.index & 1) === 1;
+    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.opts.forceLog };
+    const targets = tx ? [this.slots[this.opts.owner(ring.port, ring.index >> 1) % this.slots.length]] : this.slots;
+    for (const s of targets) {
+      s.rings.set(ringKey(ring.device, ring.index), m);
+      this.post(s, m);
+    }
+  }
+
+  stopRing(device: number, index: number): Promise<void> {
+    const key = ringKey(device, index);
+    const holders = this.slots.filter((s) => s.rings.delete(key) && s.worker);
+    if (holders.length === 0) return Promise.resolve();
+    const seq = ++this.seq;
+    return new Promise((done) => {
+      this.waiting.set(seq, { left: new Set(holders.map((s) => s.init.worker)), done });
+      for (const s of holders) this.post(s, { op: 'detach', device, index, seq });
+    });
+  }
+
+  relogRing(device: number, index: number, logAll: boolean, logUsedGpa: number, logDesc: LogDesc | null): Promise<void> {
+    const key = ringKey(device, index);
+    const holders = this.slots.filter((s) => s.rings.has(key) && s.worker);
+    // A restarted worker must get the ring back with its current logging state.
+    for (const s of holders) {
+      const m = s.rings.get(key);
+      if (m && (m.op === 'attach-tx' || m.op === 'attach-rx')) {
+        s.rings.set(key, { ...m, ring: { ...m.ring, logUsedGpa, features: { ...m.ring.features, logAll } }, log: logDesc });
+      }
+    }
+    if (holders.length === 0) return Promise.resolve();
+    const seq = ++this.seq;
+    return new Promise((done) => {
+      this.waiting.set(seq, { left: new Set(holders.map((s) => s.init.worker)), done });
+      for (const s of holders) this.post(s, { op: 'relog', device, index, logAll, logUsedGpa, log: logDesc, seq });
+    });
+  }
+
+  injectFrame(port: number, frame: Uint8Array): void {
+    const s = this.slots[0];
+    if (s) this.post(s, { op: 'inject', port, frame: Uint8Array.from(frame) });
+  }
+
+  /** worker thread ids and control words (stats / tests) */
+  workerInfo(): Array<{ worker: number; threadId: number; sleeping: boolean }> {
+    return this.slots.map((s) => ({ worker: s.init.worker, threadId: s.worker?.threadId ?? -1, sleeping: Atomics.load(s.ctrl, W_SLEEPING) === 1 }));
+  }
+
+  /** test hook: make a worker throw, to prove a restart pauses only its queues */
+  crashWorker(i: number): void {
+    const s = this.slots[i];
+    if (s) {
+      s.port?.postMessage({ op: 'crash' });
+      Atomics.add(s.ctrl, W_MAILBOX, 1);
+      native.eventfdWrite(s.init.wakeFd, 1);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.closing = true;
+    await Promise.all(
+      this.slots.map(async (s) => {
+        Atomics.store(s.ctrl, W_RUN, 0);
+        const w = s.worker;
+        if (w) {
+          const exited = new Promise<void>((r) => w.once('exit', () => r()));
+          this.post(s, { op: 'exit' });
+          native.eventfdWrite(s.init.wakeFd, 1);
+          await Promise.race([exited, new Promise<void>((r) => setTimeout(r, 2000))]);
+          if (s.worker) await w.terminate();
+        }
+        try {
+          native.close(s.init.wakeFd);
+        } catch {
+          // closed already
+        }
+      }),
+    );
+  }
+}

@@ -1,0 +1,147 @@
+/**
+ * Typed wrapper over the C++ addon (addon/vhostfwd.cc).
+ *
+ * The addon does only what Node cannot: unix sockets with SCM_RIGHTS, mmap as a
+ * real SharedArrayBuffer, memfd, eventfd, fd readiness on the libuv loop, and
+ * thread CPU affinity. Everything else is TypeScript.
+ *
+ * Errors: every failing call throws an Error whose `code` is the errno name
+ * (e.g. 'ENOENT', 'EAGAIN' is never thrown: see the return conventions below)
+ * and whose message names the syscall (also in `syscall`; `errno` is the negated
+ * errno number, as in Node's own errors). Arguments of the wrong JS type throw a
+ * TypeError with code 'ERR_INVALID_ARG_TYPE'; an fd (or other int) that is not an exact
+ * int32 (NaN, 1.5, 2**40) throws a RangeError with code 'ERR_OUT_OF_RANGE' rather than
+ * being coerced (NaN would become fd 0). See NativeError.
+ *
+ * The addon is context aware: it may be loaded in worker threads (workers use
+ * eventfd and affinity calls).
+ */
+import path from 'node:path';
+
+/** Result of one recvmsg on a stream socket. */
+export interface RecvResult {
+  /** bytes read into the buffer; 0 means the peer closed (EOF); -1 means EAGAIN (nothing to read). */
+  bytes: number;
+  /** file descriptors received with SCM_RIGHTS (already O_CLOEXEC); the caller owns them. */
+  fds: number[];
+}
+
+/** A readiness watch on a fd, driven by the libuv loop of the calling thread (uv_poll_t). */
+export interface PollHandle {
+  /** stop watching and release the uv handle (idempotent); does not close the fd. */
+  close(): void;
+}
+
+/** What the addon's errors carry (see the module comment). */
+export interface NativeError extends Error {
+  /** errno name, e.g. 'ENOENT', 'EPROTO', 'EINVAL'. */
+  code: string;
+  /** negated errno number. */
+  errno: number;
+  /** the failing syscall, e.g. 'connect'. */
+  syscall: string;
+}
+
+/** Result of fdStat. */
+export interface FdStat {
+  /** st_size in bytes. */
+  size: number;
+  /** st_blksize: the page size for memfd/tmpfs, the huge page size for hugetlbfs. */
+  blksize: number;
+}
+
+/** Readiness events passed to a poll callback. */
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+/** set when the poll itself failed or the fd reported an error / hangup. */
+export const POLL_ERROR = 4;
+
+export interface Native {
+  /** socket(AF_UNIX, SOCK_STREAM|NONBLOCK|CLOEXEC), unlink a stale path, bind, listen. Returns the listening fd. */
+  listen(path: string, backlog: number): number;
+  /** accept4(NONBLOCK|CLOEXEC). Returns the connection fd, or -1 when no connection is pending. */
+  accept(fd: number): number;
+  /** socket + connect (blocking connect on a unix socket completes at once), then set NONBLOCK. Throws (ENOENT, ECONNREFUSED...) on failure. */
+  connect(path: string): number;
+  /** close(2). Throws EBADF on a bad fd. */
+  close(fd: number): void;
+  /**
+   * sendmsg with up to 8 fds in one SCM_RIGHTS control message. Sends all of `data`
+   * (loops on partial writes; blocking wait with poll on EAGAIN). Returns bytes sent.
+   * The fds travel with the first byte, so data must not be empty when fds are given;
+   * that and more than 8 fds throw EINVAL. A closed peer throws EPIPE (never SIGPIPE).
+   */
+  sendmsg(fd: number, data: Uint8Array, fds: readonly number[]): number;
+  /**
+   * Like sendmsg but accepts up to 253 fds (the kernel's SCM_MAX_FD) instead of 8.
+   * Only for tests that play a misbehaving peer; the dataplane always uses sendmsg.
+   */
+  sendmsgUnchecked(fd: number, data: Uint8Array, fds: readonly number[]): number;
+  /**
+   * recvmsg(MSG_CMSG_CLOEXEC) of at most data.byteLength bytes into `data`.
+   * Throws (code 'EPROTO') when the control data was truncated (MSG_CTRUNC) or more than
+   * 8 fds arrived; every fd that did arrive is closed first, so nothing leaks. The data
+   * bytes of that message are consumed too: the stream is out of step, close it.
+   * An empty `data` throws EINVAL (a 0-byte read would look like EOF).
+   */
+  recvmsg(fd: number, data: Uint8Array): RecvResult;
+  /** read(2) without fds; same return convention as recvmsg's bytes (0 EOF, -1 EAGAIN). */
+  read(fd: number, data: Uint8Array): number;
+  /**
+   * Watch fd for readability on this thread's libuv loop; cb gets POLL_* bits. The fd is
+   * switched to O_NONBLOCK (libuv does that). One watch per fd per thread (EEXIST otherwise).
+   * The watch stays active (and keeps the loop alive) until close() is called; if the
+   * thread's environment is torn down first (worker exit), the addon closes it itself.
+   * An exception thrown by cb is reported as an uncaught exception. Close the watch
+   * before closing the fd (a new fd that reuses the number would be watched otherwise).
+   */
+  poll(fd: number, cb: (events: number) => void): PollHandle;
+
+  /**
+   * mmap(fd, size, offset) MAP_SHARED PROT_READ|PROT_WRITE, returned as a real SharedArrayBuffer
+   * (V8 backing store whose deleter munmaps). The mapping lives until every isolate holding
+   * the SAB drops it and it is collected: a worker can never touch unmapped memory.
+   * offset must be page aligned (EINVAL otherwise). The fd is not closed (the mapping does
+   * not need it). On hugetlbfs the mapping is rounded up to the huge page size internally
+   * (the SAB's byteLength is still `size`), and unmapped with that rounded length.
+   */
+  mmap(fd: number, size: number, offset: number): SharedArrayBuffer;
+  /** fstat(2) st_size of a fd (to validate sizes before mmap). */
+  fdSize(fd: number): number;
+  /** fstat(2) st_size and st_blksize (hugetlbfs reports its huge page size as blksize). */
+  fdStat(fd: number): FdStat;
+  /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size). Returns the fd. */
+  memfdCreate(name: string, size: number): number;
+
+  /** eventfd(initval, EFD_NONBLOCK|EFD_CLOEXEC). */
+  eventfdCreate(initval: number): number;
+  /** read the counter and reset it; returns 0 when it was 0 (EAGAIN). */
+  eventfdRead(fd: number): number;
+  /** add value to the counter (write(2) of a u64). */
+  eventfdWrite(fd: number, value: number): void;
+  /**
+   * Block the calling thread in poll(2) until fd is readable or timeoutMs passes.
+   * Returns true when readable; false on timeout (or when a signal interrupted the wait).
+   * Negative timeoutMs waits forever. For worker threads that sleep on a kick eventfd.
+   */
+  waitReadable(fd: number, timeoutMs: number): boolean;
+  /**
+   * Block the calling thread in poll(2) on the first `count` fds of `fds` (at most 64;
+   * negative entries are ignored) until one is readable or timeoutMs passes (negative:
+   * forever). Returns the index of the first readable fd, or -1 on timeout or when a
+   * signal interrupted the wait. An fd with an error/hangup also counts as ready. Throws
+   * EINVAL when count exceeds fds.length or 64, EBADF when an entry is not an open fd.
+   * Allocates nothing per call: how a worker sleeps on many kick eventfds plus its wake eventfd.
+   */
+  waitAny(fds: Int32Array, count: number, timeoutMs: number): number;
+
+  /** sched_setaffinity(gettid(), cpus) of the calling thread (only that thread is pinned). */
+  setAffinity(cpus: readonly number[]): void;
+  /** sched_getaffinity(gettid()) of the calling thread, sorted CPU numbers. */
+  getAffinity(): number[];
+  /** gettid(2) of the calling thread. */
+  gettid(): number;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+export const native: Native = require(path.join(__dirname, '..', '..', 'build', 'Release', 'vhostfwd.node')) as Native;

@@ -1,0 +1,171 @@
+/**
+ * Names and numbers from QEMU docs/interop/vhost-user.rst, the virtio 1.x spec
+ * and linux/virtio_net.h. One place so that control plane, dataplane and the
+ * test frontend never disagree.
+ */
+
+/** vhost-user front-end requests (message `request` field). */
+export enum Req {
+  GET_FEATURES = 1,
+  SET_FEATURES = 2,
+  SET_OWNER = 3,
+  RESET_OWNER = 4,
+  SET_MEM_TABLE = 5,
+  SET_LOG_BASE = 6,
+  SET_LOG_FD = 7,
+  SET_VRING_NUM = 8,
+  SET_VRING_ADDR = 9,
+  SET_VRING_BASE = 10,
+  GET_VRING_BASE = 11,
+  SET_VRING_KICK = 12,
+  SET_VRING_CALL = 13,
+  SET_VRING_ERR = 14,
+  GET_PROTOCOL_FEATURES = 15,
+  SET_PROTOCOL_FEATURES = 16,
+  GET_QUEUE_NUM = 17,
+  SET_VRING_ENABLE = 18,
+  SEND_RARP = 19,
+  NET_SET_MTU = 20,
+  SET_BACKEND_REQ_FD = 21,
+  IOTLB_MSG = 22,
+  SET_VRING_ENDIAN = 23,
+  GET_CONFIG = 24,
+  SET_CONFIG = 25,
+  CREATE_CRYPTO_SESSION = 26,
+  CLOSE_CRYPTO_SESSION = 27,
+  POSTCOPY_ADVISE = 28,
+  POSTCOPY_LISTEN = 29,
+  POSTCOPY_END = 30,
+  GET_INFLIGHT_FD = 31,
+  SET_INFLIGHT_FD = 32,
+  GPU_SET_SOCKET = 33,
+  RESET_DEVICE = 34,
+  VRING_KICK = 35,
+  GET_MAX_MEM_SLOTS = 36,
+  ADD_MEM_REG = 37,
+  REM_MEM_REG = 38,
+  SET_STATUS = 39,
+  GET_STATUS = 40,
+}
+
+export const REQ_NAMES: Readonly<Record<number, string>> = {
+  1: 'GET_FEATURES', 2: 'SET_FEATURES', 3: 'SET_OWNER', 4: 'RESET_OWNER', 5: 'SET_MEM_TABLE',
+  6: 'SET_LOG_BASE', 7: 'SET_LOG_FD', 8: 'SET_VRING_NUM', 9: 'SET_VRING_ADDR', 10: 'SET_VRING_BASE',
+  11: 'GET_VRING_BASE', 12: 'SET_VRING_KICK', 13: 'SET_VRING_CALL', 14: 'SET_VRING_ERR',
+  15: 'GET_PROTOCOL_FEATURES', 16: 'SET_PROTOCOL_FEATURES', 17: 'GET_QUEUE_NUM', 18: 'SET_VRING_ENABLE',
+  19: 'SEND_RARP', 20: 'NET_SET_MTU', 21: 'SET_BACKEND_REQ_FD', 22: 'IOTLB_MSG', 23: 'SET_VRING_ENDIAN',
+  24: 'GET_CONFIG', 25: 'SET_CONFIG', 26: 'CREATE_CRYPTO_SESSION', 27: 'CLOSE_CRYPTO_SESSION',
+  28: 'POSTCOPY_ADVISE', 29: 'POSTCOPY_LISTEN', 30: 'POSTCOPY_END', 31: 'GET_INFLIGHT_FD',
+  32: 'SET_INFLIGHT_FD', 33: 'GPU_SET_SOCKET', 34: 'RESET_DEVICE', 35: 'VRING_KICK',
+  36: 'GET_MAX_MEM_SLOTS', 37: 'ADD_MEM_REG', 38: 'REM_MEM_REG', 39: 'SET_STATUS', 40: 'GET_STATUS',
+};
+
+export function reqName(r: number): string {
+  return REQ_NAMES[r] ?? `UNKNOWN(${r})`;
+}
+
+/** Header flags. */
+export const FLAG_VERSION = 0x1;
+export const FLAG_VERSION_MASK = 0x3;
+export const FLAG_REPLY = 0x4;
+export const FLAG_NEED_REPLY = 0x8;
+export const HEADER_SIZE = 12;
+/** Largest payload we accept (the memory table is 8 + 8*32 = 264; config space is 256 + 12). */
+export const MAX_PAYLOAD = 4096;
+export const MAX_FDS = 8;
+/** Regions in SET_MEM_TABLE (VHOST_MEMORY_BASELINE_NREGIONS) and slots with CONFIGURE_MEM_SLOTS. */
+export const MAX_REGIONS = 8;
+export const MAX_MEM_SLOTS = 8;
+
+/** SET_VRING_KICK/CALL/ERR payload: bits 0-7 index, bit 8 = no fd (polling / no notification). */
+export const VRING_IDX_MASK = 0xff;
+export const VRING_NOFD_MASK = 0x100;
+/** SET_VRING_ADDR flags: used ring writes must be logged at log_guest_addr. */
+export const VHOST_VRING_F_LOG = 1;
+
+/** Largest split queue size allowed by virtio (and by QEMU). */
+export const MAX_QUEUE_SIZE = 32768;
+
+/** Feature bits (virtio-net device, virtio transport, vhost). Numbers are bit positions. */
+export const F = {
+  VIRTIO_NET_F_CSUM: 0,
+  VIRTIO_NET_F_GUEST_CSUM: 1,
+  VIRTIO_NET_F_MTU: 3,
+  VIRTIO_NET_F_MAC: 5,
+  VIRTIO_NET_F_MRG_RXBUF: 15,
+  VIRTIO_NET_F_STATUS: 16,
+  VIRTIO_NET_F_CTRL_VQ: 17,
+  VIRTIO_NET_F_GUEST_ANNOUNCE: 21,
+  VIRTIO_NET_F_MQ: 22,
+  VIRTIO_F_NOTIFY_ON_EMPTY: 24,
+  VIRTIO_F_ANY_LAYOUT: 27,
+  VHOST_F_LOG_ALL: 26,
+  VIRTIO_RING_F_INDIRECT_DESC: 28,
+  VIRTIO_RING_F_EVENT_IDX: 29,
+  VHOST_USER_F_PROTOCOL_FEATURES: 30,
+  VIRTIO_F_VERSION_1: 32,
+  VIRTIO_F_IOMMU_PLATFORM: 33,
+  VIRTIO_F_RING_PACKED: 34,
+} as const;
+export type FeatureName = keyof typeof F;
+
+/** vhost-user protocol feature bits. */
+export const PF = {
+  MQ: 0,
+  LOG_SHMFD: 1,
+  RARP: 2,
+  REPLY_ACK: 3,
+  NET_MTU: 4,
+  BACKEND_REQ: 5,
+  CROSS_ENDIAN: 6,
+  CRYPTO_SESSION: 7,
+  PAGEFAULT: 8,
+  CONFIG: 9,
+  BACKEND_SEND_FD: 10,
+  HOST_NOTIFIER: 11,
+  INFLIGHT_SHMFD: 12,
+  RESET_DEVICE: 13,
+  INBAND_NOTIFICATIONS: 14,
+  CONFIGURE_MEM_SLOTS: 15,
+  STATUS: 16,
+} as const;
+export type ProtocolFeatureName = keyof typeof PF;
+
+export function bit(n: number): bigint {
+  return 1n << BigInt(n);
+}
+export function hasBit(mask: bigint, n: number): boolean {
+  return (mask & bit(n)) !== 0n;
+}
+
+/** Features the backend offers by default (each can be masked per interface). */
+export const DEFAULT_FEATURES: readonly FeatureName[] = [
+  'VIRTIO_NET_F_MRG_RXBUF',
+  'VIRTIO_F_ANY_LAYOUT',
+  'VIRTIO_F_VERSION_1',
+  'VIRTIO_RING_F_INDIRECT_DESC',
+  'VIRTIO_RING_F_EVENT_IDX',
+  'VIRTIO_NET_F_GUEST_ANNOUNCE',
+  'VIRTIO_NET_F_MQ',
+  'VHOST_F_LOG_ALL',
+  'VHOST_USER_F_PROTOCOL_FEATURES',
+];
+export const DEFAULT_PROTOCOL_FEATURES: readonly ProtocolFeatureName[] = [
+  'MQ', 'LOG_SHMFD', 'RARP', 'REPLY_ACK', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'RESET_DEVICE',
+];
+
+/** Split virtqueue layout (virtio 1.x 2.7). */
+export const VRING_DESC_F_NEXT = 1;
+export const VRING_DESC_F_WRITE = 2;
+export const VRING_DESC_F_INDIRECT = 4;
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+export const VRING_USED_F_NO_NOTIFY = 1;
+export const DESC_SIZE = 16;
+
+/** Dirty log granularity (VHOST_LOG_PAGE). */
+export const LOG_PAGE_SHIFT = 12;
+export const LOG_PAGE = 4096;
+
+/** virtio-net header sizes: legacy without MRG_RXBUF is 10, otherwise 12 (num_buffers). */
+export const NET_HDR_LEGACY = 10;
+export const NET_HDR_MRG = 12;

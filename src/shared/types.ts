@@ -1,0 +1,96 @@
+/**
+ * What the main thread hands to worker threads. Everything here must survive
+ * structured clone (postMessage): numbers, strings and SharedArrayBuffers only.
+ */
+
+/** One guest memory region, already mapped by the main thread. */
+export interface RegionDesc {
+  /** guest physical address of the region's first byte. */
+  gpa: number;
+  /** region size in bytes. */
+  size: number;
+  /** the frontend's (QEMU's) virtual address of the first byte (ring addresses use it). */
+  uva: number;
+  /** mapping of the region's fd; the region starts at `sabOffset` inside it. */
+  sab: SharedArrayBuffer;
+  sabOffset: number;
+}
+
+/** Where a ring part lives once translated: region index and byte offset inside that region. */
+export interface RingLocation {
+  region: number;
+  /** offset from the region start (not from the SAB start). */
+  offset: number;
+}
+
+/** Negotiated features that change the dataplane's behaviour. */
+export interface QueueFeatures {
+  /** virtio-net header length: 12 with MRG_RXBUF or VERSION_1, else 10. */
+  hdrLen: number;
+  mrgRxbuf: boolean;
+  eventIdx: boolean;
+  indirect: boolean;
+  /** VHOST_F_LOG_ALL negotiated: log every guest write while a log is set. */
+  logAll: boolean;
+}
+
+/** Per-vring shared state: an Int32Array over `ctrl` (see CTRL_*). */
+export const CTRL_STATE = 0;
+/** spin lock taken by whichever worker enqueues into an RX vring (several TX queues may target it). */
+export const CTRL_LOCK = 1;
+export const CTRL_LAST_AVAIL = 2;
+export const CTRL_LAST_USED = 3;
+/** used idx value at the last interrupt we sent (for EVENT_IDX). */
+export const CTRL_SIGNALLED_USED = 4;
+export const CTRL_INTS = 8;
+
+/** CTRL_STATE values. */
+export const QSTATE_STOPPED = 0;
+export const QSTATE_RUNNING = 1;
+/** the ring found a guest error; the worker stopped it and reported. */
+export const QSTATE_BROKEN = 2;
+
+/** Per-queue counters: a Float64Array over `stats` (doubles so workers add without BigInt). */
+export const ST_PACKETS = 0;
+export const ST_BYTES = 1;
+export const ST_DROP_NO_BUF = 2;
+export const ST_DROP_NO_DEST = 3;
+export const ST_DROP_TOO_BIG = 4;
+export const ST_ERRORS = 5;
+export const ST_NOTIFY = 6;
+export const ST_KICKS = 7;
+export const ST_DIRTY_PAGES = 8;
+export const STATS_SLOTS = 16;
+
+/** A vring handed to a worker. */
+export interface VringDesc {
+  /** globally unique device (interface connection) id. */
+  device: number;
+  /** interface (port) index in the forwarder. */
+  port: number;
+  /** virtqueue index within the device: even = guest RX (we enqueue), odd = guest TX (we dequeue). */
+  index: number;
+  /** queue size (power of two, <= 32768). */
+  size: number;
+  desc: RingLocation;
+  avail: RingLocation;
+  used: RingLocation;
+  /** guest physical address of the used ring for dirty logging, or -1 when VHOST_VRING_F_LOG is not set. */
+  logUsedGpa: number;
+  kickFd: number;
+  callFd: number;
+  features: QueueFeatures;
+  /** Int32Array(CTRL_INTS) over this SAB; CTRL_LAST_AVAIL / CTRL_LAST_USED are initialised by the main thread. */
+  ctrl: SharedArrayBuffer;
+  /** Float64Array(STATS_SLOTS) over this SAB. */
+  stats: SharedArrayBuffer;
+}
+
+/** The dirty log of one device (SET_LOG_BASE), as a SAB. Bit n of the log = guest page n (gpa >> 12). */
+export interface LogDesc {
+  sab: SharedArrayBuffer;
+  /** byte offset of the log start inside the SAB (mmap_offset). */
+  offset: number;
+  /** log size in bytes (mmap_size). */
+  size: number;
+}

@@ -1,0 +1,50 @@
+/**
+ * Messages between the main thread and the poller workers. Main → worker messages are
+ * read synchronously by the worker's poll loop (receiveMessageOnPort) after it sees the
+ * mailbox counter move, so a busy worker picks them up within one burst; an idle worker
+ * is woken through its wake eventfd.
+ */
+import { LogDesc, RegionDesc, VringDesc } from './types';
+
+export type ForwardingPlan =
+  | { mode: 'xconnect'; peer: number[] } // peer[port] = destination port, -1 none
+  | { mode: 'bridge'; ports: number; agingMs: number };
+
+export type ToWorker =
+  /** poll this guest TX ring (odd index) */
+  | { op: 'attach-tx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean }
+  /** this guest RX ring (even index) may be a destination */
+  | { op: 'attach-rx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean }
+  /** stop touching a ring; answered with 'ack' carrying the same seq */
+  | { op: 'detach'; device: number; index: number; seq: number }
+  /** change a running ring's dirty logging in place; answered with 'ack' */
+  | { op: 'relog'; device: number; index: number; logAll: boolean; logUsedGpa: number; log: LogDesc | null; seq: number }
+  /** send this frame as if the guest on `port` had sent it */
+  | { op: 'inject'; port: number; frame: Uint8Array }
+  | { op: 'plan'; plan: ForwardingPlan; macTable: SharedArrayBuffer }
+  | { op: 'coalesce'; port: number; frames: number; usecs: number }
+  | { op: 'exit' };
+
+export type FromWorker =
+  | { op: 'ready'; worker: number; tid: number; cpus: number[] }
+  | { op: 'ack'; seq: number }
+  | { op: 'broken'; device: number; index: number; reason: string }
+  | { op: 'error'; worker: number; error: string };
+
+/** Worker control words (Int32Array over WorkerInit.ctrl). */
+export const W_MAILBOX = 0; // incremented by main after each postMessage
+export const W_RUN = 1; // 1 while the worker should run
+export const W_SLEEPING = 2; // 1 while the worker sleeps on eventfds (main must kick wakeFd)
+export const W_HEARTBEAT = 3; // bumped every loop iteration batch (liveness)
+export const W_INTS = 8;
+
+export interface WorkerInit {
+  worker: number;
+  cpus: number[];
+  ctrl: SharedArrayBuffer;
+  wakeFd: number;
+  /** busy-poll rounds without traffic before sleeping on kicks */
+  idleSpins: number;
+  /** sleep timeout (ms) while idle: bounds the latency of a missed kick */
+  sleepMs: number;
+}

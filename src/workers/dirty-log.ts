@@ -1,0 +1,107 @@
+/**
+ * Dirty page log (VHOST_F_LOG_ALL, SET_LOG_BASE): bit n of the log = guest page n (gpa >> 12),
+ * byte n >> 3, bit n & 7. The frontend reads (and clears) the log concurrently during live
+ * migration, so every set is an atomic OR.
+ */
+import { LOG_PAGE } from '../shared/constants';
+import { LogDesc } from '../shared/types';
+
+/**
+ * Direct-mapped cache slots for dirty 32-bit words, per burst: consecutive buffers and used
+ * entries mostly hit the same words, so one Atomics.or per word per burst instead of one per
+ * page mark. bench/copy.ts: 23.0 vs 29.6 ns per 1518-byte packet single-threaded; the saving
+ * grows when the frontend is reading the same cache lines (fewer locked RMWs to bounce).
+ */
+const CACHE_SLOTS = 64;
+
+export class DirtyLog {
+  /** true while a log is set: callers also need QueueFeatures.logAll to log. */
+  active = false;
+  /** page marks made (a page touched twice counts twice); feeds ST_DIRTY_PAGES. */
+  pagesMarked = 0;
+  /** page marks dropped because the page lies beyond the log (control plane should have refused). */
+  pagesBeyondLog = 0;
+
+  private bytes: Uint8Array | null = null;
+  /** word view when the log start is 4-aligned in its SAB (LE host: word bit k = page 32w+k). */
+  private words: Int32Array | null = null;
+  private nPages = 0;
+  private readonly useCache: boolean;
+  private readonly cacheWord = new Int32Array(CACHE_SLOTS).fill(-1);
+  private readonly cacheBits = new Int32Array(CACHE_SLOTS);
+  private cacheUsed = 0;
+
+  constructor(useCache = true) {
+    this.useCache = useCache;
+  }
+
+  /** Swap the log (or clear it with null). Call at a burst boundary: flushes cached bits first. */
+  set(log: LogDesc | null): void {
+    this.flush();
+    if (log === null || log.size <= 0) {
+      this.bytes = null;
+      this.words = null;
+      this.nPages = 0;
+      this.active = false;
+      return;
+    }
+    this.bytes = new Uint8Array(log.sab, log.offset, log.size);
+    this.words = log.offset % 4 === 0 && log.size >= 4 ? new Int32Array(log.sab, log.offset, log.size >>> 2) : null;
+    // Pages past the last whole word are set byte-wise; cap keeps page numbers in uint32 range
+    // (a log for 16 TiB of guest memory), so >>> stays exact.
+    this.nPages = Math.min(log.size * 8, 0x1_0000_0000);
+    this.active = true;
+  }
+
+  /** Mark every page touched by [gpa, gpa + len). */
+  markRange(gpa: number, len: number): void {
+    if (len <= 0 || !this.active) return;
+    // Division, not >>: guest addresses exceed 32 bits.
+    const first = Math.floor(gpa / LOG_PAGE);
+    const last = Math.floor((gpa + len - 1) / LOG_PAGE);
+    for (let p = first; p <= last; p++) this.markPage(p);
+  }
+
+  markPage(page: number): void {
+    if (page >= this.nPages) {
+      this.pagesBeyondLog++;
+      return;
+    }
+    this.pagesMarked++;
+    const w = page >>> 5;
+    const words = this.words;
+    if (words !== null && w < words.length) {
+      const bit = 1 << (page & 31);
+      if (this.useCache) {
+        const slot = w & (CACHE_SLOTS - 1);
+        const cw = this.cacheWord[slot];
+        if (cw === w) {
+          this.cacheBits[slot] |= bit;
+          return;
+        }
+        if (cw >= 0) Atomics.or(words, cw, this.cacheBits[slot]);
+        else this.cacheUsed++;
+        this.cacheWord[slot] = w;
+        this.cacheBits[slot] = bit;
+        return;
+      }
+      Atomics.or(words, w, bit);
+      return;
+    }
+    Atomics.or(this.bytes!, page >>> 3, 1 << (page & 7));
+  }
+
+  /** Write cached bits to the log. Must run before used->idx is published. */
+  flush(): void {
+    if (this.cacheUsed === 0) return;
+    const words = this.words!;
+    for (let s = 0; s < CACHE_SLOTS; s++) {
+      const w = this.cacheWord[s];
+      if (w >= 0) {
+        Atomics.or(words, w, this.cacheBits[s]);
+        this.cacheWord[s] = -1;
+      }
+    }
+    this.cacheUsed = 0;
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * One device's guest memory as seen by a worker: the regions the main thread mapped, with
+ * typed-array views made once per mapping (never per packet).
+ */
+import { RegionDesc } from '../shared/types';
+
+/** The views over one region, all starting at the region's first byte. */
+export interface RegionViews {
+  u8: Uint8Array;
+  /** Buffer over the same bytes: Buffer.copy is a native memmove that allocates nothing. */
+  buf: Buffer;
+  /** null when the region start is not 2- / 4-aligned inside its SAB. */
+  u16: Uint16Array | null;
+  u32: Uint32Array | null;
+  /** little-endian field access at any alignment (descriptors, indirect tables). */
+  dv: DataView;
+}
+
+export function makeViews(sab: SharedArrayBuffer | ArrayBuffer, offset: number, size: number): RegionViews {
+  return {
+    u8: new Uint8Array(sab, offset, size),
+    buf: Buffer.from(sab, offset, size),
+    u16: offset % 2 === 0 ? new Uint16Array(sab, offset, Math.floor(size / 2)) : null,
+    u32: offset % 4 === 0 ? new Uint32Array(sab, offset, Math.floor(size / 4)) : null,
+    dv: new DataView(sab, offset, size),
+  };
+}
+
+export class GuestMemory {
+  readonly regions: readonly RegionDesc[];
+  readonly views: RegionViews[];
+  /** views[i].u8, kept as a plain array for callers that only read bytes. */
+  readonly u8: Uint8Array[];
+  /** Offset inside the region found by the last successful translate(). */
+  off = 0;
+  private readonly gpaStart: Float64Array;
+  private readonly gpaEnd: Float64Array;
+  private last = 0;
+
+  constructor(regions: readonly RegionDesc[]) {
+    this.regions = regions;
+    this.views = regions.map((r) => makeViews(r.sab, r.sabOffset, r.size));
+    this.u8 = this.views.map((v) => v.u8);
+    this.gpaStart = Float64Array.from(regions, (r) => r.gpa);
+    this.gpaEnd = Float64Array.from(regions, (r) => r.gpa + r.size);
+  }
+
+  /**
+   * Region index whose [gpa, gpa + size) contains all of [gpa, gpa + len), or -1; the offset
+   * inside the region is left in `this.off`. A buffer crossing a region end is invalid even if
+   * the next region is adjacent: its bytes need not be adjacent in any mapping.
+   */
+  translate(gpa: number, len: number): number {
+    const end = gpa + len;
+    let r = this.last;
+    if (r < this.gpaStart.length && gpa >= this.gpaStart[r] && end <= this.gpaEnd[r] && len >= 0) {
+      this.off = gpa - this.gpaStart[r];
+      return r;
+    }
+    if (len < 0) return -1;
+    for (r = 0; r < this.gpaStart.length; r++) {
+      if (gpa >= this.gpaStart[r] && end <= this.gpaEnd[r]) {
+        this.last = r;
+        this.off = gpa - this.gpaStart[r];
+        return r;
+      }
+    }
+    return -1;
+  }
+
+  /** Guest physical address of byte `off` of region `r` (for dirty logging). */
+  gpaOf(r: number, off: number): number {
+    return this.gpaStart[r] + off;
+  }
+}

@@ -1,0 +1,389 @@
+/**
+ * A poller worker: owns some guest TX rings, forwards their packets straight into the
+ * destination guests' RX rings (one copy, guest to guest), and sleeps on the kick
+ * eventfds when there is no traffic.
+ *
+ * The loop is synchronous: it never returns to the event loop, so control messages are
+ * read with receiveMessageOnPort when the mailbox counter moves (checked once per round).
+ */
+import { MessagePort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { native } from '../native';
+import { ST_DROP_NO_DEST, ST_NOTIFY, ST_KICKS } from '../shared/types';
+import { FromWorker, ToWorker, W_HEARTBEAT, W_MAILBOX, W_RUN, W_SLEEPING, WorkerInit } from '../shared/worker-protocol';
+import { DirtyLog } from './dirty-log';
+import { GuestMemory } from './guest-memory';
+import { MacTable } from './mac-table';
+import { PacketBatch, BURST } from './packet-batch';
+import { Virtqueue } from './virtqueue';
+
+const { init, port } = workerData as { init: WorkerInit; port: MessagePort };
+const ctrl = new Int32Array(init.ctrl);
+
+interface Ring {
+  device: number;
+  index: number;
+  port: number;
+  pair: number;
+  vq: Virtqueue;
+  mem: GuestMemory;
+  dirty: DirtyLog;
+  forceLog: boolean;
+  kickFd: number;
+  callFd: number;
+  stats: Float64Array;
+  /** interrupt coalescing (RX rings): notifications held back and since when */
+  pending: number;
+  pendingSince: number;
+}
+
+const txRings: Ring[] = [];
+/** rxRings[port][pair] */
+const rxRings: Array<Array<Ring | undefined>> = [];
+const batch = new PacketBatch(BURST);
+/** destination port of each packet of the burst (-1 flood, -2 drop) */
+const dstOf = new Int32Array(BURST);
+const macScratch = new Uint8Array(12);
+
+let mode: 'xconnect' | 'bridge' | 'none' = 'none';
+let peer: number[] = [];
+let ports = 0;
+let macs: MacTable | null = null;
+const coalesce: Array<{ frames: number; usecs: number } | undefined> = [];
+let seenMailbox = 0;
+let running = true;
+
+// Wait set for sleeping: the wake eventfd first, then every TX ring's kick fd.
+const waitFds = new Int32Array(64);
+let waitCount = 0;
+let anyPolledRing = false;
+
+function send(m: FromWorker): void {
+  port.postMessage(m);
+}
+
+function rebuildWaitSet(): void {
+  waitFds[0] = init.wakeFd;
+  waitCount = 1;
+  anyPolledRing = false;
+  for (const r of txRings) {
+    if (r.kickFd < 0) anyPolledRing = true;
+    else if (waitCount < waitFds.length) waitFds[waitCount++] = r.kickFd;
+  }
+}
+
+function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring {
+  const mem = new GuestMemory(m.regions);
+  const log = new DirtyLog();
+  log.set(m.ring.features.logAll || m.forceLog ? m.log : null);
+  const ring = m.forceLog ? { ...m.ring, features: { ...m.ring.features, logAll: true } } : m.ring;
+  return {
+    device: m.ring.device,
+    index: m.ring.index,
+    port: m.ring.port,
+    pair: m.ring.index >> 1,
+    vq: new Virtqueue(ring, mem, log),
+    mem,
+    dirty: log,
+    forceLog: m.forceLog,
+    kickFd: m.ring.kickFd,
+    callFd: m.ring.callFd,
+    stats: new Float64Array(m.ring.stats),
+    pending: 0,
+    pendingSince: 0,
+  };
+}
+
+function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
+  let ring: Ring;
+  try {
+    ring = makeRing(m);
+  } catch (e) {
+    broken(m.ring.device, m.ring.index, e);
+    return;
+  }
+  if (m.op === 'attach-tx') {
+    detach(ring.device, ring.index);
+    txRings.push(ring);
+    ring.vq.disableNotify();
+    rebuildWaitSet();
+  } else {
+    while (rxRings.length <= ring.port) rxRings.push([]);
+    rxRings[ring.port][ring.pair] = ring;
+  }
+}
+
+function detach(device: number, index: number): void {
+  const i = txRings.findIndex((r) => r.device === device && r.index === index);
+  if (i >= 0) {
+    txRings.splice(i, 1);
+    rebuildWaitSet();
+  }
+  for (const list of rxRings) {
+    for (let p = 0; p < list.length; p++) {
+      const r = list[p];
+      if (r && r.device === device && r.index === index) {
+        if (r.pending > 0) signal(r);
+        list[p] = undefined;
+      }
+    }
+  }
+}
+
+function relog(m: Extract<ToWorker, { op: 'relog' }>): void {
+  const apply = (r: Ring | undefined) => {
+    if (!r || r.device !== m.device || r.index !== m.index) return;
+    const on = m.logAll || r.forceLog;
+    r.dirty.set(on ? m.log : null);
+    r.vq.setLogging(on, m.logUsedGpa);
+  };
+  for (const r of txRings) apply(r);
+  for (const list of rxRings) for (const r of list) apply(r);
+}
+
+function broken(device: number, index: number, e: unknown): void {
+  const reason = (e as Error).message;
+  detach(device, index);
+  send({ op: 'broken', device, index, reason });
+}
+
+function drainMailbox(): void {
+  seenMailbox = Atomics.load(ctrl, W_MAILBOX);
+  for (;;) {
+    const got = receiveMessageOnPort(port);
+    if (!got) return;
+    const m = got.message as ToWorker | { op: 'crash' };
+    switch (m.op) {
+      case 'attach-tx':
+      case 'attach-rx':
+        attach(m);
+        break;
+      case 'detach':
+        detach(m.device, m.index);
+        send({ op: 'ack', seq: m.seq });
+        break;
+      case 'relog':
+        relog(m);
+        send({ op: 'ack', seq: m.seq });
+        break;
+      case 'plan':
+        mode = m.plan.mode;
+        if (m.plan.mode === 'xconnect') peer = m.plan.peer;
+        else {
+          ports = m.plan.ports;
+          macs = new MacTable(m.macTable, Math.round(m.plan.agingMs / 1000));
+        }
+        break;
+      case 'coalesce':
+        coalesce[m.port] = m.frames > 0 || m.usecs > 0 ? { frames: m.frames, usecs: m.usecs } : undefined;
+        break;
+      case 'inject':
+        inject(m.port, m.frame);
+        break;
+      case 'exit':
+        running = false;
+        break;
+      case 'crash':
+        throw new Error('worker crash requested (test hook)');
+    }
+  }
+}
+
+function signal(r: Ring): void {
+  r.pending = 0;
+  if (r.callFd >= 0) {
+    native.eventfdWrite(r.callFd, 1);
+    r.stats[ST_NOTIFY]++;
+  }
+}
+
+/** The ring says the guest wants an interrupt: send it now or hold it for coalescing. */
+function notifyRx(r: Ring): void {
+  const c = coalesce[r.port];
+  if (!c) {
+    signal(r);
+    return;
+  }
+  if (r.pending === 0) r.pendingSince = performance.now();
+  r.pending++;
+  if ((c.frames > 0 && r.pending >= c.frames) || (c.usecs > 0 && (performance.now() - r.pendingSince) * 1000 >= c.usecs)) signal(r);
+}
+
+function flushCoalesced(): void {
+  for (const list of rxRings) for (const r of list) if (r && r.pending > 0) signal(r);
+}
+
+/** Destination RX ring on `dst` for a packet from queue pair `pair`. */
+function rxFor(dst: number, pair: number): Ring | undefined {
+  const list = rxRings[dst];
+  if (!list || list.length === 0) return undefined;
+  return list[pair % list.length] ?? list[0];
+}
+
+/** Enqueue packets of the burst whose dstOf is `dst` (or flood, -1) into port dst. */
+function deliver(src: Ring, n: number, dst: number, floodToo: boolean): void {
+  const rx = rxFor(dst, src.pair);
+  if (!rx) {
+    if (!floodToo) src.stats[ST_DROP_NO_DEST] += countFor(n, dst, false);
+    return;
+  }
+  const vq = rx.vq;
+  vq.acquire();
+  let notify = false;
+  try {
+    for (let i = 0; i < n; i++) {
+      const d = dstOf[i];
+      if (d === dst || (floodToo && d === -1)) vq.enqueue(src.mem, batch, i);
+    }
+    notify = vq.flush();
+  } catch (e) {
+    vq.release();
+    broken(rx.device, rx.index, e);
+    return;
+  }
+  vq.release();
+  if (notify) notifyRx(rx);
+}
+
+function countFor(n: number, dst: number, flood: boolean): number {
+  let c = 0;
+  for (let i = 0; i < n; i++) if (dstOf[i] === dst || (flood && dstOf[i] === -1)) c++;
+  return c;
+}
+
+/** The first 12 bytes (dst + src MAC) of packet i, wherever its segments are. */
+function headerOf(mem: GuestMemory, i: number): Uint8Array | null {
+  const need = 12;
+  let got = 0;
+  const first = batch.segStart[i];
+  const end = first + batch.segCount[i];
+  for (let s = first; s < end && got < need; s++) {
+    const view = mem.u8[batch.segRegion[s]];
+    const off = batch.segOffset[s];
+    const len = Math.min(batch.segLen[s], need - got);
+    for (let k = 0; k < len; k++) macScratch[got + k] = view[off + k];
+    got += len;
+  }
+  return got === need ? macScratch : null;
+}
+
+function forward(src: Ring, n: number): void {
+  if (mode === 'xconnect') {
+    const dst = peer[src.port] ?? -1;
+    dstOf.fill(dst, 0, n);
+    if (dst < 0) src.stats[ST_DROP_NO_DEST] += n;
+    else deliver(src, n, dst, false);
+    return;
+  }
+  if (mode !== 'bridge' || !macs) {
+    src.stats[ST_DROP_NO_DEST] += n;
+    return;
+  }
+  const now = (Date.now() / 1000) | 0;
+  let flood = false;
+  for (let i = 0; i < n; i++) {
+    const h = headerOf(src.mem, i);
+    if (!h) {
+      dstOf[i] = -2;
+      src.stats[ST_DROP_NO_DEST]++;
+      continue;
+    }
+    macs.learn(h, 6, src.port, now);
+    const d = macs.lookup(h, 0, now);
+    if (d === src.port) {
+      dstOf[i] = -2; // the destination is behind the port it came from: filter
+      continue;
+    }
+    dstOf[i] = d;
+    if (d < 0) flood = true;
+  }
+  for (let p = 0; p < ports; p++) {
+    if (p === src.port) continue;
+    deliver(src, n, p, flood);
+  }
+}
+
+/** A frame from the backend itself (RARP after migration) enters as if `from` sent it. */
+function inject(from: number, frame: Uint8Array): void {
+  const now = (Date.now() / 1000) | 0;
+  if (macs) macs.learn(frame, 6, from, now);
+  const targets = mode === 'xconnect' ? [peer[from] ?? -1] : Array.from({ length: ports }, (_, p) => p).filter((p) => p !== from);
+  for (const p of targets) {
+    const rx = p >= 0 ? rxFor(p, 0) : undefined;
+    if (!rx) continue;
+    rx.vq.acquire();
+    let notify = false;
+    try {
+      rx.vq.enqueueBytes(frame, 0, frame.length);
+      notify = rx.vq.flush();
+    } catch (e) {
+      rx.vq.release();
+      broken(rx.device, rx.index, e);
+      continue;
+    }
+    rx.vq.release();
+    if (notify) notifyRx(rx);
+  }
+}
+
+/** One pass over every TX ring; returns packets moved. */
+function pollOnce(): number {
+  let moved = 0;
+  for (let k = 0; k < txRings.length; k++) {
+    const r = txRings[k];
+    let n: number;
+    try {
+      n = r.vq.dequeueBurst(batch, BURST);
+      if (n === 0) continue;
+      forward(r, n);
+      if (r.vq.completeBurst(batch)) signal(r);
+    } catch (e) {
+      broken(r.device, r.index, e);
+      k--;
+      continue;
+    }
+    moved += n;
+  }
+  return moved;
+}
+
+/** Sleep on kicks: enable notifications, re-check (a kick may have been skipped), wait. */
+function sleep(): void {
+  flushCoalesced();
+  for (const r of txRings) r.vq.enableNotify();
+  if (pollOnce() > 0) {
+    for (const r of txRings) r.vq.disableNotify();
+    return;
+  }
+  Atomics.store(ctrl, W_SLEEPING, 1);
+  if (Atomics.load(ctrl, W_MAILBOX) === seenMailbox) {
+    native.waitAny(waitFds, waitCount, anyPolledRing ? 1 : init.sleepMs);
+  }
+  Atomics.store(ctrl, W_SLEEPING, 0);
+  native.eventfdRead(init.wakeFd);
+  for (const r of txRings) {
+    if (r.kickFd >= 0 && native.eventfdRead(r.kickFd) > 0) r.stats[ST_KICKS]++;
+    r.vq.disableNotify();
+  }
+}
+
+function main(): void {
+  if (init.cpus.length > 0) native.setAffinity(init.cpus);
+  send({ op: 'ready', worker: init.worker, tid: native.gettid(), cpus: native.getAffinity() });
+  rebuildWaitSet();
+  let idle = 0;
+  let rounds = 0;
+  while (running && Atomics.load(ctrl, W_RUN) === 1) {
+    if (Atomics.load(ctrl, W_MAILBOX) !== seenMailbox) drainMailbox();
+    const moved = pollOnce();
+    if (moved > 0) idle = 0;
+    else if (++idle > init.idleSpins) {
+      sleep();
+      idle = 0;
+    }
+    if ((++rounds & 1023) === 0) Atomics.add(ctrl, W_HEARTBEAT, 1);
+  }
+  flushCoalesced();
+  port.close();
+}
+
+main();

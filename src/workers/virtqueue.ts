@@ -1,0 +1,514 @@
+/**
+ * One split virtqueue, device side (virtio 1.x 2.7), after DPDK lib/vhost virtio_net.c.
+ *
+ * Guest TX (odd index): dequeueBurst() records packets in place into a PacketBatch, the caller
+ * forwards them, completeBurst() returns the heads. Guest RX (even index): under acquire() /
+ * release() (several workers may feed one RX ring), enqueue() copies a packet from another
+ * guest's memory into posted buffers, flush() publishes used->idx.
+ *
+ * Rules: every guest violation throws GuestError before anything is written outside the
+ * guest's own buffers; no allocation per packet; Atomics only where ordering against the guest
+ * matters (avail->idx load, used->idx store, notification fields, the RX lock).
+ */
+import { MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, DESC_SIZE } from '../shared/constants';
+import {
+  CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
+  ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
+} from '../shared/types';
+import { copyBytes } from './copy';
+import { DescWalker } from './desc-walker';
+import { DirtyLog } from './dirty-log';
+import { GuestError } from './guest-error';
+import { GuestMemory, makeViews, RegionViews } from './guest-memory';
+import { PacketBatch } from './packet-batch';
+
+export { GuestError } from './guest-error';
+
+export class Virtqueue {
+  readonly index: number;
+  readonly size: number;
+  readonly isTx: boolean;
+  readonly features: QueueFeatures;
+  readonly mem: GuestMemory;
+  readonly log: DirtyLog;
+  readonly ctrl: Int32Array;
+  readonly stats: Float64Array;
+
+  /** avail: [flags, idx, ring[size], used_event] */
+  private readonly avail16: Uint16Array;
+  /** used as u16: [flags, idx, ..., avail_event at 2 + 4 * size] */
+  private readonly used16: Uint16Array;
+  /** used as u32: element k = [1 + 2k] id, [2 + 2k] len */
+  private readonly used32: Uint32Array;
+  private readonly mask: number;
+  private logUsedGpa: number;
+  private readonly walker: DescWalker;
+
+  // Ring state: owned by the TX worker, or loaded by acquire() for RX.
+  private lastAvail: number;
+  private lastUsed: number;
+  private signalled: number;
+  /** last avail->idx read (validated), so RX reloads it only when it runs short */
+  private availIdx: number;
+  private usedFlags = 0;
+  /** used entries written but used->idx not yet stored */
+  private unpublished = false;
+  /** a notification decided while completing dropped-only bursts, reported by the next completeBurst */
+  private notifyPending = false;
+  private pagesSeen = 0;
+
+  // RX scratch: the destination buffers reserved for the packet being enqueued.
+  private dSegRegion = new Uint8Array(64);
+  private dSegOff = new Float64Array(64);
+  private dSegLen = new Uint32Array(64);
+  private nDSeg = 0;
+  private chainHead: Uint16Array | null = null;
+  private chainLen: Uint32Array | null = null;
+  private nChains = 0;
+  // write cursor into the reserved segments
+  private wSeg = 0;
+  private wPos = 0;
+
+  constructor(vd: VringDesc, mem: GuestMemory, log: DirtyLog) {
+    const size = vd.size;
+    if (!Number.isInteger(size) || size <= 0 || (size & (size - 1)) !== 0) {
+      throw new GuestError('queue size not a power of two', `size ${size}`);
+    }
+    if (size > MAX_QUEUE_SIZE) throw new GuestError('queue size over 32768', `size ${size}`);
+    this.index = vd.index;
+    this.size = size;
+    this.mask = size - 1;
+    this.isTx = (vd.index & 1) === 1;
+    this.features = { ...vd.features };
+    this.mem = mem;
+    this.log = log;
+    this.logUsedGpa = vd.logUsedGpa;
+    this.ctrl = new Int32Array(vd.ctrl);
+    this.stats = new Float64Array(vd.stats);
+
+    checkRing(mem, 'desc', vd.desc, DESC_SIZE * size, 16);
+    checkRing(mem, 'avail', vd.avail, 6 + 2 * size, 2);
+    checkRing(mem, 'used', vd.used, 6 + 8 * size, 4);
+    const a = mem.regions[vd.avail.region];
+    const u = mem.regions[vd.used.region];
+    this.avail16 = new Uint16Array(a.sab, sabOffset(a.sabOffset + vd.avail.offset, 2, 'avail'), 3 + size);
+    this.used16 = new Uint16Array(u.sab, sabOffset(u.sabOffset + vd.used.offset, 4, 'used'), 3 + 4 * size);
+    this.used32 = new Uint32Array(u.sab, u.sabOffset + vd.used.offset, 1 + 2 * size);
+    this.walker = new DescWalker(mem, vd.desc.region, vd.desc.offset, size, vd.features.indirect);
+
+    this.lastAvail = this.ctrl[CTRL_LAST_AVAIL] & 0xffff;
+    this.lastUsed = this.ctrl[CTRL_LAST_USED] & 0xffff;
+    this.signalled = this.ctrl[CTRL_SIGNALLED_USED] & 0xffff;
+    this.availIdx = this.lastAvail;
+    this.pagesSeen = log.pagesMarked;
+  }
+
+  /**
+   * Turn dirty logging on or off in place (migration start/end, a new log base, a new
+   * log address for the used ring) without stopping the ring: called between bursts.
+   */
+  setLogging(logAll: boolean, logUsedGpa: number): void {
+    this.log.flush();
+    this.features.logAll = logAll;
+    this.logUsedGpa = logUsedGpa;
+  }
+
+  private get logging(): boolean {
+    return this.features.logAll && this.log.active;
+  }
+
+  // ---------------------------------------------------------------- guest TX (dequeue)
+
+  /**
+   * Record up to `max` packets from the avail ring into `batch` (reset first). Returns the
+   * number of packets; completeBurst(batch) must follow once they have been copied out.
+   */
+  dequeueBurst(batch: PacketBatch, max: number): number {
+    batch.reset();
+    const avail = this.loadAvailIdx();
+    let pending = (avail - this.lastAvail) & 0xffff;
+    if (pending === 0) return 0;
+    if (max > batch.capacity) max = batch.capacity;
+    if (pending > max) pending = max;
+    const hdrLen = this.features.hdrLen;
+    const w = this.walker;
+    let idx = this.lastAvail;
+    let bytes = 0;
+    for (let k = 0; k < pending; k++) {
+      const head = this.availHead(idx);
+      const segMark = batch.nSegs;
+      let hdrLeft = hdrLen;
+      let total = 0;
+      let overflow = false;
+      w.start(head);
+      while (w.next()) {
+        if (w.writable) throw new GuestError('writable descriptor in TX chain', `head ${head}`);
+        let off = w.off;
+        let len = w.len;
+        if (hdrLeft > 0) {
+          // ANY_LAYOUT: the header may share a buffer with data or span several.
+          const skip = len < hdrLeft ? len : hdrLeft;
+          hdrLeft -= skip;
+          off += skip;
+          len -= skip;
+        }
+        if (len === 0) continue;
+        const s = batch.nSegs;
+        if (s === batch.segCapacity) {
+          overflow = true;
+          break;
+        }
+        batch.segRegion[s] = w.region;
+        batch.segOffset[s] = off;
+        batch.segLen[s] = len;
+        batch.nSegs = s + 1;
+        total += len;
+      }
+      if (overflow) {
+        batch.nSegs = segMark;
+        // Leave it for the next burst unless it cannot fit even in an empty batch.
+        if (batch.nUsed > 0) break;
+        this.stats[ST_DROP_TOO_BIG]++;
+        batch.usedHead[batch.nUsed++] = head;
+        idx = (idx + 1) & 0xffff;
+        continue;
+      }
+      if (hdrLeft > 0) throw new GuestError('TX chain shorter than the virtio-net header', `head ${head}`);
+      const p = batch.count++;
+      batch.head[p] = head;
+      batch.pktLen[p] = total;
+      batch.segStart[p] = segMark;
+      batch.segCount[p] = batch.nSegs - segMark;
+      batch.usedHead[batch.nUsed++] = head;
+      bytes += total;
+      idx = (idx + 1) & 0xffff;
+    }
+    this.lastAvail = idx;
+    // The main thread reads it for GET_VRING_BASE after this worker stopped.
+    this.ctrl[CTRL_LAST_AVAIL] = idx;
+    this.stats[ST_PACKETS] += batch.count;
+    this.stats[ST_BYTES] += bytes;
+    if (batch.count === 0 && batch.nUsed > 0) {
+      // Only dropped chains: callers skip completeBurst for an empty burst, so return them now.
+      if (this.completeBurst(batch)) this.notifyPending = true;
+      batch.nUsed = 0;
+    }
+    return batch.count;
+  }
+
+  /** Return every head of the burst (used len 0), publish used->idx. True: notify the guest. */
+  completeBurst(batch: PacketBatch): boolean {
+    const n = batch.nUsed;
+    let notify = this.notifyPending;
+    this.notifyPending = false;
+    if (n === 0) return notify;
+    const u32 = this.used32;
+    const mask = this.mask;
+    const first = this.lastUsed;
+    for (let k = 0; k < n; k++) {
+      const e = 1 + 2 * ((first + k) & mask);
+      u32[e] = batch.usedHead[k];
+      u32[e + 1] = 0;
+    }
+    this.logUsedElems(first, n);
+    this.lastUsed = (first + n) & 0xffff;
+    this.ctrl[CTRL_LAST_USED] = this.lastUsed;
+    this.unpublished = true;
+    if (this.publish()) notify = true;
+    return notify;
+  }
+
+  // ---------------------------------------------------------------- guest RX (enqueue)
+
+  /** Take the RX ring (spin lock in ctrl) and load its indices. Holders never block inside. */
+  acquire(): void {
+    const ctrl = this.ctrl;
+    while (Atomics.compareExchange(ctrl, CTRL_LOCK, 0, 1) !== 0) {
+      // brief spin: the holder is copying at most one burst
+    }
+    this.lastAvail = ctrl[CTRL_LAST_AVAIL] & 0xffff;
+    this.lastUsed = ctrl[CTRL_LAST_USED] & 0xffff;
+    this.signalled = ctrl[CTRL_SIGNALLED_USED] & 0xffff;
+    this.availIdx = this.lastAvail;
+  }
+
+  /** Store the indices back and unlock. Call flush() first (else used->idx is published here, unsignalled). */
+  release(): void {
+    if (this.unpublished) this.publish();
+    const ctrl = this.ctrl;
+    ctrl[CTRL_LAST_AVAIL] = this.lastAvail;
+    ctrl[CTRL_LAST_USED] = this.lastUsed;
+    ctrl[CTRL_SIGNALLED_USED] = this.signalled;
+    Atomics.store(ctrl, CTRL_LOCK, 0);
+  }
+
+  /**
+   * Copy packet i of `batch` (dequeued from a ring of `srcMem`) into this ring. False, and
+   * ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is consumed then.
+   */
+  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number): boolean {
+    const len = batch.pktLen[i];
+    if (!this.reserve(len)) return false;
+    const views = srcMem.views;
+    const end = batch.segStart[i] + batch.segCount[i];
+    for (let s = batch.segStart[i]; s < end; s++) {
+      this.put(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
+    }
+    this.commit(len);
+    return true;
+  }
+
+  /** Enqueue a frame made by the backend itself (e.g. RARP). Rare: builds temporary views. */
+  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
+    if (!this.reserve(len)) return false;
+    this.put(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
+    this.commit(len);
+    return true;
+  }
+
+  /** Publish used->idx (after the entries and the log). True: notify the guest. */
+  flush(): boolean {
+    return this.unpublished ? this.publish() : false;
+  }
+
+  // ---------------------------------------------------------------- notifications
+
+  /**
+   * The poller is about to sleep: ask the guest to kick (RX rings: call under acquire()). Returns true when avail already moved
+   * (work arrived before the request was visible: do not sleep).
+   */
+  enableNotify(): boolean {
+    if (this.features.eventIdx) {
+      Atomics.store(this.used16, 2 + 4 * this.size, this.lastAvail);
+      this.logUsedField(4 + 8 * this.size);
+    } else {
+      this.usedFlags &= ~VRING_USED_F_NO_NOTIFY;
+      Atomics.store(this.used16, 0, this.usedFlags);
+      this.logUsedField(0);
+    }
+    if (this.logging) this.log.flush();
+    // seq-cst store then load: the guest either sees the request or we see its new avail idx.
+    return ((Atomics.load(this.avail16, 1) - this.lastAvail) & 0xffff) !== 0;
+  }
+
+  /** Busy polling again: ask the guest not to kick. */
+  disableNotify(): void {
+    // With EVENT_IDX the guest ignores used->flags; an avail_event left behind costs one kick.
+    if (this.features.eventIdx) return;
+    if ((this.usedFlags & VRING_USED_F_NO_NOTIFY) !== 0) return;
+    this.usedFlags |= VRING_USED_F_NO_NOTIFY;
+    this.used16[0] = this.usedFlags;
+    this.logUsedField(0);
+    if (this.logging) this.log.flush();
+  }
+
+  /** Indices for tests and GET_VRING_BASE-like reads (RX: valid while acquired). */
+  get lastAvailIdx(): number {
+    return this.lastAvail;
+  }
+  get lastUsedIdx(): number {
+    return this.lastUsed;
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  /** Atomics.load of avail->idx, validated against the size (the guest may not run ahead). */
+  private loadAvailIdx(): number {
+    const a = Atomics.load(this.avail16, 1);
+    if (((a - this.lastAvail) & 0xffff) > this.size) {
+      throw new GuestError('avail idx more than queue size ahead', `avail ${a} last ${this.lastAvail} size ${this.size}`);
+    }
+    return a;
+  }
+
+  private availHead(idx: number): number {
+    const head = this.avail16[2 + (idx & this.mask)];
+    if (head >= this.size) throw new GuestError('avail ring head out of range', `head ${head}`);
+    return head;
+  }
+
+  /**
+   * Walk (without writing) enough RX chains for hdrLen + len bytes and remember the buffers.
+   * False and ST_DROP_NO_BUF when there is not enough; no index moves then.
+   */
+  private reserve(len: number): boolean {
+    if (this.isTx) throw new Error(`enqueue on guest TX queue ${this.index}`);
+    if (this.chainHead === null) {
+      this.chainHead = new Uint16Array(this.size);
+      this.chainLen = new Uint32Array(this.size);
+    }
+    const chainHead = this.chainHead;
+    const chainLen = this.chainLen!;
+    const mrg = this.features.mrgRxbuf;
+    const w = this.walker;
+    let left = this.features.hdrLen + len;
+    let idx = this.lastAvail;
+    let nSeg = 0;
+    let nChains = 0;
+    while (left > 0) {
+      if (idx === this.availIdx) {
+        this.availIdx = this.loadAvailIdx();
+        if (idx === this.availIdx) break;
+      }
+      const head = this.availHead(idx);
+      let got = 0;
+      w.start(head);
+      // Stop at the bytes needed: descriptors after that are neither read nor written.
+      while (left > 0 && w.next()) {
+        if (!w.writable) throw new GuestError('readable descriptor in RX chain', `head ${head}`);
+        const take = w.len < left ? w.len : left;
+        if (take === 0) continue;
+        if (nSeg === this.dSegLen.length) this.growSegs();
+        this.dSegRegion[nSeg] = w.region;
+        this.dSegOff[nSeg] = w.off;
+        this.dSegLen[nSeg] = take;
+        nSeg++;
+        left -= take;
+        got += take;
+      }
+      chainHead[nChains] = head;
+      chainLen[nChains] = got;
+      nChains++;
+      idx = (idx + 1) & 0xffff;
+      if (!mrg) break;
+    }
+    if (left > 0) {
+      this.stats[ST_DROP_NO_BUF]++;
+      return false;
+    }
+    this.nDSeg = nSeg;
+    this.nChains = nChains;
+    this.wSeg = 0;
+    this.wPos = 0;
+    this.writeHeader(mrg ? nChains : 1);
+    return true;
+  }
+
+  /** Zeroed virtio-net header; num_buffers (u16 LE at byte 10) when the header has it. */
+  private writeHeader(numBuffers: number): void {
+    const hdrLen = this.features.hdrLen;
+    for (let b = 0; b < hdrLen; b++) {
+      const v = b === 10 ? numBuffers & 0xff : b === 11 ? numBuffers >>> 8 : 0;
+      while (this.wPos === this.dSegLen[this.wSeg]) {
+        this.wSeg++;
+        this.wPos = 0;
+      }
+      this.mem.views[this.dSegRegion[this.wSeg]].u8[this.dSegOff[this.wSeg] + this.wPos] = v;
+      this.wPos++;
+    }
+  }
+
+  /** Append src[off, off + len) at the write cursor (space was reserved). */
+  private put(src: RegionViews, off: number, len: number): void {
+    const views = this.mem.views;
+    while (len > 0) {
+      let room = this.dSegLen[this.wSeg] - this.wPos;
+      if (room === 0) {
+        this.wSeg++;
+        this.wPos = 0;
+        room = this.dSegLen[this.wSeg];
+      }
+      const n = len < room ? len : room;
+      copyBytes(views[this.dSegRegion[this.wSeg]], this.dSegOff[this.wSeg] + this.wPos, src, off, n);
+      this.wPos += n;
+      off += n;
+      len -= n;
+    }
+  }
+
+  /** Log the written buffers, write the used entries (published by flush), advance. */
+  private commit(len: number): void {
+    if (this.logging) {
+      const mem = this.mem;
+      for (let s = 0; s < this.nDSeg; s++) this.log.markRange(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
+    }
+    const u32 = this.used32;
+    const mask = this.mask;
+    const first = this.lastUsed;
+    const n = this.nChains;
+    const chainHead = this.chainHead!;
+    const chainLen = this.chainLen!;
+    for (let c = 0; c < n; c++) {
+      const e = 1 + 2 * ((first + c) & mask);
+      u32[e] = chainHead[c];
+      u32[e + 1] = chainLen[c];
+    }
+    this.logUsedElems(first, n);
+    this.lastUsed = (first + n) & 0xffff;
+    this.lastAvail = (this.lastAvail + n) & 0xffff;
+    this.unpublished = true;
+    this.stats[ST_PACKETS]++;
+    this.stats[ST_BYTES] += len;
+  }
+
+  /** Store used->idx after the entries and the log bits, then decide on notifying. */
+  private publish(): boolean {
+    const logging = this.logging;
+    if (logging) this.log.flush();
+    Atomics.store(this.used16, 1, this.lastUsed);
+    if (logging) {
+      this.logUsedField(2);
+      this.log.flush();
+      this.stats[ST_DIRTY_PAGES] += this.log.pagesMarked - this.pagesSeen;
+    }
+    this.pagesSeen = this.log.pagesMarked;
+    this.unpublished = false;
+    const now = this.lastUsed;
+    const old = this.signalled;
+    // As vhost does: "old" is used->idx at the previous check, so the guest's used_event is
+    // compared against exactly the entries published since.
+    this.signalled = now;
+    // RX state goes back to ctrl in release(); TX has no lock, so keep ctrl current here.
+    if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = now;
+    if (now === old) return false;
+    // Atomics.load after the seq-cst store: a plain load could pass the store (ARM64).
+    if (this.features.eventIdx) {
+      const usedEvent = Atomics.load(this.avail16, 2 + this.size);
+      return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
+    }
+    return (Atomics.load(this.avail16, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  /** Log n used elements starting at ring index `first` (two ranges when they wrap). */
+  private logUsedElems(first: number, n: number): void {
+    if (this.logUsedGpa < 0 || !this.logging) return;
+    const slot = first & this.mask;
+    const till = slot + n <= this.size ? n : this.size - slot;
+    this.log.markRange(this.logUsedGpa + 4 + 8 * slot, 8 * till);
+    if (till < n) this.log.markRange(this.logUsedGpa + 4, 8 * (n - till));
+  }
+
+  private logUsedField(off: number): void {
+    if (this.logUsedGpa >= 0 && this.logging) this.log.markRange(this.logUsedGpa + off, 2);
+  }
+
+  /** Pathological guests (tiny buffers): grow the scratch, amortised, never per packet. */
+  private growSegs(): void {
+    const n = this.dSegLen.length * 2;
+    const r = new Uint8Array(n);
+    const o = new Float64Array(n);
+    const l = new Uint32Array(n);
+    r.set(this.dSegRegion);
+    o.set(this.dSegOff);
+    l.set(this.dSegLen);
+    this.dSegRegion = r;
+    this.dSegOff = o;
+    this.dSegLen = l;
+  }
+}
+
+function checkRing(mem: GuestMemory, name: string, loc: RingLocation, bytes: number, align: number): void {
+  const r = mem.regions[loc.region];
+  if (!r || !Number.isInteger(loc.offset) || loc.offset < 0 || loc.offset + bytes > r.size) {
+    throw new GuestError(`${name} ring outside its region`, `region ${loc.region} offset ${loc.offset} bytes ${bytes}`);
+  }
+  if ((r.gpa + loc.offset) % align !== 0) {
+    throw new GuestError(`${name} ring not ${align}-aligned`, `gpa 0x${(r.gpa + loc.offset).toString(16)}`);
+  }
+}
+
+/** Typed-array views need the ring aligned inside the SAB too (mmap offsets normally are). */
+function sabOffset(off: number, align: number, name: string): number {
+  if (off % align !== 0) throw new Error(`${name} ring not ${align}-aligned inside its mapping`);
+  return off;
+}

@@ -1,0 +1,51 @@
+import t from 'tap';
+import { ConfigError, parseConfig } from '../src/main/config';
+
+const two = () => ({
+  interfaces: [
+    { name: 'vm1', socket: '/tmp/a.sock' },
+    { name: 'vm2', socket: '/tmp/b.sock', mode: 'client', queues: 2 },
+  ],
+});
+
+t.test('defaults are filled in', async (t) => {
+  const c = parseConfig(two(), 2);
+  t.equal(c.interfaces[0].mode, 'server');
+  t.equal(c.interfaces[0].queues, 1);
+  t.equal(c.interfaces[0].mtu, 1500);
+  t.same(c.forwarding, { mode: 'xconnect', pairs: [['vm1', 'vm2']] }, 'two interfaces default to a cross-connect');
+  t.equal(c.workers.length, 1, 'one poller on a 2-CPU machine');
+  t.same(c.workers[0].queues.sort(), ['vm1:0', 'vm2:0', 'vm2:1']);
+});
+
+t.test('every bad key is named with what was expected', async (t) => {
+  const cases: Array<[string, (c: Record<string, unknown>) => void, RegExp]> = [
+    ['queues 0', (c) => ((c.interfaces as Array<Record<string, unknown>>)[1].queues = 0), /^interfaces\[1\]\.queues: expected an integer 1\.\.8, got 0$/],
+    ['mode', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].mode = 'both'), /^interfaces\[0\]\.mode: expected "server" or "client"/],
+    ['unknown key', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].sokcet = 'x'), /^interfaces\[0\]\.sokcet: expected one of the keys/],
+    ['dup name', (c) => ((c.interfaces as Array<Record<string, unknown>>)[1].name = 'vm1'), /^interfaces\[1\]\.name: expected a name used once/],
+    ['bad pair', (c) => (c.forwarding = { mode: 'xconnect', pairs: [['vm1', 'vm3']] }), /^forwarding\.pairs\[0\]\[1\]: expected an interface name/],
+    ['bad mode', (c) => (c.forwarding = { mode: 'hub' }), /^forwarding\.mode: expected "xconnect" or "bridge"/],
+    ['bad feature', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].maskFeatures = ['VIRTIO_NET_F_NOPE']), /^interfaces\[0\]\.maskFeatures\[0\]: expected one of/],
+    ['bad cpu', (c) => (c.workers = [{ cpus: [5], queues: ['vm1:0'] }]), /^workers\[0\]\.cpus\[0\]: expected an integer 0\.\.1, got 5$/],
+    ['bad queue', (c) => (c.workers = [{ cpus: [1], queues: ['vm1:3'] }]), /^workers\[0\]\.queues\[0\]: expected one of vm1:0/],
+    ['no interfaces', (c) => (c.interfaces = []), /^interfaces: expected a non-empty array/],
+  ];
+  for (const [name, mutate, re] of cases) {
+    const c = two() as unknown as Record<string, unknown>;
+    mutate(c);
+    t.throws(() => parseConfig(c, 2), re, name);
+    try {
+      parseConfig(c, 2);
+    } catch (e) {
+      t.type(e, ConfigError, `${name}: a ConfigError`);
+    }
+  }
+});
+
+t.test('workers: explicit pinning kept, unassigned queues go to the first worker', async (t) => {
+  const c = { ...two(), workers: [{ cpus: [1], queues: ['vm1:0'] }] };
+  const cfg = parseConfig(c, 2);
+  t.same(cfg.workers[0].cpus, [1]);
+  t.same(cfg.workers[0].queues, ['vm1:0', 'vm2:0', 'vm2:1']);
+});

@@ -1,0 +1,164 @@
+import t from 'tap';
+import { DirtyLog } from '../src/workers/dirty-log';
+import { PacketBatch } from '../src/workers/packet-batch';
+import { ST_DIRTY_PAGES } from '../src/shared/types';
+import { eq, Guest, makeGuest, makeQueue, pattern, Queue } from './vq-harness';
+
+/** Expected log bytes, computed from explicit [gpa, len) ranges without the code under test. */
+function expectedLog(sizeBytes: number, ranges: Array<[number, number]>): Uint8Array {
+  const out = new Uint8Array(sizeBytes);
+  for (const [gpa, len] of ranges) {
+    for (let a = gpa; a < gpa + len; a++) {
+      const page = Math.floor(a / 4096);
+      out[Math.floor(page / 8)] |= 1 << (page % 8);
+    }
+  }
+  return out;
+}
+
+function bitsOf(log: Uint8Array): number[] {
+  const pages: number[] = [];
+  for (let i = 0; i < log.length * 8; i++) if (log[i >> 3] & (1 << (i & 7))) pages.push(i);
+  return pages;
+}
+
+t.test('DirtyLog: ranges, page boundaries, beyond the log, word cache', async (t) => {
+  for (const cache of [true, false]) {
+    const sab = new SharedArrayBuffer(64);
+    const view = new Uint8Array(sab);
+    const log = new DirtyLog(cache);
+    log.markRange(0, 4096); // no log set: nothing, not counted
+    t.equal(log.pagesMarked, 0);
+    log.set({ sab, offset: 16, size: 16 }); // 128 pages
+    log.markRange(4095, 2); // pages 0, 1
+    log.markRange(8192, 4096); // page 2 only (end exclusive)
+    log.markRange(100 * 4096 + 5, 0); // empty: nothing
+    log.markRange(127 * 4096, 3 * 4096); // 127 set, 128 and 129 beyond the log
+    log.markRange(40 * 4096 + 10, 1); // 40
+    log.flush();
+    t.same(bitsOf(view.subarray(16, 32)), [0, 1, 2, 40, 127], `cache ${cache}`);
+    t.equal(log.pagesMarked, 5);
+    t.equal(log.pagesBeyondLog, 2);
+    t.ok(view.subarray(0, 16).every((b) => b === 0) && view.subarray(32).every((b) => b === 0), 'nothing outside the log');
+    // bits already set by the frontend are kept (OR, not store)
+    view[16 + 1] = 0x80; // page 15
+    log.markRange(8 * 4096, 1);
+    log.set(null); // flushes first
+    t.same(bitsOf(view.subarray(16, 32)), [0, 1, 2, 8, 15, 40, 127]);
+    t.equal(log.active, false);
+  }
+  // a log not 4-aligned in its SAB: byte-wise Atomics.or
+  const sab = new SharedArrayBuffer(32);
+  const log = new DirtyLog();
+  log.set({ sab, offset: 3, size: 5 });
+  log.markRange(33 * 4096, 4096 * 7);
+  log.flush();
+  t.same(bitsOf(new Uint8Array(sab, 3, 5)), [33, 34, 35, 36, 37, 38, 39]);
+  t.equal(new Uint8Array(sab)[2], 0);
+  t.equal(new Uint8Array(sab)[8], 0);
+});
+
+/** Guest A transmits (no logging); guest B receives with its used ring across a page boundary. */
+function scenario(logAll: boolean) {
+  const a = makeGuest();
+  const b = makeGuest();
+  const logSab = new SharedArrayBuffer(64);
+  const logView = new Uint8Array(logSab, 8, 16); // 128 pages > 48 pages of guest memory
+  // 1024 entries from 0x4ffc: slot 0 straddles pages 4|5, slot 1 is on page 5 alone, slots
+  // 1022/1023 on page 6: a used-ring wrap that logs only the first part misses page 5.
+  const USED = 0x4ff8;
+  const tx = makeQueue(a, { index: 1 });
+  const rx = makeQueue(b, {
+    index: 0, size: 1024, desc: 0x18000, startIdx: 1022, used: USED, logUsed: true,
+    features: { logAll }, log: { sab: logSab, offset: 8, size: 16 },
+  });
+  return { a, b, tx, rx, logSab, logView, USED };
+}
+
+function forward(src: Guest, tx: Queue, rx: Queue, batch: PacketBatch): void {
+  const n = tx.vq.dequeueBurst(batch, 32);
+  rx.vq.acquire();
+  for (let i = 0; i < n; i++) rx.vq.enqueue(src.gm, batch, i);
+  rx.vq.flush();
+  rx.vq.release();
+  tx.vq.completeBurst(batch);
+}
+
+t.test('scripted writes: the log equals exactly the written pages', async (t) => {
+  const { a, tx, rx, logSab, logView, USED } = scenario(true);
+  const batch = new PacketBatch();
+  // 1) one packet crossing a page boundary: 12 + 300 bytes from 0x9f80 -> pages 9 and 10
+  rx.drv.postChain([{ gpa: 0x9f80, len: 2048, write: true }]);
+  const p1 = pattern(300, 1);
+  tx.drv.postTx(p1);
+  forward(a, tx, rx, batch);
+  // 2) a mergeable packet over 3 buffers: 512 + 512 + 188 bytes (the last crosses 0x16000)
+  for (const gpa of [0x12000, 0x13800, 0x15f80]) rx.drv.postChain([{ gpa, len: 512, write: true }]);
+  const p2 = pattern(1200, 2);
+  tx.drv.postTx(p2);
+  forward(a, tx, rx, batch);
+  const got = rx.drv.readRx();
+  t.equal(got.length, 2);
+  t.ok(eq(got[0].data, p1));
+  t.equal(got[1].numBuffers, 3);
+  t.same(got[1].used.map((e) => e.len), [512, 512, 188]);
+  t.ok(eq(got[1].data, p2));
+  // used slots 1022, 1023, then (wrap) 0, 1; used->idx written twice
+  const elem = (slot: number): [number, number] => [USED + 4 + 8 * slot, 8];
+  const expected = expectedLog(16, [
+    [0x9f80, 312],
+    [0x12000, 512], [0x13800, 512], [0x15f80, 188],
+    elem(1022), elem(1023), elem(0), elem(1),
+    [USED + 2, 2],
+  ]);
+  t.same(bitsOf(logView), bitsOf(expected), 'pages');
+  t.ok(eq(logView, expected), 'log bytes exactly as expected');
+  t.same(bitsOf(expected), [4, 5, 6, 9, 10, 0x12, 0x13, 0x15, 0x16], 'the script touches these pages');
+  t.equal(rx.drv.usedIdx(), 1026, 'four entries from 1022: ring slots 1022, 1023, 0, 1');
+  const whole = new Uint8Array(logSab);
+  t.ok(whole.subarray(0, 8).every((x) => x === 0) && whole.subarray(24).every((x) => x === 0), 'nothing written outside the log');
+  t.ok(rx.stats[ST_DIRTY_PAGES] >= 9, 'dirty page marks counted');
+  t.equal(tx.stats[ST_DIRTY_PAGES], 0);
+});
+
+t.test('logAll off: no bit is set', async (t) => {
+  const { a, tx, rx, logSab } = scenario(false);
+  const batch = new PacketBatch();
+  rx.drv.postChain([{ gpa: 0x9f80, len: 2048, write: true }]);
+  for (const gpa of [0x12000, 0x13800, 0x15f80]) rx.drv.postChain([{ gpa, len: 512, write: true }]);
+  tx.drv.postTx(pattern(300, 1));
+  tx.drv.postTx(pattern(1200, 2));
+  forward(a, tx, rx, batch);
+  t.equal(rx.drv.readRx().length, 2, 'packets delivered');
+  rx.vq.enableNotify();
+  t.ok(new Uint8Array(logSab).every((x) => x === 0));
+  t.equal(rx.stats[ST_DIRTY_PAGES], 0);
+});
+
+t.test('TX used ring and notification fields are logged; TX buffers (read only) are not', async (t) => {
+  const a = makeGuest();
+  const logSab = new SharedArrayBuffer(16);
+  const tx = makeQueue(a, {
+    index: 1, logUsed: true, features: { logAll: true, eventIdx: true }, log: { sab: logSab, offset: 0, size: 16 },
+  });
+  const batch = new PacketBatch();
+  tx.drv.postTx(pattern(1500, 1), { chunks: 3 });
+  tx.drv.postTx(pattern(100, 2));
+  t.equal(tx.vq.dequeueBurst(batch, 32), 2);
+  tx.vq.completeBurst(batch);
+  const used = tx.drv.usedGpa; // 0x6000: page 6
+  t.same(bitsOf(new Uint8Array(logSab)), [Math.floor(used / 4096)]);
+  new Uint8Array(logSab).fill(0);
+  tx.vq.enableNotify(); // avail_event at used + 4 + 8 * size
+  t.same(bitsOf(new Uint8Array(logSab)), [Math.floor((used + 4 + 8 * 8) / 4096)]);
+  t.equal(tx.drv.availEvent(), 2);
+  // a log swapped at a burst boundary: later writes go to the new one only
+  const log2 = new SharedArrayBuffer(16);
+  tx.log.set({ sab: log2, offset: 0, size: 16 });
+  new Uint8Array(logSab).fill(0);
+  tx.drv.postTx(pattern(64, 3));
+  tx.vq.dequeueBurst(batch, 32);
+  tx.vq.completeBurst(batch);
+  t.ok(new Uint8Array(logSab).every((x) => x === 0));
+  t.same(bitsOf(new Uint8Array(log2)), [Math.floor(used / 4096)]);
+});

@@ -1,0 +1,52 @@
+/** Shared test scaffolding: temp dirs, an in-process forwarder, fd counting, log capture. */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseConfig } from '../../src/main/config';
+import { Forwarder } from '../../src/main/forwarder';
+import { LogLine, setSink } from '../../src/main/log';
+
+export function tmpDir(prefix = 'vhostfwd-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export function fdCount(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+/** Start a forwarder for `names` interfaces in server mode under a fresh temp dir. */
+export async function startForwarder(
+  names: string[],
+  extra: Record<string, unknown> = {},
+  perIface: Record<string, unknown> = {},
+): Promise<{ fwd: Forwarder; sock: (name: string) => string; dir: string; stop: () => Promise<void> }> {
+  const dir = tmpDir();
+  const sock = (n: string) => path.join(dir, `${n}.sock`);
+  const cfg = parseConfig({ interfaces: names.map((n) => ({ name: n, socket: sock(n), ...perIface })), ...extra }, os.cpus().length);
+  const fwd = new Forwarder(cfg);
+  await fwd.start();
+  return {
+    fwd,
+    sock,
+    dir,
+    stop: async () => {
+      await fwd.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Collect log lines while `fn` runs. */
+export function captureLogs(): { lines: LogLine[]; stop: () => void } {
+  const lines: LogLine[] = [];
+  setSink((l) => lines.push(l));
+  return { lines, stop: () => setSink(null) };
+}
+
+export async function waitUntil(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
