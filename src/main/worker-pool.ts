@@ -29,6 +29,7 @@ export interface PoolOptions {
   owner: (port: number, pair: number) => number;
   forceLog: boolean;
   idleSpins?: number;
+  idleUs?: number;
   sleepMs?: number;
 }
 
@@ -56,7 +57,8 @@ export class WorkerPool implements Dataplane {
         cpus: w.cpus,
         ctrl: new SharedArrayBuffer(W_INTS * 4),
         wakeFd: native.eventfdCreate(0),
-        idleSpins: this.opts.idleSpins ?? 2048,
+        idleSpins: this.opts.idleSpins ?? 256,
+        idleUs: this.opts.idleUs ?? 1000,
         sleepMs: this.opts.sleepMs ?? 100,
       };
       const slot: Slot = { init, worker: null, port: null, ctrl: new Int32Array(init.ctrl), rings: new Map(), ready: Promise.resolve(), restarts: 0 };

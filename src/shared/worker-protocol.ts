@@ -43,8 +43,10 @@ export interface WorkerInit {
   cpus: number[];
   ctrl: SharedArrayBuffer;
   wakeFd: number;
-  /** busy-poll rounds without traffic before sleeping on kicks */
+  /** empty poll rounds between two looks at the clock */
   idleSpins: number;
+  /** microseconds without traffic before sleeping on kicks (busy polling before that) */
+  idleUs: number;
   /** sleep timeout (ms) while idle: bounds the latency of a missed kick */
   sleepMs: number;
 }

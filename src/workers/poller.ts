@@ -370,15 +370,27 @@ function main(): void {
   if (init.cpus.length > 0) native.setAffinity(init.cpus);
   send({ op: 'ready', worker: init.worker, tid: native.gettid(), cpus: native.getAffinity() });
   rebuildWaitSet();
+  // Busy-poll while traffic flows; after `idleUs` without a packet, sleep on the kicks.
+  // The clock is read once per `idleSpins` empty rounds, not per round.
   let idle = 0;
   let rounds = 0;
+  let worked = false;
+  let lastWork = performance.now();
   while (running && Atomics.load(ctrl, W_RUN) === 1) {
     if (Atomics.load(ctrl, W_MAILBOX) !== seenMailbox) drainMailbox();
-    const moved = pollOnce();
-    if (moved > 0) idle = 0;
-    else if (++idle > init.idleSpins) {
-      sleep();
+    if (pollOnce() > 0) {
       idle = 0;
+      worked = true;
+    } else if (++idle >= init.idleSpins) {
+      idle = 0;
+      const now = performance.now();
+      if (worked) {
+        lastWork = now;
+        worked = false;
+      } else if (now - lastWork >= init.idleUs / 1000) {
+        sleep();
+        lastWork = performance.now();
+      }
     }
     if ((++rounds & 1023) === 0) Atomics.add(ctrl, W_HEARTBEAT, 1);
   }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the real vhost-user peers the tests and benchmarks drive (QEMU 7.2, DPDK 22.11
+# testpmd, a Debian kernel + busybox for tiny guests) and set up hugepages for DPDK.
+# Idempotent and fast when everything is present. Root (apt) needed only to install.
+set -euo pipefail
+[ "${VHOSTFWD_NO_PEERS:-0}" = "1" ] && exit 0
+
+have_all() {
+  command -v qemu-system-x86_64 >/dev/null && command -v dpdk-testpmd >/dev/null &&
+    command -v busybox >/dev/null && command -v cpio >/dev/null && command -v socat >/dev/null &&
+    ls /boot/vmlinuz-* >/dev/null 2>&1 &&
+    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_vhost.so* >/dev/null 2>&1 &&
+    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_virtio.so* >/dev/null 2>&1
+}
+
+if ! have_all; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-peers: QEMU/DPDK/kernel missing and not root: install them as root (see shared PEERS notes)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends qemu-system-x86 dpdk dpdk-dev librte-net-vhost23 \
+    librte-net-virtio23 librte-mempool-ring23 linux-image-amd64 busybox-static cpio socat
+  have_all || { echo "install-peers: packages installed but a tool is still missing" >&2; exit 1; }
+fi
+
+# Hugepages for DPDK: 1024 x 2 MiB unless more are configured already.
+if [ "$(id -u)" = 0 ]; then
+  cur=$(cat /proc/sys/vm/nr_hugepages)
+  if [ "$cur" -lt 1024 ]; then echo 1024 > /proc/sys/vm/nr_hugepages || true; fi
+  mkdir -p /dev/hugepages
+  mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages
+  # stale files of killed testpmd runs hold pages
+  find /dev/hugepages -maxdepth 1 -name 'vhostfwd-*' -mmin +10 -delete 2>/dev/null || true
+fi
+free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+if [ "${free:-0}" -lt 512 ]; then
+  echo "install-peers: only ${free:-0} free hugepages (need 512 for two testpmd processes)" >&2
+  exit 1
+fi
+echo "install-peers: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), dpdk-testpmd present, kernel $(ls /boot/vmlinuz-* | head -1), ${free} free hugepages"
