@@ -10,7 +10,7 @@
  * guest's own buffers; no allocation per packet; Atomics only where ordering against the guest
  * matters (avail->idx load, used->idx store, notification fields, the RX lock).
  */
-import { MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, DESC_SIZE } from '../shared/constants';
+import { MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE, DESC_SIZE } from '../shared/constants';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
   ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
@@ -43,6 +43,8 @@ export class Virtqueue {
   private readonly mask: number;
   private logUsedGpa: number;
   private readonly walker: DescWalker;
+  /** the descriptor table as u32 words for the fast paths (null when not 4-aligned in its SAB) */
+  private readonly desc32: Uint32Array | null;
 
   // Ring state: owned by the TX worker, or loaded by acquire() for RX.
   private lastAvail: number;
@@ -95,6 +97,9 @@ export class Virtqueue {
     this.used16 = new Uint16Array(u.sab, sabOffset(u.sabOffset + vd.used.offset, 4, 'used'), 3 + 4 * size);
     this.used32 = new Uint32Array(u.sab, u.sabOffset + vd.used.offset, 1 + 2 * size);
     this.walker = new DescWalker(mem, vd.desc.region, vd.desc.offset, size, vd.features.indirect);
+    const dr = mem.regions[vd.desc.region];
+    const dAbs = dr.sabOffset + vd.desc.offset;
+    this.desc32 = dAbs % 4 === 0 ? new Uint32Array(dr.sab, dAbs, 4 * size) : null;
 
     this.lastAvail = this.ctrl[CTRL_LAST_AVAIL] & 0xffff;
     this.lastUsed = this.ctrl[CTRL_LAST_USED] & 0xffff;
@@ -134,9 +139,36 @@ export class Virtqueue {
     const w = this.walker;
     let idx = this.lastAvail;
     let bytes = 0;
+    const t = this.desc32;
+    const mem = this.mem;
     for (let k = 0; k < pending; k++) {
       const head = this.availHead(idx);
       const segMark = batch.nSegs;
+      // Fast path: one read-only descriptor holding header and data (ANY_LAYOUT, what
+      // Linux and DPDK send). Anything else goes through the validating walker below.
+      if (t !== null && segMark < batch.segCapacity) {
+        const w = head * 4;
+        const dlen = t[w + 2];
+        if ((t[w + 3] & 0xffff) === 0 && dlen > hdrLen) {
+          const r = mem.translate(t[w] + t[w + 1] * 0x1_0000_0000, dlen);
+          if (r >= 0) {
+            const len = dlen - hdrLen;
+            batch.segRegion[segMark] = r;
+            batch.segOffset[segMark] = mem.off + hdrLen;
+            batch.segLen[segMark] = len;
+            batch.nSegs = segMark + 1;
+            const p = batch.count++;
+            batch.head[p] = head;
+            batch.pktLen[p] = len;
+            batch.segStart[p] = segMark;
+            batch.segCount[p] = 1;
+            batch.usedHead[batch.nUsed++] = head;
+            bytes += len;
+            idx = (idx + 1) & 0xffff;
+            continue;
+          }
+        }
+      }
       let hdrLeft = hdrLen;
       let total = 0;
       let overflow = false;
@@ -247,6 +279,7 @@ export class Virtqueue {
    * ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is consumed then.
    */
   enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number): boolean {
+    if (this.enqueueOne(srcMem, batch, i)) return true;
     const len = batch.pktLen[i];
     if (!this.reserve(len)) return false;
     const views = srcMem.views;
@@ -255,6 +288,59 @@ export class Virtqueue {
       this.put(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
     }
     this.commit(len);
+    return true;
+  }
+
+  /**
+   * Fast path for the common case (bench/NOTES.md): mergeable RX, the next avail chain is
+   * one writable descriptor big enough for header + packet, the packet is one segment,
+   * offsets 4-aligned. Word loads and stores, no cursor. Anything else (including every
+   * malformed case) returns false untouched, and the general path validates and names it.
+   */
+  private enqueueOne(srcMem: GuestMemory, batch: PacketBatch, i: number): boolean {
+    const t = this.desc32;
+    if (t === null || !this.features.mrgRxbuf || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
+    let idx = this.lastAvail;
+    if (idx === this.availIdx) {
+      const a = Atomics.load(this.avail16, 1);
+      if (((a - idx) & 0xffff) > this.size) return false; // the general path raises the error
+      this.availIdx = a;
+      if (idx === a) return false; // no buffer: the general path counts the drop
+    }
+    const head = this.avail16[2 + (idx & this.mask)];
+    if (head >= this.size) return false;
+    const w = head * 4;
+    const flags = t[w + 3] & 0xffff;
+    if (flags !== VRING_DESC_F_WRITE) return false;
+    const len = batch.pktLen[i];
+    const dlen = t[w + 2];
+    if (dlen < len + 12) return false;
+    const mem = this.mem;
+    const r = mem.translate(t[w] + t[w + 1] * 0x1_0000_0000, len + 12);
+    if (r < 0) return false;
+    const off = mem.off;
+    const v = mem.views[r];
+    const u32 = v.u32;
+    if (u32 === null || (off & 3) !== 0 || off >= 0x7fff_ffff) return false;
+    const s = batch.segStart[i];
+    const hw = (off | 0) >> 2;
+    u32[hw] = 0;
+    u32[hw + 1] = 0;
+    u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
+    copyBytes(v, off + 12, srcMem.views[batch.segRegion[s]], batch.segOffset[s], len);
+    const first = this.lastUsed;
+    const e = 1 + 2 * (first & this.mask);
+    this.used32[e] = head;
+    this.used32[e + 1] = len + 12;
+    if (this.logging) {
+      this.log.markRange(mem.gpaOf(r, off), len + 12);
+      this.logUsedElems(first, 1);
+    }
+    this.lastUsed = (first + 1) & 0xffff;
+    this.lastAvail = (idx + 1) & 0xffff;
+    this.unpublished = true;
+    this.stats[ST_PACKETS]++;
+    this.stats[ST_BYTES] += len;
     return true;
   }
 
