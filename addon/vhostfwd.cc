@@ -35,6 +35,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace {
 
@@ -753,6 +754,80 @@ Napi::Value GetAffinity(const Napi::CallbackInfo& info) {
 Napi::Value Gettid(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), Tid()); }
 
 // ---------------------------------------------------------------------------
+// Bulk copy between guest memories (a measured hot-path helper, bench/NOTES.md)
+//
+// A worker registers the SharedArrayBuffers it copies between and then hands over a
+// whole burst of copies in one call: one N-API crossing per burst instead of a
+// Buffer.copy per packet. The table holds a reference on each backing store, so a
+// registered mapping cannot be unmapped under a pending copy; it is per thread because
+// every worker is its own isolate.
+
+thread_local std::vector<std::shared_ptr<v8::BackingStore>> t_copy_regions;
+
+Napi::Value CopyRegister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  napi_value raw = info[0];
+  // The reverse of Mmap's conversion: a napi_value is the Local's slot pointer.
+  v8::Local<v8::Value> value;
+  static_assert(sizeof raw == sizeof value, "napi_value and v8::Local must have the same size");
+  std::memcpy(static_cast<void*>(&value), &raw, sizeof value);
+  if (info.Length() < 1 || value.IsEmpty() || !value->IsSharedArrayBuffer()) {
+    Napi::TypeError e = Napi::TypeError::New(env, "copyRegister: expected a SharedArrayBuffer");
+    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+    throw e;
+  }
+  std::shared_ptr<v8::BackingStore> store = value.As<v8::SharedArrayBuffer>()->GetBackingStore();
+  for (size_t i = 0; i < t_copy_regions.size(); i++) {
+    if (!t_copy_regions[i]) {
+      t_copy_regions[i] = std::move(store);
+      return Napi::Number::New(env, static_cast<double>(i));
+    }
+  }
+  t_copy_regions.push_back(std::move(store));
+  return Napi::Number::New(env, static_cast<double>(t_copy_regions.size() - 1));
+}
+
+Napi::Value CopyUnregister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int id = ArgInt(info, 0, "id must be an integer");
+  if (id >= 0 && static_cast<size_t>(id) < t_copy_regions.size()) t_copy_regions[static_cast<size_t>(id)].reset();
+  return env.Undefined();
+}
+
+// jobs: Float64Array of n x [srcId, srcOff, dstId, dstOff, len]. Every job is checked
+// against its stores' lengths before any byte moves: a bad job throws, nothing copied.
+Napi::Value CopyBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Napi::TypeError e = Napi::TypeError::New(env, "copyBatch: expected (Float64Array, count)");
+    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+    throw e;
+  }
+  Napi::Float64Array jobs = info[0].As<Napi::Float64Array>();
+  int n = ArgInt(info, 1, "count must be an integer");
+  if (n < 0 || static_cast<size_t>(n) * 5 > jobs.ElementLength()) ThrowErrno(env, "copyBatch", EINVAL);
+  const double* j = jobs.Data();
+  const size_t regions = t_copy_regions.size();
+  auto valid = [&](double id, double off, double len) {
+    if (!(id >= 0) || id >= static_cast<double>(regions) || id != std::floor(id)) return false;
+    const std::shared_ptr<v8::BackingStore>& s = t_copy_regions[static_cast<size_t>(id)];
+    if (!s) return false;
+    return off >= 0 && len >= 0 && off == std::floor(off) && len == std::floor(len) && off + len <= static_cast<double>(s->ByteLength());
+  };
+  for (int k = 0; k < n; k++) {
+    const double* q = j + 5 * k;
+    if (!valid(q[0], q[1], q[4]) || !valid(q[2], q[3], q[4])) ThrowErrno(env, "copyBatch", ERANGE);
+  }
+  for (int k = 0; k < n; k++) {
+    const double* q = j + 5 * k;
+    const uint8_t* src = static_cast<const uint8_t*>(t_copy_regions[static_cast<size_t>(q[0])]->Data()) + static_cast<size_t>(q[1]);
+    uint8_t* dst = static_cast<uint8_t*>(t_copy_regions[static_cast<size_t>(q[2])]->Data()) + static_cast<size_t>(q[3]);
+    std::memmove(dst, src, static_cast<size_t>(q[4]));
+  }
+  return env.Undefined();
+}
+
+// ---------------------------------------------------------------------------
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   struct Entry {
@@ -781,8 +856,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"setAffinity", SetAffinity},
       {"getAffinity", GetAffinity},
       {"gettid", Gettid},
+      {"copyRegister", CopyRegister},
+      {"copyUnregister", CopyUnregister},
+      {"copyBatch", CopyBatch},
   };
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+  // The bulk-copy table holds V8 backing stores: release them while this thread's isolate
+  // is still alive (a thread_local destructor would run after it is gone).
+  napi_add_env_cleanup_hook(env, [](void*) { t_copy_regions.clear(); }, nullptr);
   return exports;
 }
 

@@ -141,6 +141,18 @@ export interface Native {
   getAffinity(): number[];
   /** gettid(2) of the calling thread. */
   gettid(): number;
+
+  /**
+   * Bulk copy (hot-path helper): register a SharedArrayBuffer in this thread's copy table
+   * (the table keeps the memory alive until copyUnregister) and get its id.
+   */
+  copyRegister(sab: SharedArrayBuffer): number;
+  copyUnregister(id: number): void;
+  /**
+   * Run `count` copies described in `jobs` as [srcId, srcOff, dstId, dstOff, len] each,
+   * offsets from the SAB start. Every job is bounds-checked first (RangeError code ERANGE).
+   */
+  copyBatch(jobs: Float64Array, count: number): void;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -3,6 +3,7 @@
  * typed-array views made once per mapping (never per packet).
  */
 import { RegionDesc } from '../shared/types';
+import { BulkCopier } from './bulk-copy';
 
 /** The views over one region, all starting at the region's first byte. */
 export interface RegionViews {
@@ -66,6 +67,23 @@ export class GuestMemory {
       }
     }
     return -1;
+  }
+
+  /** per region: id in the worker's bulk-copy table, or -1 (see bulk-copy.ts) */
+  bulkIds: Int32Array | null = null;
+  private copier: BulkCopier | null = null;
+
+  /** Register the regions with the addon's bulk copier (worker threads only). */
+  enableBulk(copier: BulkCopier): void {
+    if (this.bulkIds) return;
+    this.copier = copier;
+    this.bulkIds = Int32Array.from(this.regions, (r) => copier.copyRegister(r.sab));
+  }
+
+  /** Drop the copier's references (the ring is gone; its queue was run at its last publish). */
+  dispose(): void {
+    if (this.bulkIds && this.copier) for (const id of this.bulkIds) this.copier.copyUnregister(id);
+    this.bulkIds = null;
   }
 
   /** Guest physical address of byte `off` of region `r` (for dirty logging). */

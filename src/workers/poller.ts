@@ -14,6 +14,7 @@ import { DirtyLog } from './dirty-log';
 import { GuestMemory } from './guest-memory';
 import { MacTable } from './mac-table';
 import { PacketBatch, BURST } from './packet-batch';
+import { CopyQueue } from './bulk-copy';
 import { Virtqueue } from './virtqueue';
 
 const { init, port } = workerData as { init: WorkerInit; port: MessagePort };
@@ -40,6 +41,8 @@ const txRings: Ring[] = [];
 /** rxRings[port][pair] */
 const rxRings: Array<Array<Ring | undefined>> = [];
 const batch = new PacketBatch(BURST);
+/** deferred copies of this worker (the addon memcpys a burst at once) */
+const bulk = new CopyQueue(native);
 /** destination port of each packet of the burst (-1 flood, -2 drop) */
 const dstOf = new Int32Array(BURST);
 const macScratch = new Uint8Array(12);
@@ -76,12 +79,15 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
   const log = new DirtyLog();
   log.set(m.ring.features.logAll || m.forceLog ? m.log : null);
   const ring = m.forceLog ? { ...m.ring, features: { ...m.ring.features, logAll: true } } : m.ring;
+  mem.enableBulk(native);
+  const vq = new Virtqueue(ring, mem, log);
+  vq.bulk = bulk;
   return {
     device: m.ring.device,
     index: m.ring.index,
     port: m.ring.port,
     pair: m.ring.index >> 1,
-    vq: new Virtqueue(ring, mem, log),
+    vq,
     mem,
     dirty: log,
     forceLog: m.forceLog,
@@ -115,6 +121,7 @@ function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
 function detach(device: number, index: number): void {
   const i = txRings.findIndex((r) => r.device === device && r.index === index);
   if (i >= 0) {
+    txRings[i].mem.dispose();
     txRings.splice(i, 1);
     rebuildWaitSet();
   }
@@ -123,6 +130,7 @@ function detach(device: number, index: number): void {
       const r = list[p];
       if (r && r.device === device && r.index === index) {
         if (r.pending > 0) signal(r);
+        r.mem.dispose();
         list[p] = undefined;
       }
     }

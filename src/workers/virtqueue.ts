@@ -16,6 +16,7 @@ import {
   ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { copyBytes } from './copy';
+import { BULK_MIN, CopyQueue } from './bulk-copy';
 import { DescWalker } from './desc-walker';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
@@ -45,6 +46,8 @@ export class Virtqueue {
   private readonly walker: DescWalker;
   /** the descriptor table as u32 words for the fast paths (null when not 4-aligned in its SAB) */
   private readonly desc32: Uint32Array | null;
+  /** the worker's deferred bulk copies (null: copy at once, e.g. in unit tests) */
+  bulk: CopyQueue | null = null;
 
   // Ring state: owned by the TX worker, or loaded by acquire() for RX.
   private lastAvail: number;
@@ -230,6 +233,8 @@ export class Virtqueue {
 
   /** Return every head of the burst (used len 0), publish used->idx. True: notify the guest. */
   completeBurst(batch: PacketBatch): boolean {
+    // TX buffers go back to the guest: every copy out of them must be done.
+    this.bulk?.run();
     const n = batch.nUsed;
     let notify = this.notifyPending;
     this.notifyPending = false;
@@ -327,7 +332,14 @@ export class Virtqueue {
     u32[hw] = 0;
     u32[hw + 1] = 0;
     u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
-    copyBytes(v, off + 12, srcMem.views[batch.segRegion[s]], batch.segOffset[s], len);
+    const srcIds = srcMem.bulkIds;
+    const dstIds = mem.bulkIds;
+    if (this.bulk !== null && len >= BULK_MIN && srcIds !== null && dstIds !== null && !this.logging) {
+      const sr = batch.segRegion[s];
+      this.bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + batch.segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
+    } else {
+      copyBytes(v, off + 12, srcMem.views[batch.segRegion[s]], batch.segOffset[s], len);
+    }
     const first = this.lastUsed;
     const e = 1 + 2 * (first & this.mask);
     this.used32[e] = head;
@@ -543,6 +555,8 @@ export class Virtqueue {
 
   /** Store used->idx after the entries and the log bits, then decide on notifying. */
   private publish(): boolean {
+    // Queued copies land before used->idx tells the guest they are there.
+    this.bulk?.run();
     const logging = this.logging;
     if (logging) this.log.flush();
     Atomics.store(this.used16, 1, this.lastUsed);

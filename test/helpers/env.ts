@@ -4,7 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
-import { LogLine, setSink } from '../../src/main/log';
+import { LogLine, setLevel, setSink } from '../../src/main/log';
+
+// Tests read log lines through captureLogs() (the sink sees every level); keep stderr quiet.
+if (!process.env.VHOSTFWD_LOG) setLevel('warn');
 
 export function tmpDir(prefix = 'vhostfwd-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));

@@ -1,0 +1,41 @@
+/**
+ * Deferred bulk copies for one worker: RX fast-path copies are queued as
+ * [srcId, srcOff, dstId, dstOff, len] and run by the addon in one call per burst
+ * (memcpy instead of a Buffer.copy per packet). Virtqueue.publish() runs the queue
+ * before used->idx moves, so the guest never sees a used entry whose bytes are not there.
+ * Only used while dirty logging is off: with logging, bits must follow the bytes at once.
+ */
+export interface BulkCopier {
+  copyRegister(sab: SharedArrayBuffer): number;
+  copyUnregister(id: number): void;
+  copyBatch(jobs: Float64Array, count: number): void;
+}
+
+/** Copies at least this long go through the queue (measured: bench/NOTES.md). */
+export const BULK_MIN = 256;
+const JOBS = 256;
+
+export class CopyQueue {
+  private readonly jobs = new Float64Array(5 * JOBS);
+  private n = 0;
+  constructor(readonly copier: BulkCopier) {}
+
+  add(srcId: number, srcOff: number, dstId: number, dstOff: number, len: number): void {
+    if (this.n === JOBS) this.run();
+    const j = this.jobs;
+    const o = this.n * 5;
+    j[o] = srcId;
+    j[o + 1] = srcOff;
+    j[o + 2] = dstId;
+    j[o + 3] = dstOff;
+    j[o + 4] = len;
+    this.n++;
+  }
+
+  run(): void {
+    if (this.n === 0) return;
+    const n = this.n;
+    this.n = 0;
+    this.copier.copyBatch(this.jobs, n);
+  }
+}
