@@ -153,3 +153,73 @@ t.test('EVENT_IDX on and off: the guest is notified, and not for every packet wh
     await env.stop();
   }
 });
+
+t.test('SEND_RARP after a migration: a RARP from the guest MAC floods, and the bridge moves the MAC at once', async (t) => {
+  const env = await startForwarder(['a', 'b', 'c'], { forwarding: { mode: 'bridge' } });
+  t.teardown(env.stop);
+  const g = await Promise.all([1, 2, 3].map((n, i) => SyntheticGuest.start({ socket: env.sock('abc'[i]), mac: macOf(n) })));
+  t.teardown(() => g.forEach((x) => x.close()));
+  const [a, b, c] = g;
+  // B's MAC is learned on port b first
+  b.send(0, [frame(macOf(1), macOf(2), 64, 1)]);
+  await collect(a, 0, 1);
+  await collect(c, 0, 1); // flooded (A unknown)
+  // "B" reappears behind port c: QEMU sends SEND_RARP with B's MAC on c's connection
+  const cAsB = await SyntheticGuest.start({ socket: env.sock('c'), mac: macOf(2) }).catch(() => null);
+  t.equal(cAsB, null, 'a second frontend on a busy socket is refused');
+  const p = Buffer.alloc(8);
+  p.set(macOf(2), 0);
+  const { Req } = await import('../src/shared/constants');
+  await c.client.callU64(Req.SEND_RARP, p, [], true);
+  const seen = await collect(a, 0, 1);
+  t.equal(seen.length, 1, 'the RARP frame reached A');
+  const f = seen[0].data;
+  t.same([...f.subarray(0, 6)], [255, 255, 255, 255, 255, 255], 'broadcast');
+  t.same([...f.subarray(6, 12)], [...macOf(2)], 'from the migrated MAC');
+  t.same([f[12], f[13]], [0x80, 0x35], 'ethertype RARP');
+  await collect(b, 0, 1);
+  // A -> B's MAC now goes to port c, not b
+  const f2 = frame(macOf(2), macOf(1), 64, 9);
+  a.send(0, [f2]);
+  same(t, await collect(c, 0, 1), [f2], 'the bridge learned the new port from the RARP');
+  t.equal((await collect(b, 0, 0, 100)).length, 0, 'the old port no longer gets it');
+});
+
+t.test('bridge aging: an entry older than agingSeconds is forgotten and its MAC floods again', async (t) => {
+  const env = await startForwarder(['a', 'b', 'c'], { forwarding: { mode: 'bridge', agingSeconds: 1 } });
+  t.teardown(env.stop);
+  const g = await Promise.all([1, 2, 3].map((n, i) => SyntheticGuest.start({ socket: env.sock('abc'[i]), mac: macOf(n) })));
+  t.teardown(() => g.forEach((x) => x.close()));
+  const [a, b, c] = g;
+  b.send(0, [frame(macOf(1), macOf(2), 64, 1)]); // learn B on b
+  await collect(a, 0, 1);
+  await collect(c, 0, 1);
+  a.send(0, [frame(macOf(2), macOf(1), 64, 2)]);
+  t.equal((await collect(b, 0, 1)).length, 1, 'known: delivered to B');
+  t.equal((await collect(c, 0, 0, 100)).length, 0, 'known: not flooded');
+  await new Promise((r) => setTimeout(r, 2200));
+  a.send(0, [frame(macOf(2), macOf(1), 64, 3)]);
+  t.equal((await collect(b, 0, 1)).length, 1, 'aged: B still gets it (flooded)');
+  t.equal((await collect(c, 0, 1)).length, 1, 'aged: the entry expired, C is flooded again');
+});
+
+t.test('interrupt coalescing: at most one call per `frames` packets while traffic flows', async (t) => {
+  const env = await startForwarder(['a', 'b'], {}, { coalesce: { frames: 16, usecs: 0 } });
+  t.teardown(env.stop);
+  const want = DEFAULT_WANT & ~bit(F.VIRTIO_RING_F_EVENT_IDX); // a call per used update would otherwise be due
+  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1), want });
+  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), want });
+  t.teardown(() => { a.close(); b.close(); });
+  const pk = Array.from({ length: 160 }, (_, i) => frame(macOf(2), macOf(1), 64, i));
+  const got: Pkt[] = [];
+  for (let i = 0; i < pk.length; i += 4) {
+    a.send(0, pk.slice(i, i + 4)); // small bursts: without coalescing, about one call each
+    await new Promise((r) => setImmediate(r)); // no idle gap: the poller flushes held calls when idle
+    got.push(...b.receive(0));
+  }
+  got.push(...(await collect(b, 0, pk.length - got.length)));
+  same(t, got, pk, 'all delivered');
+  const rx = env.fwd.stats().find((s) => s.iface === 'b' && s.dir === 'rx')!;
+  t.ok(rx.notifications <= pk.length / 16 + 2, `${rx.notifications} calls for ${pk.length} packets in bursts of 4`);
+  t.ok(rx.notifications >= 1, 'the guest was still notified');
+});
