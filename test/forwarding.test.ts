@@ -186,7 +186,9 @@ t.test('SEND_RARP after a migration: a RARP from the guest MAC floods, and the b
 });
 
 t.test('bridge aging: an entry older than agingSeconds is forgotten and its MAC floods again', async (t) => {
-  const env = await startForwarder(['a', 'b', 'c'], { forwarding: { mode: 'bridge', agingSeconds: 1 } });
+  // Ages are kept in whole seconds: 3 s leaves room for a slow CI machine before the
+  // "known" check, and 4.5 s of silence is always more than 3 whole seconds.
+  const env = await startForwarder(['a', 'b', 'c'], { forwarding: { mode: 'bridge', agingSeconds: 3 } });
   t.teardown(env.stop);
   const g = await Promise.all([1, 2, 3].map((n, i) => SyntheticGuest.start({ socket: env.sock('abc'[i]), mac: macOf(n) })));
   t.teardown(() => g.forEach((x) => x.close()));
@@ -197,7 +199,7 @@ t.test('bridge aging: an entry older than agingSeconds is forgotten and its MAC 
   a.send(0, [frame(macOf(2), macOf(1), 64, 2)]);
   t.equal((await collect(b, 0, 1)).length, 1, 'known: delivered to B');
   t.equal((await collect(c, 0, 0, 100)).length, 0, 'known: not flooded');
-  await new Promise((r) => setTimeout(r, 2200));
+  await new Promise((r) => setTimeout(r, 4500));
   a.send(0, [frame(macOf(2), macOf(1), 64, 3)]);
   t.equal((await collect(b, 0, 1)).length, 1, 'aged: B still gets it (flooded)');
   t.equal((await collect(c, 0, 1)).length, 1, 'aged: the entry expired, C is flooded again');
