@@ -32,6 +32,8 @@ export interface DemoResult {
   memoryImageMatches: boolean;
   migrationMs: number;
   mpps: number;
+  /** RARP frames announcing B' that reached A (SEND_RARP → injected, flooded) */
+  rarpSeen: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -75,21 +77,38 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
   // Credit-based flow control, as a transport would do: never more frames in flight than
   // the receiver has buffers posted, so any loss is the dataplane's, not a slow receiver's.
   const credit = 192;
-  const windowCount = () => (window ? (window[1] < 0 ? sent.ab : window[1]) - window[0] : 0);
+  // Frames arrive in order, so "in flight" is everything after the newest frame received
+  // (frames lost in the migration window do not hold credit forever).
+  const next = { ab: 0, ba: 0 };
+  const dups = { ab: 0, ba: 0 };
+  let rarpSeen = 0;
+  const reordered = { ab: 0, ba: 0 };
+  const got = (dir: 'ab' | 'ba', p: { data: Uint8Array }) => {
+    // Only our test frames carry a sequence number; the RARP that announces B' reaches A too.
+    if (p.data[12] !== 0x88 || p.data[13] !== 0xb5) {
+      if (p.data[12] === 0x80 && p.data[13] === 0x35) rarpSeen++;
+      return;
+    }
+    const seq = new DataView(p.data.buffer, p.data.byteOffset).getUint32(14, false);
+    if (recv[dir].has(seq)) dups[dir]++;
+    if (seq + 1 < next[dir]) reordered[dir]++;
+    recv[dir].add(seq);
+    if (seq + 1 > next[dir]) next[dir] = seq + 1;
+  };
   const pump = async () => {
     while (running) {
       pktsAB.length = 0;
-      const inflightAB = sent.ab - recv.ab.size - windowCount();
+      const inflightAB = sent.ab - next.ab;
       for (let i = 0; i < Math.min(burst, credit - inflightAB); i++) pktsAB.push(frame(macB, macA, size, sent.ab + i));
       sent.ab += a.send(0, pktsAB);
       if (bSending) {
         pktsBA.length = 0;
-        const inflightBA = sent.ba - recv.ba.size;
+        const inflightBA = sent.ba - next.ba;
         for (let i = 0; i < Math.min(burst, credit - inflightBA); i++) pktsBA.push(frame(macA, macB, size, sent.ba + i));
         sent.ba += b.send(0, pktsBA);
-        for (const p of b.receive(0)) recv.ab.add(new DataView(p.data.buffer, p.data.byteOffset).getUint32(14, false));
+        for (const p of b.receive(0)) got('ab', p);
       }
-      for (const p of a.receive(0)) recv.ba.add(new DataView(p.data.buffer, p.data.byteOffset).getUint32(14, false));
+      for (const p of a.receive(0)) got('ba', p);
       await new Promise((r) => setImmediate(r));
     }
   };
@@ -107,7 +126,10 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
   const pages = b.dirtyPages().length;
   say(`migration: ${pages} dirty pages so far; stopping B's rings (GET_VRING_BASE)`);
   bSending = false;
-  window = [sent.ab, -1];
+  const sentBeforeStop = sent.ba;
+  // The window opens with the first frame B had not received when its rings stop: frames
+  // still in flight then (A's TX ring, the worker's burst) have nowhere to go until B' runs.
+  window = [next.ab, -1];
   const tStop = Date.now();
   const bases = await b.stopRings();
   const dirty = b.dirtyPages();
@@ -129,8 +151,8 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
   await loop;
   // let the last frames land
   for (let i = 0; i < 50; i++) {
-    for (const p of a.receive(0)) recv.ba.add(new DataView(p.data.buffer, p.data.byteOffset).getUint32(14, false));
-    for (const p of b.receive(0)) recv.ab.add(new DataView(p.data.buffer, p.data.byteOffset).getUint32(14, false));
+    for (const p of a.receive(0)) got('ba', p);
+    for (const p of b.receive(0)) got('ab', p);
     await sleep(2);
   }
   const secs = (Date.now() - t0) / 1000;
@@ -142,10 +164,23 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
       inWindow++;
       continue;
     }
-    if (!recv.ab.has(s)) lost++;
+    if (!recv.ab.has(s)) {
+      lost++;
+      if (process.env.VHOSTFWD_DEMO_DEBUG) process.stderr.write(`lost A->B seq ${s} (window ${w[0]}..${w[1]}, sent ${sent.ab})\n`);
+    }
   }
-  for (let s = 0; s < sent.ba; s++) if (!recv.ba.has(s)) lost++;
+  let firstLostBA = -1;
+  for (let s = 0; s < sent.ba; s++) {
+    if (!recv.ba.has(s)) {
+      lost++;
+      if (firstLostBA < 0) firstLostBA = s;
+    }
+  }
+  if (process.env.VHOSTFWD_DEMO_DEBUG && firstLostBA >= 0) process.stderr.write(`first lost B->A seq ${firstLostBA} of ${sent.ba}; B sent ${sentBeforeStop} before its stop; dups ${JSON.stringify(dups)} reordered ${JSON.stringify(reordered)}\n`);
   const total = recv.ab.size + recv.ba.size;
+  if (process.env.VHOSTFWD_DEMO_DEBUG) {
+    for (const q of fwd.stats()) process.stderr.write(`${q.iface}/${q.dir}: pkts ${q.packets} noBuf ${q.dropNoBuffer} noDest ${q.dropNoDest} err ${q.errors}\n`);
+  }
   const guards = [...a.brokenGuards(), ...b.brokenGuards()];
   a.close();
   b.close();
@@ -161,6 +196,7 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
     memoryImageMatches,
     migrationMs,
     mpps: total / secs / 1e6,
+    rarpSeen,
   };
   say('');
   say('summary');
@@ -168,7 +204,7 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
   say(`  B -> A   sent ${res.sent.ba}  received ${res.received.ba}`);
   say(`  rate     ${(total / secs).toFixed(0)} frames/s, ${((total * size * 8) / secs / 1e6).toFixed(1)} Mbit/s over ${secs.toFixed(1)} s (single-threaded synthetic guests)`);
   say(`  dirty pages logged ${res.dirtyPages}, migrated image ${memoryImageMatches ? 'identical to' : 'DIFFERENT from'} the source memory`);
-  say(`  loss outside the migration window: ${lost}; guard bytes broken: ${guards.length}`);
+  say(`  loss outside the migration window: ${lost}; guard bytes broken: ${guards.length}; RARP frames seen by A: ${rarpSeen}`);
   say(res.ok ? 'demo OK' : 'demo FAILED');
   return res;
 }

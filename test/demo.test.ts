@@ -8,5 +8,6 @@ t.test('npm start demo: bridge, live migration midway, zero loss outside the mig
   t.ok(r.memoryImageMatches, 'snapshot + logged pages rebuild the guest memory byte for byte');
   t.ok(r.dirtyPages > 0, 'the backend logged dirty pages');
   t.ok(r.received.ab > r.sent.ab - r.inWindow - 1, 'frames reached the migrated guest');
+  t.equal(r.rarpSeen, 1, "the RARP announcing the migrated guest reached the other guest");
   t.ok(r.ok);
 });

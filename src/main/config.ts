@@ -33,7 +33,11 @@ export interface Config {
   workers: WorkerConfig[];
   /** seconds between stats lines (0 = off). */
   statsInterval: number;
-  /** force dirty logging on whatever the frontend negotiates (benchmarking the log path). */
+  /**
+   * force dirty logging on whatever the frontend negotiates (benchmarking the log path).
+   * Without a frontend log (no SET_LOG_BASE, e.g. DPDK virtio-user) each device logs into
+   * a log it allocates itself (Device.ensureForcedLog), so the cost is real.
+   */
   forceLog: boolean;
 }
 

@@ -46,6 +46,12 @@ export interface DeviceOptions {
   maskFeatures?: readonly FeatureName[];
   maskProtocolFeatures?: readonly ProtocolFeatureName[];
   mtu?: number;
+  /**
+   * config `forceLog`: the workers log dirty pages whatever was negotiated. When the
+   * frontend never sent SET_LOG_BASE (e.g. DPDK virtio-user), the device allocates a log
+   * of its own so the log path really runs (see ensureForcedLog).
+   */
+  forceLog?: boolean;
 }
 
 /** Reply sender (the connection) and resetter. */
@@ -101,6 +107,8 @@ export class Device {
   mtu: number;
   readonly mem = new MemoryTable();
   log: (LogDesc & LogArea) | null = null;
+  /** `log` was allocated here for forceLog (not sent by the frontend). */
+  private ownLog = false;
   readonly vrings: Vring[];
   /** requests seen, by name (for logs and tests: e.g. migration shows SET_LOG_BASE). */
   readonly seen = new Map<string, number>();
@@ -245,9 +253,31 @@ export class Device {
   maybeStart(v: Vring, req: string): void {
     if (v.started || !v.kicked || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return;
     const ring = this.describeRing(v, req);
+    this.ensureForcedLog();
     this.dp.startRing(ring, this.mem.descs(), this.log);
     v.started = true;
     log.debug('ring started', { dev: this.opts.name, ring: v.index, lastAvail: v.base });
+  }
+
+  /**
+   * forceLog without a frontend log (no SET_LOG_BASE): give the workers a backend-owned log,
+   * a plain SharedArrayBuffer of one bit per 4 KiB page of guest memory (gpaEnd / 4096 / 8
+   * bytes, rounded up). Nobody reads it; it exists so forced logging costs what real logging
+   * costs. A later SET_LOG_BASE replaces it; a memory table that outgrows it drops it
+   * (dropOwnLog) and the next ring start allocates a bigger one.
+   */
+  private ensureForcedLog(): void {
+    if (!this.opts.forceLog || this.log) return;
+    const n = Math.max(8, Math.ceil(this.mem.gpaEnd / 4096 / 8));
+    this.log = { sab: new SharedArrayBuffer(n), offset: 0, size: n, mmapSize: n, mmapOffset: 0 };
+    this.ownLog = true;
+    log.info('forced dirty logging into a backend-allocated log', { dev: this.opts.name, size: n });
+  }
+
+  /** Forget a backend-owned log (before a memory change is checked against it). */
+  private dropOwnLog(): void {
+    if (this.ownLog) this.log = null;
+    this.ownLog = false;
   }
 
   private describeRing(v: Vring, req: string): VringDesc {
@@ -310,6 +340,7 @@ export class Device {
     for (const v of this.vrings) v.closeFds();
     this.mem.clear();
     this.log = null;
+    this.ownLog = false;
   }
 
   /** RESET_OWNER / RESET_DEVICE: back to the state of a new connection. */
@@ -326,6 +357,7 @@ export class Device {
     this.status = 0;
     this.mem.clear();
     this.log = null;
+    this.ownLog = false;
   }
 
   // ---- typed handlers, one per request (called by the table after validation) ----
@@ -379,6 +411,7 @@ export class Device {
       throw new ProtocolError('SET_MEM_TABLE', `${regions.length} regions but ${m.fds.length} file descriptors`);
     }
     this.mem.replace(regions, m.fds.splice(0), 'SET_MEM_TABLE');
+    this.dropOwnLog(); // forceLog: re-allocated for the new memory at the next ring start
     this.checkLogCoversMemory('SET_MEM_TABLE');
     log.info('memory table set', { dev: this.opts.name, regions: regions.map((r) => `gpa 0x${r.gpa.toString(16)}+0x${r.size.toString(16)}`) });
   }
@@ -394,11 +427,14 @@ export class Device {
     const [fd] = m.fds.splice(0);
     const mapped = mapRegion({ gpa: 0, size: area.mmapSize, uva: 0, mmapOffset: area.mmapOffset }, fd, 'SET_LOG_BASE');
     const previous = this.log;
+    const previousOwn = this.ownLog;
+    this.ownLog = false;
     this.log = { sab: mapped.sab, offset: mapped.sabOffset, size: area.mmapSize, mmapSize: area.mmapSize, mmapOffset: area.mmapOffset };
     try {
       this.checkLogCoversMemory('SET_LOG_BASE');
     } catch (e) {
       this.log = previous;
+      this.ownLog = previousOwn;
       throw e;
     }
     log.info('dirty log set', { dev: this.opts.name, size: area.mmapSize, offset: area.mmapOffset });
@@ -528,6 +564,7 @@ export class Device {
   addMemReg(m: Message): void {
     const region = parseSingleRegion(m.payload, 'ADD_MEM_REG');
     this.mem.add(region, m.fds.splice(0)[0] as number, 'ADD_MEM_REG');
+    this.dropOwnLog(); // forceLog: running rings keep the old log; rings started later get a new one
     this.checkLogCoversMemory('ADD_MEM_REG');
   }
 

@@ -44,7 +44,7 @@ export class Forwarder {
     this.interfaces = config.interfaces.map(
       (c, port) =>
         new Interface(
-          { name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu },
+          { name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu, forceLog: config.forceLog },
           port,
           this.pool,
         ),

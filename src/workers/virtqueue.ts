@@ -61,6 +61,11 @@ export class Virtqueue {
   /** a notification decided while completing dropped-only bursts, reported by the next completeBurst */
   private notifyPending = false;
   private pagesSeen = 0;
+  /** buffers written by deferred (bulk) copies, marked in publish() after the copies ran */
+  private marks = new Float64Array(128);
+  private nMarks = 0;
+  /** RX: first used entry not yet logged (entries are logged per burst in publish) */
+  private usedLogFrom = 0;
 
   // RX scratch: the destination buffers reserved for the packet being enqueued.
   private dSegRegion = new Uint8Array(64);
@@ -108,6 +113,7 @@ export class Virtqueue {
     this.lastUsed = this.ctrl[CTRL_LAST_USED] & 0xffff;
     this.signalled = this.ctrl[CTRL_SIGNALLED_USED] & 0xffff;
     this.availIdx = this.lastAvail;
+    this.usedLogFrom = this.lastUsed;
     this.pagesSeen = log.pagesMarked;
   }
 
@@ -267,6 +273,7 @@ export class Virtqueue {
     this.lastUsed = ctrl[CTRL_LAST_USED] & 0xffff;
     this.signalled = ctrl[CTRL_SIGNALLED_USED] & 0xffff;
     this.availIdx = this.lastAvail;
+    this.usedLogFrom = this.lastUsed;
   }
 
   /** Store the indices back and unlock. Call flush() first (else used->idx is published here, unsignalled). */
@@ -334,20 +341,21 @@ export class Virtqueue {
     u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
     const srcIds = srcMem.bulkIds;
     const dstIds = mem.bulkIds;
-    if (this.bulk !== null && len >= BULK_MIN && srcIds !== null && dstIds !== null && !this.logging) {
+    const logging = this.logging;
+    if (this.bulk !== null && len >= BULK_MIN && srcIds !== null && dstIds !== null) {
       const sr = batch.segRegion[s];
       this.bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + batch.segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
+      // Bits must follow the bytes: this buffer is marked in publish(), after the bulk run.
+      if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
     } else {
       copyBytes(v, off + 12, srcMem.views[batch.segRegion[s]], batch.segOffset[s], len);
+      if (logging) this.log.markRange(mem.gpaOf(r, off), len + 12);
     }
     const first = this.lastUsed;
     const e = 1 + 2 * (first & this.mask);
     this.used32[e] = head;
     this.used32[e + 1] = len + 12;
-    if (this.logging) {
-      this.log.markRange(mem.gpaOf(r, off), len + 12);
-      this.logUsedElems(first, 1);
-    }
+    // The used entry is logged once per burst in publish().
     this.lastUsed = (first + 1) & 0xffff;
     this.lastAvail = (idx + 1) & 0xffff;
     this.unpublished = true;
@@ -545,7 +553,6 @@ export class Virtqueue {
       u32[e] = chainHead[c];
       u32[e + 1] = chainLen[c];
     }
-    this.logUsedElems(first, n);
     this.lastUsed = (first + n) & 0xffff;
     this.lastAvail = (this.lastAvail + n) & 0xffff;
     this.unpublished = true;
@@ -558,6 +565,10 @@ export class Virtqueue {
     // Queued copies land before used->idx tells the guest they are there.
     this.bulk?.run();
     const logging = this.logging;
+    if (this.nMarks > 0) this.runMarks();
+    // RX used entries of the whole burst, logged once (they are written already).
+    if (!this.isTx && logging) this.logUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
+    this.usedLogFrom = this.lastUsed;
     if (logging) this.log.flush();
     Atomics.store(this.used16, 1, this.lastUsed);
     if (logging) {
@@ -581,6 +592,24 @@ export class Virtqueue {
       return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
     }
     return (Atomics.load(this.avail16, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  /** Remember a buffer to mark once its deferred copy has run (publish). */
+  private deferMark(gpa: number, len: number): void {
+    if (this.nMarks * 2 === this.marks.length) {
+      const m = new Float64Array(this.marks.length * 2);
+      m.set(this.marks);
+      this.marks = m;
+    }
+    this.marks[this.nMarks * 2] = gpa;
+    this.marks[this.nMarks * 2 + 1] = len;
+    this.nMarks++;
+  }
+
+  private runMarks(): void {
+    const m = this.marks;
+    for (let k = 0; k < this.nMarks; k++) this.log.markRange(m[2 * k], m[2 * k + 1]);
+    this.nMarks = 0;
   }
 
   /** Log n used elements starting at ring index `first` (two ranges when they wrap). */

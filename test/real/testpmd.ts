@@ -31,6 +31,8 @@ export interface TestpmdOptions {
   prefix: string;
   memMb?: number;
   burst?: number;
+  /** extra testpmd application arguments (after `--`), e.g. --total-num-mbufs (bench/) */
+  extraArgs?: string[];
 }
 
 export class Testpmd {
@@ -55,6 +57,7 @@ export class Testpmd {
       `--rxq=${q}`, `--txq=${q}`,
       ...(o.txpkts ? [`--txpkts=${o.txpkts}`] : []),
       ...(o.burst ? [`--burst=${o.burst}`] : []),
+      ...(o.extraArgs ?? []),
     ];
     // Line-buffered stdout: testpmd's printf output to a pipe would otherwise sit in a
     // 4 KiB buffer while its prompt (written directly) arrives.
@@ -73,8 +76,15 @@ export class Testpmd {
 
   /** Wait for the prompt (ports configured and started). */
   async ready(timeoutMs = 30000): Promise<void> {
-    await this.waitFor(/Checking link statuses\.\.\.\s*Done/, timeoutMs);
-    await this.waitFor(/testpmd> /, timeoutMs);
+    // stdout and stderr share `output`: driver messages (VHOST_CONFIG ..., promiscuous-mode
+    // errors) can land between "Checking link statuses..." and "Done", or inside the prompt.
+    await this.waitFor(/Checking link statuses\.\.\.[\s\S]*?Done/, timeoutMs);
+    try {
+      await this.waitFor(/testpmd> /, 3000);
+    } catch (e) {
+      if (this.proc.exitCode !== null) throw e;
+      await this.cmd('', timeoutMs); // a fresh, unbroken prompt
+    }
   }
 
   async waitFor(re: RegExp, timeoutMs: number, from = 0): Promise<RegExpMatchArray> {

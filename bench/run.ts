@@ -1,0 +1,731 @@
+/**
+ * vhostfwd against DPDK's vhost PMD, in the same run, on the same machine.
+ *
+ * Throughput: dpdk-testpmd with two net_virtio_user ports (io forward, `start tx_first 4`)
+ * loops packets forever through a backend that is, alternately round after round,
+ *   - vhostfwd, run as an operator runs it: `node dist/src/cli.js run --config CFG`
+ *     (xconnect, its poller pinned to CPU 1), with and without `--force-log`, and
+ *   - dpdk-testpmd with two net_vhost ports (io forward, forwarding lcore 1).
+ * Rate = sum over both frontend ports of delta RX-packets over `duration` s, after a warm-up.
+ * Also: vhostfwd's idle CPU (frontend connected, not forwarding) and the ping RTT between
+ * two QEMU guests through each backend. See bench/README.md.
+ *
+ *   npm run bench -- --sizes 64,256,1518 --queues 1,2 --duration 10 --rounds 3
+ *   npm run bench -- --quick
+ */
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { QemuGuest } from '../test/real/qemu';
+import { PortStats, Testpmd, sleep } from '../test/real/testpmd';
+import { barChart } from './chart';
+
+type Backend = 'dpdk' | 'vf' | 'vfLog';
+const BACKEND_NAME: Record<Backend, string> = { dpdk: 'DPDK vhost PMD', vf: 'vhostfwd', vfLog: 'vhostfwd + forced log' };
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const CLI = path.join(ROOT, 'dist', 'src', 'cli.js');
+/** lcores: frontend main 1 / forwarding 0; backend forwarding on 1 (DPDK lcore, vhostfwd poller). */
+const FE_LCORES = [1, 0];
+const BE_LCORES = [0, 1];
+const BACKEND_CPU = 1;
+/** hugepage memory per testpmd: mbufs are capped below, so 256 MiB is plenty. */
+const TESTPMD_MEM_MB = 256;
+const TESTPMD_EXTRA = ['--total-num-mbufs=32768'];
+
+// ---------------------------------------------------------------------------------------
+// Options
+
+const argv = yargs(hideBin(process.argv))
+  .scriptName('bench')
+  .option('sizes', { type: 'string', default: '64,256,1518', describe: 'packet sizes in bytes (frame, no CRC), comma separated' })
+  .option('queues', { type: 'string', default: '1', describe: 'queue pair counts, comma separated (e.g. 1,2)' })
+  .option('duration', { type: 'number', default: 10, describe: 'seconds measured per trial' })
+  .option('warmup', { type: 'number', default: 2, describe: 'seconds of traffic before the first reading' })
+  .option('rounds', { type: 'number', default: 3, describe: 'alternating rounds (vhostfwd, vhostfwd+log, DPDK) per size and queue count' })
+  .option('log', { choices: ['both', 'on', 'off'] as const, default: 'both' as const, describe: 'vhostfwd with forced dirty logging, without, or both' })
+  .option('dpdk', { type: 'boolean', default: true, describe: 'measure the DPDK reference backend (--no-dpdk to skip)' })
+  .option('idle', { type: 'boolean', default: true, describe: 'measure idle CPU (--no-idle to skip)' })
+  .option('idle-seconds', { type: 'number', default: 10 })
+  .option('ping', { type: 'boolean', describe: 'ping RTT between two QEMU guests (default on; off with --quick)' })
+  .option('ping-count', { type: 'number', default: 20 })
+  .option('ping-interval', { type: 'number', default: 0.2 })
+  .option('quick', { type: 'boolean', default: false, describe: 'smoke run: 64 B, 1 queue, 1 round, 3 s, short idle, no ping; writes quick.json' })
+  .option('out', { type: 'string', default: path.join(ROOT, 'bench', 'results'), describe: 'results directory' })
+  .option('retries', { type: 'number', default: 1, describe: 'a failed trial is recorded and re-run up to this many times' })
+  .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
+  .strict()
+  .help()
+  .parseSync();
+
+const list = (s: string): number[] => s.split(',').map((x) => Number(x.trim())).filter((x) => Number.isFinite(x) && x > 0);
+const opts = {
+  sizes: argv.quick ? [64] : list(argv.sizes),
+  queues: argv.quick ? [1] : list(argv.queues),
+  duration: argv.quick ? 3 : argv.duration,
+  warmup: argv.warmup,
+  rounds: argv.quick ? 1 : Math.max(1, argv.rounds),
+  log: argv.log,
+  dpdk: argv.dpdk,
+  idle: argv.idle,
+  idleSeconds: argv.quick ? 3 : argv['idle-seconds'],
+  ping: argv.ping ?? !argv.quick,
+  pingCount: argv['ping-count'],
+  pingInterval: argv['ping-interval'],
+  quick: argv.quick,
+  out: argv.out,
+  waitForeign: argv['wait-foreign'],
+  retries: Math.max(0, argv.retries),
+};
+
+// ---------------------------------------------------------------------------------------
+// Everything we start is tracked and killed on any exit (normal, failure, SIGINT/SIGTERM).
+
+const children = new Set<ChildProcess>();
+const prefixes: string[] = [];
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostfwd-bench-'));
+let seq = 0;
+
+function track<T extends ChildProcess>(p: T): T {
+  children.add(p);
+  p.on('exit', () => children.delete(p));
+  return p;
+}
+
+/** A unique DPDK --file-prefix; the role follows the number so no prefix is a prefix of another. */
+function newPrefix(role: string): string {
+  const p = `vhostfwd-bench${process.pid}n${++seq}${role}`;
+  prefixes.push(p);
+  return p;
+}
+
+function removeHugepageFiles(): void {
+  const hp = '/dev/hugepages';
+  let files: string[] = [];
+  try {
+    files = fs.readdirSync(hp);
+  } catch {
+    // no hugetlbfs mounted
+  }
+  for (const f of files) if (prefixes.some((p) => f.startsWith(p))) fs.rmSync(path.join(hp, f), { force: true });
+  for (const p of prefixes) fs.rmSync(path.join('/var/run/dpdk', p), { recursive: true, force: true });
+}
+
+function cleanupSync(): void {
+  for (const c of children) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  removeHugepageFiles();
+  fs.rmSync(TMP, { recursive: true, force: true });
+}
+
+process.on('exit', cleanupSync);
+for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+  process.on(sig, () => {
+    process.stderr.write(`\nbench: ${sig}: killing ${children.size} child process(es) and cleaning up\n`);
+    process.exit(code); // the exit handler kills and cleans
+  });
+}
+process.on('uncaughtException', (e) => {
+  process.stderr.write(`bench: ${e.stack ?? e}\n`);
+  process.exit(1);
+});
+process.on('unhandledRejection', (e) => {
+  process.stderr.write(`bench: unhandled rejection: ${(e as Error)?.stack ?? e}\n`);
+  process.exit(1);
+});
+
+// ---------------------------------------------------------------------------------------
+// Backends
+
+/** vhostfwd as a child process, from a generated config (poller pinned to BACKEND_CPU). */
+class VhostfwdProc {
+  readonly proc: ChildProcess;
+  output = '';
+  private exited: Promise<void>;
+
+  constructor(readonly sockets: string[], queues: number, forceLog: boolean) {
+    const names = sockets.map((_, i) => `vm${i + 1}`);
+    const cfg = {
+      interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues })),
+      forwarding: { mode: 'xconnect', pairs: [[names[0], names[1]]] },
+      // every queue pair of both interfaces on one worker, pinned to the backend core
+      workers: [{ cpus: [BACKEND_CPU], queues: Array.from({ length: queues }, (_, q) => names.map((n) => `${n}:${q}`)).flat() }],
+    };
+    const file = path.join(path.dirname(sockets[0]), 'vhostfwd.json');
+    fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
+    const args = [CLI, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];
+    this.proc = track(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    const add = (b: Buffer): void => {
+      this.output = (this.output + b.toString()).slice(-65536);
+    };
+    this.proc.stdout?.on('data', add);
+    this.proc.stderr?.on('data', add);
+    this.exited = new Promise((r) => this.proc.on('exit', () => r()));
+  }
+
+  get pid(): number {
+    return this.proc.pid as number;
+  }
+
+  /** Both sockets listening. */
+  async ready(timeoutMs = 20000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (!this.sockets.every((s) => fs.existsSync(s))) {
+      if (this.proc.exitCode !== null) throw new Error(`vhostfwd exited (${this.proc.exitCode}):\n${this.output.slice(-2000)}`);
+      if (Date.now() > end) throw new Error(`vhostfwd: sockets not created in ${timeoutMs} ms:\n${this.output.slice(-2000)}`);
+      await sleep(20);
+    }
+  }
+
+  /** SIGTERM (clean shutdown), SIGKILL after 3 s. */
+  async stop(): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    this.proc.kill('SIGTERM');
+    const t = setTimeout(() => this.proc.kill('SIGKILL'), 3000);
+    await this.exited;
+    clearTimeout(t);
+  }
+}
+
+function testpmd(role: 'frontend' | 'backend', sockets: string[], queues: number, size?: number): Testpmd {
+  const t = new Testpmd({
+    role, sockets, queues, lcores: role === 'frontend' ? FE_LCORES : BE_LCORES, prefix: newPrefix(role === 'frontend' ? 'fe' : 'be'),
+    memMb: TESTPMD_MEM_MB, txpkts: size, extraArgs: TESTPMD_EXTRA,
+  });
+  track(t.proc);
+  return t;
+}
+
+/** Wait until testpmd reported the link of every port up (vhost device ready), then `start`. */
+async function startWhenUp(be: Testpmd, ports: number, timeoutMs: number): Promise<void> {
+  for (let p = 0; p < ports; p++) await be.waitFor(new RegExp(`Port ${p}: link state change event`), timeoutMs);
+  await be.cmd('start');
+}
+
+async function quitTestpmd(t: Testpmd | null): Promise<void> {
+  if (!t) return;
+  try {
+    if (t.proc.exitCode === null) await Promise.race([t.quit(), sleep(5000)]);
+  } catch {
+    // killed below
+  }
+  await t.kill(); // SIGKILL if still running; removes its hugepage files
+}
+
+// ---------------------------------------------------------------------------------------
+// Throughput trials
+
+interface Trial {
+  backend: Backend;
+  size: number;
+  queues: number;
+  round: number;
+  /** 0 for the first try, 1.. for re-runs after a failure (the failed try stays in the list) */
+  attempt: number;
+  /** 1-minute load average when the trial started (other work on the machine shows here) */
+  load1: number;
+  ok: boolean;
+  error?: string;
+  mpps?: number;
+  gbps?: number;
+  seconds?: number;
+  rxPackets?: number[];
+  rxMissed?: number;
+  errors?: number;
+  /** how long each `show port stats all` took (the snapshot time is its midpoint) */
+  statsLatencyMs?: number[];
+  /** vfLog: vhostfwd logged that it allocated the forced log */
+  logVerified?: boolean;
+  /** vfLog: size of that log per device, bytes (one bit per 4 KiB page up to the highest guest address) */
+  logBytes?: number;
+}
+
+/** One line for the report: the error's first line and the last lines of any output it carries. */
+function errText(e: unknown): string {
+  const lines = String((e as Error)?.message ?? e).split('\n').filter((l) => l.trim() !== '');
+  const keep = lines.length > 8 ? [lines[0], '...', ...lines.slice(-6)] : lines;
+  return keep.join(' | ').slice(0, 1000);
+}
+
+const sumRx = (s: PortStats[]): number => s.reduce((a, p) => a + p.rxPackets, 0);
+
+async function statsAt(fe: Testpmd): Promise<{ st: PortStats[]; t: number; ms: number }> {
+  const t0 = performance.now();
+  const st = await fe.portStats();
+  const t1 = performance.now();
+  if (st.length !== 2) throw new Error(`could not parse the frontend port stats (${st.length} ports)`);
+  return { st, t: (t0 + t1) / 2, ms: t1 - t0 };
+}
+
+async function throughputTrial(backend: Backend, size: number, queues: number, round: number, attempt: number): Promise<Trial> {
+  const base: Trial = { backend, size, queues, round, attempt, ok: false, load1: Number(os.loadavg()[0].toFixed(2)) };
+  const dir = fs.mkdtempSync(path.join(TMP, `${backend}-`));
+  const sockets = [path.join(dir, 'a.sock'), path.join(dir, 'b.sock')];
+  let vf: VhostfwdProc | null = null;
+  let be: Testpmd | null = null;
+  let fe: Testpmd | null = null;
+  try {
+    if (backend === 'dpdk') {
+      be = testpmd('backend', sockets, queues);
+      await be.ready(60000);
+    } else {
+      vf = new VhostfwdProc(sockets, queues, backend === 'vfLog');
+      await vf.ready();
+    }
+    fe = testpmd('frontend', sockets, queues, size);
+    await fe.ready(60000);
+    if (be) await startWhenUp(be, 2, 15000);
+    await fe.cmd('start tx_first 4');
+    await sleep(opts.warmup * 1000);
+    const a = await statsAt(fe);
+    await sleep(opts.duration * 1000);
+    const b = await statsAt(fe);
+    const secs = (b.t - a.t) / 1000;
+    const rx = b.st.map((p, i) => p.rxPackets - a.st[i].rxPackets);
+    const total = sumRx(b.st) - sumRx(a.st);
+    if (total <= 0) throw new Error('no packets came back to the frontend');
+    const mpps = total / secs / 1e6;
+    base.ok = true;
+    base.mpps = mpps;
+    base.gbps = (mpps * size * 8) / 1000;
+    base.seconds = secs;
+    base.rxPackets = rx;
+    base.statsLatencyMs = [Math.round(a.ms), Math.round(b.ms)];
+    base.rxMissed = b.st.reduce((s, p, i) => s + p.rxMissed - a.st[i].rxMissed, 0);
+    base.errors = b.st.reduce((s, p, i) => s + p.rxErrors + p.txErrors - a.st[i].rxErrors - a.st[i].txErrors, 0);
+    if (vf) {
+      await fe.cmd('stop');
+      if (backend === 'vfLog') {
+        const m = /forced dirty logging into a backend-allocated log.*?size[=:"\s]+(\d+)/.exec(vf.output);
+        base.logVerified = m !== null;
+        if (m) base.logBytes = Number(m[1]);
+        if (!base.logVerified) throw new Error('vhostfwd did not report a forced dirty log (log path not exercised)');
+      }
+      if (vf.proc.exitCode !== null) throw new Error(`vhostfwd exited during the trial (${vf.proc.exitCode})`);
+    }
+  } catch (e) {
+    base.ok = false;
+    base.error = errText(e);
+  } finally {
+    await quitTestpmd(fe);
+    await quitTestpmd(be);
+    if (vf) await vf.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return base;
+}
+
+// ---------------------------------------------------------------------------------------
+// Idle CPU
+
+const CLK_TCK = ((): number => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** utime + stime of a process (all its threads), in seconds. */
+function cpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 (state)
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // fields 14 and 15
+}
+
+interface IdleResult {
+  backend: 'vf' | 'dpdk';
+  ok: boolean;
+  error?: string;
+  seconds?: number;
+  /** % of one core */
+  cpuPercent?: number;
+  note: string;
+}
+
+async function idleCpu(backend: 'vf' | 'dpdk'): Promise<IdleResult> {
+  const note = backend === 'vf'
+    ? 'vhostfwd process (all threads), both interfaces connected by an idle testpmd frontend (not forwarding)'
+    : 'DPDK testpmd backend after `start` (forwarding lcore polls), frontend connected but not forwarding';
+  const r: IdleResult = { backend, ok: false, note };
+  const dir = fs.mkdtempSync(path.join(TMP, `idle-${backend}-`));
+  const sockets = [path.join(dir, 'a.sock'), path.join(dir, 'b.sock')];
+  let vf: VhostfwdProc | null = null;
+  let be: Testpmd | null = null;
+  let fe: Testpmd | null = null;
+  try {
+    if (backend === 'vf') {
+      vf = new VhostfwdProc(sockets, 1, false);
+      await vf.ready();
+    } else {
+      be = testpmd('backend', sockets, 1);
+      await be.ready(60000);
+    }
+    fe = testpmd('frontend', sockets, 1, 64);
+    await fe.ready(60000);
+    if (be) await startWhenUp(be, 2, 15000);
+    await sleep(1000); // let start-up work settle
+    const pid = vf ? vf.pid : (be as Testpmd).proc.pid as number;
+    const c0 = cpuSeconds(pid);
+    const t0 = Date.now();
+    await sleep(opts.idleSeconds * 1000);
+    const c1 = cpuSeconds(pid);
+    const secs = (Date.now() - t0) / 1000;
+    r.ok = true;
+    r.seconds = secs;
+    r.cpuPercent = ((c1 - c0) / secs) * 100;
+  } catch (e) {
+    r.error = errText(e);
+  } finally {
+    await quitTestpmd(fe);
+    await quitTestpmd(be);
+    if (vf) await vf.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Ping RTT between two QEMU guests
+
+interface PingResult {
+  backend: 'vf' | 'dpdk';
+  ok: boolean;
+  error?: string;
+  sent?: number;
+  received?: number;
+  minMs?: number;
+  avgMs?: number;
+  maxMs?: number;
+}
+
+async function pingRtt(backend: 'vf' | 'dpdk'): Promise<PingResult> {
+  const r: PingResult = { backend, ok: false };
+  const dir = fs.mkdtempSync(path.join(TMP, `ping-${backend}-`));
+  const sockets = [path.join(dir, 'a.sock'), path.join(dir, 'b.sock')];
+  let vf: VhostfwdProc | null = null;
+  let be: Testpmd | null = null;
+  const guests: QemuGuest[] = [];
+  try {
+    if (backend === 'vf') {
+      vf = new VhostfwdProc(sockets, 1, false);
+      await vf.ready();
+    } else {
+      be = testpmd('backend', sockets, 1);
+      await be.ready(60000);
+    }
+    const g1 = new QemuGuest({ name: 'g1', socket: sockets[0], mac: '52:54:00:00:00:01', ip: '10.0.0.1/24', peer: '10.0.0.2', mode: 'ping', count: opts.pingCount, interval: opts.pingInterval });
+    track(g1.proc);
+    guests.push(g1);
+    const g2 = new QemuGuest({ name: 'g2', socket: sockets[1], mac: '52:54:00:00:00:02', ip: '10.0.0.2/24', peer: '10.0.0.1', mode: 'serve' });
+    track(g2.proc);
+    guests.push(g2);
+    if (be) await startWhenUp(be, 2, 90000);
+    const done = await g1.waitFor(/VF:PING-DONE sent=(\d+) received=(\d*)/, 180000);
+    r.sent = Number(done[1]);
+    r.received = Number(done[2] || 0);
+    const rtt = g1.output.match(/round-trip min\/avg\/max = ([\d.]+)\/([\d.]+)\/([\d.]+) ms/);
+    if (!rtt) throw new Error(`no round-trip summary in the guest output (received ${r.received}/${r.sent})`);
+    r.minMs = Number(rtt[1]);
+    r.avgMs = Number(rtt[2]);
+    r.maxMs = Number(rtt[3]);
+    r.ok = r.received > 0;
+    if (!r.ok) r.error = 'no ping answered';
+  } catch (e) {
+    r.error = errText(e);
+  } finally {
+    for (const g of guests) await g.kill();
+    await quitTestpmd(be);
+    if (vf) await vf.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting
+
+const median = (xs: number[]): number | null => {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const ratio = (a: number | null, b: number | null): number | null => (a !== null && b !== null && b > 0 ? a / b : null);
+
+interface Cell {
+  medianMpps: number | null;
+  medianGbps: number | null;
+  roundsMpps: number[];
+  ok: number;
+  failed: number;
+}
+interface Row {
+  size: number;
+  queues: number;
+  dpdk?: Cell;
+  vf?: Cell;
+  vfLog?: Cell;
+  vfVsDpdk: number | null;
+  vfLogVsDpdk: number | null;
+  logOnVsOff: number | null;
+}
+
+function summarize(trials: Trial[], backends: Backend[]): Row[] {
+  const rows: Row[] = [];
+  for (const size of opts.sizes) {
+    for (const queues of opts.queues) {
+      const row: Row = { size, queues, vfVsDpdk: null, vfLogVsDpdk: null, logOnVsOff: null };
+      for (const b of backends) {
+        const ts = trials.filter((t) => t.backend === b && t.size === size && t.queues === queues);
+        const good = ts.filter((t) => t.ok).map((t) => t.mpps as number);
+        const med = median(good);
+        row[b] = { medianMpps: med, medianGbps: med === null ? null : (med * size * 8) / 1000, roundsMpps: good, ok: good.length, failed: ts.length - good.length };
+      }
+      row.vfVsDpdk = ratio(row.vf?.medianMpps ?? null, row.dpdk?.medianMpps ?? null);
+      row.vfLogVsDpdk = ratio(row.vfLog?.medianMpps ?? null, row.dpdk?.medianMpps ?? null);
+      row.logOnVsOff = ratio(row.vfLog?.medianMpps ?? null, row.vf?.medianMpps ?? null);
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
+const f = (v: number | null | undefined, d = 2): string => (v === null || v === undefined ? 'n/a' : v.toFixed(d));
+
+function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingResult[]): string {
+  const head = ['size', 'q'];
+  const has = (b: Backend): boolean => backends.includes(b);
+  if (has('dpdk')) head.push('DPDK Mpps', 'Gbps');
+  if (has('vf')) head.push('vf Mpps', 'Gbps');
+  if (has('vfLog')) head.push('vf+log Mpps', 'Gbps');
+  if (has('vf') && has('dpdk')) head.push('vf/DPDK');
+  if (has('vfLog') && has('dpdk')) head.push('vf+log/DPDK');
+  if (has('vf') && has('vfLog')) head.push('log on/off');
+  head.push('rounds ok');
+  const lines: string[][] = [head];
+  for (const r of rows) {
+    const l = [String(r.size), String(r.queues)];
+    if (has('dpdk')) l.push(f(r.dpdk?.medianMpps, 3), f(r.dpdk?.medianGbps, 2));
+    if (has('vf')) l.push(f(r.vf?.medianMpps, 3), f(r.vf?.medianGbps, 2));
+    if (has('vfLog')) l.push(f(r.vfLog?.medianMpps, 3), f(r.vfLog?.medianGbps, 2));
+    if (has('vf') && has('dpdk')) l.push(f(r.vfVsDpdk, 2));
+    if (has('vfLog') && has('dpdk')) l.push(f(r.vfLogVsDpdk, 2));
+    if (has('vf') && has('vfLog')) l.push(f(r.logOnVsOff, 2));
+    l.push(backends.map((b) => `${b}:${r[b]?.ok ?? 0}/${(r[b]?.ok ?? 0) + (r[b]?.failed ?? 0)}`).join(' '));
+    lines.push(l);
+  }
+  const w = head.map((_, i) => Math.max(...lines.map((l) => l[i].length)));
+  const fmt = (l: string[]): string => l.map((c, i) => (i === l.length - 1 ? c : c.padStart(w[i]))).join('  ');
+  const out = [fmt(lines[0]), w.map((n) => '-'.repeat(n)).join('  '), ...lines.slice(1).map(fmt)];
+  out.push('Mpps: median over rounds of packets through the backend (both directions summed); Gbps = Mpps x size x 8 / 1000 (frame bytes, no 20-byte preamble/IFG).');
+  for (const i of idle) {
+    out.push(`idle CPU ${i.backend === 'vf' ? 'vhostfwd' : 'DPDK    '}: ${i.ok ? `${f(i.cpuPercent, 2)} % of one core over ${f(i.seconds, 1)} s` : `FAILED (${i.error})`}  [${i.note}]`);
+  }
+  for (const p of ping) {
+    out.push(`ping RTT ${p.backend === 'vf' ? 'vhostfwd' : 'DPDK    '}: ${p.ok ? `min/avg/max ${f(p.minMs, 3)}/${f(p.avgMs, 3)}/${f(p.maxMs, 3)} ms, ${p.received}/${p.sent} answered` : `FAILED (${p.error})`}`);
+  }
+  return out.join('\n');
+}
+
+function chart(rows: Row[], backends: Backend[]): string {
+  const colors: Record<Backend, string> = { dpdk: '#4c72b0', vf: '#dd8452', vfLog: '#c44e52' };
+  const multiQ = opts.queues.length > 1;
+  return barChart({
+    title: 'Throughput through the backend: vhostfwd vs DPDK vhost PMD',
+    note: `median of ${opts.rounds} alternating round(s) of ${opts.duration} s; testpmd virtio-user io loop; ${os.cpus().length} CPUs, one per side`,
+    yLabel: 'Mpps (both directions)',
+    series: backends.map((b) => ({ name: BACKEND_NAME[b], color: colors[b] })),
+    groups: rows.map((r) => ({ label: `${r.size} B${multiQ ? `, ${r.queues}q` : ''}`, values: backends.map((b) => r[b]?.medianMpps ?? null) })),
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Pre-flight
+
+/** This process and its ancestors (a `timeout`, `sh -c`, npm wrapper is not "another run"). */
+function ancestors(): Set<number> {
+  const out = new Set<number>();
+  let pid = process.pid;
+  while (pid > 1 && !out.has(pid)) {
+    out.add(pid);
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      pid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    } catch {
+      break;
+    }
+  }
+  return out;
+}
+
+function foreignBusy(): string[] {
+  const mine = new Set([...children].map((c) => c.pid as number).concat([...ancestors()]));
+  const out: string[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || mine.has(Number(d))) continue;
+    let cmd = '';
+    try {
+      cmd = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').replace(/\0/g, ' ');
+    } catch {
+      continue;
+    }
+    if (/dpdk-testpmd|qemu-system|ovs-vswitchd|cli\.js run|dataplane\.js|bench\/run\.js/.test(cmd) && !/\bstdbuf\b.*dpdk/.test(cmd)) out.push(`${d}: ${cmd.slice(0, 120)}`);
+  }
+  return out;
+}
+
+async function preflight(): Promise<{ load: number[]; waitedForeignS: number }> {
+  if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: build with npx tsc -p tsconfig.json`);
+  const t0 = Date.now();
+  let busy = foreignBusy();
+  if (busy.length > 0) {
+    process.stderr.write(`bench: waiting up to ${opts.waitForeign} s for other benchmark processes to finish:\n  ${busy.join('\n  ')}\n`);
+    while (busy.length > 0 && Date.now() - t0 < opts.waitForeign * 1000) {
+      await sleep(2000);
+      busy = foreignBusy();
+    }
+    if (busy.length > 0) process.stderr.write('bench: still running; measuring anyway (numbers will be noisy)\n');
+  }
+  const free = Number(/HugePages_Free:\s*(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  const need = (2 * TESTPMD_MEM_MB) / 2 + 16;
+  if (free < need) throw new Error(`only ${free} free 2 MiB hugepages, need about ${need} (two testpmd of ${TESTPMD_MEM_MB} MiB): run scripts/install-peers.sh`);
+  const load = os.loadavg();
+  if (load[0] > 0.5) process.stderr.write(`bench: load average ${load[0].toFixed(2)} > 0.5: results will be noisy\n`);
+  return { load, waitedForeignS: (Date.now() - t0) / 1000 };
+}
+
+function version(cmd: string, args: string[], re: RegExp): string | null {
+  try {
+    const out = execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 10000 }).toString();
+    return re.exec(out)?.[1] ?? out.split('\n')[0];
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const started = new Date();
+  const pre = await preflight();
+  const backends: Backend[] = [];
+  if (opts.log !== 'on') backends.push('vf');
+  if (opts.log !== 'off') backends.push('vfLog');
+  if (opts.dpdk) backends.push('dpdk');
+  const total = opts.sizes.length * opts.queues.length * opts.rounds * backends.length;
+  process.stderr.write(`bench: ${total} throughput trials (${backends.join(', ')} alternating; sizes ${opts.sizes.join(',')}; queues ${opts.queues.join(',')}; ${opts.rounds} round(s) of ${opts.duration} s after ${opts.warmup} s warm-up)\n`);
+
+  const trials: Trial[] = [];
+  let n = 0;
+  for (const size of opts.sizes) {
+    for (const queues of opts.queues) {
+      for (let round = 1; round <= opts.rounds; round++) {
+        for (const b of backends) {
+          n++;
+          for (let attempt = 0; attempt <= opts.retries; attempt++) {
+            const t = await throughputTrial(b, size, queues, round, attempt);
+            trials.push(t);
+            process.stderr.write(`  [${n}/${total}] ${size} B q${queues} round ${round}${attempt ? ` retry ${attempt}` : ''} ${BACKEND_NAME[b].padEnd(22)} ${t.ok ? `${f(t.mpps, 3)} Mpps ${f(t.gbps, 2)} Gbps${t.rxMissed ? ` missed ${t.rxMissed}` : ''}${t.errors ? ` errors ${t.errors}` : ''}` : `FAILED: ${t.error}`}\n`);
+            if (t.ok) break;
+          }
+        }
+      }
+    }
+  }
+
+  /** idle/ping attempts that failed before a successful retry (reported, not dropped) */
+  const failedOnce: string[] = [];
+  const idle: IdleResult[] = [];
+  if (opts.idle) {
+    for (const b of (opts.dpdk ? ['vf', 'dpdk'] : ['vf']) as Array<'vf' | 'dpdk'>) {
+      let r = await idleCpu(b);
+      for (let a = 1; !r.ok && a <= opts.retries; a++) {
+        process.stderr.write(`  idle CPU ${b}: FAILED (${r.error}); retrying\n`);
+        failedOnce.push(`idle ${b} (retried): ${r.error}`);
+        r = await idleCpu(b);
+      }
+      idle.push(r);
+      process.stderr.write(`  idle CPU ${b}: ${r.ok ? `${f(r.cpuPercent, 2)} %` : `FAILED: ${r.error}`}\n`);
+    }
+  }
+  const ping: PingResult[] = [];
+  if (opts.ping) {
+    for (const b of (opts.dpdk ? ['vf', 'dpdk'] : ['vf']) as Array<'vf' | 'dpdk'>) {
+      let r = await pingRtt(b);
+      for (let a = 1; !r.ok && a <= opts.retries; a++) {
+        process.stderr.write(`  ping ${b}: FAILED (${r.error}); retrying\n`);
+        failedOnce.push(`ping ${b} (retried): ${r.error}`);
+        r = await pingRtt(b);
+      }
+      ping.push(r);
+      process.stderr.write(`  ping ${b}: ${r.ok ? `avg ${f(r.avgMs, 3)} ms (${r.received}/${r.sent})` : `FAILED: ${r.error}`}\n`);
+    }
+  }
+
+  const rows = summarize(trials, backends);
+  const text = table(rows, backends, idle, ping);
+  process.stdout.write('\n' + text + '\n');
+
+  const failures = [
+    ...trials.filter((t) => !t.ok).map((t) => `throughput ${t.backend} ${t.size} B q${t.queues} round ${t.round} attempt ${t.attempt}: ${t.error}`),
+    ...failedOnce,
+    ...idle.filter((i) => !i.ok).map((i) => `idle ${i.backend}: ${i.error}`),
+    ...ping.filter((p) => !p.ok).map((p) => `ping ${p.backend}: ${p.error}`),
+  ];
+  const result = {
+    meta: {
+      started: started.toISOString(),
+      finished: new Date().toISOString(),
+      host: os.hostname(),
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model,
+      node: process.version,
+      dpdk: version('dpkg-query', ['-W', '-f', '${Version}', 'dpdk'], /(.+)/),
+      qemu: version('qemu-system-x86_64', ['--version'], /version ([\d.]+)/),
+      loadAvgBefore: pre.load,
+      loadAvgAfter: os.loadavg(),
+      waitedForOtherProcessesS: pre.waitedForeignS,
+      options: opts,
+      lcores: { frontend: { main: FE_LCORES[0], forwarding: FE_LCORES[1] }, dpdkBackend: { main: BE_LCORES[0], forwarding: BE_LCORES[1] }, vhostfwdPollerCpu: BACKEND_CPU },
+      definitions: {
+        mpps: 'sum over both frontend ports of delta RX-packets / measured seconds, after the warm-up: packets that crossed the backend (both directions)',
+        gbps: 'mpps * size * 8 / 1000: frame bytes only (size = frame without CRC), NOT counting the 20-byte Ethernet preamble + inter-frame gap',
+        median: 'median over successful rounds; backends alternate inside each round',
+        vfLog: 'vhostfwd run with --force-log: dirty pages logged into a backend-allocated log (testpmd virtio-user sends no SET_LOG_BASE)',
+      },
+    },
+    throughput: rows,
+    trials,
+    idleCpu: idle,
+    ping,
+    failures,
+    table: text,
+  };
+  fs.mkdirSync(opts.out, { recursive: true });
+  const stamp = started.toISOString().replace(/[:.]/g, '-');
+  const base = opts.quick ? 'quick' : 'latest';
+  const json = JSON.stringify(result, null, 2) + '\n';
+  fs.writeFileSync(path.join(opts.out, `${base}.json`), json);
+  if (!opts.quick) fs.writeFileSync(path.join(opts.out, `${stamp}.json`), json);
+  fs.writeFileSync(path.join(opts.out, `${base}.svg`), chart(rows, backends));
+  fs.writeFileSync(path.join(opts.out, `${base}.txt`), text + '\n');
+  process.stderr.write(`bench: wrote ${path.join(opts.out, `${base}.{json,svg,txt}`)}${opts.quick ? '' : ` and ${stamp}.json`}\n`);
+  if (failures.length > 0) process.stderr.write(`bench: ${failures.length} failure(s):\n  ${failures.join('\n  ')}\n`);
+  // Exit 1 when a number is missing from the report (a failure retried successfully is only listed).
+  const missing = rows.some((r) => backends.some((b) => (r[b]?.ok ?? 0) === 0)) || idle.some((i) => !i.ok) || ping.some((p) => !p.ok);
+  if (missing) process.exitCode = 1;
+}
+
+void main().catch((e) => {
+  process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});
