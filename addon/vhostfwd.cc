@@ -267,6 +267,7 @@ Napi::Value SendImpl(const Napi::CallbackInfo& info, size_t max_fds) {
   // On a stream socket the kernel attaches ancillary data to a data byte; with no bytes
   // the fds would be silently dropped.
   if (nfds > 0 && data.len == 0) ThrowErrno(env, "sendmsg", EINVAL, "fds need at least one data byte");
+  int timeout_ms = info.Length() > 3 && !info[3].IsUndefined() ? ArgInt(info, 3, "timeoutMs must be an integer") : -1;
 
   alignas(cmsghdr) unsigned char control[CMSG_SPACE(kMaxUncheckedFds * sizeof(int))];
   size_t sent = 0;
@@ -291,7 +292,17 @@ Napi::Value SendImpl(const Napi::CallbackInfo& info, size_t max_fds) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        WaitFor(env, fd, POLLOUT, "sendmsg");
+        if (timeout_ms < 0) {
+          WaitFor(env, fd, POLLOUT, "sendmsg");
+          continue;
+        }
+        // A peer that stops reading must not freeze the caller (the main thread serves
+        // every interface): give up after timeout_ms with ETIMEDOUT.
+        pollfd p{fd, POLLOUT, 0};
+        int r;
+        do r = ::poll(&p, 1, timeout_ms); while (r < 0 && errno == EINTR);
+        if (r == 0) ThrowErrno(env, "sendmsg", ETIMEDOUT, "peer is not reading");
+        if (r < 0) ThrowErrno(env, "sendmsg", errno);
         continue;
       }
       ThrowErrno(env, "sendmsg", errno);

@@ -79,6 +79,7 @@ export async function main(argv: string[]): Promise<void> {
           .option('forward', { choices: ['xconnect', 'bridge'] as const, describe: 'forwarding mode for --socket interfaces' })
           .option('stats-interval', { type: 'number', describe: 'seconds between stats tables (0 = off)' })
           .option('force-log', { type: 'boolean', describe: 'log dirty pages even when the frontend did not ask (benchmarks)' })
+          .option('metrics', { type: 'string', describe: 'HTTP endpoint HOST:PORT for /stats (JSON), /metrics (Prometheus), /healthz' })
           .check((a) => {
             if (!a.config && !(a.socket && a.socket.length > 0)) throw new Error('give --config FILE or at least one --socket PATH');
             return true;
@@ -91,6 +92,10 @@ export async function main(argv: string[]): Promise<void> {
           const cfg = a.config ? loadConfig(a.config, cpus) : parseConfig(configFromFlags(a.socket ?? [], a.forward, a.queues, a.mode), cpus);
           if (a['stats-interval'] !== undefined) cfg.statsInterval = a['stats-interval'];
           if (a['force-log'] !== undefined) cfg.forceLog = a['force-log'];
+          if (a.metrics !== undefined) cfg.metrics = { listen: a.metrics };
+          // command-line log flags win over the config file's "log" section
+          if (!process.argv.some((x) => x.startsWith('--log-level'))) setLevel(cfg.log.level);
+          if (!process.argv.some((x) => x.startsWith('--log-json'))) setJson(cfg.log.json);
           await run(cfg);
         } catch (e) {
           fail(e);
@@ -124,12 +129,30 @@ export async function main(argv: string[]): Promise<void> {
         }
       },
     )
-    .demandCommand(1, 'give a command: run, check-config, demo')
+    .command(
+      'bench',
+      'throughput against DPDK in the same run (see bench/README.md); arguments after -- go to bench/run',
+      (y) => y.strict(false),
+      async () => {
+        const script = path.join(__dirname, '..', 'bench', 'run.js');
+        if (!fs.existsSync(script)) {
+          process.stderr.write(`vhostfwd: ${script} is missing: run npm run build\n`);
+          process.exit(1);
+        }
+        const rest = process.argv.slice(process.argv.indexOf('bench') + 1).filter((x) => x !== '--');
+        const { spawnSync } = await import('node:child_process');
+        const r = spawnSync(process.execPath, [script, ...rest], { stdio: 'inherit' });
+        process.exit(r.status ?? 1);
+      },
+    )
+    .demandCommand(1, 'give a command: run, check-config, demo, bench')
+    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure, 2 bad usage or config.')
     .strict()
     .help()
     .fail((msg, err, y) => {
-      if (err) fail(err);
-      process.stderr.write(`${y.help()}\n\nvhostfwd: ${msg}\n`);
+      // yargs calls this for usage errors (a failed .check() arrives as err): exit 2
+      if (err instanceof ConfigError) fail(err);
+      process.stderr.write(`${String(y.help())}\n\nvhostfwd: ${msg ?? err?.message}\n`);
       process.exit(EXIT_USAGE);
     })
     .parseAsync();

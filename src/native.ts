@@ -71,7 +71,7 @@ export interface Native {
    * The fds travel with the first byte, so data must not be empty when fds are given;
    * that and more than 8 fds throw EINVAL. A closed peer throws EPIPE (never SIGPIPE).
    */
-  sendmsg(fd: number, data: Uint8Array, fds: readonly number[]): number;
+  sendmsg(fd: number, data: Uint8Array, fds: readonly number[], timeoutMs?: number): number;
   /**
    * Like sendmsg but accepts up to 253 fds (the kernel's SCM_MAX_FD) instead of 8.
    * Only for tests that play a misbehaving peer; the dataplane always uses sendmsg.

@@ -3,6 +3,9 @@
  * the bad key and what was expected, e.g. `interfaces[1].queues: expected an integer 1..8, got 0`.
  */
 import fs from 'node:fs';
+import path from 'node:path';
+import Ajv2020 from 'ajv/dist/2020';
+import type { ErrorObject } from 'ajv';
 import { F, FeatureName, PF, ProtocolFeatureName } from '../shared/constants';
 
 export interface InterfaceConfig {
@@ -39,6 +42,9 @@ export interface Config {
    * a log it allocates itself (Device.ensureForcedLog), so the cost is real.
    */
   forceLog: boolean;
+  /** HTTP endpoint for /stats, /metrics and /healthz, as HOST:PORT (null = off) */
+  metrics: { listen: string } | null;
+  log: { level: 'debug' | 'info' | 'warn' | 'error'; json: boolean };
 }
 
 export class ConfigError extends Error {
@@ -100,7 +106,7 @@ function parseInterface(v: unknown, path: string): InterfaceConfig {
 
 export function parseConfig(raw: unknown, cpuCount: number): Config {
   if (!isObj(raw)) throw new ConfigError('(root)', 'an object', raw);
-  checkKeys(raw, '', ['interfaces', 'forwarding', 'workers', 'statsInterval', 'forceLog']);
+  checkKeys(raw, '', ['interfaces', 'forwarding', 'workers', 'statsInterval', 'forceLog', 'metrics', 'log']);
   if (!Array.isArray(raw.interfaces) || raw.interfaces.length === 0) throw new ConfigError('interfaces', 'a non-empty array', raw.interfaces);
   const interfaces = raw.interfaces.map((v, i) => parseInterface(v, `interfaces[${i}]`));
   const seen = new Set<string>();
@@ -115,7 +121,66 @@ export function parseConfig(raw: unknown, cpuCount: number): Config {
   const workers = parseWorkers(raw.workers, interfaces, cpuCount);
   const statsInterval = int(raw.statsInterval, 'statsInterval', 0, 3600, 0);
   if (raw.forceLog !== undefined && typeof raw.forceLog !== 'boolean') throw new ConfigError('forceLog', 'a boolean', raw.forceLog);
-  return { interfaces, forwarding, workers, statsInterval, forceLog: raw.forceLog === true };
+  const metrics = parseMetrics(raw.metrics);
+  const logCfg = parseLog(raw.log);
+  // The published schema is the contract: anything the checks above let through but the
+  // schema refuses is still an error, named by its path.
+  checkSchema(raw);
+  return { interfaces, forwarding, workers, statsInterval, forceLog: raw.forceLog === true, metrics, log: logCfg };
+}
+
+function parseMetrics(v: unknown): Config['metrics'] {
+  if (v === undefined) return null;
+  if (!isObj(v)) throw new ConfigError('metrics', 'an object {listen: "HOST:PORT"}', v);
+  checkKeys(v, 'metrics', ['listen']);
+  const l = str(v.listen, 'metrics.listen');
+  const m = /^([^:]+):(\d{1,5})$/.exec(l);
+  if (!m || Number(m[2]) > 65535) throw new ConfigError('metrics.listen', 'HOST:PORT with a port 0..65535', l);
+  return { listen: l };
+}
+
+function parseLog(v: unknown): Config['log'] {
+  if (v === undefined) return { level: 'info', json: false };
+  if (!isObj(v)) throw new ConfigError('log', 'an object {level, json}', v);
+  checkKeys(v, 'log', ['level', 'json']);
+  const level = v.level ?? 'info';
+  if (level !== 'debug' && level !== 'info' && level !== 'warn' && level !== 'error') throw new ConfigError('log.level', 'one of debug, info, warn, error', level);
+  if (v.json !== undefined && typeof v.json !== 'boolean') throw new ConfigError('log.json', 'a boolean', v.json);
+  return { level, json: v.json === true };
+}
+
+/** schema/config.schema.json, compiled once with ajv (JSON Schema 2020-12). */
+export const SCHEMA_FILE = path.join(__dirname, '..', '..', '..', 'schema', 'config.schema.json');
+let validate: ((d: unknown) => boolean) & { errors?: ErrorObject[] | null } | null = null;
+
+/** `/interfaces/1/queues` -> `interfaces[1].queues` (the style of every config error). */
+function jsonPath(p: string): string {
+  const out = p
+    .split('/')
+    .slice(1)
+    .map((k) => (/^\d+$/.test(k) ? `[${k}]` : `.${k}`))
+    .join('')
+    .replace(/^\./, '');
+  return out === '' ? '(root)' : out;
+}
+
+export function checkSchema(raw: unknown): void {
+  if (!validate) {
+    const ajv = new Ajv2020({ allErrors: false, strict: false });
+    validate = ajv.compile(JSON.parse(fs.readFileSync(SCHEMA_FILE, 'utf8')) as object);
+  }
+  if (validate(raw)) return;
+  const e = (validate.errors ?? [])[0];
+  if (!e) throw new ConfigError('(root)', 'a config matching schema/config.schema.json', raw);
+  let at = jsonPath(e.instancePath);
+  if (e.keyword === 'additionalProperties') at = `${at === '(root)' ? '' : at + '.'}${String((e.params as { additionalProperty: string }).additionalProperty)}`;
+  throw new ConfigError(at, `${e.message ?? 'a valid value'} (schema)`, e.keyword === 'additionalProperties' ? undefined : getAt(raw, e.instancePath));
+}
+
+function getAt(raw: unknown, pointer: string): unknown {
+  let v: unknown = raw;
+  for (const k of pointer.split('/').slice(1)) v = isObj(v) || Array.isArray(v) ? (v as Record<string, unknown>)[k] : undefined;
+  return v;
 }
 
 function parseForwarding(v: unknown, names: Set<string>, itfs: InterfaceConfig[]): Forwarding {

@@ -7,6 +7,8 @@
 import { native, PollHandle, POLL_ERROR } from '../native';
 import { Framer, FrameError, Message } from './codec';
 
+const SEND_TIMEOUT_MS = 1000;
+
 export type MessageHandler = (m: Message) => Promise<void>;
 
 export class Connection {
@@ -33,7 +35,13 @@ export class Connection {
   /** Send one message (header + payload already encoded) with optional fds. */
   send(bytes: Uint8Array, fds: readonly number[] = []): void {
     if (this.closed) return;
-    native.sendmsg(this.fd, bytes, fds);
+    try {
+      // Bounded: a frontend that floods requests and never reads our replies must not
+      // block the main thread (and with it every other interface's control plane).
+      native.sendmsg(this.fd, bytes, fds, SEND_TIMEOUT_MS);
+    } catch (e) {
+      this.close(`cannot send a reply: ${(e as Error).message}`);
+    }
   }
 
   /** Close the socket and every fd of a message not yet handled; report `reason` once. */

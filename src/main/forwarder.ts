@@ -10,6 +10,7 @@ import { Config } from './config';
 import { Interface } from './interface';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
+import { MetricsServer, startMetrics } from './metrics';
 
 export interface QueueStats {
   iface: string;
@@ -32,6 +33,8 @@ export class Forwarder {
   readonly pool: WorkerPool;
   private readonly macTable = new SharedArrayBuffer(MAC_TABLE_BYTES);
   private statsTimer: NodeJS.Timeout | null = null;
+  /** the HTTP endpoint when config.metrics is set */
+  metrics: MetricsServer | null = null;
 
   constructor(readonly config: Config) {
     const owner = new Map<string, number>();
@@ -74,6 +77,7 @@ export class Forwarder {
       if (c.coalesceFrames || c.coalesceUsecs) this.pool.setCoalesce(port, c.coalesceFrames, c.coalesceUsecs);
     });
     for (const i of this.interfaces) i.start();
+    if (this.config.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
     if (this.config.statsInterval > 0) {
       let last = this.stats();
       let lastT = Date.now();
@@ -117,6 +121,8 @@ export class Forwarder {
 
   async stop(): Promise<void> {
     if (this.statsTimer) clearInterval(this.statsTimer);
+    await this.metrics?.close();
+    this.metrics = null;
     for (const i of this.interfaces) await i.stop();
     await this.pool.stop();
   }

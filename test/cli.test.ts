@@ -1,0 +1,71 @@
+/** The CLI as an operator runs it: exit codes, named config errors, shipped examples, clean shutdown. */
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tmpDir, waitUntil } from './helpers/env';
+
+const CLI = path.join(__dirname, '..', 'src', 'cli.js');
+const ROOT = path.join(__dirname, '..', '..');
+const run = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30000 });
+
+t.test('--version prints package.json version; --help has examples and exit codes', async (t) => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  const v = run('--version');
+  t.equal(v.status, 0);
+  t.equal(v.stdout.trim(), pkg.version);
+  const h = run('run', '--help');
+  t.equal(h.status, 0);
+  t.match(h.stdout, /Examples:/);
+  t.match(run('--help').stdout, /Exit codes: 0 ok/);
+});
+
+t.test('check-config passes on every shipped example', async (t) => {
+  const dir = path.join(ROOT, 'examples');
+  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.json'));
+  t.ok(files.length >= 3, 'examples shipped');
+  for (const f of files) {
+    const r = run('check-config', path.join(dir, f));
+    t.equal(r.status, 0, `${f}: exit 0 (${r.stderr.trim()})`);
+    t.doesNotThrow(() => JSON.parse(r.stdout), `${f}: prints the config with defaults`);
+  }
+});
+
+t.test('a bad config names the key, says what was expected, and exits 2', async (t) => {
+  const d = tmpDir();
+  const cases: Array<[unknown, RegExp]> = [
+    [{ interfaces: [{ name: 'a', socket: '/x', queues: 0 }] }, /interfaces\[0\]\.queues: expected an integer 1\.\.8, got 0/],
+    [{ interfaces: [{ name: 'a', socket: '/x' }], forwarding: { mode: 'xconnect', pairs: [['a', 'zz']] } }, /forwarding\.pairs\[0\]\[1\]: expected an interface name/],
+    [{ interfaces: [{ name: 'a', socket: '/x' }], metrics: { listen: 'nowhere' } }, /metrics\.listen: expected HOST:PORT/],
+    [{ interfaces: [{ name: 'a', socket: '/x' }], log: { level: 'loud' } }, /log\.level: expected one of debug, info, warn, error/],
+  ];
+  for (const [cfg, re] of cases) {
+    const f = path.join(d, 'c.json');
+    fs.writeFileSync(f, JSON.stringify(cfg));
+    for (const args of [['check-config', f], ['run', '--config', f]]) {
+      const r = run(...args);
+      t.equal(r.status, 2, `${args[0]}: exit 2`);
+      t.match(r.stderr, re, `${args[0]}: names the key`);
+    }
+  }
+  fs.writeFileSync(path.join(d, 'broken.json'), '{ nope');
+  const r = run('check-config', path.join(d, 'broken.json'));
+  t.equal(r.status, 2);
+  t.match(r.stderr, /\(file\): expected valid JSON/);
+  t.equal(run('run').status, 2, 'run without --config or --socket is a usage error');
+});
+
+t.test('run --socket A --socket B: sockets appear; SIGTERM exits 0 and unlinks them', async (t) => {
+  const d = tmpDir();
+  const a = path.join(d, 'a.sock');
+  const b = path.join(d, 'b.sock');
+  const child = spawn(process.execPath, [CLI, 'run', '--socket', a, '--socket', b, '--forward', 'xconnect'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (x: Buffer) => (out += x.toString()));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  await waitUntil(() => fs.existsSync(a) && fs.existsSync(b), 10000, 'both sockets');
+  t.match(out, /-netdev vhost-user/, 'prints how to attach QEMU');
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'exit code 0 after SIGTERM');
+  t.notOk(fs.existsSync(a) || fs.existsSync(b), 'socket files unlinked');
+});
