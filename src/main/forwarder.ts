@@ -131,12 +131,13 @@ export class Forwarder {
 export function formatStats(now: QueueStats[], before: QueueStats[], secs: number): string {
   const key = (s: QueueStats): string => `${s.iface}/${s.queue}/${s.dir}`;
   const prev = new Map(before.map((s) => [key(s), s]));
+  const head = `${'iface/queue/dir'.padEnd(18)}${'Mpps'.padStart(9)}${'Mbit/s'.padStart(11)}${'packets'.padStart(14)}${'no-buf'.padStart(9)}${'no-dest'.padStart(9)}${'too-big'.padStart(9)}${'errors'.padStart(8)}${'irqs/s'.padStart(9)}`;
   const rows = now.map((s) => {
     const p = prev.get(key(s));
     const dp = s.packets - (p?.packets ?? 0);
     const db = s.bytes - (p?.bytes ?? 0);
-    const drops = s.dropNoBuffer + s.dropNoDest + s.dropTooBig;
-    return `${key(s).padEnd(16)} ${(dp / secs / 1e6).toFixed(3).padStart(9)} Mpps ${((db * 8) / secs / 1e6).toFixed(1).padStart(10)} Mbit/s  pkts ${String(s.packets).padStart(12)}  drops ${String(drops).padStart(8)}  errors ${s.errors}`;
+    const dn = s.notifications - (p?.notifications ?? 0);
+    return `${key(s).padEnd(18)}${(dp / secs / 1e6).toFixed(3).padStart(9)}${((db * 8) / secs / 1e6).toFixed(1).padStart(11)}${String(s.packets).padStart(14)}${String(s.dropNoBuffer).padStart(9)}${String(s.dropNoDest).padStart(9)}${String(s.dropTooBig).padStart(9)}${String(s.errors).padStart(8)}${(dn / secs).toFixed(0).padStart(9)}`;
   });
-  return `--- ${new Date().toISOString()}\n${rows.join('\n')}\n`;
+  return `--- ${new Date().toISOString()}\n${head}\n${rows.join('\n')}\n`;
 }
