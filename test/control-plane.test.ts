@@ -80,7 +80,9 @@ t.test('ring lifecycle with PROTOCOL_FEATURES: disabled until SET_VRING_ENABLE; 
   const kick = [native.eventfdCreate(0), native.eventfdCreate(0)];
   const call = [native.eventfdCreate(0), native.eventfdCreate(0)];
   // used->idx in guest memory is where the ring resumes (the destination side of a migration)
+  // (a consistent guest: avail->idx too is at 17, nothing new posted)
   new DataView(mem.sab).setUint16(ringAt(1).used + 2, 17, true);
+  new DataView(mem.sab).setUint16(ringAt(1).avail + 2, 17, true);
   setupRing(c, 0, kick[0], call[0]);
   setupRing(c, 1, kick[1], call[1], 17);
   await c.call(Req.GET_FEATURES); // barrier: everything before is handled
