@@ -63,7 +63,8 @@ t.test('run --socket A --socket B: sockets appear; SIGTERM exits 0 and unlinks t
   let out = '';
   child.stdout.on('data', (x: Buffer) => (out += x.toString()));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  await waitUntil(() => fs.existsSync(a) && fs.existsSync(b), 10000, 'both sockets');
+  // the sockets exist a moment before the attach hint is printed
+  await waitUntil(() => fs.existsSync(a) && fs.existsSync(b) && /-netdev vhost-user[\s\S]*-netdev vhost-user/.test(out), 10000, 'both sockets and the hint');
   t.match(out, /-netdev vhost-user/, 'prints how to attach QEMU');
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'exit code 0 after SIGTERM');
