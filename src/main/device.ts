@@ -28,7 +28,8 @@ import { REQUESTS, RequestSpec } from './request-table';
 /** What a device needs from the dataplane (implemented by the worker pool). */
 export interface Dataplane {
   /** hand a ring to the workers; `regions`/`log` are the device's current memory and log. */
-  startRing(ring: VringDesc, regions: readonly RegionDesc[], log: LogDesc | null): void;
+  /** resolves once every worker that must see the ring has it (so a frontend's next packet is never early) */
+  startRing(ring: VringDesc, regions: readonly RegionDesc[], log: LogDesc | null): Promise<void>;
   /** resolves once no worker touches the ring any more (its ctrl holds the final indices). */
   stopRing(device: number, index: number): Promise<void>;
   /** change a running ring's dirty logging in place; resolves once every worker applied it. */
@@ -156,7 +157,7 @@ export class Device {
       const wantAck = needsReply(m) && this.hasProtocol(PF.REPLY_ACK);
       if (spec.pause) await this.pauseRings();
       const reply = await spec.handle(this, m);
-      this.resumeRings(spec.name);
+      await this.resumeRings(spec.name);
       if (reply) this.link.send(encodeReply(m.request, reply));
       else if (wantAck) this.ack(m, true);
     } catch (e) {
@@ -234,8 +235,15 @@ export class Device {
   }
 
   /** After a request: restart paused rings and start any ring whose setup just completed. */
-  resumeRings(req: string): void {
-    for (const v of this.vrings) this.maybeStart(v, req);
+  async resumeRings(req: string): Promise<void> {
+    const started: Promise<void>[] = [];
+    for (const v of this.vrings) {
+      const p = this.maybeStart(v, req);
+      if (p) started.push(p);
+    }
+    // The reply (or REPLY_ACK) goes out only when workers hold the rings: a guest that
+    // sends right after SET_VRING_ENABLE must not find a peer RX ring not attached yet.
+    await Promise.all(started);
   }
 
   stopRing(v: Vring): Promise<void> {
@@ -250,13 +258,14 @@ export class Device {
   }
 
   /** Start a ring if every condition holds. Throws ProtocolError if its addresses are bad. */
-  maybeStart(v: Vring, req: string): void {
-    if (v.started || !v.kicked || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return;
+  maybeStart(v: Vring, req: string): Promise<void> | null {
+    if (v.started || !v.kicked || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return null;
     const ring = this.describeRing(v, req);
     this.ensureForcedLog();
-    this.dp.startRing(ring, this.mem.descs(), this.log);
+    const attached = this.dp.startRing(ring, this.mem.descs(), this.log);
     v.started = true;
     log.debug('ring started', { dev: this.opts.name, ring: v.index, lastAvail: v.base });
+    return attached;
   }
 
   /**

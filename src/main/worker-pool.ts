@@ -160,14 +160,17 @@ export class WorkerPool implements Dataplane {
     for (const s of this.slots) this.post(s, m);
   }
 
-  startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null): void {
+  startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null): Promise<void> {
     const tx = (ring.index & 1) === 1;
-    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.opts.forceLog };
-    const targets = tx ? [this.slots[this.opts.owner(ring.port, ring.index >> 1) % this.slots.length]] : this.slots;
-    for (const s of targets) {
-      s.rings.set(ringKey(ring.device, ring.index), m);
-      this.post(s, m);
-    }
+    const seq = ++this.seq;
+    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.opts.forceLog, seq };
+    const targets = (tx ? [this.slots[this.opts.owner(ring.port, ring.index >> 1) % this.slots.length]] : this.slots).filter((s) => s.worker);
+    for (const s of targets) s.rings.set(ringKey(ring.device, ring.index), m);
+    if (targets.length === 0) return Promise.resolve();
+    return new Promise((done) => {
+      this.waiting.set(seq, { left: new Set(targets.map((s) => s.init.worker)), done });
+      for (const s of targets) this.post(s, m);
+    });
   }
 
   stopRing(device: number, index: number): Promise<void> {

@@ -12,9 +12,9 @@ export type ForwardingPlan =
 
 export type ToWorker =
   /** poll this guest TX ring (odd index) */
-  | { op: 'attach-tx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean }
+  | { op: 'attach-tx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number }
   /** this guest RX ring (even index) may be a destination */
-  | { op: 'attach-rx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean }
+  | { op: 'attach-rx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number }
   /** stop touching a ring; answered with 'ack' carrying the same seq */
   | { op: 'detach'; device: number; index: number; seq: number }
   /** change a running ring's dirty logging in place; answered with 'ack' */

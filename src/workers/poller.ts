@@ -164,6 +164,7 @@ function drainMailbox(): void {
       case 'attach-tx':
       case 'attach-rx':
         attach(m);
+        send({ op: 'ack', seq: m.seq });
         break;
       case 'detach':
         detach(m.device, m.index);
