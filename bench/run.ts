@@ -162,8 +162,15 @@ class VhostfwdProc {
     const file = path.join(path.dirname(sockets[0]), 'vhostfwd.json');
     fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
     const args = [CLI, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];
-    this.proc = track(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    // BENCH_VF_ARGS: extra vhostfwd options (e.g. --stats-interval 1 with BENCH_DUMP)
+    args.push(...(process.env.BENCH_VF_ARGS ?? '').split(' ').filter((a) => a !== ''));
+    // BENCH_NODE_ARGS: V8/Node flags for the vhostfwd process only (e.g. --trace-deopt)
+    const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+    this.proc = track(spawn(process.execPath, [...nodeArgs, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    // BENCH_DUMP=file: keep vhostfwd's whole output (e.g. with NODE_OPTIONS=--trace-deopt)
+    const dump = process.env.BENCH_DUMP;
     const add = (b: Buffer): void => {
+      if (dump) fs.appendFileSync(dump, b);
       this.output = (this.output + b.toString()).slice(-65536);
     };
     this.proc.stdout?.on('data', add);

@@ -113,6 +113,18 @@ function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
     ring.vq.disableNotify();
     rebuildWaitSet();
   } else {
+    // Guest RX kicks ("buffers posted") are never waited on: a packet that finds no buffer
+    // is dropped, not held. Ask the guest not to send them (DPDK's vhost PMD does the same);
+    // each one costs the frontend a syscall per refill.
+    try {
+      ring.vq.acquire();
+      ring.vq.disableNotify();
+    } catch (e) {
+      ring.vq.release();
+      broken(ring.device, ring.index, e);
+      return;
+    }
+    ring.vq.release();
     while (rxRings.length <= ring.port) rxRings.push([]);
     rxRings[ring.port][ring.pair] = ring;
   }
