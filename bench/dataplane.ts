@@ -29,11 +29,15 @@ const DESC = 0x10000;
 const AVAIL = 0x20000;
 const USED = 0x30000;
 const BUF = 0x100000;
+// Where the virtio-net header sits in each 2 KiB buffer: DPDK's virtio PMD puts it right
+// before the packet, which starts 128 bytes in (RTE_PKTMBUF_HEADROOM): 116. `hdr0` puts it at
+// the buffer start instead (packet 4 bytes off 8-alignment, as some Linux layouts are).
+const HDR_AT = process.argv.includes('hdr0') ? 0 : 116;
 
 function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen: number, logSab: SharedArrayBuffer | null): Virtqueue {
   for (let i = 0; i < Q; i++) {
     const o = DESC + i * 16;
-    g.dv.setUint32(o, BUF + i * 2048, true);
+    g.dv.setUint32(o, BUF + i * 2048 + HDR_AT, true);
     g.dv.setUint32(o + 4, 0, true);
     g.dv.setUint32(o + 8, bufLen, true);
     g.dv.setUint16(o + 12, write ? VRING_DESC_F_WRITE : 0, true);
@@ -79,7 +83,7 @@ const run = (ms: number) => {
     for (let r = 0; r < 64; r++) {
       const n = tx.dequeueBurst(batch, BURST);
       rx.acquire();
-      for (let i = 0; i < n; i++) rx.enqueue(a.gm, batch, i);
+      rx.enqueueBurst(a.gm, batch, null, n);
       rx.flush();
       rx.release();
       tx.completeBurst(batch);

@@ -27,7 +27,8 @@ type Backend = 'dpdk' | 'vf' | 'vfLog';
 const BACKEND_NAME: Record<Backend, string> = { dpdk: 'DPDK vhost PMD', vf: 'vhostfwd', vfLog: 'vhostfwd + forced log' };
 
 const ROOT = path.resolve(__dirname, '..', '..');
-const CLI = path.join(ROOT, 'dist', 'src', 'cli.js');
+// BENCH_VF_CLI: another build's dist/src/cli.js (A/B runs of two versions)
+const CLI = process.env.BENCH_VF_CLI ?? path.join(ROOT, 'dist', 'src', 'cli.js');
 /** lcores: frontend main 1 / forwarding 0; backend forwarding on 1 (DPDK lcore, vhostfwd poller). */
 const FE_LCORES = [1, 0];
 const BE_LCORES = [0, 1];

@@ -29,6 +29,8 @@ export class DirtyLog {
   private readonly useCache: boolean;
   private readonly cacheWord = new Int32Array(CACHE_SLOTS).fill(-1);
   private readonly cacheBits = new Int32Array(CACHE_SLOTS);
+  /** the slots in use, so flush() visits only those (it runs at every publish) */
+  private readonly usedSlots = new Int32Array(CACHE_SLOTS);
   private cacheUsed = 0;
 
   constructor(useCache = true) {
@@ -80,7 +82,7 @@ export class DirtyLog {
           return;
         }
         if (cw >= 0) Atomics.or(words, cw, this.cacheBits[slot]);
-        else this.cacheUsed++;
+        else this.usedSlots[this.cacheUsed++] = slot;
         this.cacheWord[slot] = w;
         this.cacheBits[slot] = bit;
         return;
@@ -95,12 +97,10 @@ export class DirtyLog {
   flush(): void {
     if (this.cacheUsed === 0) return;
     const words = this.words!;
-    for (let s = 0; s < CACHE_SLOTS; s++) {
-      const w = this.cacheWord[s];
-      if (w >= 0) {
-        Atomics.or(words, w, this.cacheBits[s]);
-        this.cacheWord[s] = -1;
-      }
+    for (let k = 0; k < this.cacheUsed; k++) {
+      const s = this.usedSlots[k];
+      Atomics.or(words, this.cacheWord[s], this.cacheBits[s]);
+      this.cacheWord[s] = -1;
     }
     this.cacheUsed = 0;
   }

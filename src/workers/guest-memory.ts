@@ -13,6 +13,8 @@ export interface RegionViews {
   /** null when the region start is not 2- / 4-aligned inside its SAB. */
   u16: Uint16Array | null;
   u32: Uint32Array | null;
+  /** null when the region start is not 8-aligned inside its SAB (copy.ts: 8 bytes per load/store) */
+  f64: Float64Array | null;
   /** little-endian field access at any alignment (descriptors, indirect tables). */
   dv: DataView;
 }
@@ -23,6 +25,7 @@ export function makeViews(sab: SharedArrayBuffer | ArrayBuffer, offset: number, 
     buf: Buffer.from(sab, offset, size),
     u16: offset % 2 === 0 ? new Uint16Array(sab, offset, Math.floor(size / 2)) : null,
     u32: offset % 4 === 0 ? new Uint32Array(sab, offset, Math.floor(size / 4)) : null,
+    f64: offset % 8 === 0 ? new Float64Array(sab, offset, Math.floor(size / 8)) : null,
     dv: new DataView(sab, offset, size),
   };
 }

@@ -45,6 +45,8 @@ const batch = new PacketBatch(BURST);
 const bulk = new CopyQueue(native);
 /** destination port of each packet of the burst (-1 flood, -2 drop) */
 const dstOf = new Int32Array(BURST);
+/** packets of the burst bound for the port being delivered to (bridge) */
+const pick = new Uint16Array(BURST);
 const macScratch = new Uint8Array(12);
 
 let mode: 'xconnect' | 'bridge' | 'none' = 'none';
@@ -248,13 +250,22 @@ function deliver(src: Ring, n: number, dst: number, floodToo: boolean): void {
     return;
   }
   const vq = rx.vq;
+  // xconnect: the whole burst; bridge: the packets for dst (and the flooded ones)
+  let count = n;
+  let list: Uint16Array | null = null;
+  if (mode !== 'xconnect') {
+    count = 0;
+    for (let i = 0; i < n; i++) {
+      const d = dstOf[i];
+      if (d === dst || (floodToo && d === -1)) pick[count++] = i;
+    }
+    if (count === 0) return;
+    list = pick;
+  }
   vq.acquire();
   let notify = false;
   try {
-    for (let i = 0; i < n; i++) {
-      const d = dstOf[i];
-      if (d === dst || (floodToo && d === -1)) vq.enqueue(src.mem, batch, i);
-    }
+    vq.enqueueBurst(src.mem, batch, list, count);
     notify = vq.flush();
   } catch (e) {
     vq.release();

@@ -287,6 +287,102 @@ export class Virtqueue {
   }
 
   /**
+   * Copy `count` packets of `batch` into this ring: packets pick[0..count) or, with pick
+   * null, packets 0..count-1. Returns how many were enqueued (the rest counted as
+   * ST_DROP_NO_BUF). The per-burst form of enqueue(): ring views, features and counters live
+   * in locals for the whole burst (bench/NOTES.md #8), and the common case (mergeable RX,
+   * one writable descriptor per packet, one source segment) is handled inline; anything else
+   * goes through enqueue(), which validates and names every guest error.
+   */
+  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
+    const t = this.desc32;
+    const fastRing = t !== null && this.features.mrgRxbuf && this.features.hdrLen === 12;
+    const avail16 = this.avail16;
+    const used32 = this.used32;
+    const mask = this.mask;
+    const size = this.size;
+    const mem = this.mem;
+    const views = mem.views;
+    const srcViews = srcMem.views;
+    const bulk = this.bulk;
+    const srcIds = srcMem.bulkIds;
+    const dstIds = mem.bulkIds;
+    const useBulk = bulk !== null && srcIds !== null && dstIds !== null;
+    const logging = this.logging;
+    let la = this.lastAvail;
+    let lu = this.lastUsed;
+    let ai = this.availIdx;
+    let done = 0;
+    let fastPkts = 0;
+    let fastBytes = 0;
+    for (let k = 0; k < count; k++) {
+      const i = pick === null ? k : pick[k];
+      fast: if (fastRing && batch.segCount[i] === 1) {
+        if (la === ai) {
+          const a = Atomics.load(avail16, 1);
+          if (((a - la) & 0xffff) > size) break fast; // the general path raises the error
+          ai = a;
+          if (la === a) break fast; // no buffer: the general path counts the drop
+        }
+        const head = avail16[2 + (la & mask)];
+        if (head >= size) break fast;
+        const w = head * 4;
+        if ((t[w + 3] & 0xffff) !== VRING_DESC_F_WRITE) break fast;
+        const len = batch.pktLen[i];
+        if (t[w + 2] < len + 12) break fast;
+        const r = mem.translate(t[w] + t[w + 1] * 0x1_0000_0000, len + 12);
+        if (r < 0) break fast;
+        const off = mem.off;
+        const v = views[r];
+        const u32 = v.u32;
+        if (u32 === null || (off & 3) !== 0 || off >= 0x7fff_ffff) break fast;
+        const hw = (off | 0) >> 2;
+        u32[hw] = 0;
+        u32[hw + 1] = 0;
+        u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
+        const s = batch.segStart[i];
+        const sr = batch.segRegion[s];
+        if (useBulk && len >= BULK_MIN) {
+          bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + batch.segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
+        } else {
+          copyBytes(v, off + 12, srcViews[sr], batch.segOffset[s], len);
+        }
+        // Marked in publish(), after the bulk copies ran (bits follow bytes), all at once:
+        // the log code stays out of this loop, which then stays small enough to inline the copy.
+        if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
+        const e = 1 + 2 * (lu & mask);
+        used32[e] = head;
+        used32[e + 1] = len + 12;
+        // Used entries are logged once per burst in publish().
+        lu = (lu + 1) & 0xffff;
+        la = (la + 1) & 0xffff;
+        fastPkts++;
+        fastBytes += len;
+        done++;
+        continue;
+      }
+      // General path: hand the ring state over, and take it back.
+      this.lastAvail = la;
+      this.lastUsed = lu;
+      this.availIdx = ai;
+      if (fastPkts > 0) this.unpublished = true;
+      if (this.enqueue(srcMem, batch, i)) done++;
+      la = this.lastAvail;
+      lu = this.lastUsed;
+      ai = this.availIdx;
+    }
+    this.lastAvail = la;
+    this.lastUsed = lu;
+    this.availIdx = ai;
+    if (fastPkts > 0) {
+      this.unpublished = true;
+      this.stats[ST_PACKETS] += fastPkts;
+      this.stats[ST_BYTES] += fastBytes;
+    }
+    return done;
+  }
+
+  /**
    * Copy packet i of `batch` (dequeued from a ring of `srcMem`) into this ring. False, and
    * ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is consumed then.
    */
@@ -569,9 +665,10 @@ export class Virtqueue {
     // RX used entries of the whole burst, logged once (they are written already).
     if (!this.isTx && logging) this.logUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
     this.usedLogFrom = this.lastUsed;
-    if (logging) this.log.flush();
     Atomics.store(this.used16, 1, this.lastUsed);
     if (logging) {
+      // One flush for the burst, after every write it covers (bytes, used entries, idx):
+      // a bit only has to follow its write, and every bit is out before the ring stops.
       this.logUsedField(2);
       this.log.flush();
       this.stats[ST_DIRTY_PAGES] += this.log.pagesMarked - this.pagesSeen;
