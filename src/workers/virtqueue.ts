@@ -250,8 +250,10 @@ export class Virtqueue {
     const first = this.lastUsed;
     for (let k = 0; k < n; k++) {
       const e = 1 + 2 * ((first + k) & mask);
-      u32[e] = batch.usedHead[k];
-      u32[e + 1] = 0;
+      const head = batch.usedHead[k];
+      // written only where it differs: see enqueueBurst
+      if (u32[e] !== head) u32[e] = head;
+      if (u32[e + 1] !== 0) u32[e + 1] = 0;
     }
     this.logUsedElems(first, n);
     this.lastUsed = (first + n) & 0xffff;
@@ -337,9 +339,12 @@ export class Virtqueue {
         const u32 = v.u32;
         if (u32 === null || (off & 3) !== 0 || off >= 0x7fff_ffff) break fast;
         const hw = (off | 0) >> 2;
-        u32[hw] = 0;
-        u32[hw + 1] = 0;
-        u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
+        // Written only where it differs (as DPDK does): the header line usually holds these
+        // values already (this buffer's last use), and a store would pull the line back
+        // from the frontend's cache (an RFO per packet: the loop's main stall, NOTES.md #11).
+        if (u32[hw] !== 0) u32[hw] = 0;
+        if (u32[hw + 1] !== 0) u32[hw + 1] = 0;
+        if (u32[hw + 2] !== 0x10000) u32[hw + 2] = 0x10000; // num_buffers = 1 (bytes 10..11, LE)
         const s = batch.segStart[i];
         const sr = batch.segRegion[s];
         if (useBulk && len >= BULK_MIN) {
@@ -351,8 +356,9 @@ export class Virtqueue {
         // the log code stays out of this loop, which then stays small enough to inline the copy.
         if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
         const e = 1 + 2 * (lu & mask);
-        used32[e] = head;
-        used32[e + 1] = len + 12;
+        // Same for the used entry: a ring refilled in order gets the same id and length back.
+        if (used32[e] !== head) used32[e] = head;
+        if (used32[e + 1] !== len + 12) used32[e + 1] = len + 12;
         // Used entries are logged once per burst in publish().
         lu = (lu + 1) & 0xffff;
         la = (la + 1) & 0xffff;
