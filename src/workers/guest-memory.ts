@@ -37,8 +37,9 @@ export class GuestMemory {
   readonly u8: Uint8Array[];
   /** Offset inside the region found by the last successful translate(). */
   off = 0;
-  private readonly gpaStart: Float64Array;
-  private readonly gpaEnd: Float64Array;
+  /** [gpaStart[r], gpaEnd[r]) is region r: hot loops keep the last hit in locals (virtqueue.ts) */
+  readonly gpaStart: Float64Array;
+  readonly gpaEnd: Float64Array;
   private last = 0;
 
   constructor(regions: readonly RegionDesc[]) {

@@ -15,7 +15,7 @@ import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
   ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
-import { copyBytes } from './copy';
+import { copyBytes, COPY_LOOP_MAX, F64_EXACT } from './copy';
 import { BULK_MIN, CopyQueue } from './bulk-copy';
 import { DescWalker } from './desc-walker';
 import { DirtyLog } from './dirty-log';
@@ -145,25 +145,46 @@ export class Virtqueue {
     if (max > batch.capacity) max = batch.capacity;
     if (pending > max) pending = max;
     const hdrLen = this.features.hdrLen;
-    const w = this.walker;
-    let idx = this.lastAvail;
-    let bytes = 0;
+    const avail16 = this.avail16;
+    const mask = this.mask;
+    const size = this.size;
     const t = this.desc32;
     const mem = this.mem;
+    let idx = this.lastAvail;
+    let bytes = 0;
+    // The region of the last buffer, in locals: consecutive buffers are nearly always in
+    // the same region, and translate() was not inlined here (2% of a 64 B loop).
+    let cr = -1;
+    let cStart = 0;
+    let cEnd = -1;
     for (let k = 0; k < pending; k++) {
-      const head = this.availHead(idx);
+      const head = avail16[2 + (idx & mask)];
+      if (head >= size) throw new GuestError('avail ring head out of range', `head ${head}`);
       const segMark = batch.nSegs;
       // Fast path: one read-only descriptor holding header and data (ANY_LAYOUT, what
-      // Linux and DPDK send). Anything else goes through the validating walker below.
+      // Linux and DPDK send). Anything else goes through the validating walker
+      // (dequeueChain, kept out of this loop so that the loop stays small enough for
+      // TurboFan to inline what it calls: NOTES.md #13).
       if (t !== null && segMark < batch.segCapacity) {
         const w = head * 4;
         const dlen = t[w + 2];
         if ((t[w + 3] & 0xffff) === 0 && dlen > hdrLen) {
-          const r = mem.translate(t[w] + t[w + 1] * 0x1_0000_0000, dlen);
-          if (r >= 0) {
+          const gpa = t[w] + t[w + 1] * 0x1_0000_0000;
+          if (!(gpa >= cStart && gpa + dlen <= cEnd)) {
+            cr = mem.translate(gpa, dlen);
+            if (cr >= 0) {
+              cStart = mem.gpaStart[cr];
+              cEnd = mem.gpaEnd[cr];
+            } else {
+              cStart = 0;
+              cEnd = -1;
+            }
+          }
+          if (cr >= 0) {
+            const r = cr;
             const len = dlen - hdrLen;
             batch.segRegion[segMark] = r;
-            batch.segOffset[segMark] = mem.off + hdrLen;
+            batch.segOffset[segMark] = gpa - cStart + hdrLen;
             batch.segLen[segMark] = len;
             batch.nSegs = segMark + 1;
             const p = batch.count++;
@@ -178,50 +199,9 @@ export class Virtqueue {
           }
         }
       }
-      let hdrLeft = hdrLen;
-      let total = 0;
-      let overflow = false;
-      w.start(head);
-      while (w.next()) {
-        if (w.writable) throw new GuestError('writable descriptor in TX chain', `head ${head}`);
-        let off = w.off;
-        let len = w.len;
-        if (hdrLeft > 0) {
-          // ANY_LAYOUT: the header may share a buffer with data or span several.
-          const skip = len < hdrLeft ? len : hdrLeft;
-          hdrLeft -= skip;
-          off += skip;
-          len -= skip;
-        }
-        if (len === 0) continue;
-        const s = batch.nSegs;
-        if (s === batch.segCapacity) {
-          overflow = true;
-          break;
-        }
-        batch.segRegion[s] = w.region;
-        batch.segOffset[s] = off;
-        batch.segLen[s] = len;
-        batch.nSegs = s + 1;
-        total += len;
-      }
-      if (overflow) {
-        batch.nSegs = segMark;
-        // Leave it for the next burst unless it cannot fit even in an empty batch.
-        if (batch.nUsed > 0) break;
-        this.stats[ST_DROP_TOO_BIG]++;
-        batch.usedHead[batch.nUsed++] = head;
-        idx = (idx + 1) & 0xffff;
-        continue;
-      }
-      if (hdrLeft > 0) throw new GuestError('TX chain shorter than the virtio-net header', `head ${head}`);
-      const p = batch.count++;
-      batch.head[p] = head;
-      batch.pktLen[p] = total;
-      batch.segStart[p] = segMark;
-      batch.segCount[p] = batch.nSegs - segMark;
-      batch.usedHead[batch.nUsed++] = head;
-      bytes += total;
+      const got = this.dequeueChain(batch, head);
+      if (got < 0) break; // did not fit: left for the next burst
+      bytes += got;
       idx = (idx + 1) & 0xffff;
     }
     this.lastAvail = idx;
@@ -235,6 +215,60 @@ export class Virtqueue {
       batch.nUsed = 0;
     }
     return batch.count;
+  }
+
+  /**
+   * Any TX chain (several descriptors, indirect tables, the header in its own buffer): walk
+   * and validate it, record it in `batch`. Returns the payload bytes recorded (0 for a chain
+   * dropped as too big, whose head is still returned), or -1 when it does not fit in what is
+   * left of the batch (nothing recorded: the next burst takes it).
+   */
+  private dequeueChain(batch: PacketBatch, head: number): number {
+    const w = this.walker;
+    const segMark = batch.nSegs;
+    let hdrLeft = this.features.hdrLen;
+    let total = 0;
+    let overflow = false;
+    w.start(head);
+    while (w.next()) {
+      if (w.writable) throw new GuestError('writable descriptor in TX chain', `head ${head}`);
+      let off = w.off;
+      let len = w.len;
+      if (hdrLeft > 0) {
+        // ANY_LAYOUT: the header may share a buffer with data or span several.
+        const skip = len < hdrLeft ? len : hdrLeft;
+        hdrLeft -= skip;
+        off += skip;
+        len -= skip;
+      }
+      if (len === 0) continue;
+      const s = batch.nSegs;
+      if (s === batch.segCapacity) {
+        overflow = true;
+        break;
+      }
+      batch.segRegion[s] = w.region;
+      batch.segOffset[s] = off;
+      batch.segLen[s] = len;
+      batch.nSegs = s + 1;
+      total += len;
+    }
+    if (overflow) {
+      batch.nSegs = segMark;
+      // Leave it for the next burst unless it cannot fit even in an empty batch.
+      if (batch.nUsed > 0) return -1;
+      this.stats[ST_DROP_TOO_BIG]++;
+      batch.usedHead[batch.nUsed++] = head;
+      return 0;
+    }
+    if (hdrLeft > 0) throw new GuestError('TX chain shorter than the virtio-net header', `head ${head}`);
+    const p = batch.count++;
+    batch.head[p] = head;
+    batch.pktLen[p] = total;
+    batch.segStart[p] = segMark;
+    batch.segCount[p] = batch.nSegs - segMark;
+    batch.usedHead[batch.nUsed++] = head;
+    return total;
   }
 
   /** Return every head of the burst (used len 0), publish used->idx. True: notify the guest. */
@@ -314,6 +348,10 @@ export class Virtqueue {
     let la = this.lastAvail;
     let lu = this.lastUsed;
     let ai = this.availIdx;
+    // the last destination region, in locals (see dequeueBurst)
+    let cr = -1;
+    let cStart = 0;
+    let cEnd = -1;
     let done = 0;
     let fastPkts = 0;
     let fastBytes = 0;
@@ -332,9 +370,19 @@ export class Virtqueue {
         if ((t[w + 3] & 0xffff) !== VRING_DESC_F_WRITE) break fast;
         const len = batch.pktLen[i];
         if (t[w + 2] < len + 12) break fast;
-        const r = mem.translate(t[w] + t[w + 1] * 0x1_0000_0000, len + 12);
-        if (r < 0) break fast;
-        const off = mem.off;
+        const gpa = t[w] + t[w + 1] * 0x1_0000_0000;
+        if (!(gpa >= cStart && gpa + len + 12 <= cEnd)) {
+          cr = mem.translate(gpa, len + 12);
+          if (cr < 0) {
+            cStart = 0;
+            cEnd = -1;
+            break fast;
+          }
+          cStart = mem.gpaStart[cr];
+          cEnd = mem.gpaEnd[cr];
+        }
+        const r = cr;
+        const off = gpa - cStart;
         const v = views[r];
         const u32 = v.u32;
         if (u32 === null || (off & 3) !== 0 || off >= 0x7fff_ffff) break fast;
@@ -350,7 +398,27 @@ export class Virtqueue {
         if (useBulk && len >= BULK_MIN) {
           bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + batch.segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
         } else {
-          copyBytes(v, off + 12, srcViews[sr], batch.segOffset[s], len);
+          // The common small copy inline (8-byte words, both sides 8-aligned, as DPDK lays
+          // out its buffers): in the worker TurboFan did not inline copyBytes here, and the
+          // call cost ~13% of a 64 B loop (NOTES.md #12). Everything else: copyBytes.
+          const so = batch.segOffset[s];
+          const sv = srcViews[sr];
+          const d64 = v.f64;
+          const s64 = sv.f64;
+          const di = off + 12;
+          if (F64_EXACT && d64 !== null && s64 !== null && len <= COPY_LOOP_MAX && so < 0x7fff_ffff && ((di | so) & 7) === 0) {
+            const dw = di >> 3;
+            const sw = (so | 0) >> 3;
+            const n = len >> 3;
+            for (let q = 0; q < n; q++) d64[dw + q] = s64[sw + q];
+            if ((len & 7) !== 0) {
+              const d8 = v.u8;
+              const s8 = sv.u8;
+              for (let q = n << 3; q < len; q++) d8[di + q] = s8[(so | 0) + q];
+            }
+          } else {
+            copyBytes(v, di, sv, so, len);
+          }
         }
         // Marked in publish(), after the bulk copies ran (bits follow bytes), all at once:
         // the log code stays out of this loop, which then stays small enough to inline the copy.
