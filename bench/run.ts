@@ -472,6 +472,8 @@ const ratio = (a: number | null, b: number | null): number | null => (a !== null
 interface Cell {
   medianMpps: number | null;
   medianGbps: number | null;
+  /** the best round: on this shared VM a trial is only ever slowed by its neighbours, never sped up */
+  bestMpps: number | null;
   roundsMpps: number[];
   ok: number;
   failed: number;
@@ -485,22 +487,28 @@ interface Row {
   vfVsDpdk: number | null;
   vfLogVsDpdk: number | null;
   logOnVsOff: number | null;
+  /** the same ratios between the best rounds of each backend */
+  bestVfVsDpdk: number | null;
+  bestLogOnVsOff: number | null;
 }
 
 function summarize(trials: Trial[], backends: Backend[]): Row[] {
   const rows: Row[] = [];
   for (const size of opts.sizes) {
     for (const queues of opts.queues) {
-      const row: Row = { size, queues, vfVsDpdk: null, vfLogVsDpdk: null, logOnVsOff: null };
+      const row: Row = { size, queues, vfVsDpdk: null, vfLogVsDpdk: null, logOnVsOff: null, bestVfVsDpdk: null, bestLogOnVsOff: null };
       for (const b of backends) {
         const ts = trials.filter((t) => t.backend === b && t.size === size && t.queues === queues);
         const good = ts.filter((t) => t.ok).map((t) => t.mpps as number);
         const med = median(good);
-        row[b] = { medianMpps: med, medianGbps: med === null ? null : (med * size * 8) / 1000, roundsMpps: good, ok: good.length, failed: ts.length - good.length };
+        const best = good.length > 0 ? Math.max(...good) : null;
+        row[b] = { medianMpps: med, medianGbps: med === null ? null : (med * size * 8) / 1000, bestMpps: best, roundsMpps: good, ok: good.length, failed: ts.length - good.length };
       }
       row.vfVsDpdk = ratio(row.vf?.medianMpps ?? null, row.dpdk?.medianMpps ?? null);
       row.vfLogVsDpdk = ratio(row.vfLog?.medianMpps ?? null, row.dpdk?.medianMpps ?? null);
       row.logOnVsOff = ratio(row.vfLog?.medianMpps ?? null, row.vf?.medianMpps ?? null);
+      row.bestVfVsDpdk = ratio(row.vf?.bestMpps ?? null, row.dpdk?.bestMpps ?? null);
+      row.bestLogOnVsOff = ratio(row.vfLog?.bestMpps ?? null, row.vf?.bestMpps ?? null);
       rows.push(row);
     }
   }
@@ -518,6 +526,8 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   if (has('vf') && has('dpdk')) head.push('vf/DPDK');
   if (has('vfLog') && has('dpdk')) head.push('vf+log/DPDK');
   if (has('vf') && has('vfLog')) head.push('log on/off');
+  if (has('vf') && has('dpdk')) head.push('best vf/DPDK');
+  if (has('vf') && has('vfLog')) head.push('best log on/off');
   head.push('rounds ok');
   const lines: string[][] = [head];
   for (const r of rows) {
@@ -528,6 +538,8 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
     if (has('vf') && has('dpdk')) l.push(f(r.vfVsDpdk, 2));
     if (has('vfLog') && has('dpdk')) l.push(f(r.vfLogVsDpdk, 2));
     if (has('vf') && has('vfLog')) l.push(f(r.logOnVsOff, 2));
+    if (has('vf') && has('dpdk')) l.push(f(r.bestVfVsDpdk, 2));
+    if (has('vf') && has('vfLog')) l.push(f(r.bestLogOnVsOff, 2));
     l.push(backends.map((b) => `${b}:${r[b]?.ok ?? 0}/${(r[b]?.ok ?? 0) + (r[b]?.failed ?? 0)}`).join(' '));
     lines.push(l);
   }
@@ -535,6 +547,7 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   const fmt = (l: string[]): string => l.map((c, i) => (i === l.length - 1 ? c : c.padStart(w[i]))).join('  ');
   const out = [fmt(lines[0]), w.map((n) => '-'.repeat(n)).join('  '), ...lines.slice(1).map(fmt)];
   out.push('Mpps: median over rounds of packets through the backend (both directions summed); Gbps = Mpps x size x 8 / 1000 (frame bytes, no 20-byte preamble/IFG).');
+  out.push('best: ratio of the best rounds (noise on a shared machine only slows a trial down; both backends show a slow mode at random, see bench/NOTES.md).');
   for (const i of idle) {
     out.push(`idle CPU ${i.backend === 'vf' ? 'vhostfwd' : 'DPDK    '}: ${i.ok ? `${f(i.cpuPercent, 2)} % of one core over ${f(i.seconds, 1)} s` : `FAILED (${i.error})`}  [${i.note}]`);
   }
@@ -708,6 +721,7 @@ async function main(): Promise<void> {
         mpps: 'sum over both frontend ports of delta RX-packets / measured seconds, after the warm-up: packets that crossed the backend (both directions)',
         gbps: 'mpps * size * 8 / 1000: frame bytes only (size = frame without CRC), NOT counting the 20-byte Ethernet preamble + inter-frame gap',
         median: 'median over successful rounds; backends alternate inside each round',
+        best: 'best (highest) successful round per backend; bestVfVsDpdk and bestLogOnVsOff compare those',
         vfLog: 'vhostfwd run with --force-log: dirty pages logged into a backend-allocated log (testpmd virtio-user sends no SET_LOG_BASE)',
       },
     },
