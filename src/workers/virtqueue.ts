@@ -778,8 +778,7 @@ export class Virtqueue {
   }
 
   private runMarks(): void {
-    const m = this.marks;
-    for (let k = 0; k < this.nMarks; k++) this.log.markRange(m[2 * k], m[2 * k + 1]);
+    this.log.markSpans(this.marks, this.nMarks);
     this.nMarks = 0;
   }
 
