@@ -778,7 +778,7 @@ struct CopyRegion {
   // Data() and ByteLength() cached at registration: a SharedArrayBuffer's memory never moves,
   // and calling through the PLT twice per job cost 7% of a 1518-byte loop (bench/NOTES.md #10).
   uint8_t* data = nullptr;
-  double length = 0;
+  uint64_t size = 0;
 };
 thread_local std::vector<CopyRegion> t_copy_regions;
 
@@ -797,7 +797,7 @@ Napi::Value CopyRegister(const Napi::CallbackInfo& info) {
   CopyRegion region;
   region.store = value.As<v8::SharedArrayBuffer>()->GetBackingStore();
   region.data = static_cast<uint8_t*>(region.store->Data());
-  region.length = static_cast<double>(region.store->ByteLength());
+  region.size = static_cast<uint64_t>(region.store->ByteLength());
   for (size_t i = 0; i < t_copy_regions.size(); i++) {
     if (!t_copy_regions[i].store) {
       t_copy_regions[i] = std::move(region);
@@ -831,22 +831,39 @@ Napi::Value CopyBatch(const Napi::CallbackInfo& info) {
   std::vector<CopyRegion>& table = t_copy_regions;  // one TLS lookup per call
   const size_t regions = table.size();
   const CopyRegion* r = table.data();
-  auto valid = [&](double id, double off, double len) {
-    if (!(id >= 0) || id >= static_cast<double>(regions) || id != std::floor(id)) return false;
-    const CopyRegion& s = r[static_cast<size_t>(id)];
-    if (s.data == nullptr) return false;
-    return off >= 0 && len >= 0 && off == std::floor(off) && len == std::floor(len) && off + len <= s.length;
+  // Every job is checked before any byte moves; the checks convert with one truncating
+  // instruction and compare back (no std::floor: without SSE4.1 that is a libm call per
+  // field, 6% of a 256 B loop, bench/NOTES.md #15).
+  auto index = [](double v, uint64_t& out) {
+    if (!(v >= 0 && v <= 9007199254740992.0)) return false;  // also rejects NaN
+    const uint64_t u = static_cast<uint64_t>(v);
+    if (static_cast<double>(u) != v) return false;
+    out = u;
+    return true;
   };
+  struct Job {
+    const uint8_t* src;
+    uint8_t* dst;
+    size_t len;
+  };
+  thread_local std::vector<Job> t_jobs;
+  if (t_jobs.size() < static_cast<size_t>(n)) t_jobs.resize(static_cast<size_t>(n));
+  Job* out = t_jobs.data();
   for (int k = 0; k < n; k++) {
     const double* q = j + 5 * k;
-    if (!valid(q[0], q[1], q[4]) || !valid(q[2], q[3], q[4])) ThrowErrno(env, "copyBatch", ERANGE);
+    uint64_t sid, soff, did, doff, len;
+    if (!index(q[0], sid) || !index(q[1], soff) || !index(q[2], did) || !index(q[3], doff) || !index(q[4], len) ||
+        sid >= regions || did >= regions) {
+      ThrowErrno(env, "copyBatch", ERANGE);
+    }
+    const CopyRegion& s = r[sid];
+    const CopyRegion& d = r[did];
+    if (s.data == nullptr || d.data == nullptr || len > s.size || soff > s.size - len || len > d.size || doff > d.size - len) {
+      ThrowErrno(env, "copyBatch", ERANGE);
+    }
+    out[k] = Job{s.data + soff, d.data + doff, static_cast<size_t>(len)};
   }
-  for (int k = 0; k < n; k++) {
-    const double* q = j + 5 * k;
-    const uint8_t* src = r[static_cast<size_t>(q[0])].data + static_cast<size_t>(q[1]);
-    uint8_t* dst = r[static_cast<size_t>(q[2])].data + static_cast<size_t>(q[3]);
-    std::memmove(dst, src, static_cast<size_t>(q[4]));
-  }
+  for (int k = 0; k < n; k++) std::memmove(out[k].dst, out[k].src, out[k].len);
   return env.Undefined();
 }
 

@@ -22,6 +22,17 @@ t.test('copyBatch copies between registered SharedArrayBuffers, refuses out-of-b
   t.same([...ub], [...before], 'a batch with a bad job copies nothing');
   t.throws(() => native.copyBatch(Float64Array.from([ia, 0.5, ib, 0, 4]), 1), { code: 'ERANGE' }, 'fractional offsets refused');
   t.throws(() => native.copyBatch(Float64Array.from([99, 0, ib, 0, 4]), 1), { code: 'ERANGE' }, 'unknown id refused');
+  for (const [name, job] of [
+    ['NaN length', [ia, 0, ib, 0, NaN]],
+    ['negative offset', [ia, -4, ib, 0, 4]],
+    ['offset + length wrapping 2^64', [ia, 2 ** 64 - 2, ib, 0, 4]],
+    ['offset past 2^53', [ia, 2 ** 60, ib, 0, 4]],
+    ['infinite length', [ia, 0, ib, 0, Infinity]],
+    ['negative id', [-1, 0, ib, 0, 4]],
+  ] as Array<[string, number[]]>) {
+    t.throws(() => native.copyBatch(Float64Array.from(job), 1), { code: 'ERANGE' }, `${name} refused`);
+  }
+  t.same([...ub], [...before], 'refused batches copied nothing');
   native.copyUnregister(ia);
   t.throws(() => native.copyBatch(Float64Array.from([ia, 0, ib, 0, 4]), 1), { code: 'ERANGE' }, 'unregistered id refused');
   native.copyUnregister(ib);
