@@ -79,7 +79,7 @@ const availB = new Uint16Array(b.sab, AVAIL, 2);
 let packets = 0;
 const run = (ms: number) => {
   const end = performance.now() + ms;
-  while (performance.now() < end) {
+  do {
     for (let r = 0; r < 64; r++) {
       const n = tx.dequeueBurst(batch, BURST);
       rx.acquire();
@@ -92,11 +92,20 @@ const run = (ms: number) => {
       availB[1] = (availB[1] + n) & 0xffff;
       packets += n;
     }
-  }
+  } while (performance.now() < end);
 };
-run(300); // warm up, let TurboFan settle
+// `packets=N`: a fixed amount of work instead of a time (for instruction counts under
+// valgrind --tool=callgrind, which are repeatable where this VM's timings are not)
+const FIXED = Number(process.argv.find((x) => x.startsWith('packets='))?.slice(8) ?? 0);
+const runPackets = (n: number) => {
+  const end = packets + n;
+  while (packets < end) run(0);
+};
+if (FIXED > 0) runPackets(FIXED / 4);
+else run(300); // warm up, let TurboFan settle
 packets = 0;
 const t0 = performance.now();
-run(SECONDS * 1000);
+if (FIXED > 0) runPackets(FIXED);
+else run(SECONDS * 1000);
 const secs = (performance.now() - t0) / 1000;
 process.stdout.write(`size ${SIZE} log ${LOG ? 'on' : 'off'} bulk ${BULK ? 'on' : 'off'}: ${(packets / secs / 1e6).toFixed(2)} Mpps, ${((secs * 1e9) / packets).toFixed(1)} ns/packet\n`);

@@ -61,6 +61,8 @@ export interface QueueSetup {
   slot?: number;
   bufBase?: number;
   bufEnd?: number;
+  /** gpa of the guest SAB's first byte (a guest whose memory does not start at gpa 0) */
+  gpaBase?: number;
 }
 
 export interface Queue {
@@ -102,7 +104,7 @@ export function makeQueue(g: Guest, s: QueueSetup): Queue {
   const vd = vringDesc(g, s);
   const drv = new DriverRing(g.mem8, {
     size, descGpa: s.desc ?? l.desc, availGpa: s.avail ?? l.avail, usedGpa: s.used ?? l.used,
-    bufBase: s.bufBase ?? l.bufBase, bufEnd: s.bufEnd ?? l.bufEnd,
+    bufBase: s.bufBase ?? l.bufBase, bufEnd: s.bufEnd ?? l.bufEnd, gpaBase: s.gpaBase,
     hdrLen: vd.features.hdrLen, mrgRxbuf: vd.features.mrgRxbuf, startIdx: s.startIdx,
   });
   const log = new DirtyLog();

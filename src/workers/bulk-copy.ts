@@ -3,7 +3,8 @@
  * [srcId, srcOff, dstId, dstOff, len] and run by the addon in one call per burst
  * (memcpy instead of a Buffer.copy per packet). Virtqueue.publish() runs the queue
  * before used->idx moves, so the guest never sees a used entry whose bytes are not there.
- * Only used while dirty logging is off: with logging, bits must follow the bytes at once.
+ * With dirty logging the buffers' pages are marked in publish() too, after the queue ran
+ * (bits follow bytes).
  */
 export interface BulkCopier {
   copyRegister(sab: SharedArrayBuffer): number;

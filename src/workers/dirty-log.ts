@@ -12,7 +12,10 @@ import { LogDesc } from '../shared/types';
  * page mark. bench/copy.ts: 23.0 vs 29.6 ns per 1518-byte packet single-threaded; the saving
  * grows when the frontend is reading the same cache lines (fewer locked RMWs to bounce).
  */
-const CACHE_SLOTS = 64;
+const CACHE_SLOTS = 256;
+
+/** x86 (TSO): a plain load is not hoisted above a locked RMW. Elsewhere flush() uses Atomics.load. */
+const PLAIN_LOAD_AFTER_RMW = process.arch === 'x64' || process.arch === 'ia32';
 
 export class DirtyLog {
   /** true while a log is set: callers also need QueueFeatures.logAll to log. */
@@ -65,23 +68,24 @@ export class DirtyLog {
   }
 
   /**
-   * Mark the pages of n ranges (gpa, len pairs in `spans`), for a whole burst at once: runs of
-   * pages in one 32-page log word are gathered in locals and handed to the word cache once
-   * (NOTES.md #14), instead of a cache lookup per page.
+   * Mark page runs first..last (pairs in `runs`, page numbers: gpa >> 12), n pairs, for a
+   * whole burst at once: runs of pages in one 32-page log word are gathered in locals and
+   * handed to the word cache once (NOTES.md #14), instead of a cache lookup per page. The
+   * hot loops compute page numbers with integer shifts per region (NOTES.md #16), so no
+   * division per buffer is left here.
    */
-  markSpans(spans: Float64Array, n: number): void {
+  markPageRuns(runs: Float64Array, n: number): void {
     if (!this.active || n === 0) return;
+    const nPages = this.nPages;
+    const wordWise = this.words !== null;
     let curWord = -1;
     let curBits = 0;
     let marked = 0;
     for (let k = 0; k < n; k++) {
-      const gpa = spans[2 * k];
-      const len = spans[2 * k + 1];
-      if (len <= 0) continue;
-      const first = Math.floor(gpa / LOG_PAGE);
-      const last = Math.floor((gpa + len - 1) / LOG_PAGE);
+      const first = runs[2 * k];
+      const last = runs[2 * k + 1];
       for (let p = first; p <= last; p++) {
-        if (p >= this.nPages || this.words === null) {
+        if (p >= nPages || !wordWise) {
           this.markPage(p); // beyond the log, or a byte-wise log: the general path
           continue;
         }
@@ -152,15 +156,37 @@ export class DirtyLog {
     Atomics.or(this.bytes!, page >>> 3, 1 << (page & 7));
   }
 
-  /** Write cached bits to the log. Must run before used->idx is published. */
+  /**
+   * Write cached bits to the log, after every write they cover (bits follow bytes), before
+   * the ring stops. A word that already holds all its bits is left alone (NOTES.md #17): in
+   * a migration QEMU clears each word once per sync round while a busy ring dirties the same
+   * pages burst after burst, and a locked OR per word per burst was most of the log's cost.
+   *
+   * Why skipping is safe: QEMU takes a word with an atomic exchange and only then reads the
+   * pages. The first OR below is a full barrier (a locked instruction on x86; a seq-cst RMW
+   * elsewhere), so every byte this burst wrote is visible before any word is read here. If
+   * a read still sees our bit, QEMU's exchange comes later, and QEMU's later page reads see
+   * the new bytes; if QEMU cleared it first, the read sees 0 and we OR it again.
+   */
   flush(): void {
-    if (this.cacheUsed === 0) return;
-    const words = this.words!;
-    for (let k = 0; k < this.cacheUsed; k++) {
-      const s = this.usedSlots[k];
-      Atomics.or(words, this.cacheWord[s], this.cacheBits[s]);
-      this.cacheWord[s] = -1;
-    }
+    const n = this.cacheUsed;
+    if (n === 0) return;
     this.cacheUsed = 0;
+    const words = this.words!;
+    const cacheWord = this.cacheWord;
+    const cacheBits = this.cacheBits;
+    const usedSlots = this.usedSlots;
+    const s0 = usedSlots[0];
+    Atomics.or(words, cacheWord[s0], cacheBits[s0]); // also the barrier
+    cacheWord[s0] = -1;
+    for (let k = 1; k < n; k++) {
+      const s = usedSlots[k];
+      const w = cacheWord[s];
+      const bits = cacheBits[s];
+      // x86 keeps loads after the locked OR; other CPUs get an acquire load (Atomics.load)
+      const cur = PLAIN_LOAD_AFTER_RMW ? words[w] : Atomics.load(words, w);
+      if ((cur & bits) !== bits) Atomics.or(words, w, bits);
+      cacheWord[s] = -1;
+    }
   }
 }

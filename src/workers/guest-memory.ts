@@ -2,6 +2,7 @@
  * One device's guest memory as seen by a worker: the regions the main thread mapped, with
  * typed-array views made once per mapping (never per packet).
  */
+import { LOG_PAGE } from '../shared/constants';
 import { RegionDesc } from '../shared/types';
 import { BulkCopier } from './bulk-copy';
 
@@ -40,6 +41,12 @@ export class GuestMemory {
   /** [gpaStart[r], gpaEnd[r]) is region r: hot loops keep the last hit in locals (virtqueue.ts) */
   readonly gpaStart: Float64Array;
   readonly gpaEnd: Float64Array;
+  /**
+   * Dirty-log page of byte `off` of region r is pageBase[r] + ((pageOff[r] + off) >>> 12)
+   * for off < 2^31: integer shifts in the hot loops instead of a division of a 48-bit gpa.
+   */
+  readonly pageBase: Float64Array;
+  readonly pageOff: Int32Array;
   private last = 0;
 
   constructor(regions: readonly RegionDesc[]) {
@@ -48,6 +55,8 @@ export class GuestMemory {
     this.u8 = this.views.map((v) => v.u8);
     this.gpaStart = Float64Array.from(regions, (r) => r.gpa);
     this.gpaEnd = Float64Array.from(regions, (r) => r.gpa + r.size);
+    this.pageBase = Float64Array.from(regions, (r) => Math.floor(r.gpa / LOG_PAGE));
+    this.pageOff = Int32Array.from(regions, (r) => r.gpa % LOG_PAGE);
   }
 
   /**

@@ -10,7 +10,7 @@
  * guest's own buffers; no allocation per packet; Atomics only where ordering against the guest
  * matters (avail->idx load, used->idx store, notification fields, the RX lock).
  */
-import { MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE, DESC_SIZE } from '../shared/constants';
+import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE, DESC_SIZE } from '../shared/constants';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
   ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
@@ -61,7 +61,7 @@ export class Virtqueue {
   /** a notification decided while completing dropped-only bursts, reported by the next completeBurst */
   private notifyPending = false;
   private pagesSeen = 0;
-  /** buffers written by deferred (bulk) copies, marked in publish() after the copies ran */
+  /** page runs [first, last] of buffers written this burst, marked in publish() after the (bulk) copies ran */
   private marks = new Float64Array(128);
   private nMarks = 0;
   /** RX: first used entry not yet logged (entries are logged per burst in publish) */
@@ -348,13 +348,19 @@ export class Virtqueue {
     let la = this.lastAvail;
     let lu = this.lastUsed;
     let ai = this.availIdx;
-    // the last destination region, in locals (see dequeueBurst)
+    // the last destination region, in locals (see dequeueBurst), with its log page math
     let cr = -1;
     let cStart = 0;
     let cEnd = -1;
+    let cPage = 0;
+    let cPageOff = 0;
     let done = 0;
     let fastPkts = 0;
     let fastBytes = 0;
+    // the burst's log marks, in locals: room for one page run per packet made up front
+    if (logging && 2 * (this.nMarks + count) > this.marks.length) this.growMarks(2 * (this.nMarks + count));
+    let marks = this.marks;
+    let nm = this.nMarks;
     for (let k = 0; k < count; k++) {
       const i = pick === null ? k : pick[k];
       fast: if (fastRing && batch.segCount[i] === 1) {
@@ -380,6 +386,8 @@ export class Virtqueue {
           }
           cStart = mem.gpaStart[cr];
           cEnd = mem.gpaEnd[cr];
+          cPage = mem.pageBase[cr];
+          cPageOff = mem.pageOff[cr];
         }
         const r = cr;
         const off = gpa - cStart;
@@ -422,7 +430,21 @@ export class Virtqueue {
         }
         // Marked in publish(), after the bulk copies ran (bits follow bytes), all at once:
         // the log code stays out of this loop, which then stays small enough to inline the copy.
-        if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
+        if (logging) {
+          // pages of [off, off + 12 + len): integer shifts, exact while a + len + 11 < 2^32
+          // (off < 2^31 checked above; a buffer of over 2 GiB takes the division)
+          const a = cPageOff + off;
+          if (len < 0x7fff_0000) {
+            marks[2 * nm] = cPage + (a >>> 12);
+            marks[2 * nm + 1] = cPage + ((a + len + 11) >>> 12);
+            nm++;
+          } else {
+            this.nMarks = nm;
+            this.deferMark(cStart + off, len + 12);
+            marks = this.marks;
+            nm = this.nMarks;
+          }
+        }
         const e = 1 + 2 * (lu & mask);
         // Same for the used entry: a ring refilled in order gets the same id and length back.
         if (used32[e] !== head) used32[e] = head;
@@ -439,15 +461,19 @@ export class Virtqueue {
       this.lastAvail = la;
       this.lastUsed = lu;
       this.availIdx = ai;
+      this.nMarks = nm;
       if (fastPkts > 0) this.unpublished = true;
       if (this.enqueue(srcMem, batch, i)) done++;
       la = this.lastAvail;
       lu = this.lastUsed;
       ai = this.availIdx;
+      marks = this.marks;
+      nm = this.nMarks;
     }
     this.lastAvail = la;
     this.lastUsed = lu;
     this.availIdx = ai;
+    this.nMarks = nm;
     if (fastPkts > 0) {
       this.unpublished = true;
       this.stats[ST_PACKETS] += fastPkts;
@@ -765,20 +791,31 @@ export class Virtqueue {
     return (Atomics.load(this.avail16, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
-  /** Remember a buffer to mark once its deferred copy has run (publish). */
+  /** Remember a buffer [gpa, gpa + len) to mark once its deferred copy has run (publish). */
   private deferMark(gpa: number, len: number): void {
-    if (this.nMarks * 2 === this.marks.length) {
-      const m = new Float64Array(this.marks.length * 2);
-      m.set(this.marks);
-      this.marks = m;
-    }
-    this.marks[this.nMarks * 2] = gpa;
-    this.marks[this.nMarks * 2 + 1] = len;
-    this.nMarks++;
+    this.deferPages(Math.floor(gpa / LOG_PAGE), Math.floor((gpa + len - 1) / LOG_PAGE));
+  }
+
+  /** Remember pages first..last to mark in publish(). */
+  private deferPages(first: number, last: number): void {
+    const n = this.nMarks;
+    if (n * 2 === this.marks.length) this.growMarks();
+    this.marks[n * 2] = first;
+    this.marks[n * 2 + 1] = last;
+    this.nMarks = n + 1;
+  }
+
+  /** Room for at least `min` entries (bigger bursts, many-buffer packets): amortised, never per packet. */
+  private growMarks(min = 0): void {
+    let n = this.marks.length * 2;
+    while (n < min) n *= 2;
+    const m = new Float64Array(n);
+    m.set(this.marks);
+    this.marks = m;
   }
 
   private runMarks(): void {
-    this.log.markSpans(this.marks, this.nMarks);
+    this.log.markPageRuns(this.marks, this.nMarks);
     this.nMarks = 0;
   }
 
