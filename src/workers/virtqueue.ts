@@ -418,7 +418,30 @@ export class Virtqueue {
             const dw = di >> 3;
             const sw = (so | 0) >> 3;
             const n = len >> 3;
-            for (let q = 0; q < n; q++) d64[dw + q] = s64[sw + q];
+            let q = 0;
+            if (n >= 8) {
+              // the first 64 bytes straight-line, loads before stores: one map and bounds
+              // check per view instead of one per word (the loop re-checks after its stack
+              // check), and the misses on the source line overlap (NOTES.md #18)
+              const w0 = s64[sw];
+              const w1 = s64[sw + 1];
+              const w2 = s64[sw + 2];
+              const w3 = s64[sw + 3];
+              const w4 = s64[sw + 4];
+              const w5 = s64[sw + 5];
+              const w6 = s64[sw + 6];
+              const w7 = s64[sw + 7];
+              d64[dw] = w0;
+              d64[dw + 1] = w1;
+              d64[dw + 2] = w2;
+              d64[dw + 3] = w3;
+              d64[dw + 4] = w4;
+              d64[dw + 5] = w5;
+              d64[dw + 6] = w6;
+              d64[dw + 7] = w7;
+              q = 8;
+            }
+            for (; q < n; q++) d64[dw + q] = s64[sw + q];
             if ((len & 7) !== 0) {
               const d8 = v.u8;
               const s8 = sv.u8;
