@@ -14,7 +14,7 @@ import { LogDesc } from '../shared/types';
  */
 const CACHE_SLOTS = 256;
 
-/** x86 (TSO): a plain load is not hoisted above a locked RMW. Elsewhere flush() uses Atomics.load. */
+/** x86 (TSO): a plain load is not hoisted above a locked RMW or xchg (V8 stores seq-cst with xchg). Elsewhere flush() uses Atomics.load. */
 const PLAIN_LOAD_AFTER_RMW = process.arch === 'x64' || process.arch === 'ia32';
 
 export class DirtyLog {
@@ -163,12 +163,13 @@ export class DirtyLog {
    * pages burst after burst, and a locked OR per word per burst was most of the log's cost.
    *
    * Why skipping is safe: QEMU takes a word with an atomic exchange and only then reads the
-   * pages. The first OR below is a full barrier (a locked instruction on x86; a seq-cst RMW
-   * elsewhere), so every byte this burst wrote is visible before any word is read here. If
-   * a read still sees our bit, QEMU's exchange comes later, and QEMU's later page reads see
-   * the new bytes; if QEMU cleared it first, the read sees 0 and we OR it again.
+   * pages. A full barrier comes first (the first OR below, a locked instruction on x86 and a
+   * seq-cst RMW elsewhere; or, with `fenced`, the caller's seq-cst store just before, as
+   * publish() stores used->idx), so every byte the burst wrote is visible before any word is
+   * read here. If a read still sees our bit, QEMU's exchange comes later, and QEMU's later
+   * page reads see the new bytes; if QEMU cleared it first, the read sees 0 and we OR again.
    */
-  flush(): void {
+  flush(fenced = false): void {
     const n = this.cacheUsed;
     if (n === 0) return;
     this.cacheUsed = 0;
@@ -176,10 +177,14 @@ export class DirtyLog {
     const cacheWord = this.cacheWord;
     const cacheBits = this.cacheBits;
     const usedSlots = this.usedSlots;
-    const s0 = usedSlots[0];
-    Atomics.or(words, cacheWord[s0], cacheBits[s0]); // also the barrier
-    cacheWord[s0] = -1;
-    for (let k = 1; k < n; k++) {
+    let k = 0;
+    if (!fenced) {
+      const s0 = usedSlots[0];
+      Atomics.or(words, cacheWord[s0], cacheBits[s0]); // also the barrier
+      cacheWord[s0] = -1;
+      k = 1;
+    }
+    for (; k < n; k++) {
       const s = usedSlots[k];
       const w = cacheWord[s];
       const bits = cacheBits[s];

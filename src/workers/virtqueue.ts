@@ -792,8 +792,9 @@ export class Virtqueue {
     if (logging) {
       // One flush for the burst, after every write it covers (bytes, used entries, idx):
       // a bit only has to follow its write, and every bit is out before the ring stops.
+      // The seq-cst store of used->idx above is the flush's barrier (NOTES.md #19).
       this.logUsedField(2);
-      this.log.flush();
+      this.log.flush(true);
       this.stats[ST_DIRTY_PAGES] += this.log.pagesMarked - this.pagesSeen;
     }
     this.pagesSeen = this.log.pagesMarked;
