@@ -23,8 +23,12 @@ import { QemuGuest } from '../test/real/qemu';
 import { PortStats, Testpmd, sleep } from '../test/real/testpmd';
 import { barChart } from './chart';
 
-type Backend = 'dpdk' | 'vf' | 'vfLog';
-const BACKEND_NAME: Record<Backend, string> = { dpdk: 'DPDK vhost PMD', vf: 'vhostfwd', vfLog: 'vhostfwd + forced log' };
+/** vfB / vfLogB: the build given by --ab-cli, alternating with vf / vfLog inside each round */
+type Backend = 'dpdk' | 'vf' | 'vfLog' | 'vfB' | 'vfLogB';
+const BACKEND_NAME: Record<Backend, string> = {
+  dpdk: 'DPDK vhost PMD', vf: 'vhostfwd', vfLog: 'vhostfwd + forced log', vfB: 'vhostfwd B', vfLogB: 'vhostfwd B + forced log',
+};
+const isLogged = (b: Backend): boolean => b === 'vfLog' || b === 'vfLogB';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 // BENCH_VF_CLI: another build's dist/src/cli.js (A/B runs of two versions)
@@ -57,6 +61,7 @@ const argv = yargs(hideBin(process.argv))
   .option('quick', { type: 'boolean', default: false, describe: 'smoke run: 64 B, 1 queue, 1 round, 3 s, short idle, no ping; writes quick.json' })
   .option('out', { type: 'string', default: path.join(ROOT, 'bench', 'results'), describe: 'results directory' })
   .option('retries', { type: 'number', default: 1, describe: 'a failed trial is recorded and re-run up to this many times' })
+  .option('ab-cli', { type: 'string', describe: "A/B of two builds: another build's dist/src/cli.js, run as 'vhostfwd B' in every round beside this one (trials interleave, so the VM's slow mode hits both alike)" })
   .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
   .strict()
   .help()
@@ -79,6 +84,7 @@ const opts = {
   quick: argv.quick,
   out: argv.out,
   waitForeign: argv['wait-foreign'],
+  abCli: argv['ab-cli'] ? path.resolve(argv['ab-cli']) : null,
   retries: Math.max(0, argv.retries),
 };
 
@@ -152,7 +158,7 @@ class VhostfwdProc {
   output = '';
   private exited: Promise<void>;
 
-  constructor(readonly sockets: string[], queues: number, forceLog: boolean) {
+  constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI) {
     const names = sockets.map((_, i) => `vm${i + 1}`);
     const cfg = {
       interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues })),
@@ -162,7 +168,7 @@ class VhostfwdProc {
     };
     const file = path.join(path.dirname(sockets[0]), 'vhostfwd.json');
     fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
-    const args = [CLI, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];
+    const args = [cli, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];
     // BENCH_VF_ARGS: extra vhostfwd options (e.g. --stats-interval 1 with BENCH_DUMP)
     args.push(...(process.env.BENCH_VF_ARGS ?? '').split(' ').filter((a) => a !== ''));
     // BENCH_NODE_ARGS: V8/Node flags for the vhostfwd process only (e.g. --trace-deopt)
@@ -285,7 +291,8 @@ async function throughputTrial(backend: Backend, size: number, queues: number, r
       be = testpmd('backend', sockets, queues);
       await be.ready(60000);
     } else {
-      vf = new VhostfwdProc(sockets, queues, backend === 'vfLog');
+      const b = backend === 'vfB' || backend === 'vfLogB';
+      vf = new VhostfwdProc(sockets, queues, isLogged(backend), b && opts.abCli ? opts.abCli : CLI);
       await vf.ready();
     }
     fe = testpmd('frontend', sockets, queues, size);
@@ -311,7 +318,7 @@ async function throughputTrial(backend: Backend, size: number, queues: number, r
     base.errors = b.st.reduce((s, p, i) => s + p.rxErrors + p.txErrors - a.st[i].rxErrors - a.st[i].txErrors, 0);
     if (vf) {
       await fe.cmd('stop');
-      if (backend === 'vfLog') {
+      if (isLogged(backend)) {
         const m = /forced dirty logging into a backend-allocated log.*?size[=:"\s]+(\d+)/.exec(vf.output);
         base.logVerified = m !== null;
         if (m) base.logBytes = Number(m[1]);
@@ -484,6 +491,8 @@ interface Row {
   dpdk?: Cell;
   vf?: Cell;
   vfLog?: Cell;
+  vfB?: Cell;
+  vfLogB?: Cell;
   vfVsDpdk: number | null;
   vfLogVsDpdk: number | null;
   logOnVsOff: number | null;
@@ -548,6 +557,14 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   const out = [fmt(lines[0]), w.map((n) => '-'.repeat(n)).join('  '), ...lines.slice(1).map(fmt)];
   out.push('Mpps: median over rounds of packets through the backend (both directions summed); Gbps = Mpps x size x 8 / 1000 (frame bytes, no 20-byte preamble/IFG).');
   out.push('best: ratio of the best rounds (noise on a shared machine only slows a trial down; both backends show a slow mode at random, see bench/NOTES.md).');
+  for (const [a, b] of [['vf', 'vfB'], ['vfLog', 'vfLogB']] as Array<[Backend, Backend]>) {
+    if (!has(a) || !has(b)) continue;
+    for (const r of rows) {
+      const ca = r[a as 'vf'];
+      const cb = r[b as 'vfB'];
+      out.push(`A/B ${r.size} B q${r.queues} ${BACKEND_NAME[a]}: A ${f(ca?.medianMpps, 3)} / B ${f(cb?.medianMpps, 3)} Mpps median (B/A ${f(ratio(cb?.medianMpps ?? null, ca?.medianMpps ?? null), 3)}), best A ${f(ca?.bestMpps, 3)} / B ${f(cb?.bestMpps, 3)} (B/A ${f(ratio(cb?.bestMpps ?? null, ca?.bestMpps ?? null), 3)}); rounds A ${ca?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''} | B ${cb?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''}`);
+    }
+  }
   for (const i of idle) {
     out.push(`idle CPU ${i.backend === 'vf' ? 'vhostfwd' : 'DPDK    '}: ${i.ok ? `${f(i.cpuPercent, 2)} % of one core over ${f(i.seconds, 1)} s` : `FAILED (${i.error})`}  [${i.note}]`);
   }
@@ -558,7 +575,7 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
 }
 
 function chart(rows: Row[], backends: Backend[]): string {
-  const colors: Record<Backend, string> = { dpdk: '#4c72b0', vf: '#dd8452', vfLog: '#c44e52' };
+  const colors: Record<Backend, string> = { dpdk: '#4c72b0', vf: '#dd8452', vfLog: '#c44e52', vfB: '#55a868', vfLogB: '#8172b3' };
   const multiQ = opts.queues.length > 1;
   return barChart({
     title: 'Throughput through the backend: vhostfwd vs DPDK vhost PMD',
@@ -606,6 +623,7 @@ function foreignBusy(): string[] {
 
 async function preflight(): Promise<{ load: number[]; waitedForeignS: number }> {
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: build with npx tsc -p tsconfig.json`);
+  if (opts.abCli && !fs.existsSync(opts.abCli)) throw new Error(`--ab-cli ${opts.abCli}: no such file`);
   const t0 = Date.now();
   let busy = foreignBusy();
   if (busy.length > 0) {
@@ -640,7 +658,9 @@ async function main(): Promise<void> {
   const pre = await preflight();
   const backends: Backend[] = [];
   if (opts.log !== 'on') backends.push('vf');
+  if (opts.log !== 'on' && opts.abCli) backends.push('vfB');
   if (opts.log !== 'off') backends.push('vfLog');
+  if (opts.log !== 'off' && opts.abCli) backends.push('vfLogB');
   if (opts.dpdk) backends.push('dpdk');
   const total = opts.sizes.length * opts.queues.length * opts.rounds * backends.length;
   process.stderr.write(`bench: ${total} throughput trials (${backends.join(', ')} alternating; sizes ${opts.sizes.join(',')}; queues ${opts.queues.join(',')}; ${opts.rounds} round(s) of ${opts.duration} s after ${opts.warmup} s warm-up)\n`);
