@@ -94,8 +94,8 @@ const run = (ms: number) => {
     }
   } while (performance.now() < end);
 };
-// `packets=N`: a fixed amount of work instead of a time (for instruction counts under
-// valgrind --tool=callgrind, which are repeatable where this VM's timings are not)
+// `packets=N`: a fixed amount of work instead of a time (profiles and instruction counts of
+// the same work; callgrind's counts of JIT code did not match native runs: NOTES.md)
 const FIXED = Number(process.argv.find((x) => x.startsWith('packets='))?.slice(8) ?? 0);
 const runPackets = (n: number) => {
   const end = packets + n;

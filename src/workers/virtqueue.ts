@@ -817,15 +817,10 @@ export class Virtqueue {
 
   /** Remember a buffer [gpa, gpa + len) to mark once its deferred copy has run (publish). */
   private deferMark(gpa: number, len: number): void {
-    this.deferPages(Math.floor(gpa / LOG_PAGE), Math.floor((gpa + len - 1) / LOG_PAGE));
-  }
-
-  /** Remember pages first..last to mark in publish(). */
-  private deferPages(first: number, last: number): void {
     const n = this.nMarks;
     if (n * 2 === this.marks.length) this.growMarks();
-    this.marks[n * 2] = first;
-    this.marks[n * 2 + 1] = last;
+    this.marks[n * 2] = Math.floor(gpa / LOG_PAGE);
+    this.marks[n * 2 + 1] = Math.floor((gpa + len - 1) / LOG_PAGE);
     this.nMarks = n + 1;
   }
 
