@@ -29,6 +29,7 @@ const BACKEND_NAME: Record<Backend, string> = {
   dpdk: 'DPDK vhost PMD', vf: 'vhostfwd', vfLog: 'vhostfwd + forced log', vfB: 'vhostfwd B', vfLogB: 'vhostfwd B + forced log',
 };
 const isLogged = (b: Backend): boolean => b === 'vfLog' || b === 'vfLogB';
+const isB = (b: Backend): boolean => b === 'vfB' || b === 'vfLogB';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 // BENCH_VF_CLI: another build's dist/src/cli.js (A/B runs of two versions)
@@ -291,8 +292,7 @@ async function throughputTrial(backend: Backend, size: number, queues: number, r
       be = testpmd('backend', sockets, queues);
       await be.ready(60000);
     } else {
-      const b = backend === 'vfB' || backend === 'vfLogB';
-      vf = new VhostfwdProc(sockets, queues, isLogged(backend), b && opts.abCli ? opts.abCli : CLI);
+      vf = new VhostfwdProc(sockets, queues, isLogged(backend), isB(backend) ? (opts.abCli ?? CLI) : CLI);
       await vf.ready();
     }
     fe = testpmd('frontend', sockets, queues, size);
@@ -560,8 +560,8 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   for (const [a, b] of [['vf', 'vfB'], ['vfLog', 'vfLogB']] as Array<[Backend, Backend]>) {
     if (!has(a) || !has(b)) continue;
     for (const r of rows) {
-      const ca = r[a as 'vf'];
-      const cb = r[b as 'vfB'];
+      const ca = r[a as keyof Row] as Cell | undefined;
+      const cb = r[b as keyof Row] as Cell | undefined;
       out.push(`A/B ${r.size} B q${r.queues} ${BACKEND_NAME[a]}: A ${f(ca?.medianMpps, 3)} / B ${f(cb?.medianMpps, 3)} Mpps median (B/A ${f(ratio(cb?.medianMpps ?? null, ca?.medianMpps ?? null), 3)}), best A ${f(ca?.bestMpps, 3)} / B ${f(cb?.bestMpps, 3)} (B/A ${f(ratio(cb?.bestMpps ?? null, ca?.bestMpps ?? null), 3)}); rounds A ${ca?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''} | B ${cb?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''}`);
     }
   }
