@@ -815,25 +815,15 @@ Napi::Value CopyUnregister(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// jobs: Float64Array of n x [srcId, srcOff, dstId, dstOff, len]. Every job is checked
-// against its stores' lengths before any byte moves: a bad job throws, nothing copied.
-Napi::Value CopyBatch(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    Napi::TypeError e = Napi::TypeError::New(env, "copyBatch: expected (Float64Array, count)");
-    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
-    throw e;
-  }
-  Napi::Float64Array jobs = info[0].As<Napi::Float64Array>();
-  int n = ArgInt(info, 1, "count must be an integer");
-  if (n < 0 || static_cast<size_t>(n) * 5 > jobs.ElementLength()) ThrowErrno(env, "copyBatch", EINVAL);
-  const double* j = jobs.Data();
+// jobs: n x [srcId, srcOff, dstId, dstOff, len]. Every job is checked against its stores'
+// lengths before any byte moves: a bad job refuses the whole batch, nothing copied.
+// Returns 0, or ERANGE.
+int RunCopyJobs(const double* j, size_t n) {
   std::vector<CopyRegion>& table = t_copy_regions;  // one TLS lookup per call
   const size_t regions = table.size();
   const CopyRegion* r = table.data();
-  // Every job is checked before any byte moves; the checks convert with one truncating
-  // instruction and compare back (no std::floor: without SSE4.1 that is a libm call per
-  // field, 6% of a 256 B loop, bench/NOTES.md #15).
+  // The checks convert with one truncating instruction and compare back (no std::floor:
+  // without SSE4.1 that is a libm call per field, 6% of a 256 B loop, bench/NOTES.md #15).
   auto index = [](double v, uint64_t& out) {
     if (!(v >= 0 && v <= 9007199254740992.0)) return false;  // also rejects NaN
     const uint64_t u = static_cast<uint64_t>(v);
@@ -847,24 +837,119 @@ Napi::Value CopyBatch(const Napi::CallbackInfo& info) {
     size_t len;
   };
   thread_local std::vector<Job> t_jobs;
-  if (t_jobs.size() < static_cast<size_t>(n)) t_jobs.resize(static_cast<size_t>(n));
+  if (t_jobs.size() < n) t_jobs.resize(n);
   Job* out = t_jobs.data();
-  for (int k = 0; k < n; k++) {
+  for (size_t k = 0; k < n; k++) {
     const double* q = j + 5 * k;
     uint64_t sid, soff, did, doff, len;
     if (!index(q[0], sid) || !index(q[1], soff) || !index(q[2], did) || !index(q[3], doff) || !index(q[4], len) ||
         sid >= regions || did >= regions) {
-      ThrowErrno(env, "copyBatch", ERANGE);
+      return ERANGE;
     }
     const CopyRegion& s = r[sid];
     const CopyRegion& d = r[did];
     if (s.data == nullptr || d.data == nullptr || len > s.size || soff > s.size - len || len > d.size || doff > d.size - len) {
-      ThrowErrno(env, "copyBatch", ERANGE);
+      return ERANGE;
     }
     out[k] = Job{s.data + soff, d.data + doff, static_cast<size_t>(len)};
   }
-  for (int k = 0; k < n; k++) std::memmove(out[k].dst, out[k].src, out[k].len);
+  for (size_t k = 0; k < n; k++) std::memmove(out[k].dst, out[k].src, out[k].len);
+  return 0;
+}
+
+Napi::Value CopyBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Napi::TypeError e = Napi::TypeError::New(env, "copyBatch: expected (Float64Array, count)");
+    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+    throw e;
+  }
+  Napi::Float64Array jobs = info[0].As<Napi::Float64Array>();
+  int n = ArgInt(info, 1, "count must be an integer");
+  if (n < 0 || static_cast<size_t>(n) * 5 > jobs.ElementLength()) ThrowErrno(env, "copyBatch", EINVAL);
+  const int err = RunCopyJobs(jobs.Data(), static_cast<size_t>(n));
+  if (err != 0) ThrowErrno(env, "copyBatch", err);
   return env.Undefined();
+}
+
+// The per-burst form, without N-API: a V8 function callback. N-API's argument and scope
+// handling cost ~110 ns a call here (a call per burst, bench/NOTES.md #20); a V8 callback
+// with an integer argument costs ~13 ns. The job array is bound once (copyBind), so a call
+// carries two small integers, and it reports a refused batch by its return value (copyBatch
+// on the same jobs then throws the named error: nothing was copied either way).
+
+// A bound Float64Array: its backing store is held (the memory stays where it is), the array
+// itself only weakly, so a job array that is collected frees its slot.
+struct BoundJobs {
+  v8::Global<v8::Float64Array> array;
+  std::shared_ptr<v8::BackingStore> store;
+  const double* data = nullptr;
+  size_t length = 0;
+};
+thread_local std::vector<std::unique_ptr<BoundJobs>> t_bound_jobs;
+
+void ThrowV8Type(v8::Isolate* isolate, const char* what) {
+  v8::Local<v8::Value> e = v8::Exception::TypeError(v8::String::NewFromUtf8(isolate, what).ToLocalChecked());
+  v8::Local<v8::Context> context = isolate->GetCurrentContext();
+  e.As<v8::Object>()->Set(context, v8::String::NewFromUtf8Literal(isolate, "code"), v8::String::NewFromUtf8Literal(isolate, "ERR_INVALID_ARG_TYPE")).Check();
+  isolate->ThrowException(e);
+}
+
+// copyBind(jobs: Float64Array) -> binding id
+void CopyBind(const v8::FunctionCallbackInfo<v8::Value>& info) {
+  v8::Isolate* isolate = info.GetIsolate();
+  if (info.Length() < 1 || !info[0]->IsFloat64Array()) {
+    ThrowV8Type(isolate, "copyBind: expected a Float64Array");
+    return;
+  }
+  v8::Local<v8::Float64Array> a = info[0].As<v8::Float64Array>();
+  size_t id = 0;
+  while (id < t_bound_jobs.size() && t_bound_jobs[id]->data != nullptr) id++;
+  if (id == t_bound_jobs.size()) t_bound_jobs.push_back(std::make_unique<BoundJobs>());
+  BoundJobs* b = t_bound_jobs[id].get();
+  b->store = a->Buffer()->GetBackingStore();  // externalises an on-heap array: the data no longer moves
+  b->data = reinterpret_cast<const double*>(static_cast<const uint8_t*>(b->store->Data()) + a->ByteOffset());
+  b->length = a->Length();
+  b->array.Reset(isolate, a);
+  b->array.SetWeak(
+      b,
+      [](const v8::WeakCallbackInfo<BoundJobs>& w) {
+        BoundJobs* gone = w.GetParameter();
+        gone->array.Reset();
+        gone->store.reset();
+        gone->data = nullptr;
+        gone->length = 0;
+      },
+      v8::WeakCallbackType::kParameter);
+  info.GetReturnValue().Set(static_cast<uint32_t>(id));
+}
+
+// copyRun(id, n) -> 0 when the first n jobs of binding `id` ran, else an errno (EINVAL: bad
+// id or count; ERANGE: a job out of its stores), nothing copied.
+void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
+  if (info.Length() < 2 || !info[0]->IsUint32() || !info[1]->IsUint32()) {
+    info.GetReturnValue().Set(EINVAL);
+    return;
+  }
+  const uint32_t id = info[0].As<v8::Uint32>()->Value();
+  const uint32_t n = info[1].As<v8::Uint32>()->Value();
+  if (id >= t_bound_jobs.size() || t_bound_jobs[id]->data == nullptr || static_cast<size_t>(n) * 5 > t_bound_jobs[id]->length) {
+    info.GetReturnValue().Set(EINVAL);
+    return;
+  }
+  info.GetReturnValue().Set(RunCopyJobs(t_bound_jobs[id]->data, n));
+}
+
+// Exported like the N-API functions; a napi_value is the Local's slot pointer (see Mmap).
+void SetV8Function(Napi::Env env, Napi::Object exports, const char* name, v8::FunctionCallback fn) {
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  v8::Local<v8::Function> f = v8::Function::New(isolate->GetCurrentContext(), fn).ToLocalChecked();
+  f->SetName(v8::String::NewFromUtf8(isolate, name).ToLocalChecked());
+  v8::Local<v8::Value> value = f;
+  napi_value raw;
+  static_assert(sizeof raw == sizeof value, "napi_value and v8::Local must have the same size");
+  std::memcpy(static_cast<void*>(&raw), &value, sizeof raw);
+  exports.Set(name, Napi::Value(env, raw));
 }
 
 // ---------------------------------------------------------------------------
@@ -901,9 +986,17 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"copyBatch", CopyBatch},
   };
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+  SetV8Function(env, exports, "copyBind", CopyBind);
+  SetV8Function(env, exports, "copyRun", CopyRun);
   // The bulk-copy table holds V8 backing stores: release them while this thread's isolate
   // is still alive (a thread_local destructor would run after it is gone).
-  napi_add_env_cleanup_hook(env, [](void*) { t_copy_regions.clear(); }, nullptr);
+  napi_add_env_cleanup_hook(
+      env,
+      [](void*) {
+        t_copy_regions.clear();
+        t_bound_jobs.clear();
+      },
+      nullptr);
   return exports;
 }
 

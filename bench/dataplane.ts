@@ -4,6 +4,7 @@
  * fixed descriptors, so the time measured is the backend's per-packet work (dequeue,
  * forward, enqueue with copy, used ring, publish). Complements bench/run.ts (real
  * frontend, cache misses included). Run: node dist/bench/dataplane.js [size] [seconds] [log]
+ * [bulk] [hdr0] [pool=N] [packets=N]
  */
 import { DirtyLog } from '../src/workers/dirty-log';
 import { GuestMemory } from '../src/workers/guest-memory';
@@ -18,7 +19,11 @@ const SECONDS = Number(process.argv[3] ?? 2);
 const LOG = process.argv.includes('log');
 const BULK = process.argv.includes('bulk');
 const Q = 256;
-const MEM = 4 << 20;
+// `pool=N`: the driver hands out N buffers in turn (each descriptor gets the next one when it
+// comes back), as testpmd's mbuf pool does, so packet and header lines come from memory, not
+// the cache: a single-thread meter for the loop's cache misses (prefetching, NOTES.md).
+const POOL = Number(process.argv.find((x) => x.startsWith('pool='))?.slice(5) ?? 0);
+const MEM = Math.max(4 << 20, 0x100000 + POOL * 2048);
 
 function guest(): { sab: SharedArrayBuffer; dv: DataView; gm: GuestMemory } {
   const sab = new SharedArrayBuffer(MEM);
@@ -75,6 +80,20 @@ if (BULK) {
 }
 const availA = new Uint16Array(a.sab, AVAIL, 2);
 const availB = new Uint16Array(b.sab, AVAIL, 2);
+const descA = new Uint32Array(a.sab, DESC, Q * 4);
+const descB = new Uint32Array(b.sab, DESC, Q * 4);
+let slot = 0;
+let next = 0;
+// the buffers in a fixed shuffled order, so the CPU's stride prefetchers cannot follow it
+const order = new Uint32Array(POOL);
+for (let i = 0; i < POOL; i++) order[i] = i;
+for (let i = POOL - 1, x = 12345; i > 0; i--) {
+  x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+  const j = x % (i + 1);
+  const t = order[i];
+  order[i] = order[j];
+  order[j] = t;
+}
 
 let packets = 0;
 const run = (ms: number) => {
@@ -87,7 +106,17 @@ const run = (ms: number) => {
       rx.flush();
       rx.release();
       tx.completeBurst(batch);
-      // the reflector driver: hand the same descriptors back
+      // the reflector driver: hand the same descriptors back (with pool=N, new buffers)
+      if (POOL > 0) {
+        for (let k = 0; k < n; k++) {
+          const w = ((slot + k) & (Q - 1)) * 4;
+          descA[w] = BUF + order[next] * 2048 + HDR_AT;
+          if (++next === POOL) next = 0;
+          descB[w] = BUF + order[next] * 2048 + HDR_AT;
+          if (++next === POOL) next = 0;
+        }
+        slot = (slot + n) & (Q - 1);
+      }
       availA[1] = (availA[1] + n) & 0xffff;
       availB[1] = (availB[1] + n) & 0xffff;
       packets += n;
@@ -108,4 +137,4 @@ const t0 = performance.now();
 if (FIXED > 0) runPackets(FIXED);
 else run(SECONDS * 1000);
 const secs = (performance.now() - t0) / 1000;
-process.stdout.write(`size ${SIZE} log ${LOG ? 'on' : 'off'} bulk ${BULK ? 'on' : 'off'}: ${(packets / secs / 1e6).toFixed(2)} Mpps, ${((secs * 1e9) / packets).toFixed(1)} ns/packet\n`);
+process.stdout.write(`size ${SIZE}${POOL > 0 ? ` pool ${POOL}` : ''} log ${LOG ? 'on' : 'off'} bulk ${BULK ? 'on' : 'off'}: ${(packets / secs / 1e6).toFixed(2)} Mpps, ${((secs * 1e9) / packets).toFixed(1)} ns/packet\n`);

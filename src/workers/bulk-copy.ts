@@ -1,7 +1,8 @@
 /**
  * Deferred bulk copies for one worker: RX fast-path copies are queued as
  * [srcId, srcOff, dstId, dstOff, len] and run by the addon in one call per burst
- * (memcpy instead of a Buffer.copy per packet). Virtqueue.publish() runs the queue
+ * (memcpy instead of a Buffer.copy per packet; a plain V8 callback with the job array bound
+ * once, since an N-API call cost ~110 ns: NOTES.md #20). Virtqueue.publish() runs the queue
  * before used->idx moves, so the guest never sees a used entry whose bytes are not there.
  * With dirty logging the buffers' pages are marked in publish() too, after the queue ran
  * (bits follow bytes).
@@ -10,6 +11,8 @@ export interface BulkCopier {
   copyRegister(sab: SharedArrayBuffer): number;
   copyUnregister(id: number): void;
   copyBatch(jobs: Float64Array, count: number): void;
+  copyBind(jobs: Float64Array): number;
+  copyRun(id: number, count: number): number;
 }
 
 /** Copies at least this long go through the queue (measured: bench/NOTES.md). */
@@ -19,7 +22,11 @@ const JOBS = 256;
 export class CopyQueue {
   private readonly jobs = new Float64Array(5 * JOBS);
   private n = 0;
-  constructor(readonly copier: BulkCopier) {}
+  /** the jobs array's binding in the addon: run() passes two integers, not the array */
+  private readonly bound: number;
+  constructor(readonly copier: BulkCopier) {
+    this.bound = copier.copyBind(this.jobs);
+  }
 
   add(srcId: number, srcOff: number, dstId: number, dstOff: number, len: number): void {
     if (this.n === JOBS) this.run();
@@ -37,6 +44,8 @@ export class CopyQueue {
     if (this.n === 0) return;
     const n = this.n;
     this.n = 0;
-    this.copier.copyBatch(this.jobs, n);
+    // copyRun never throws; when it refuses the batch (nothing copied), copyBatch checks the
+    // same jobs again and throws the named error (ERANGE) for the ring's error handling.
+    if (this.copier.copyRun(this.bound, n) !== 0) this.copier.copyBatch(this.jobs, n);
   }
 }
