@@ -940,6 +940,130 @@ void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
   info.GetReturnValue().Set(RunCopyJobs(t_bound_jobs[id]->data, n));
 }
 
+// ---------------------------------------------------------------------------
+// Dirty-log page marking (a measured hot-path helper, bench/NOTES.md #21)
+//
+// A ring's burst leaves page runs [first, last] (guest page numbers, gpa >> 12) in a
+// Float64Array; logRun sets their bits in the log in one call per burst. In JavaScript the
+// same work (a word cache, then a load and maybe an Atomics.or per word) cost ~5 ns a packet
+// at 64 B: builtin calls and typed-array checks per page. As DPDK's vhost does, bits are set
+// with an atomic OR on the byte; as in DirtyLog.flush, a byte that already holds its bits is
+// only loaded (the frontend clears a word with an atomic exchange before it reads the pages,
+// so a bit seen set after the barrier below will be seen by a later sync with our bytes).
+
+struct BoundLog {
+  v8::Global<v8::Float64Array> runs;        // weak: a collected run array frees the slot
+  std::shared_ptr<v8::BackingStore> runStore;
+  std::shared_ptr<v8::BackingStore> logStore;  // keeps the log mapping alive while bound
+  const double* runData = nullptr;
+  size_t runLength = 0;
+  uint8_t* log = nullptr;
+  uint64_t logBytes = 0;
+};
+thread_local std::vector<std::unique_ptr<BoundLog>> t_bound_logs;
+
+void ReleaseBoundLog(BoundLog* b) {
+  b->runs.Reset();
+  b->runStore.reset();
+  b->logStore.reset();
+  b->runData = nullptr;
+  b->runLength = 0;
+  b->log = nullptr;
+  b->logBytes = 0;
+}
+
+// logBind(log: Uint8Array, runs: Float64Array) -> binding id
+void LogBind(const v8::FunctionCallbackInfo<v8::Value>& info) {
+  v8::Isolate* isolate = info.GetIsolate();
+  if (info.Length() < 2 || !info[0]->IsUint8Array() || !info[1]->IsFloat64Array()) {
+    ThrowV8Type(isolate, "logBind: expected (Uint8Array, Float64Array)");
+    return;
+  }
+  v8::Local<v8::Uint8Array> log = info[0].As<v8::Uint8Array>();
+  v8::Local<v8::Float64Array> runs = info[1].As<v8::Float64Array>();
+  size_t id = 0;
+  while (id < t_bound_logs.size() && t_bound_logs[id]->runData != nullptr) id++;
+  if (id == t_bound_logs.size()) t_bound_logs.push_back(std::make_unique<BoundLog>());
+  BoundLog* b = t_bound_logs[id].get();
+  b->logStore = log->Buffer()->GetBackingStore();
+  b->log = static_cast<uint8_t*>(b->logStore->Data()) + log->ByteOffset();
+  b->logBytes = log->ByteLength();
+  b->runStore = runs->Buffer()->GetBackingStore();  // externalises an on-heap array: no longer moves
+  b->runData = reinterpret_cast<const double*>(static_cast<const uint8_t*>(b->runStore->Data()) + runs->ByteOffset());
+  b->runLength = runs->Length();
+  b->runs.Reset(isolate, runs);
+  b->runs.SetWeak(b, [](const v8::WeakCallbackInfo<BoundLog>& w) { ReleaseBoundLog(w.GetParameter()); }, v8::WeakCallbackType::kParameter);
+  info.GetReturnValue().Set(static_cast<uint32_t>(id));
+}
+
+// logUnbind(id): the slot is free again, the log no longer held.
+void LogUnbind(const v8::FunctionCallbackInfo<v8::Value>& info) {
+  if (info.Length() < 1 || !info[0]->IsUint32()) return;
+  const uint32_t id = info[0].As<v8::Uint32>()->Value();
+  if (id < t_bound_logs.size()) ReleaseBoundLog(t_bound_logs[id].get());
+}
+
+// logRun(id, n, fenced) -> pages marked (>= 0), or a negative errno with no bit written:
+// -EINVAL a bad id or count, -ERANGE a run that is not two integers first <= last or that
+// reaches past the log (DirtyLog's JavaScript path then counts and drops those pages).
+// `fenced`: the caller's last act was a seq-cst store (publish() stores used->idx, an xchg
+// on x86), which is then the barrier between the burst's bytes and the loads of the log.
+void LogRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
+  if (info.Length() < 2 || !info[0]->IsUint32() || !info[1]->IsUint32()) {
+    info.GetReturnValue().Set(-EINVAL);
+    return;
+  }
+  const uint32_t id = info[0].As<v8::Uint32>()->Value();
+  const uint32_t n = info[1].As<v8::Uint32>()->Value();
+  if (id >= t_bound_logs.size() || t_bound_logs[id]->runData == nullptr || static_cast<size_t>(n) * 2 > t_bound_logs[id]->runLength) {
+    info.GetReturnValue().Set(-EINVAL);
+    return;
+  }
+  const BoundLog& b = *t_bound_logs[id];
+  const double* r = b.runData;
+  const double pages = static_cast<double>(b.logBytes) * 8;
+  // Checked whole before any bit moves: 0 <= first <= last < pages (NaN fails). That is all
+  // safety needs: truncating a double in [0, pages) gives a byte inside the log; a fraction,
+  // which the callers never make, would only mark the page it lies in.
+  for (uint32_t k = 0; k < n; k++) {
+    const double first = r[2 * k];
+    const double last = r[2 * k + 1];
+    if (!(first >= 0 && first <= last && last < pages)) {
+      info.GetReturnValue().Set(-ERANGE);
+      return;
+    }
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  const bool fenced = info.Length() > 2 && info[2]->IsTrue();
+#else
+  const bool fenced = false;  // the caller's store orders nothing for our loads on weaker CPUs
+#endif
+  if (!fenced) __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  uint8_t* log = b.log;
+  uint64_t marked = 0;  // an integer sum: a double one was a 4-cycle dependency per run
+  for (uint32_t k = 0; k < n; k++) {
+    const uint64_t first = static_cast<uint64_t>(static_cast<int64_t>(r[2 * k]));
+    const uint64_t last = static_cast<uint64_t>(static_cast<int64_t>(r[2 * k + 1]));
+    marked += last - first + 1;
+    const uint64_t firstByte = first >> 3;
+    const uint64_t lastByte = last >> 3;
+    if (firstByte == lastByte) {  // most runs: a buffer within one page, or a few in one byte
+      const uint8_t mask = static_cast<uint8_t>((0xffu >> (7 - (last & 7))) & (0xffu << (first & 7)));
+      if ((__atomic_load_n(log + firstByte, __ATOMIC_RELAXED) & mask) != mask) __atomic_fetch_or(log + firstByte, mask, __ATOMIC_SEQ_CST);
+      continue;
+    }
+    for (uint64_t i = firstByte; i <= lastByte; i++) {
+      const unsigned lo = i == firstByte ? static_cast<unsigned>(first & 7) : 0;
+      const unsigned hi = i == lastByte ? static_cast<unsigned>(last & 7) : 7;
+      const uint8_t mask = static_cast<uint8_t>((0xffu >> (7 - hi)) & (0xffu << lo));
+      if ((__atomic_load_n(log + i, __ATOMIC_RELAXED) & mask) != mask) __atomic_fetch_or(log + i, mask, __ATOMIC_SEQ_CST);
+    }
+  }
+  // a Smi when it fits (a double return allocates a HeapNumber: v8::Number::New in the profile)
+  if (marked <= 0x7fffffff) info.GetReturnValue().Set(static_cast<int32_t>(marked));
+  else info.GetReturnValue().Set(static_cast<double>(marked));
+}
+
 // Exported like the N-API functions; a napi_value is the Local's slot pointer (see Mmap).
 void SetV8Function(Napi::Env env, Napi::Object exports, const char* name, v8::FunctionCallback fn) {
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
@@ -988,6 +1112,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   SetV8Function(env, exports, "copyBind", CopyBind);
   SetV8Function(env, exports, "copyRun", CopyRun);
+  SetV8Function(env, exports, "logBind", LogBind);
+  SetV8Function(env, exports, "logUnbind", LogUnbind);
+  SetV8Function(env, exports, "logRun", LogRun);
   // The bulk-copy table holds V8 backing stores: release them while this thread's isolate
   // is still alive (a thread_local destructor would run after it is gone).
   napi_add_env_cleanup_hook(
@@ -995,6 +1122,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       [](void*) {
         t_copy_regions.clear();
         t_bound_jobs.clear();
+        t_bound_logs.clear();
       },
       nullptr);
   return exports;

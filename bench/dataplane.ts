@@ -17,6 +17,8 @@ import { VRING_DESC_F_WRITE } from '../src/shared/constants';
 const SIZE = Number(process.argv[2] ?? 64);
 const SECONDS = Number(process.argv[3] ?? 2);
 const LOG = process.argv.includes('log');
+/** `jslog`: mark dirty pages in JavaScript (DirtyLog without the addon), as before NOTES.md #21 */
+const JS_LOG = process.argv.includes('jslog');
 const BULK = process.argv.includes('bulk');
 const Q = 256;
 // `pool=N`: the driver hands out N buffers in turn (each descriptor gets the next one when it
@@ -57,6 +59,11 @@ function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen
     ctrl: new SharedArrayBuffer(CTRL_INTS * 4), stats: new SharedArrayBuffer(STATS_SLOTS * 8),
   };
   const log = new DirtyLog();
+  if (logSab && !JS_LOG) {
+    // what the poller does: the addon marks a burst's page runs (NOTES.md #21)
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    log.enableNative((require('../src/native') as typeof import('../src/native')).native);
+  }
   if (logSab) log.set({ sab: logSab, offset: 0, size: logSab.byteLength });
   return new Virtqueue(vd, g.gm, log);
 }

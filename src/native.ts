@@ -165,6 +165,22 @@ export interface Native {
    * throws the named error.
    */
   copyRun(id: number, count: number): number;
+
+  /**
+   * Dirty-log marking (hot-path helper): bind a log view and a page-run array
+   * ([first, last] guest page numbers, pairs) to this thread for logRun; returns the binding
+   * id. The log's memory is held until logUnbind, the run array weakly.
+   */
+  logBind(log: Uint8Array, runs: Float64Array): number;
+  logUnbind(id: number): void;
+  /**
+   * Set the log bits of the first `count` runs of binding `id` (atomic ORs where a bit is
+   * missing, a plain V8 callback like copyRun). `fenced`: the caller just made a seq-cst
+   * store (the barrier). Never throws: returns the pages marked, or a negative errno with no
+   * bit written (-EINVAL bad id or count, -ERANGE a run that is not integers first <= last
+   * inside the log).
+   */
+  logRun(id: number, count: number, fenced: boolean): number;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { DirtyLog } from '../src/workers/dirty-log';
+import { native } from '../src/native';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_DIRTY_PAGES } from '../src/shared/types';
 import { GuestMemory } from '../src/workers/guest-memory';
@@ -15,6 +16,10 @@ function expectedLog(sizeBytes: number, ranges: Array<[number, number]>): Uint8A
     }
   }
   return out;
+}
+
+function marking(nativeLog: boolean): string {
+  return nativeLog ? 'marked by the addon' : 'marked in JavaScript';
 }
 
 function bitsOf(log: Uint8Array): number[] {
@@ -60,7 +65,7 @@ t.test('DirtyLog: ranges, page boundaries, beyond the log, word cache', async (t
 });
 
 /** Guest A transmits (no logging); guest B receives with its used ring across a page boundary. */
-function scenario(logAll: boolean) {
+function scenario(logAll: boolean, nativeLog = false) {
   const a = makeGuest();
   const b = makeGuest();
   const logSab = new SharedArrayBuffer(64);
@@ -71,7 +76,7 @@ function scenario(logAll: boolean) {
   const tx = makeQueue(a, { index: 1 });
   const rx = makeQueue(b, {
     index: 0, size: 1024, desc: 0x18000, startIdx: 1022, used: USED, logUsed: true,
-    features: { logAll }, log: { sab: logSab, offset: 8, size: 16 },
+    features: { logAll }, log: { sab: logSab, offset: 8, size: 16 }, nativeLog,
   });
   return { a, b, tx, rx, logSab, logView, USED };
 }
@@ -85,8 +90,8 @@ function forward(src: Guest, tx: Queue, rx: Queue, batch: PacketBatch): void {
   tx.vq.completeBurst(batch);
 }
 
-t.test('scripted writes: the log equals exactly the written pages', async (t) => {
-  const { a, tx, rx, logSab, logView, USED } = scenario(true);
+for (const nativeLog of [false, true]) t.test(`scripted writes: the log equals exactly the written pages (${marking(nativeLog)})`, async (t) => {
+  const { a, tx, rx, logSab, logView, USED } = scenario(true, nativeLog);
   const batch = new PacketBatch();
   // 1) one packet crossing a page boundary: 12 + 300 bytes from 0x9f80 -> pages 9 and 10
   rx.drv.postChain([{ gpa: 0x9f80, len: 2048, write: true }]);
@@ -136,11 +141,11 @@ t.test('logAll off: no bit is set', async (t) => {
   t.equal(rx.stats[ST_DIRTY_PAGES], 0);
 });
 
-t.test('TX used ring and notification fields are logged; TX buffers (read only) are not', async (t) => {
+for (const nativeLog of [false, true]) t.test(`TX used ring and notification fields are logged; TX buffers (read only) are not (${marking(nativeLog)})`, async (t) => {
   const a = makeGuest();
   const logSab = new SharedArrayBuffer(16);
   const tx = makeQueue(a, {
-    index: 1, logUsed: true, features: { logAll: true, eventIdx: true }, log: { sab: logSab, offset: 0, size: 16 },
+    index: 1, logUsed: true, features: { logAll: true, eventIdx: true }, log: { sab: logSab, offset: 0, size: 16 }, nativeLog,
   });
   const batch = new PacketBatch();
   tx.drv.postTx(pattern(1500, 1), { chunks: 3 });
@@ -164,7 +169,7 @@ t.test('TX used ring and notification fields are logged; TX buffers (read only) 
   t.same(bitsOf(new Uint8Array(log2)), [Math.floor(used / 4096)]);
 });
 
-t.test('DirtyLog.markPageRuns (a burst at once) sets exactly the bits markRange would, and counts the same', async (t) => {
+t.test('DirtyLog.markPageRuns (a burst at once, in JavaScript and by the addon) sets exactly the bits markRange would, and counts the same', async (t) => {
   let seed = 12345;
   const rnd = (n: number): number => {
     seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
@@ -172,16 +177,21 @@ t.test('DirtyLog.markPageRuns (a burst at once) sets exactly the bits markRange 
   };
   let cases = 0;
   let bad = 0;
+  let inLog = 0;
   for (const cache of [true, false]) {
     // word-aligned and not, sizes not a multiple of 4 (byte-wise tail)
     for (const [offset, size] of [[0, 64], [16, 13], [3, 9], [8, 1]] as Array<[number, number]>) {
       for (let round = 0; round < 50; round++) {
         const a = new SharedArrayBuffer(offset + size + 8);
         const b = new SharedArrayBuffer(offset + size + 8);
+        const c = new SharedArrayBuffer(offset + size + 8);
         const la = new DirtyLog(cache);
         const lb = new DirtyLog(cache);
+        const lc = new DirtyLog(cache);
+        lc.enableNative(native);
         la.set({ sab: a, offset, size });
         lb.set({ sab: b, offset, size });
+        lc.set({ sab: c, offset, size });
         const n = 1 + rnd(40);
         const runs = new Float64Array(2 * n);
         const pages = size * 8 + 4; // some runs go past the log
@@ -193,14 +203,19 @@ t.test('DirtyLog.markPageRuns (a burst at once) sets exactly the bits markRange 
           la.markRange(gpa, len);
         }
         lb.markPageRuns(runs, n);
+        lc.markPageRuns(runs, n, round % 2 === 0); // fenced or not: the same bits
         la.flush();
         lb.flush();
+        lc.flush();
         cases++;
         if (!Buffer.from(a).equals(Buffer.from(b)) || la.pagesMarked !== lb.pagesMarked || la.pagesBeyondLog !== lb.pagesBeyondLog) bad++;
+        if (!Buffer.from(a).equals(Buffer.from(c)) || la.pagesMarked !== lc.pagesMarked || la.pagesBeyondLog !== lc.pagesBeyondLog) bad++;
+        if (la.pagesBeyondLog === 0) inLog++;
       }
     }
   }
   t.equal(bad, 0, `${cases} random bursts: same log bytes (nothing outside the log), same counts`);
+  t.ok(inLog > 20 && inLog < cases - 20, `both kinds of burst drawn: ${inLog} inside the log (the addon marks them), ${cases - inLog} reaching past it (refused whole, marked in JavaScript)`);
 });
 
 t.test('a bit the frontend cleared is set again by the next write to its page', async (t) => {
@@ -225,9 +240,24 @@ t.test('a bit the frontend cleared is set again by the next write to its page', 
     log.flush();
     t.same(bitsOf(new Uint8Array(sab)), [71], `cache ${cache}: only what this burst wrote after a full clear`);
   }
+  // the addon's marking (markPageRuns with enableNative): loads the shared byte every burst too
+  const sab = new SharedArrayBuffer(64);
+  const words = new Int32Array(sab);
+  const log = new DirtyLog();
+  log.enableNative(native);
+  log.set({ sab, offset: 0, size: 64 });
+  log.markPageRuns(Float64Array.from([5, 5, 70, 71]), 2, true);
+  t.same(bitsOf(new Uint8Array(sab)), [5, 70, 71], 'addon: first burst');
+  t.equal(Atomics.exchange(words, 0, 0), 1 << 5, 'the frontend takes word 0');
+  log.markPageRuns(Float64Array.from([5, 5, 71, 71]), 2, true);
+  t.same(bitsOf(new Uint8Array(sab)), [5, 70, 71], 'addon: page 5 again after the clear, 70 and 71 kept');
+  words.fill(0);
+  log.markPageRuns(Float64Array.from([71, 71]), 1, false);
+  t.same(bitsOf(new Uint8Array(sab)), [71], 'addon: only what this burst wrote after a full clear');
+  t.equal(log.pagesMarked, 6, 'every page mark counted');
 });
 
-t.test('burst RX path: a region at a high gpa, not page-aligned: exactly the pages written are logged', async (t) => {
+for (const nativeLog of [false, true]) t.test(`burst RX path: a region at a high gpa, not page-aligned: exactly the pages written are logged (${marking(nativeLog)})`, async (t) => {
   // Guest B's only region starts at 8 GiB + 2 KiB: the per-region page math of the hot loop
   // (shifts of in-region offsets) must give the same pages as dividing the 34-bit gpa.
   const BASE = 2 ** 33 + 0x800;
@@ -243,7 +273,7 @@ t.test('burst RX path: a region at a high gpa, not page-aligned: exactly the pag
   const tx = makeQueue(a, { index: 1 });
   const rx = makeQueue(b, {
     index: 0, desc: BASE + 0x1000, avail: BASE + 0x2000, used: USED, logUsed: true, gpaBase: BASE,
-    bufBase: BASE + 0x4000, bufEnd: BASE + SIZE, features: { logAll: true }, log: { sab: logSab, offset: 8, size: LOG_BYTES },
+    bufBase: BASE + 0x4000, bufEnd: BASE + SIZE, features: { logAll: true }, log: { sab: logSab, offset: 8, size: LOG_BYTES }, nativeLog,
   });
   // buffers at in-page offsets 116 (DPDK's layout), 2164, 3900 and 0 of successive pages:
   // packets that fit a page, cross one boundary, and start right at one

@@ -49,6 +49,21 @@ t.test('xconnect: sizes 60..9000 byte-exact both ways, mergeable RX over several
   t.equal(st?.bytes, ab.reduce((s, p) => s + p.length, 0), 'rx byte counter of b');
 });
 
+t.test('xconnect to a peer that is not connected: every packet counted as dropped for no destination', async (t) => {
+  const env = await startForwarder(['a', 'b']);
+  t.teardown(env.stop);
+  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
+  t.teardown(() => a.close());
+  const sent = [60, 64, 1518, 4000, 9000].map((s, i) => frame(macOf(2), macOf(1), s, i));
+  t.equal(a.send(0, sent), sent.length);
+  const txOf = () => env.fwd.stats().find((s) => s.iface === 'a' && s.dir === 'tx');
+  await waitUntil(() => (txOf()?.dropNoDest ?? 0) >= sent.length, 5000, 'drops counted');
+  await new Promise((r) => setTimeout(r, 30));
+  t.equal(txOf()?.dropNoDest, sent.length, 'one drop per packet, no more');
+  t.equal(txOf()?.packets, sent.length, 'the packets were taken from the TX ring');
+  t.same(a.brokenGuards(), [], 'no canary touched');
+});
+
 t.test('header sizes: a legacy guest (10-byte header, no MRG_RXBUF, no VERSION_1) talks to a modern one', async (t) => {
   const env = await startForwarder(['a', 'b']);
   t.teardown(env.stop);

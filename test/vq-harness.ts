@@ -5,6 +5,7 @@
  */
 import { DriverRing } from '../src/frontend/driver-ring';
 import { DirtyLog } from '../src/workers/dirty-log';
+import { native } from '../src/native';
 import { GuestMemory } from '../src/workers/guest-memory';
 import { Virtqueue } from '../src/workers/virtqueue';
 import {
@@ -63,6 +64,8 @@ export interface QueueSetup {
   bufEnd?: number;
   /** gpa of the guest SAB's first byte (a guest whose memory does not start at gpa 0) */
   gpaBase?: number;
+  /** mark dirty pages through the addon's logRun, as the poller does (else DirtyLog's JavaScript path) */
+  nativeLog?: boolean;
 }
 
 export interface Queue {
@@ -108,6 +111,7 @@ export function makeQueue(g: Guest, s: QueueSetup): Queue {
     hdrLen: vd.features.hdrLen, mrgRxbuf: vd.features.mrgRxbuf, startIdx: s.startIdx,
   });
   const log = new DirtyLog();
+  if (s.nativeLog === true) log.enableNative(native);
   log.set(s.log ?? null);
   const vq = new Virtqueue(vd, g.gm, log);
   return { vq, drv, ctrl: new Int32Array(vd.ctrl), stats: new Float64Array(vd.stats), log, vd };

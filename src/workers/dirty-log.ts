@@ -17,6 +17,13 @@ const CACHE_SLOTS = 256;
 /** x86 (TSO): a plain load is not hoisted above a locked RMW or xchg (V8 stores seq-cst with xchg). Elsewhere flush() uses Atomics.load. */
 const PLAIN_LOAD_AFTER_RMW = process.arch === 'x64' || process.arch === 'ia32';
 
+/** The addon's page marking (logBind / logRun / logUnbind): one call per burst. */
+export interface LogMarker {
+  logBind(log: Uint8Array, runs: Float64Array): number;
+  logUnbind(id: number): void;
+  logRun(id: number, count: number, fenced: boolean): number;
+}
+
 export class DirtyLog {
   /** true while a log is set: callers also need QueueFeatures.logAll to log. */
   active = false;
@@ -35,14 +42,34 @@ export class DirtyLog {
   /** the slots in use, so flush() visits only those (it runs at every publish) */
   private readonly usedSlots = new Int32Array(CACHE_SLOTS);
   private cacheUsed = 0;
+  /** markPageRuns through the addon (enableNative): its binding of the log and a run array */
+  private marker: LogMarker | null = null;
+  private bound = -1;
+  private boundRuns: Float64Array | null = null;
 
   constructor(useCache = true) {
     this.useCache = useCache;
   }
 
+  /**
+   * Let markPageRuns set bits in the addon, one call per burst (NOTES.md #21); the
+   * JavaScript path stays for runs it refuses (pages beyond the log) and without the addon.
+   */
+  enableNative(marker: LogMarker): void {
+    this.unbind();
+    this.marker = marker;
+  }
+
+  private unbind(): void {
+    if (this.bound >= 0) this.marker!.logUnbind(this.bound);
+    this.bound = -1;
+    this.boundRuns = null;
+  }
+
   /** Swap the log (or clear it with null). Call at a burst boundary: flushes cached bits first. */
   set(log: LogDesc | null): void {
     this.flush();
+    this.unbind();
     if (log === null || log.size <= 0) {
       this.bytes = null;
       this.words = null;
@@ -72,10 +99,28 @@ export class DirtyLog {
    * whole burst at once: runs of pages in one 32-page log word are gathered in locals and
    * handed to the word cache once (NOTES.md #14), instead of a cache lookup per page. The
    * hot loops compute page numbers with integer shifts per region (NOTES.md #16), so no
-   * division per buffer is left here.
+   * division per buffer is left here. With enableNative the addon sets the bits straight in
+   * the log in one call (NOTES.md #21: a burst's pages scattered over many log words, as a
+   * frontend's mbuf pool scatters them, cost 375 ns here and 128 ns there); it refuses a
+   * burst that reaches past the log, which then takes the JavaScript path below.
    */
-  markPageRuns(runs: Float64Array, n: number): void {
+  markPageRuns(runs: Float64Array, n: number, fenced = false): void {
     if (!this.active || n === 0) return;
+    const marker = this.marker;
+    if (marker !== null) {
+      // `fenced`: the caller's seq-cst store just before is the barrier (publish, as flush(true))
+      if (runs !== this.boundRuns) {
+        this.unbind();
+        this.bound = marker.logBind(this.bytes!, runs);
+        this.boundRuns = runs;
+      }
+      const r = marker.logRun(this.bound, n, fenced);
+      if (r >= 0) {
+        this.pagesMarked += r;
+        return;
+      }
+      // refused whole (a page beyond the log): the path below marks the rest and counts those
+    }
     const nPages = this.nPages;
     const wordWise = this.words !== null;
     let curWord = -1;

@@ -784,16 +784,19 @@ export class Virtqueue {
     // Queued copies land before used->idx tells the guest they are there.
     this.bulk?.run();
     const logging = this.logging;
-    if (this.nMarks > 0) this.runMarks();
-    // RX used entries of the whole burst, logged once (they are written already).
-    if (!this.isTx && logging) this.logUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
+    // RX used entries of the whole burst (written already) and used->idx (written next) join
+    // the burst's buffer runs: one marking pass for all of it, after the store below.
+    if (logging && this.logUsedGpa >= 0) {
+      if (!this.isTx) this.deferUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
+      this.deferMark(this.logUsedGpa + 2, 2);
+    }
     this.usedLogFrom = this.lastUsed;
     Atomics.store(this.used16, 1, this.lastUsed);
+    // Bits after every write they cover (bytes, used entries, idx): a bit only has to follow
+    // its write, and every bit is out before the ring stops. The seq-cst store of used->idx
+    // above is the barrier of both the marking and the flush (NOTES.md #19, #21).
+    if (this.nMarks > 0) this.runMarks();
     if (logging) {
-      // One flush for the burst, after every write it covers (bytes, used entries, idx):
-      // a bit only has to follow its write, and every bit is out before the ring stops.
-      // The seq-cst store of used->idx above is the flush's barrier (NOTES.md #19).
-      this.logUsedField(2);
       this.log.flush(true);
       this.stats[ST_DIRTY_PAGES] += this.log.pagesMarked - this.pagesSeen;
     }
@@ -833,9 +836,19 @@ export class Virtqueue {
     this.marks = m;
   }
 
+  /** Mark the burst's runs; only from publish(), right after its seq-cst store of used->idx. */
   private runMarks(): void {
-    this.log.markPageRuns(this.marks, this.nMarks);
+    this.log.markPageRuns(this.marks, this.nMarks, true);
     this.nMarks = 0;
+  }
+
+  /** Queue n used elements from ring index `first` for runMarks (two runs when they wrap). */
+  private deferUsedElems(first: number, n: number): void {
+    if (n === 0) return;
+    const slot = first & this.mask;
+    const till = slot + n <= this.size ? n : this.size - slot;
+    this.deferMark(this.logUsedGpa + 4 + 8 * slot, 8 * till);
+    if (till < n) this.deferMark(this.logUsedGpa + 4, 8 * (n - till));
   }
 
   /** Log n used elements starting at ring index `first` (two ranges when they wrap). */
