@@ -13,6 +13,7 @@
  *   npm run bench -- --sizes 64,256,1518 --queues 1,2 --duration 10 --rounds 3
  *   npm run bench -- --quick
  */
+import { FAST_FRACTION, fastMode, median, ratio } from './stats';
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -468,19 +469,15 @@ async function pingRtt(backend: 'vf' | 'dpdk'): Promise<PingResult> {
 // ---------------------------------------------------------------------------------------
 // Reporting
 
-const median = (xs: number[]): number | null => {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const ratio = (a: number | null, b: number | null): number | null => (a !== null && b !== null && b > 0 ? a / b : null);
 
 interface Cell {
   medianMpps: number | null;
   medianGbps: number | null;
   /** the best round: on this shared VM a trial is only ever slowed by its neighbours, never sped up */
   bestMpps: number | null;
+  /** median of the fast-mode rounds (>= FAST_FRACTION of bestMpps: bench/stats.ts) and how many there were */
+  fastMpps: number | null;
+  fastRounds: number;
   roundsMpps: number[];
   ok: number;
   failed: number;
@@ -499,25 +496,34 @@ interface Row {
   /** the same ratios between the best rounds of each backend */
   bestVfVsDpdk: number | null;
   bestLogOnVsOff: number | null;
+  /** and between their fast-mode medians */
+  fastVfVsDpdk: number | null;
+  fastLogOnVsOff: number | null;
 }
 
 function summarize(trials: Trial[], backends: Backend[]): Row[] {
   const rows: Row[] = [];
   for (const size of opts.sizes) {
     for (const queues of opts.queues) {
-      const row: Row = { size, queues, vfVsDpdk: null, vfLogVsDpdk: null, logOnVsOff: null, bestVfVsDpdk: null, bestLogOnVsOff: null };
+      const row: Row = { size, queues, vfVsDpdk: null, vfLogVsDpdk: null, logOnVsOff: null, bestVfVsDpdk: null, bestLogOnVsOff: null, fastVfVsDpdk: null, fastLogOnVsOff: null };
       for (const b of backends) {
         const ts = trials.filter((t) => t.backend === b && t.size === size && t.queues === queues);
         const good = ts.filter((t) => t.ok).map((t) => t.mpps as number);
         const med = median(good);
         const best = good.length > 0 ? Math.max(...good) : null;
-        row[b] = { medianMpps: med, medianGbps: med === null ? null : (med * size * 8) / 1000, bestMpps: best, roundsMpps: good, ok: good.length, failed: ts.length - good.length };
+        const fast = fastMode(good);
+        row[b] = {
+          medianMpps: med, medianGbps: med === null ? null : (med * size * 8) / 1000, bestMpps: best,
+          fastMpps: fast.median, fastRounds: fast.rounds, roundsMpps: good, ok: good.length, failed: ts.length - good.length,
+        };
       }
       row.vfVsDpdk = ratio(row.vf?.medianMpps ?? null, row.dpdk?.medianMpps ?? null);
       row.vfLogVsDpdk = ratio(row.vfLog?.medianMpps ?? null, row.dpdk?.medianMpps ?? null);
       row.logOnVsOff = ratio(row.vfLog?.medianMpps ?? null, row.vf?.medianMpps ?? null);
       row.bestVfVsDpdk = ratio(row.vf?.bestMpps ?? null, row.dpdk?.bestMpps ?? null);
       row.bestLogOnVsOff = ratio(row.vfLog?.bestMpps ?? null, row.vf?.bestMpps ?? null);
+      row.fastVfVsDpdk = ratio(row.vf?.fastMpps ?? null, row.dpdk?.fastMpps ?? null);
+      row.fastLogOnVsOff = ratio(row.vfLog?.fastMpps ?? null, row.vf?.fastMpps ?? null);
       rows.push(row);
     }
   }
@@ -537,7 +543,9 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   if (has('vf') && has('vfLog')) head.push('log on/off');
   if (has('vf') && has('dpdk')) head.push('best vf/DPDK');
   if (has('vf') && has('vfLog')) head.push('best log on/off');
-  head.push('rounds ok');
+  if (has('vf') && has('dpdk')) head.push('fast vf/DPDK');
+  if (has('vf') && has('vfLog')) head.push('fast log on/off');
+  head.push('rounds ok (fast)');
   const lines: string[][] = [head];
   for (const r of rows) {
     const l = [String(r.size), String(r.queues)];
@@ -549,7 +557,9 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
     if (has('vf') && has('vfLog')) l.push(f(r.logOnVsOff, 2));
     if (has('vf') && has('dpdk')) l.push(f(r.bestVfVsDpdk, 2));
     if (has('vf') && has('vfLog')) l.push(f(r.bestLogOnVsOff, 2));
-    l.push(backends.map((b) => `${b}:${r[b]?.ok ?? 0}/${(r[b]?.ok ?? 0) + (r[b]?.failed ?? 0)}`).join(' '));
+    if (has('vf') && has('dpdk')) l.push(f(r.fastVfVsDpdk, 2));
+    if (has('vf') && has('vfLog')) l.push(f(r.fastLogOnVsOff, 2));
+    l.push(backends.map((b) => `${b}:${r[b]?.ok ?? 0}/${(r[b]?.ok ?? 0) + (r[b]?.failed ?? 0)}(${r[b]?.fastRounds ?? 0})`).join(' '));
     lines.push(l);
   }
   const w = head.map((_, i) => Math.max(...lines.map((l) => l[i].length)));
@@ -557,12 +567,13 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   const out = [fmt(lines[0]), w.map((n) => '-'.repeat(n)).join('  '), ...lines.slice(1).map(fmt)];
   out.push('Mpps: median over rounds of packets through the backend (both directions summed); Gbps = Mpps x size x 8 / 1000 (frame bytes, no 20-byte preamble/IFG).');
   out.push('best: ratio of the best rounds (noise on a shared machine only slows a trial down; both backends show a slow mode at random, see bench/NOTES.md).');
+  out.push(`fast: ratio of the medians of each backend's fast-mode rounds (>= ${FAST_FRACTION} x its best; their count in parentheses under "rounds ok").`);
   for (const [a, b] of [['vf', 'vfB'], ['vfLog', 'vfLogB']] as Array<[Backend, Backend]>) {
     if (!has(a) || !has(b)) continue;
     for (const r of rows) {
       const ca = r[a as keyof Row] as Cell | undefined;
       const cb = r[b as keyof Row] as Cell | undefined;
-      out.push(`A/B ${r.size} B q${r.queues} ${BACKEND_NAME[a]}: A ${f(ca?.medianMpps, 3)} / B ${f(cb?.medianMpps, 3)} Mpps median (B/A ${f(ratio(cb?.medianMpps ?? null, ca?.medianMpps ?? null), 3)}), best A ${f(ca?.bestMpps, 3)} / B ${f(cb?.bestMpps, 3)} (B/A ${f(ratio(cb?.bestMpps ?? null, ca?.bestMpps ?? null), 3)}); rounds A ${ca?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''} | B ${cb?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''}`);
+      out.push(`A/B ${r.size} B q${r.queues} ${BACKEND_NAME[a]}: A ${f(ca?.medianMpps, 3)} / B ${f(cb?.medianMpps, 3)} Mpps median (B/A ${f(ratio(cb?.medianMpps ?? null, ca?.medianMpps ?? null), 3)}), fast-mode median A ${f(ca?.fastMpps, 3)} (${ca?.fastRounds ?? 0}) / B ${f(cb?.fastMpps, 3)} (${cb?.fastRounds ?? 0}) (B/A ${f(ratio(cb?.fastMpps ?? null, ca?.fastMpps ?? null), 3)}), best A ${f(ca?.bestMpps, 3)} / B ${f(cb?.bestMpps, 3)} (B/A ${f(ratio(cb?.bestMpps ?? null, ca?.bestMpps ?? null), 3)}); rounds A ${ca?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''} | B ${cb?.roundsMpps.map((x) => x.toFixed(2)).join(' ') ?? ''}`);
     }
   }
   for (const i of idle) {
@@ -742,6 +753,7 @@ async function main(): Promise<void> {
         gbps: 'mpps * size * 8 / 1000: frame bytes only (size = frame without CRC), NOT counting the 20-byte Ethernet preamble + inter-frame gap',
         median: 'median over successful rounds; backends alternate inside each round',
         best: 'best (highest) successful round per backend; bestVfVsDpdk and bestLogOnVsOff compare those',
+        fast: `fastMpps: median of the rounds >= ${FAST_FRACTION} x bestMpps (the VM's slow mode halves whole trials at random: bench/NOTES.md), fastRounds their count; fastVfVsDpdk and fastLogOnVsOff compare those`,
         vfLog: 'vhostfwd run with --force-log: dirty pages logged into a backend-allocated log (testpmd virtio-user sends no SET_LOG_BASE)',
       },
     },
