@@ -38,6 +38,12 @@ t.test('Prometheus and JSON stats count N frames exactly', async (t) => {
   t.match(m.body, new RegExp(`vhostfwd_bytes_total\\{iface="b",queue="0",dir="rx"\\} ${N * 200}\\b`), 'bytes');
   t.match(m.body, /vhostfwd_drops_total\{iface="b",queue="0",dir="rx",cause="no_buffer"\} 0\b/, 'drops by cause');
   t.match(m.body, /vhostfwd_interface_connected\{iface="a"\} 1\b/, 'connected gauge');
+  // sent 32 at a time: at least ceil(N / 32) bursts each way, at most one per frame
+  const bursts = (dir: string, iface: string): number => Number(new RegExp(`vhostfwd_bursts_total\\{iface="${iface}",queue="0",dir="${dir}"\\} (\\d+)`).exec(m.body)?.[1] ?? -1);
+  for (const [iface, dir] of [['a', 'tx'], ['b', 'rx']]) {
+    const n = bursts(dir, iface);
+    t.ok(n >= Math.ceil(N / 32) && n <= N, `${iface} ${dir}: ${n} bursts for ${N} frames`);
+  }
   const s = await get(port, '/stats');
   t.equal(s.status, 200);
   const j = JSON.parse(s.body) as { interfaces: Array<{ name: string; connected: boolean; queues: Array<{ dir: string; packets: number }> }> };

@@ -3,7 +3,7 @@ import { PacketBatch } from '../src/workers/packet-batch';
 import { GuestError, Virtqueue } from '../src/workers/virtqueue';
 import { DirtyLog } from '../src/workers/dirty-log';
 import {
-  CTRL_LAST_AVAIL, CTRL_LAST_USED, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, QueueFeatures,
+  CTRL_LAST_AVAIL, CTRL_LAST_USED, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, QueueFeatures,
 } from '../src/shared/types';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY } from '../src/shared/constants';
 import { eq, FEAT_MRG, Guest, makeGuest, makeQueue, pattern, Queue, R0_SIZE, R1_SIZE, vringDesc } from './vq-harness';
@@ -67,6 +67,29 @@ t.test('single descriptor, 12-byte header, one RX buffer', async (t) => {
   t.same(tx.drv.brokenGuards(), []);
   t.same(rx.drv.brokenGuards(), []);
   t.equal(b.mem8[0x1f000], 0x5a);
+});
+
+t.test('bursts are counted per non-empty burst: packets / bursts is the mean burst size', async (t) => {
+  const { a, tx, rx } = pair({ size: 64 });
+  rx.drv.postRx(48, 256);
+  const sent = Array.from({ length: 40 }, (_, i) => pattern(64 + i, i));
+  for (const p of sent) tx.drv.postTx(p);
+  const sizes: number[] = [];
+  for (let k = 0; k < 3; k++) {
+    const n = tx.vq.dequeueBurst(batch, 32);
+    sizes.push(n);
+    if (n === 0) continue;
+    rx.vq.acquire();
+    t.equal(rx.vq.enqueueBurst(a.gm, batch, null, n), n);
+    rx.vq.flush();
+    rx.vq.release();
+    tx.vq.completeBurst(batch);
+  }
+  t.same(sizes, [32, 8, 0], 'two bursts and an empty poll');
+  t.equal(tx.stats[ST_BURSTS], 2, 'TX: the empty poll is not a burst');
+  t.equal(rx.stats[ST_BURSTS], 2, 'RX: one per enqueueBurst that delivered');
+  t.equal(rx.stats[ST_PACKETS] / rx.stats[ST_BURSTS], 20, 'mean burst size');
+  t.equal(rx.drv.readRx().length, 40, 'every packet arrived');
 });
 
 t.test('header in its own descriptor; chains of 3+; header spread over descriptors', async (t) => {

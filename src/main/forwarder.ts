@@ -3,7 +3,7 @@
  * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
  */
 import os from 'node:os';
-import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS } from '../shared/types';
+import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
 import { MAC_TABLE_BYTES } from '../workers/mac-table';
 import { Config } from './config';
@@ -26,6 +26,8 @@ export interface QueueStats {
   notifications: number;
   kicks: number;
   dirtyPages: number;
+  /** non-empty bursts (packets / bursts = mean burst size; 32 at most) */
+  bursts: number;
 }
 
 export class Forwarder {
@@ -113,6 +115,7 @@ export class Forwarder {
           notifications: s[ST_NOTIFY],
           kicks: s[ST_KICKS],
           dirtyPages: s[ST_DIRTY_PAGES],
+          bursts: s[ST_BURSTS],
         });
       }
     }
@@ -131,13 +134,14 @@ export class Forwarder {
 export function formatStats(now: QueueStats[], before: QueueStats[], secs: number): string {
   const key = (s: QueueStats): string => `${s.iface}/${s.queue}/${s.dir}`;
   const prev = new Map(before.map((s) => [key(s), s]));
-  const head = `${'iface/queue/dir'.padEnd(18)}${'Mpps'.padStart(9)}${'Mbit/s'.padStart(11)}${'packets'.padStart(14)}${'no-buf'.padStart(9)}${'no-dest'.padStart(9)}${'too-big'.padStart(9)}${'errors'.padStart(8)}${'irqs/s'.padStart(9)}`;
+  const head = `${'iface/queue/dir'.padEnd(18)}${'Mpps'.padStart(9)}${'Mbit/s'.padStart(11)}${'packets'.padStart(14)}${'no-buf'.padStart(9)}${'no-dest'.padStart(9)}${'too-big'.padStart(9)}${'errors'.padStart(8)}${'irqs/s'.padStart(9)}${'pkts/burst'.padStart(11)}`;
   const rows = now.map((s) => {
     const p = prev.get(key(s));
     const dp = s.packets - (p?.packets ?? 0);
     const db = s.bytes - (p?.bytes ?? 0);
     const dn = s.notifications - (p?.notifications ?? 0);
-    return `${key(s).padEnd(18)}${(dp / secs / 1e6).toFixed(3).padStart(9)}${((db * 8) / secs / 1e6).toFixed(1).padStart(11)}${String(s.packets).padStart(14)}${String(s.dropNoBuffer).padStart(9)}${String(s.dropNoDest).padStart(9)}${String(s.dropTooBig).padStart(9)}${String(s.errors).padStart(8)}${(dn / secs).toFixed(0).padStart(9)}`;
+    const dbu = s.bursts - (p?.bursts ?? 0);
+    return `${key(s).padEnd(18)}${(dp / secs / 1e6).toFixed(3).padStart(9)}${((db * 8) / secs / 1e6).toFixed(1).padStart(11)}${String(s.packets).padStart(14)}${String(s.dropNoBuffer).padStart(9)}${String(s.dropNoDest).padStart(9)}${String(s.dropTooBig).padStart(9)}${String(s.errors).padStart(8)}${(dn / secs).toFixed(0).padStart(9)}${(dbu > 0 ? (dp / dbu).toFixed(1) : '-').padStart(11)}`;
   });
   return `--- ${new Date().toISOString()}\n${head}\n${rows.join('\n')}\n`;
 }

@@ -52,6 +52,7 @@ function registry(fwd: Forwarder): Registry {
   counter('vhostfwd_bytes_total', 'Bytes per queue (virtio-net header excluded)', (s) => s.bytes);
   counter('vhostfwd_notifications_total', 'Call eventfd signals sent to the guest', (s) => s.notifications);
   counter('vhostfwd_kicks_total', 'Kicks read while the poller slept', (s) => s.kicks);
+  counter('vhostfwd_bursts_total', 'Non-empty bursts per queue (packets_total / bursts_total = mean burst size, at most 32)', (s) => s.bursts);
   counter('vhostfwd_dirty_page_marks_total', 'Dirty-log page marks (live migration)', (s) => s.dirtyPages);
   counter('vhostfwd_errors_total', 'Guest errors per queue', (s) => s.errors);
   new Counter({

@@ -60,6 +60,8 @@ export const ST_ERRORS = 5;
 export const ST_NOTIFY = 6;
 export const ST_KICKS = 7;
 export const ST_DIRTY_PAGES = 8;
+/** non-empty bursts: dequeueBurst calls that took packets (tx), enqueueBurst calls that delivered (rx); packets / bursts = mean burst size */
+export const ST_BURSTS = 9;
 export const STATS_SLOTS = 16;
 
 /** A vring handed to a worker. */

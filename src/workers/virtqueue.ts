@@ -13,7 +13,7 @@
 import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE, DESC_SIZE } from '../shared/constants';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
-  ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
+  ST_BURSTS, ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { copyBytes, COPY_LOOP_MAX, F64_EXACT } from './copy';
 import { BULK_MIN, CopyQueue } from './bulk-copy';
@@ -209,6 +209,7 @@ export class Virtqueue {
     this.ctrl[CTRL_LAST_AVAIL] = idx;
     this.stats[ST_PACKETS] += batch.count;
     this.stats[ST_BYTES] += bytes;
+    if (batch.count > 0) this.stats[ST_BURSTS]++;
     if (batch.count === 0 && batch.nUsed > 0) {
       // Only dropped chains: callers skip completeBurst for an empty burst, so return them now.
       if (this.completeBurst(batch)) this.notifyPending = true;
@@ -502,6 +503,7 @@ export class Virtqueue {
       this.stats[ST_PACKETS] += fastPkts;
       this.stats[ST_BYTES] += fastBytes;
     }
+    if (done > 0) this.stats[ST_BURSTS]++;
     return done;
   }
 
