@@ -169,6 +169,26 @@ for (const nativeLog of [false, true]) t.test(`TX used ring and notification fie
   t.same(bitsOf(new Uint8Array(log2)), [Math.floor(used / 4096)]);
 });
 
+for (const nativeLog of [false, true]) t.test(`TX used entries are logged on their own pages, apart from used->idx (${marking(nativeLog)})`, async (t) => {
+  // used ring at 0x6ff8: used->idx on page 6, entry 0 across pages 6|7, entries 1.. on page 7
+  const a = makeGuest();
+  const logSab = new SharedArrayBuffer(16);
+  const tx = makeQueue(a, {
+    index: 1, used: 0x6ff8, logUsed: true, features: { logAll: true }, log: { sab: logSab, offset: 0, size: 16 }, nativeLog,
+  });
+  const batch = new PacketBatch();
+  tx.drv.postTx(pattern(100, 1));
+  tx.drv.postTx(pattern(200, 2));
+  t.equal(tx.vq.dequeueBurst(batch, 32), 2);
+  tx.vq.completeBurst(batch);
+  t.same(bitsOf(new Uint8Array(logSab)), [6, 7], 'the idx page and the entries\' page');
+  new Uint8Array(logSab).fill(0);
+  for (let k = 0; k < 3; k++) tx.drv.postTx(pattern(64, 3 + k));
+  t.equal(tx.vq.dequeueBurst(batch, 32), 3);
+  tx.vq.completeBurst(batch);
+  t.same(bitsOf(new Uint8Array(logSab)), [6, 7], 'entries 2..4 (page 7) and used->idx (page 6) of the second burst');
+});
+
 t.test('DirtyLog.markPageRuns (a burst at once, in JavaScript and by the addon) sets exactly the bits markRange would, and counts the same', async (t) => {
   let seed = 12345;
   const rnd = (n: number): number => {

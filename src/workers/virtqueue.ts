@@ -290,7 +290,7 @@ export class Virtqueue {
       if (u32[e] !== head) u32[e] = head;
       if (u32[e + 1] !== 0) u32[e + 1] = 0;
     }
-    this.logUsedElems(first, n);
+    // logged in publish(), with the burst's other marks
     this.lastUsed = (first + n) & 0xffff;
     this.ctrl[CTRL_LAST_USED] = this.lastUsed;
     this.unpublished = true;
@@ -786,10 +786,10 @@ export class Virtqueue {
     // Queued copies land before used->idx tells the guest they are there.
     this.bulk?.run();
     const logging = this.logging;
-    // RX used entries of the whole burst (written already) and used->idx (written next) join
-    // the burst's buffer runs: one marking pass for all of it, after the store below.
+    // The used entries written since the last publish (written already) and used->idx
+    // (written next) join the burst's buffer runs: one marking pass, after the store below.
     if (logging && this.logUsedGpa >= 0) {
-      if (!this.isTx) this.deferUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
+      this.deferUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
       this.deferMark(this.logUsedGpa + 2, 2);
     }
     this.usedLogFrom = this.lastUsed;
@@ -851,15 +851,6 @@ export class Virtqueue {
     const till = slot + n <= this.size ? n : this.size - slot;
     this.deferMark(this.logUsedGpa + 4 + 8 * slot, 8 * till);
     if (till < n) this.deferMark(this.logUsedGpa + 4, 8 * (n - till));
-  }
-
-  /** Log n used elements starting at ring index `first` (two ranges when they wrap). */
-  private logUsedElems(first: number, n: number): void {
-    if (this.logUsedGpa < 0 || !this.logging) return;
-    const slot = first & this.mask;
-    const till = slot + n <= this.size ? n : this.size - slot;
-    this.log.markRange(this.logUsedGpa + 4 + 8 * slot, 8 * till);
-    if (till < n) this.log.markRange(this.logUsedGpa + 4, 8 * (n - till));
   }
 
   private logUsedField(off: number): void {
