@@ -945,8 +945,9 @@ void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
 //
 // A ring's burst leaves page runs [first, last] (guest page numbers, gpa >> 12) in a
 // Float64Array; logRun sets their bits in the log in one call per burst. In JavaScript the
-// same work (a word cache, then a load and maybe an Atomics.or per word) cost ~5 ns a packet
-// at 64 B: builtin calls and typed-array checks per page. As DPDK's vhost does, bits are set
+// same work (a word cache, then a load and maybe an Atomics.or per word) cost 375 ns for a
+// burst of 34 runs on scattered pages, as a frontend's mbuf pool scatters them; here 128 ns,
+// the call included (/tmp/lr2.js in bench/NOTES.md #21). As DPDK's vhost does, bits are set
 // with an atomic OR on the byte; as in DirtyLog.flush, a byte that already holds its bits is
 // only loaded (the frontend clears a word with an atomic exchange before it reads the pages,
 // so a bit seen set after the barrier below will be seen by a later sync with our bytes).
@@ -1004,8 +1005,8 @@ void LogUnbind(const v8::FunctionCallbackInfo<v8::Value>& info) {
 }
 
 // logRun(id, n, fenced) -> pages marked (>= 0), or a negative errno with no bit written:
-// -EINVAL a bad id or count, -ERANGE a run that is not two integers first <= last or that
-// reaches past the log (DirtyLog's JavaScript path then counts and drops those pages).
+// -EINVAL a bad id or count, -ERANGE a run that is not 0 <= first <= last or that reaches
+// past the log (DirtyLog's JavaScript path then counts and drops those pages).
 // `fenced`: the caller's last act was a seq-cst store (publish() stores used->idx, an xchg
 // on x86), which is then the barrier between the burst's bytes and the loads of the log.
 void LogRun(const v8::FunctionCallbackInfo<v8::Value>& info) {

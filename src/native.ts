@@ -177,7 +177,7 @@ export interface Native {
    * Set the log bits of the first `count` runs of binding `id` (atomic ORs where a bit is
    * missing, a plain V8 callback like copyRun). `fenced`: the caller just made a seq-cst
    * store (the barrier). Never throws: returns the pages marked, or a negative errno with no
-   * bit written (-EINVAL bad id or count, -ERANGE a run that is not integers first <= last
+   * bit written (-EINVAL bad id or count, -ERANGE a run that is not 0 <= first <= last
    * inside the log).
    */
   logRun(id: number, count: number, fenced: boolean): number;
