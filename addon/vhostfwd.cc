@@ -1041,6 +1041,10 @@ void LogRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
 #endif
   if (!fenced) __atomic_thread_fence(__ATOMIC_SEQ_CST);
   uint8_t* log = b.log;
+  // OR `mask` into byte i unless it holds those bits already
+  auto mark = [log](uint64_t i, uint8_t mask) {
+    if ((__atomic_load_n(log + i, __ATOMIC_RELAXED) & mask) != mask) __atomic_fetch_or(log + i, mask, __ATOMIC_SEQ_CST);
+  };
   uint64_t marked = 0;  // an integer sum: a double one was a 4-cycle dependency per run
   for (uint32_t k = 0; k < n; k++) {
     const uint64_t first = static_cast<uint64_t>(static_cast<int64_t>(r[2 * k]));
@@ -1049,15 +1053,13 @@ void LogRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
     const uint64_t firstByte = first >> 3;
     const uint64_t lastByte = last >> 3;
     if (firstByte == lastByte) {  // most runs: a buffer within one page, or a few in one byte
-      const uint8_t mask = static_cast<uint8_t>((0xffu >> (7 - (last & 7))) & (0xffu << (first & 7)));
-      if ((__atomic_load_n(log + firstByte, __ATOMIC_RELAXED) & mask) != mask) __atomic_fetch_or(log + firstByte, mask, __ATOMIC_SEQ_CST);
+      mark(firstByte, static_cast<uint8_t>((0xffu >> (7 - (last & 7))) & (0xffu << (first & 7))));
       continue;
     }
     for (uint64_t i = firstByte; i <= lastByte; i++) {
       const unsigned lo = i == firstByte ? static_cast<unsigned>(first & 7) : 0;
       const unsigned hi = i == lastByte ? static_cast<unsigned>(last & 7) : 7;
-      const uint8_t mask = static_cast<uint8_t>((0xffu >> (7 - hi)) & (0xffu << lo));
-      if ((__atomic_load_n(log + i, __ATOMIC_RELAXED) & mask) != mask) __atomic_fetch_or(log + i, mask, __ATOMIC_SEQ_CST);
+      mark(i, static_cast<uint8_t>((0xffu >> (7 - hi)) & (0xffu << lo)));
     }
   }
   // a Smi when it fits (a double return allocates a HeapNumber: v8::Number::New in the profile)
