@@ -31,6 +31,38 @@ export function makeViews(sab: SharedArrayBuffer | ArrayBuffer, offset: number, 
   };
 }
 
+/** Region offsets in a window stay below this, so offset + packet length fits an int32. */
+export const WINDOW_OFF_MAX = 0x7ff0_0000;
+export const WIN_HI = 0;
+export const WIN_LO = 1;
+export const WIN_SPAN = 2;
+export const WIN_OFF = 3;
+
+/**
+ * The window of region [start, end) for a buffer [gpa, gpa + len) inside it (see
+ * GuestMemory.win): false, `out` untouched, when the buffer is not inside the window (it
+ * crosses a 4 GiB line, or reaches past region offset WINDOW_OFF_MAX).
+ */
+export function windowOf(start: number, end: number, gpa: number, len: number, out: Int32Array): boolean {
+  const base = Math.floor(gpa / 0x1_0000_0000) * 0x1_0000_0000;
+  const ws = start > base ? start : base;
+  let we = end;
+  if (we > base + 0x1_0000_0000) we = base + 0x1_0000_0000;
+  if (we > start + WINDOW_OFF_MAX) we = start + WINDOW_OFF_MAX;
+  if (!(len >= 0 && gpa >= ws && gpa + len <= we)) return false;
+  out[WIN_HI] = base / 0x1_0000_0000; // as int32, as the loops read `t[w + 1] | 0`
+  out[WIN_LO] = ws - base;
+  out[WIN_SPAN] = we - ws;
+  out[WIN_OFF] = ws - start;
+  return true;
+}
+
+/** The hot loops' test (virtqueue.ts) of a buffer (hi, lo = its gpa's 32-bit halves, len) against a window. */
+export function inWindow(win: Int32Array, hi: number, lo: number, len: number): boolean {
+  const d = (lo - win[WIN_LO]) | 0;
+  return (hi | 0) === win[WIN_HI] && d >= 0 && d < win[WIN_SPAN] && len <= win[WIN_SPAN] - d;
+}
+
 export class GuestMemory {
   readonly regions: readonly RegionDesc[];
   readonly views: RegionViews[];
@@ -80,6 +112,26 @@ export class GuestMemory {
       }
     }
     return -1;
+  }
+
+  /**
+   * The hot loops' integer view of a region (virtqueue.ts, NOTES.md #23): `window(gpa, len)`
+   * finds the region holding [gpa, gpa + len) like translate(), and leaves in `win` the part
+   * of that region inside gpa's 4 GiB span whose region offsets stay below WINDOW_OFF_MAX:
+   * [WIN_HI] = gpa's high 32 bits and [WIN_LO] = the window start's low 32 bits (both as
+   * int32), [WIN_SPAN] = its length, [WIN_OFF] = the region offset of its start. A buffer at
+   * (hi, lo) then lies in the window iff hi === WIN_HI and d = (lo - WIN_LO) | 0 satisfies
+   * 0 <= d < WIN_SPAN and len <= WIN_SPAN - d, all int32 math, and its region offset is
+   * WIN_OFF + d < 2^31: no double arithmetic per descriptor. -1 (win untouched) when there is
+   * no such region or [gpa, gpa + len) is not inside the window: the caller's general path
+   * handles those buffers.
+   */
+  readonly win = new Int32Array(4);
+
+  window(gpa: number, len: number): number {
+    const r = this.translate(gpa, len);
+    if (r < 0 || !windowOf(this.gpaStart[r], this.gpaEnd[r], gpa, len, this.win)) return -1;
+    return r;
   }
 
   /** per region: id in the worker's bulk-copy table, or -1 (see bulk-copy.ts) */

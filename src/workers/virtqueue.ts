@@ -20,7 +20,7 @@ import { BULK_MIN, CopyQueue } from './bulk-copy';
 import { DescWalker } from './desc-walker';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
-import { GuestMemory, makeViews, RegionViews } from './guest-memory';
+import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
 import { PacketBatch } from './packet-batch';
 
 export { GuestError } from './guest-error';
@@ -153,57 +153,91 @@ export class Virtqueue {
     let idx = this.lastAvail;
     let bytes = 0;
     // The region of the last buffer, in locals: consecutive buffers are nearly always in
-    // the same region, and translate() was not inlined here (2% of a 64 B loop).
+    // the same region, and translate() was not inlined here (2% of a 64 B loop). As its
+    // window (GuestMemory.window): a descriptor is checked and placed with int32 math.
     let cr = -1;
-    let cStart = 0;
-    let cEnd = -1;
+    let cHi = 0;
+    let cLo = 0;
+    let cSpan = 0;
+    let cOff = 0;
+    // The batch's arrays and counters in locals (written back before dequeueChain and at the
+    // end): in the loop TurboFan reloaded each array from `batch` with its map check and
+    // bounds for every store, nine a packet (annotation, NOTES.md #23).
+    const segRegion = batch.segRegion;
+    const segOffset = batch.segOffset;
+    const segLen = batch.segLen;
+    const pHead = batch.head;
+    const pktLen = batch.pktLen;
+    const segStart = batch.segStart;
+    const segCount = batch.segCount;
+    const usedHead = batch.usedHead;
+    const segCap = batch.segCapacity;
+    let nSegs = batch.nSegs;
+    let count = batch.count;
+    let nUsed = batch.nUsed;
     for (let k = 0; k < pending; k++) {
       const head = avail16[2 + (idx & mask)];
       if (head >= size) throw new GuestError('avail ring head out of range', `head ${head}`);
-      const segMark = batch.nSegs;
       // Fast path: one read-only descriptor holding header and data (ANY_LAYOUT, what
       // Linux and DPDK send). Anything else goes through the validating walker
       // (dequeueChain, kept out of this loop so that the loop stays small enough for
       // TurboFan to inline what it calls: NOTES.md #13).
-      if (t !== null && segMark < batch.segCapacity) {
+      if (t !== null && nSegs < segCap) {
         const w = head * 4;
-        const dlen = t[w + 2];
+        // a length of 2 GiB or more turns negative here and takes the walker
+        const dlen = t[w + 2] | 0;
         if ((t[w + 3] & 0xffff) === 0 && dlen > hdrLen) {
-          const gpa = t[w] + t[w + 1] * 0x1_0000_0000;
-          if (!(gpa >= cStart && gpa + dlen <= cEnd)) {
-            cr = mem.translate(gpa, dlen);
+          // the address read once, as in enqueueBurst
+          const lo = t[w];
+          const hiWord = t[w + 1];
+          const hi = hiWord | 0;
+          let d = (lo - cLo) | 0;
+          if (hi !== cHi || d < 0 || d >= cSpan || dlen > cSpan - d) {
+            cr = mem.window(lo + hiWord * 0x1_0000_0000, dlen);
             if (cr >= 0) {
-              cStart = mem.gpaStart[cr];
-              cEnd = mem.gpaEnd[cr];
+              const win = mem.win;
+              cHi = win[WIN_HI];
+              cLo = win[WIN_LO];
+              cSpan = win[WIN_SPAN];
+              cOff = win[WIN_OFF];
+              d = (lo - cLo) | 0;
             } else {
-              cStart = 0;
-              cEnd = -1;
+              cSpan = 0;
             }
           }
           if (cr >= 0) {
-            const r = cr;
             const len = dlen - hdrLen;
-            batch.segRegion[segMark] = r;
-            batch.segOffset[segMark] = gpa - cStart + hdrLen;
-            batch.segLen[segMark] = len;
-            batch.nSegs = segMark + 1;
-            const p = batch.count++;
-            batch.head[p] = head;
-            batch.pktLen[p] = len;
-            batch.segStart[p] = segMark;
-            batch.segCount[p] = 1;
-            batch.usedHead[batch.nUsed++] = head;
+            segRegion[nSegs] = cr;
+            segOffset[nSegs] = cOff + d + hdrLen;
+            segLen[nSegs] = len;
+            pHead[count] = head;
+            pktLen[count] = len;
+            segStart[count] = nSegs;
+            segCount[count] = 1;
+            usedHead[nUsed] = head;
+            nSegs++;
+            count++;
+            nUsed++;
             bytes += len;
             idx = (idx + 1) & 0xffff;
             continue;
           }
         }
       }
+      batch.nSegs = nSegs;
+      batch.count = count;
+      batch.nUsed = nUsed;
       const got = this.dequeueChain(batch, head);
+      nSegs = batch.nSegs;
+      count = batch.count;
+      nUsed = batch.nUsed;
       if (got < 0) break; // did not fit: left for the next burst
       bytes += got;
       idx = (idx + 1) & 0xffff;
     }
+    batch.nSegs = nSegs;
+    batch.count = count;
+    batch.nUsed = nUsed;
     this.lastAvail = idx;
     // The main thread reads it for GET_VRING_BASE after this worker stopped.
     this.ctrl[CTRL_LAST_AVAIL] = idx;
@@ -346,15 +380,39 @@ export class Virtqueue {
     const dstIds = mem.bulkIds;
     const useBulk = bulk !== null && srcIds !== null && dstIds !== null;
     const logging = this.logging;
+    // Imported constants in locals: compiled to CommonJS, each is a property load from the
+    // module's exports object with its map check, per packet (annotation, NOTES.md #23).
+    const fWrite = VRING_DESC_F_WRITE;
+    const bulkMin = BULK_MIN;
+    const f64Exact = F64_EXACT;
+    const loopMax = COPY_LOOP_MAX;
     let la = this.lastAvail;
     let lu = this.lastUsed;
     let ai = this.availIdx;
     // the last destination region, in locals (see dequeueBurst), with its log page math
     let cr = -1;
     let cStart = 0;
-    let cEnd = -1;
+    let cHi = 0;
+    let cLo = 0;
+    let cSpan = 0;
+    let cOff = 0;
     let cPage = 0;
     let cPageOff = 0;
+    // ... and its views, and the last source region's: one lookup per region change, not
+    // per packet (views[r].u32 was an array load, a map check and a field load each)
+    let cU32: Uint32Array | null = null;
+    let cF64: Float64Array | null = null;
+    let cU8: Uint8Array | null = null;
+    let sr0 = -1;
+    let sF64: Float64Array | null = null;
+    let sU8: Uint8Array | null = null;
+    let sView: RegionViews | null = null;
+    // the batch's arrays in locals (as in dequeueBurst)
+    const segCount = batch.segCount;
+    const segStart = batch.segStart;
+    const segRegion = batch.segRegion;
+    const segOffset = batch.segOffset;
+    const pktLen = batch.pktLen;
     let done = 0;
     let fastPkts = 0;
     let fastBytes = 0;
@@ -364,7 +422,7 @@ export class Virtqueue {
     let nm = this.nMarks;
     for (let k = 0; k < count; k++) {
       const i = pick === null ? k : pick[k];
-      fast: if (fastRing && batch.segCount[i] === 1) {
+      fast: if (fastRing && segCount[i] === 1) {
         if (la === ai) {
           const a = Atomics.load(avail16, 1);
           if (((a - la) & 0xffff) > size) break fast; // the general path raises the error
@@ -374,27 +432,40 @@ export class Virtqueue {
         const head = avail16[2 + (la & mask)];
         if (head >= size) break fast;
         const w = head * 4;
-        if ((t[w + 3] & 0xffff) !== VRING_DESC_F_WRITE) break fast;
-        const len = batch.pktLen[i];
-        if (t[w + 2] < len + 12) break fast;
-        const gpa = t[w] + t[w + 1] * 0x1_0000_0000;
-        if (!(gpa >= cStart && gpa + len + 12 <= cEnd)) {
-          cr = mem.translate(gpa, len + 12);
+        if ((t[w + 3] & 0xffff) !== fWrite) break fast;
+        const len = pktLen[i];
+        const need = len + 12;
+        if (t[w + 2] < need) break fast;
+        // in the last region's window (GuestMemory.window): int32 math only. The address is
+        // read once: the guest may rewrite the descriptor while we look (test/hostile/toctou).
+        const lo = t[w];
+        const hiWord = t[w + 1];
+        const hi = hiWord | 0;
+        let d = (lo - cLo) | 0;
+        if (hi !== cHi || d < 0 || d >= cSpan || need > cSpan - d) {
+          cr = mem.window(lo + hiWord * 0x1_0000_0000, need);
           if (cr < 0) {
-            cStart = 0;
-            cEnd = -1;
+            cSpan = 0;
             break fast;
           }
+          const win = mem.win;
+          cHi = win[WIN_HI];
+          cLo = win[WIN_LO];
+          cSpan = win[WIN_SPAN];
+          cOff = win[WIN_OFF];
+          d = (lo - cLo) | 0;
           cStart = mem.gpaStart[cr];
-          cEnd = mem.gpaEnd[cr];
           cPage = mem.pageBase[cr];
           cPageOff = mem.pageOff[cr];
+          const cv = views[cr];
+          cU32 = cv.u32;
+          cF64 = cv.f64;
+          cU8 = cv.u8;
         }
         const r = cr;
-        const off = gpa - cStart;
-        const v = views[r];
-        const u32 = v.u32;
-        if (u32 === null || (off & 3) !== 0 || off >= 0x7fff_ffff) break fast;
+        const off = cOff + d; // < WINDOW_OFF_MAX + 2^16: an int32
+        const u32 = cU32;
+        if (u32 === null || (off & 3) !== 0) break fast;
         const hw = (off | 0) >> 2;
         // Written only where it differs (as DPDK does): the header line usually holds these
         // values already (this buffer's last use), and a store would pull the line back
@@ -402,20 +473,25 @@ export class Virtqueue {
         if (u32[hw] !== 0) u32[hw] = 0;
         if (u32[hw + 1] !== 0) u32[hw + 1] = 0;
         if (u32[hw + 2] !== 0x10000) u32[hw + 2] = 0x10000; // num_buffers = 1 (bytes 10..11, LE)
-        const s = batch.segStart[i];
-        const sr = batch.segRegion[s];
-        if (useBulk && len >= BULK_MIN) {
-          bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + batch.segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
+        const s = segStart[i];
+        const sr = segRegion[s];
+        if (sr !== sr0) {
+          sr0 = sr;
+          sView = srcViews[sr];
+          sF64 = sView.f64;
+          sU8 = sView.u8;
+        }
+        if (useBulk && len >= bulkMin) {
+          bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
         } else {
           // The common small copy inline (8-byte words, both sides 8-aligned, as DPDK lays
           // out its buffers): in the worker TurboFan did not inline copyBytes here, and the
           // call cost ~13% of a 64 B loop (NOTES.md #12). Everything else: copyBytes.
-          const so = batch.segOffset[s];
-          const sv = srcViews[sr];
-          const d64 = v.f64;
-          const s64 = sv.f64;
+          const so = segOffset[s];
+          const d64 = cF64;
+          const s64 = sF64;
           const di = off + 12;
-          if (F64_EXACT && d64 !== null && s64 !== null && len <= COPY_LOOP_MAX && so < 0x7fff_ffff && ((di | so) & 7) === 0) {
+          if (f64Exact && d64 !== null && s64 !== null && len <= loopMax && so < 0x7fff_ffff && ((di | so) & 7) === 0) {
             const dw = di >> 3;
             const sw = (so | 0) >> 3;
             const n = len >> 3;
@@ -444,19 +520,19 @@ export class Virtqueue {
             }
             for (; q < n; q++) d64[dw + q] = s64[sw + q];
             if ((len & 7) !== 0) {
-              const d8 = v.u8;
-              const s8 = sv.u8;
+              const d8 = cU8!;
+              const s8 = sU8!;
               for (let q = n << 3; q < len; q++) d8[di + q] = s8[(so | 0) + q];
             }
           } else {
-            copyBytes(v, di, sv, so, len);
+            copyBytes(views[r], di, sView!, so, len);
           }
         }
         // Marked in publish(), after the bulk copies ran (bits follow bytes), all at once:
         // the log code stays out of this loop, which then stays small enough to inline the copy.
         if (logging) {
           // pages of [off, off + 12 + len): integer shifts, exact while a + len + 11 < 2^32
-          // (off < 2^31 checked above; a buffer of over 2 GiB takes the division)
+          // (off < 2^31 by the window; a buffer of over 2 GiB takes the division)
           const a = cPageOff + off;
           if (len < 0x7fff_0000) {
             marks[2 * nm] = cPage + (a >>> 12);

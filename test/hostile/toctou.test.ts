@@ -12,6 +12,8 @@ import t from 'tap';
 import { Worker } from 'node:worker_threads';
 import { GuestError } from '../../src/workers/guest-error';
 import { PacketBatch } from '../../src/workers/packet-batch';
+import { CopyQueue } from '../../src/workers/bulk-copy';
+import { native } from '../../src/native';
 import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../src/shared/constants';
 import { BACKGROUND, R0_SIZE, R1_SIZE, SAB_SIZE, layout, makeGuest, makeQueue, pattern } from '../vq-harness';
 
@@ -115,4 +117,98 @@ t.test('RX descriptors rewritten by a racing vCPU: writes stay in the guest regi
   t.equal(bgBad, 0, 'bytes after guest memory untouched');
   t.ok(Atomics.load(st, 1) > 10000, `the racer flipped descriptors ${Atomics.load(st, 1)} times`);
   t.ok(accepted > 0 && rejected > 0, `both outcomes happened: ${accepted} packets written, ${rejected} bursts refused (${[...reasons].join('; ')})`);
+});
+
+t.test('TX descriptors rewritten by a racing vCPU: no byte from outside guest memory reaches the receiver', async (t) => {
+  // The TX fast path reads a descriptor's address once, checks it against the region window
+  // and places the packet by that one read (virtqueue.ts dequeueBurst): a second read after
+  // the check would let a flipped address through. Bytes after guest A's memory (in the same
+  // SharedArrayBuffer, as a mapping's bytes before its region's mmap offset are) hold a
+  // secret; guest B must never receive a run of it, and only GuestError may be thrown. The
+  // 1000 B packets go through the addon's bulk copy, as in the poller: it checks offsets
+  // against the registered buffer, so only the ring code keeps them inside the region.
+  const a = makeGuest();
+  const b = makeGuest();
+  a.gm.enableBulk(native);
+  b.gm.enableBulk(native);
+  const bulk = new CopyQueue(native);
+  const SECRET = 0xc3;
+  a.mem8.fill(SECRET, R0_SIZE + R1_SIZE, SAB_SIZE);
+  const QSIZE = 8;
+  const l = layout(1);
+  const desc32 = new Uint32Array(a.sab, l.desc, 4 * QSIZE);
+  const evil = new Uint32Array([
+    R0_SIZE - 64, 0, 1012, 0, // crosses the end of region 0
+    R0_SIZE + R1_SIZE - 64, 0, 1012, 0, // crosses the end of region 1 into the secret
+    R0_SIZE + R1_SIZE + 0x100, 0, 1012, 0, // inside the secret (outside guest memory)
+    l.bufBase, 1, 1012, 0, // 4 GiB above a good buffer
+    l.bufBase, 0, 0xffffffff, 0, // 4 GiB - 1 long
+    l.bufBase, 0, 1012, VRING_DESC_F_WRITE, // writable, in a TX ring
+    l.bufBase, 0, 64, VRING_DESC_F_NEXT, // a loop: next = 0
+  ]);
+  const batch = new PacketBatch();
+  let good: Uint32Array | null = null;
+  let accepted = 0;
+  let rejected = 0;
+  const unexpected: string[] = [];
+  const reasons = new Set<string>();
+  let racer: Worker | null = null;
+  const stop = new SharedArrayBuffer(8);
+  let leaked = 0;
+  for (let it = 0; it < 5000; it++) {
+    const tx = makeQueue(a, { index: 1, size: QSIZE, features: { indirect: false } });
+    const rx = makeQueue(b, { index: 0 });
+    tx.vq.bulk = bulk;
+    rx.vq.bulk = bulk;
+    rx.drv.postRx(8, 2048);
+    // packets of 60 B (the copy loop) and 1000 B (the bulk copy), one descriptor each (the
+    // fast path), alternating between regions 0 and 1 so that every packet rebuilds the window
+    for (let k = 0; k < 4; k++) {
+      const p = pattern(k === 1 || k === 2 ? 1000 : 60, it + k);
+      if ((k & 1) === 0) {
+        tx.drv.postTx(p);
+      } else {
+        const gpa = R0_SIZE + 0x1000 + k * 0x800;
+        a.mem8.fill(0, gpa, gpa + 12);
+        a.mem8.set(p, gpa + 12);
+        tx.drv.postChain([{ gpa, len: 12 + p.length }]);
+      }
+    }
+    if (good === null) {
+      good = Uint32Array.from(desc32);
+      racer = new Worker(RACER, { eval: true, workerData: { sab: a.sab, descOff: l.desc, good, evil, stop } });
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    try {
+      const n = tx.vq.dequeueBurst(batch, 32);
+      rx.vq.acquire();
+      accepted += rx.vq.enqueueBurst(a.gm, batch, null, n);
+      rx.vq.flush();
+      rx.vq.release();
+      tx.vq.completeBurst(batch);
+    } catch (e) {
+      if (e instanceof GuestError) {
+        rejected++;
+        reasons.add(e.message);
+      } else unexpected.push(String((e as Error).stack ?? e));
+    }
+    // what B received: any 8 bytes of the secret in a row (pattern() never repeats a byte)
+    for (const p of rx.drv.readRx()) {
+      let run = 0;
+      for (const x of p.data) {
+        run = x === SECRET ? run + 1 : 0;
+        if (run === 8) {
+          leaked++;
+          break;
+        }
+      }
+    }
+  }
+  const st = new Int32Array(stop);
+  Atomics.store(st, 0, 1);
+  await new Promise((res) => racer!.once('exit', res));
+  t.same(unexpected.slice(0, 3), [], 'only GuestError was thrown');
+  t.equal(leaked, 0, 'no packet carried bytes from outside guest memory');
+  t.ok(Atomics.load(st, 1) > 10000, `the racer flipped descriptors ${Atomics.load(st, 1)} times`);
+  t.ok(accepted > 0 && rejected > 0, `both outcomes happened: ${accepted} packets delivered, ${rejected} bursts refused (${[...reasons].join('; ')})`);
 });
