@@ -54,7 +54,7 @@ t.test('GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, S
   t.teardown(env.stop);
   const c = await VhostUserClient.connect(env.sock('a'));
   const { offered, pf } = await negotiate(c, { protocol: true });
-  for (const f of [F.VIRTIO_NET_F_MRG_RXBUF, F.VIRTIO_F_ANY_LAYOUT, F.VIRTIO_F_VERSION_1, F.VIRTIO_RING_F_INDIRECT_DESC, F.VIRTIO_RING_F_EVENT_IDX, F.VIRTIO_NET_F_GUEST_ANNOUNCE, F.VIRTIO_NET_F_MQ, F.VHOST_F_LOG_ALL, F.VHOST_USER_F_PROTOCOL_FEATURES]) {
+  for (const f of [F.VIRTIO_NET_F_MRG_RXBUF, F.VIRTIO_F_ANY_LAYOUT, F.VIRTIO_F_VERSION_1, F.VIRTIO_F_IN_ORDER, F.VIRTIO_RING_F_INDIRECT_DESC, F.VIRTIO_RING_F_EVENT_IDX, F.VIRTIO_NET_F_GUEST_ANNOUNCE, F.VIRTIO_NET_F_MQ, F.VHOST_F_LOG_ALL, F.VHOST_USER_F_PROTOCOL_FEATURES]) {
     t.ok(hasBit(offered, f), `feature bit ${f} offered`);
   }
   for (const p of [PF.MQ, PF.LOG_SHMFD, PF.RARP, PF.REPLY_ACK, PF.NET_MTU, PF.CONFIGURE_MEM_SLOTS, PF.STATUS]) t.ok(hasBit(pf, p), `protocol feature ${p} offered`);
