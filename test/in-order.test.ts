@@ -13,18 +13,7 @@ import t from 'tap';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_DROP_NO_BUF, ST_DROP_TOO_BIG } from '../src/shared/types';
 import { eq, makeGuest, makeQueue, pattern } from './vq-harness';
-
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x1_0000_0000;
-  };
-}
+import { rng } from './helpers/rng';
 
 t.test('random traffic on every path: used ids return in avail order on TX and RX', async (t) => {
   const rand = rng(0x5eed);

@@ -11,21 +11,9 @@ import { GuestMemory, inWindow, windowOf, WIN_OFF, WINDOW_OFF_MAX } from '../src
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_PACKETS } from '../src/shared/types';
 import { eq, Guest, makeQueue, pattern, Queue } from './vq-harness';
+import { rng } from './helpers/rng';
 
 const G4 = 0x1_0000_0000;
-
-/** deterministic PRNG (xorshift32) so a failure names a reproducible case */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / G4;
-  };
-}
 
 t.test('windowOf + inWindow agree with double arithmetic on random regions and hostile descriptors', async (t) => {
   const rand = rng(0x9e3779b9);

@@ -187,7 +187,8 @@ export class Virtqueue {
         // a length of 2 GiB or more turns negative here and takes the walker
         const dlen = t[w + 2] | 0;
         if ((t[w + 3] & 0xffff) === 0 && dlen > hdrLen) {
-          // the address read once, as in enqueueBurst
+          // the address read once, as in enqueueBurst; the test is inWindow() (guest-memory.ts),
+          // written out here and there because a call in these loops was not inlined (NOTES #12)
           const lo = t[w];
           const hiWord = t[w + 1];
           const hi = hiWord | 0;

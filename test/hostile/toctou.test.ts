@@ -45,6 +45,42 @@ while (Atomics.load(st, 0) === 0) {
 Atomics.store(st, 1, flips);
 `;
 
+/** The racer thread and the tally of outcomes, shared by both tests. */
+class Race {
+  private worker: Worker | null = null;
+  private readonly stop = new SharedArrayBuffer(8);
+  accepted = 0;
+  rejected = 0;
+  readonly unexpected: string[] = [];
+  readonly reasons = new Set<string>();
+
+  get started(): boolean {
+    return this.worker !== null;
+  }
+
+  /** Flip the descriptors at descOff of sab between `good` and each of `evil` in turn. */
+  async start(sab: SharedArrayBuffer, descOff: number, good: Uint32Array, evil: Uint32Array): Promise<void> {
+    this.worker = new Worker(RACER, { eval: true, workerData: { sab, descOff, good, evil, stop: this.stop } });
+    await new Promise((res) => setTimeout(res, 20));
+  }
+
+  /** A burst threw: a GuestError is a refusal (by reason), anything else a failure. */
+  caught(e: unknown): void {
+    if (e instanceof GuestError) {
+      this.rejected++;
+      this.reasons.add(e.message);
+    } else this.unexpected.push(String((e as Error).stack ?? e));
+  }
+
+  /** Stop the racer; the number of flips it made. */
+  async finish(): Promise<number> {
+    const st = new Int32Array(this.stop);
+    Atomics.store(st, 0, 1);
+    await new Promise((res) => this.worker!.once('exit', res));
+    return Atomics.load(st, 1);
+  }
+}
+
 t.test('RX descriptors rewritten by a racing vCPU: writes stay in the guest region or stop with a GuestError', async (t) => {
   const a = makeGuest();
   const b = makeGuest();
@@ -65,45 +101,30 @@ t.test('RX descriptors rewritten by a racing vCPU: writes stay in the guest regi
     l.bufBase, 0, 2048, W | VRING_DESC_F_INDIRECT, // indirect, not negotiated
   ]);
   const batch = new PacketBatch();
-  let good: Uint32Array | null = null;
-  let accepted = 0;
-  let rejected = 0;
-  const unexpected: string[] = [];
-  const reasons = new Set<string>();
-  let racer: Worker | null = null;
-  const stop = new SharedArrayBuffer(8);
+  const race = new Race();
   for (let it = 0; it < 3000; it++) {
     const tx = makeQueue(a, { index: 1 });
     // indirect off: a flipped INDIRECT flag must be refused, not followed
     const rx = makeQueue(b, { index: 0, size: QSIZE, features: { indirect: false } });
     for (let k = 0; k < 4; k++) rx.drv.postChain([{ gpa: l.bufBase + k * 0x1000, len: 2048, write: true }]);
-    if (good === null) {
-      // the posted (good) descriptors are the same every iteration: start the racer on them
-      good = Uint32Array.from(desc32);
-      racer = new Worker(RACER, { eval: true, workerData: { sab: b.sab, descOff: l.desc, good, evil, stop } });
-      await new Promise((res) => setTimeout(res, 20));
-    }
+    // the posted (good) descriptors are the same every iteration: start the racer on them
+    if (!race.started) await race.start(b.sab, l.desc, Uint32Array.from(desc32), evil);
     // small packets take the copy loop, 1000 B the Buffer copy; 2 of the 4 as one chain of
     // several TX descriptors so the general path (reserve/put/commit) runs too
     for (let k = 0; k < 4; k++) tx.drv.postTx(pattern(k & 1 ? 1000 : 60, it + k), k >= 2 ? { chunks: 2 } : {});
     const n = tx.vq.dequeueBurst(batch, 32);
     rx.vq.acquire();
     try {
-      accepted += rx.vq.enqueueBurst(a.gm, batch, null, n);
+      race.accepted += rx.vq.enqueueBurst(a.gm, batch, null, n);
       rx.vq.flush();
     } catch (e) {
-      if (e instanceof GuestError) {
-        rejected++;
-        reasons.add(e.message);
-      } else unexpected.push(String((e as Error).stack ?? e));
+      race.caught(e);
     }
     rx.vq.release();
     tx.vq.completeBurst(batch);
   }
-  const st = new Int32Array(stop);
-  Atomics.store(st, 0, 1);
-  await new Promise((res) => racer!.once('exit', res));
-  t.same(unexpected.slice(0, 3), [], 'only GuestError was thrown');
+  const flips = await race.finish();
+  t.same(race.unexpected.slice(0, 3), [], 'only GuestError was thrown');
   let r1Bad = 0;
   for (let k = R0_SIZE; k < R0_SIZE + R1_SIZE; k++) if (b.mem8[k] !== R1_PATTERN) r1Bad++;
   let bgBad = 0;
@@ -115,8 +136,8 @@ t.test('RX descriptors rewritten by a racing vCPU: writes stay in the guest regi
   t.equal(r0Bad, 0, 'the end of region 0 (no buffer there) untouched');
   t.equal(r1Bad, 0, 'region 1 (no buffer there) untouched');
   t.equal(bgBad, 0, 'bytes after guest memory untouched');
-  t.ok(Atomics.load(st, 1) > 10000, `the racer flipped descriptors ${Atomics.load(st, 1)} times`);
-  t.ok(accepted > 0 && rejected > 0, `both outcomes happened: ${accepted} packets written, ${rejected} bursts refused (${[...reasons].join('; ')})`);
+  t.ok(flips > 10000, `the racer flipped descriptors ${flips} times`);
+  t.ok(race.accepted > 0 && race.rejected > 0, `both outcomes happened: ${race.accepted} packets written, ${race.rejected} bursts refused (${[...race.reasons].join('; ')})`);
 });
 
 t.test('TX descriptors rewritten by a racing vCPU: no byte from outside guest memory reaches the receiver', async (t) => {
@@ -147,13 +168,7 @@ t.test('TX descriptors rewritten by a racing vCPU: no byte from outside guest me
     l.bufBase, 0, 64, VRING_DESC_F_NEXT, // a loop: next = 0
   ]);
   const batch = new PacketBatch();
-  let good: Uint32Array | null = null;
-  let accepted = 0;
-  let rejected = 0;
-  const unexpected: string[] = [];
-  const reasons = new Set<string>();
-  let racer: Worker | null = null;
-  const stop = new SharedArrayBuffer(8);
+  const race = new Race();
   let leaked = 0;
   for (let it = 0; it < 5000; it++) {
     const tx = makeQueue(a, { index: 1, size: QSIZE, features: { indirect: false } });
@@ -174,23 +189,16 @@ t.test('TX descriptors rewritten by a racing vCPU: no byte from outside guest me
         tx.drv.postChain([{ gpa, len: 12 + p.length }]);
       }
     }
-    if (good === null) {
-      good = Uint32Array.from(desc32);
-      racer = new Worker(RACER, { eval: true, workerData: { sab: a.sab, descOff: l.desc, good, evil, stop } });
-      await new Promise((res) => setTimeout(res, 20));
-    }
+    if (!race.started) await race.start(a.sab, l.desc, Uint32Array.from(desc32), evil);
     try {
       const n = tx.vq.dequeueBurst(batch, 32);
       rx.vq.acquire();
-      accepted += rx.vq.enqueueBurst(a.gm, batch, null, n);
+      race.accepted += rx.vq.enqueueBurst(a.gm, batch, null, n);
       rx.vq.flush();
       rx.vq.release();
       tx.vq.completeBurst(batch);
     } catch (e) {
-      if (e instanceof GuestError) {
-        rejected++;
-        reasons.add(e.message);
-      } else unexpected.push(String((e as Error).stack ?? e));
+      race.caught(e);
     }
     // what B received: any 8 bytes of the secret in a row (pattern() never repeats a byte)
     for (const p of rx.drv.readRx()) {
@@ -204,11 +212,9 @@ t.test('TX descriptors rewritten by a racing vCPU: no byte from outside guest me
       }
     }
   }
-  const st = new Int32Array(stop);
-  Atomics.store(st, 0, 1);
-  await new Promise((res) => racer!.once('exit', res));
-  t.same(unexpected.slice(0, 3), [], 'only GuestError was thrown');
+  const flips = await race.finish();
+  t.same(race.unexpected.slice(0, 3), [], 'only GuestError was thrown');
   t.equal(leaked, 0, 'no packet carried bytes from outside guest memory');
-  t.ok(Atomics.load(st, 1) > 10000, `the racer flipped descriptors ${Atomics.load(st, 1)} times`);
-  t.ok(accepted > 0 && rejected > 0, `both outcomes happened: ${accepted} packets delivered, ${rejected} bursts refused (${[...reasons].join('; ')})`);
+  t.ok(flips > 10000, `the racer flipped descriptors ${flips} times`);
+  t.ok(race.accepted > 0 && race.rejected > 0, `both outcomes happened: ${race.accepted} packets delivered, ${race.rejected} bursts refused (${[...race.reasons].join('; ')})`);
 });
