@@ -7,6 +7,8 @@
  * Whatever mix of old and new fields the backend happens to read, it must either write inside
  * region 0 or stop with a GuestError: region 1 and the bytes after guest memory stay intact,
  * and nothing else is ever thrown. Both the burst fast path and the general path run.
+ * The second test races TX descriptors the same way: no byte from outside guest memory may
+ * reach the receiving guest.
  */
 import t from 'tap';
 import { Worker } from 'node:worker_threads';
