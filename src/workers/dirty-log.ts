@@ -5,6 +5,7 @@
  */
 import { LOG_PAGE } from '../shared/constants';
 import { LogDesc } from '../shared/types';
+import { TSO } from './ordering';
 
 /**
  * Direct-mapped cache slots for dirty 32-bit words, per burst: consecutive buffers and used
@@ -14,8 +15,6 @@ import { LogDesc } from '../shared/types';
  */
 const CACHE_SLOTS = 256;
 
-/** x86 (TSO): a plain load is not hoisted above a locked RMW or xchg (V8 stores seq-cst with xchg). Elsewhere flush() uses Atomics.load. */
-const PLAIN_LOAD_AFTER_RMW = process.arch === 'x64' || process.arch === 'ia32';
 
 /** The addon's page marking (logBind / logRun / logUnbind): one call per burst. */
 export interface LogMarker {
@@ -234,7 +233,7 @@ export class DirtyLog {
       const w = cacheWord[s];
       const bits = cacheBits[s];
       // x86 keeps loads after the locked OR; other CPUs get an acquire load (Atomics.load)
-      const cur = PLAIN_LOAD_AFTER_RMW ? words[w] : Atomics.load(words, w);
+      const cur = TSO ? words[w] : Atomics.load(words, w);
       if ((cur & bits) !== bits) Atomics.or(words, w, bits);
       cacheWord[s] = -1;
     }

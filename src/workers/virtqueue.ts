@@ -21,6 +21,7 @@ import { DescWalker } from './desc-walker';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
 import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
+import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 
 export { GuestError } from './guest-error';
@@ -355,7 +356,10 @@ export class Virtqueue {
     ctrl[CTRL_LAST_AVAIL] = this.lastAvail;
     ctrl[CTRL_LAST_USED] = this.lastUsed;
     ctrl[CTRL_SIGNALLED_USED] = this.signalled;
-    Atomics.store(ctrl, CTRL_LOCK, 0);
+    // the unlock is a release: a plain store on x86 (ordering.ts), where the stores above and
+    // every access of the critical section stay before it
+    if (TSO) ctrl[CTRL_LOCK] = 0;
+    else Atomics.store(ctrl, CTRL_LOCK, 0);
   }
 
   /**
@@ -387,6 +391,7 @@ export class Virtqueue {
     const bulkMin = BULK_MIN;
     const f64Exact = F64_EXACT;
     const loopMax = COPY_LOOP_MAX;
+    const tso = TSO;
     let la = this.lastAvail;
     let lu = this.lastUsed;
     let ai = this.availIdx;
@@ -425,7 +430,7 @@ export class Virtqueue {
       const i = pick === null ? k : pick[k];
       fast: if (fastRing && segCount[i] === 1) {
         if (la === ai) {
-          const a = Atomics.load(avail16, 1);
+          const a = tso ? avail16[1] : Atomics.load(avail16, 1);
           if (((a - la) & 0xffff) > size) break fast; // the general path raises the error
           ai = a;
           if (la === a) break fast; // no buffer: the general path counts the drop
@@ -612,7 +617,7 @@ export class Virtqueue {
     if (t === null || !this.features.mrgRxbuf || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
     let idx = this.lastAvail;
     if (idx === this.availIdx) {
-      const a = Atomics.load(this.avail16, 1);
+      const a = TSO ? this.avail16[1] : Atomics.load(this.avail16, 1);
       if (((a - idx) & 0xffff) > this.size) return false; // the general path raises the error
       this.availIdx = a;
       if (idx === a) return false; // no buffer: the general path counts the drop
@@ -691,8 +696,10 @@ export class Virtqueue {
       this.logUsedField(0);
     }
     if (this.logging) this.log.flush();
-    // seq-cst store then load: the guest either sees the request or we see its new avail idx.
-    return ((Atomics.load(this.avail16, 1) - this.lastAvail) & 0xffff) !== 0;
+    // seq-cst store then load: the guest either sees the request or we see its new avail idx
+    // (on x86 the xchg is the fence and a plain load after it is enough: ordering.ts).
+    const a = TSO ? this.avail16[1] : Atomics.load(this.avail16, 1);
+    return ((a - this.lastAvail) & 0xffff) !== 0;
   }
 
   /** Busy polling again: ask the guest not to kick. */
@@ -716,9 +723,9 @@ export class Virtqueue {
 
   // ---------------------------------------------------------------- internals
 
-  /** Atomics.load of avail->idx, validated against the size (the guest may not run ahead). */
+  /** avail->idx, an acquire (ordering.ts), validated against the size (the guest may not run ahead). */
   private loadAvailIdx(): number {
-    const a = Atomics.load(this.avail16, 1);
+    const a = TSO ? this.avail16[1] : Atomics.load(this.avail16, 1);
     if (((a - this.lastAvail) & 0xffff) > this.size) {
       throw new GuestError('avail idx more than queue size ahead', `avail ${a} last ${this.lastAvail} size ${this.size}`);
     }
@@ -889,12 +896,14 @@ export class Virtqueue {
     // RX state goes back to ctrl in release(); TX has no lock, so keep ctrl current here.
     if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = now;
     if (now === old) return false;
-    // Atomics.load after the seq-cst store: a plain load could pass the store (ARM64).
+    // After the seq-cst store: an Atomics.load (a plain load could pass the store on ARM64);
+    // on x86 the xchg is the fence and a plain load after it cannot pass it (ordering.ts).
     if (this.features.eventIdx) {
-      const usedEvent = Atomics.load(this.avail16, 2 + this.size);
+      const usedEvent = TSO ? this.avail16[2 + this.size] : Atomics.load(this.avail16, 2 + this.size);
       return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
     }
-    return (Atomics.load(this.avail16, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    const flags = TSO ? this.avail16[0] : Atomics.load(this.avail16, 0);
+    return (flags & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
   /** Remember a buffer [gpa, gpa + len) to mark once its deferred copy has run (publish). */

@@ -1,0 +1,22 @@
+/**
+ * Memory ordering against the guest and the other threads, decided once.
+ *
+ * Node 20's TurboFan does not inline Atomics.load / Atomics.store: each is a call into a
+ * builtin that validates the typed array and the index (an Atomics.load of an Int32Array
+ * over a SharedArrayBuffer measured 11.5 ns, a plain load 1.0 ns; a store 8.2 vs 0.6 ns;
+ * bench/NOTES.md #25). The poll loop made ~18 such calls per round of two bursts.
+ *
+ * What the rings need is acquire (avail->idx, then the avail entries and descriptors it
+ * covers), release (used entries and packet bytes, then used->idx; the ring lock's unlock)
+ * and, in two places, a full fence (used->idx then the guest's notification fields;
+ * the kick request then avail->idx). On x86 (TSO) every plain aligned load is an acquire
+ * and every plain store a release; V8 emits one machine load or store per typed-array
+ * access and keeps them in program order (they are on its effect chain), so there a plain
+ * access is the acquire or the release. The full fences stay Atomics.store (an xchg), and
+ * a load after one needs nothing more. Elsewhere (ARM64) every ordered access is an Atomics
+ * call, as the memory model asks.
+ *
+ * VHOSTFWD_ORDERING=atomics forces the portable form on x86 too (the tests run both).
+ */
+export const TSO: boolean =
+  process.env.VHOSTFWD_ORDERING !== 'atomics' && (process.arch === 'x64' || process.arch === 'ia32');
