@@ -4,7 +4,7 @@
  * fixed descriptors, so the time measured is the backend's per-packet work (dequeue,
  * forward, enqueue with copy, used ring, publish). Complements bench/run.ts (real
  * frontend, cache misses included). Run: node dist/bench/dataplane.js [size] [seconds] [log]
- * [bulk] [hdr0] [pool=N] [packets=N]
+ * [bulk] [hdr0] [inorder] [pool=N] [packets=N]
  */
 import { DirtyLog } from '../src/workers/dirty-log';
 import { GuestMemory } from '../src/workers/guest-memory';
@@ -20,6 +20,8 @@ const LOG = process.argv.includes('log');
 /** `jslog`: mark dirty pages in JavaScript (DirtyLog without the addon), as before NOTES.md #21 */
 const JS_LOG = process.argv.includes('jslog');
 const BULK = process.argv.includes('bulk');
+/** `inorder`: VIRTIO_F_IN_ORDER negotiated (as testpmd's virtio PMD does against us): one TX used entry a burst */
+const IN_ORDER = process.argv.includes('inorder');
 const Q = 256;
 // `pool=N`: the driver hands out N buffers in turn (each descriptor gets the next one when it
 // comes back), as testpmd's mbuf pool does, so packet and header lines come from memory, not
@@ -55,7 +57,7 @@ function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen
     device: 1, port: 0, index, size: Q,
     desc: { region: 0, offset: DESC }, avail: { region: 0, offset: AVAIL }, used: { region: 0, offset: USED },
     logUsedGpa: LOG ? USED : -1, kickFd: -1, callFd: -1,
-    features: { hdrLen: 12, mrgRxbuf: true, eventIdx: true, indirect: true, logAll: LOG },
+    features: { hdrLen: 12, mrgRxbuf: true, eventIdx: true, indirect: true, inOrder: IN_ORDER, logAll: LOG },
     ctrl: new SharedArrayBuffer(CTRL_INTS * 4), stats: new SharedArrayBuffer(STATS_SLOTS * 8),
   };
   const log = new DirtyLog();
@@ -144,4 +146,4 @@ const t0 = performance.now();
 if (FIXED > 0) runPackets(FIXED);
 else run(SECONDS * 1000);
 const secs = (performance.now() - t0) / 1000;
-process.stdout.write(`size ${SIZE}${POOL > 0 ? ` pool ${POOL}` : ''} log ${LOG ? 'on' : 'off'} bulk ${BULK ? 'on' : 'off'}: ${(packets / secs / 1e6).toFixed(2)} Mpps, ${((secs * 1e9) / packets).toFixed(1)} ns/packet\n`);
+process.stdout.write(`size ${SIZE}${POOL > 0 ? ` pool ${POOL}` : ''} log ${LOG ? 'on' : 'off'} bulk ${BULK ? 'on' : 'off'}${IN_ORDER ? ' inorder' : ''}: ${(packets / secs / 1e6).toFixed(2)} Mpps, ${((secs * 1e9) / packets).toFixed(1)} ns/packet\n`);

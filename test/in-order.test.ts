@@ -9,18 +9,27 @@
  * buffers (dropped, nothing consumed). Used ids must come back exactly in posting order, and
  * every delivered packet byte for byte.
  */
-import t from 'tap';
+import t, { Test } from 'tap';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_DROP_NO_BUF, ST_DROP_TOO_BIG } from '../src/shared/types';
 import { eq, makeGuest, makeQueue, pattern } from './vq-harness';
 import { rng } from './helpers/rng';
 
-t.test('random traffic on every path: used ids return in avail order on TX and RX', async (t) => {
+/**
+ * With `inOrder` the TX ring negotiated IN_ORDER: each burst returns its chains with one used
+ * entry (the last chain's id), the driver takes them by position (DriverRing inOrder), and
+ * every other entry of the used ring must stay untouched.
+ */
+function randomTraffic(t: Test, inOrder: boolean): void {
   const rand = rng(0x5eed);
   const a = makeGuest();
   const b = makeGuest();
   // buffer arenas of 92 KiB (region 0 after the rings of slots 0 and 1)
-  const tx = makeQueue(a, { index: 1, size: 64, bufBase: 0x8000, bufEnd: 0x1f000 });
+  const tx = makeQueue(a, { index: 1, size: 64, bufBase: 0x8000, bufEnd: 0x1f000, features: { inOrder } });
+  const txUsedRing = new Uint32Array(a.sab, tx.drv.usedGpa + 4, 2 * 64);
+  const before = new Uint32Array(2 * 64);
+  let bursts = 0;
+  let oneEntry = 0;
   const rx = makeQueue(b, { index: 0, size: 64, bufBase: 0x8000, bufEnd: 0x1f000 });
   // 8 packets, 12 segments a burst: 3-descriptor chains fill it early (left for the next
   // burst), a 14-descriptor chain can never fit (dropped as too big)
@@ -71,7 +80,18 @@ t.test('random traffic on every path: used ids return in avail order on TX and R
       rx.vq.enqueueBurst(a.gm, batch, null, n);
       rx.vq.flush();
       rx.vq.release();
+      before.set(txUsedRing);
+      const first = tx.vq.lastUsedIdx;
+      const m = batch.nUsed;
       tx.vq.completeBurst(batch);
+      if (inOrder && m > 0) {
+        // entries written: at most the burst's last slot, which holds its last chain
+        bursts++;
+        const last = (first + m - 1) & 63;
+        let changed = 0;
+        for (let s = 0; s < 64; s++) if (txUsedRing[2 * s] !== before[2 * s] || txUsedRing[2 * s + 1] !== before[2 * s + 1]) changed += s === last ? 0 : 1;
+        if (changed === 0 && txUsedRing[2 * last] === batch.usedHead[m - 1] && txUsedRing[2 * last + 1] === 0) oneEntry++;
+      }
     }
     for (const e of tx.drv.collectUsed()) {
       txUsed.push(e.id);
@@ -96,4 +116,13 @@ t.test('random traffic on every path: used ids return in avail order on TX and R
   t.ok(tx.stats[ST_DROP_TOO_BIG] > 5, `too-big chains dropped in between (${tx.stats[ST_DROP_TOO_BIG]})`);
   t.ok(rx.stats[ST_DROP_NO_BUF] > 5, `bursts short of RX buffers in between (${rx.stats[ST_DROP_NO_BUF]})`);
   t.ok(rxUsed.length > received, 'some packets spanned several mergeable RX chains');
+  if (inOrder) t.equal(oneEntry, bursts, `TX: every burst (${bursts}) wrote only its last used entry, with its last chain's id`);
+}
+
+t.test('random traffic on every path: used ids return in avail order on TX and RX', async (t) => {
+  randomTraffic(t, false);
+});
+
+t.test('IN_ORDER on TX: one used entry per burst, the driver frees by position', async (t) => {
+  randomTraffic(t, true);
 });

@@ -36,7 +36,7 @@ export function makeGuest(): Guest {
   return { sab, mem8, regions, gm: new GuestMemory(regions) };
 }
 
-export const FEAT_MRG: QueueFeatures = { hdrLen: 12, mrgRxbuf: true, eventIdx: false, indirect: true, logAll: false };
+export const FEAT_MRG: QueueFeatures = { hdrLen: 12, mrgRxbuf: true, eventIdx: false, indirect: true, inOrder: false, logAll: false };
 
 /**
  * Ring placements per queue slot q (0..3): desc, avail, used each in its own page from 0x1000,
@@ -109,6 +109,8 @@ export function makeQueue(g: Guest, s: QueueSetup): Queue {
     size, descGpa: s.desc ?? l.desc, availGpa: s.avail ?? l.avail, usedGpa: s.used ?? l.used,
     bufBase: s.bufBase ?? l.bufBase, bufEnd: s.bufEnd ?? l.bufEnd, gpaBase: s.gpaBase,
     hdrLen: vd.features.hdrLen, mrgRxbuf: vd.features.mrgRxbuf, startIdx: s.startIdx,
+    // IN_ORDER changes what the device writes on TX only (Virtqueue.completeBurst)
+    inOrder: vd.features.inOrder && (s.index & 1) === 1,
   });
   const log = new DirtyLog();
   if (s.nativeLog === true) log.enableNative(native);

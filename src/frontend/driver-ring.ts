@@ -30,6 +30,12 @@ export interface DriverRingOptions {
   startIdx?: number;
   /** canary bytes after every buffer (default 16) */
   guard?: number;
+  /**
+   * VIRTIO_F_IN_ORDER negotiated, TX side: the device may return a batch with one used entry
+   * (its last chain's id), so collectUsed() takes the chains in posting order and reads only
+   * the entry at used->idx - 1, which must name the last of them (lengths are 0 on TX).
+   */
+  inOrder?: boolean;
 }
 
 export interface TxOptions {
@@ -86,6 +92,7 @@ export class DriverRing {
   readonly hdrLen: number;
   readonly mrgRxbuf: boolean;
   readonly guard: number;
+  readonly inOrder: boolean;
   /** avail->idx as the driver will publish it next */
   availIdx: number;
   /** used->idx up to which collectUsed() has read */
@@ -121,6 +128,7 @@ export class DriverRing {
     this.hdrLen = o.hdrLen ?? 12;
     this.mrgRxbuf = o.mrgRxbuf ?? this.hdrLen === 12;
     this.guard = o.guard ?? 16;
+    this.inOrder = o.inOrder ?? false;
     this.bufEnd = o.bufEnd;
     this.bump = o.bufBase;
     this.dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
@@ -343,6 +351,7 @@ export class DriverRing {
 
   /** Read the used entries published since the last call; frees their descriptors and buffers. */
   collectUsed(): UsedElem[] {
+    if (this.inOrder) return this.collectUsedInOrder();
     const out: UsedElem[] = [];
     const end = this.usedIdx();
     const u = this.at(this.usedGpa);
@@ -359,6 +368,30 @@ export class DriverRing {
       out.push({ id, len, bufs: p.bufs });
       this.lastUsedSeen = (this.lastUsedSeen + 1) & 0xffff;
     }
+    return out;
+  }
+
+  /** collectUsed() under IN_ORDER: chains by position; only the newest used entry is read. */
+  private collectUsedInOrder(): UsedElem[] {
+    const out: UsedElem[] = [];
+    const end = this.usedIdx();
+    const n = (end - this.lastUsedSeen) & 0xffff;
+    if (n === 0) return out;
+    if (n > this.posted.size) throw new Error(`used->idx moved by ${n}, only ${this.posted.size} chains posted`);
+    const e = this.at(this.usedGpa) + 4 + 8 * ((end - 1) & (this.size - 1));
+    const lastId = this.dv.getUint32(e, true);
+    // Map iteration follows insertion, i.e. posting (= avail ring) order
+    const ids = [...this.posted.keys()].slice(0, n);
+    if (ids[n - 1] !== lastId) throw new Error(`in-order: used entry ${(end - 1) & 0xffff} holds id ${lastId}, expected ${ids[n - 1]}`);
+    for (const id of ids) {
+      const p = this.posted.get(id)!;
+      this.posted.delete(id);
+      for (const d of p.descs) this.freeDescs.push(d);
+      for (const b of p.bufs) this.freeBuf(b.gpa);
+      if (p.table >= 0) this.freeBuf(p.table);
+      out.push({ id, len: 0, bufs: p.bufs });
+    }
+    this.lastUsedSeen = end;
     return out;
   }
 

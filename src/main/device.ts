@@ -338,6 +338,7 @@ export class Device {
       mrgRxbuf: mrg,
       eventIdx: hasBit(f, F.VIRTIO_RING_F_EVENT_IDX),
       indirect: hasBit(f, F.VIRTIO_RING_F_INDIRECT_DESC),
+      inOrder: hasBit(f, F.VIRTIO_F_IN_ORDER),
       logAll: hasBit(f, F.VHOST_F_LOG_ALL),
     };
   }

@@ -30,6 +30,8 @@ export interface QueueFeatures {
   mrgRxbuf: boolean;
   eventIdx: boolean;
   indirect: boolean;
+  /** VIRTIO_F_IN_ORDER negotiated: a TX burst returns its buffers with one used entry (its last). */
+  inOrder: boolean;
   /** VHOST_F_LOG_ALL negotiated: log every guest write while a log is set. */
   logAll: boolean;
 }

@@ -319,14 +319,19 @@ export class Virtqueue {
     const u32 = this.used32;
     const mask = this.mask;
     const first = this.lastUsed;
-    for (let k = 0; k < n; k++) {
+    // VIRTIO_F_IN_ORDER: the device may return a batch with one used entry, the id of its
+    // last chain, and move used->idx past the whole batch (virtio 1.1, "In-order use of
+    // descriptors"): the driver knows the rest by position. A TX entry's length is always 0.
+    // (RX keeps every entry: each carries its chain's length.)
+    const from = this.features.inOrder ? n - 1 : 0;
+    for (let k = from; k < n; k++) {
       const e = 1 + 2 * ((first + k) & mask);
       const head = batch.usedHead[k];
       // written only where it differs: see enqueueBurst
       if (u32[e] !== head) u32[e] = head;
       if (u32[e + 1] !== 0) u32[e + 1] = 0;
     }
-    // logged in publish(), with the burst's other marks
+    // logged in publish(), with the burst's other marks (the skipped entries too: a superset)
     this.lastUsed = (first + n) & 0xffff;
     this.ctrl[CTRL_LAST_USED] = this.lastUsed;
     this.unpublished = true;
