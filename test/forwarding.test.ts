@@ -4,6 +4,7 @@
  * assertion is byte-exact: what a guest received equals what the other one sent.
  */
 import t, { Test } from 'tap';
+import fs from 'node:fs';
 import { F, bit } from '../src/shared/constants';
 import { DEFAULT_WANT, SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { startForwarder, waitUntil } from './helpers/env';
@@ -239,4 +240,37 @@ t.test('interrupt coalescing: at most one call per `frames` packets while traffi
   const rx = env.fwd.stats().find((s) => s.iface === 'b' && s.dir === 'rx')!;
   t.ok(rx.notifications <= pk.length / 16 + 2, `${rx.notifications} calls for ${pk.length} packets in bursts of 4`);
   t.ok(rx.notifications >= 1, 'the guest was still notified');
+});
+
+/** The thread's time on a CPU so far, ns (schedstat's first field). */
+function cpuNs(tid: number): number {
+  return Number(fs.readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+}
+
+t.test('idle: the poller sleeps, its timeouts do not spin, and a guest that never kicks is still served', async (t) => {
+  const env = await startForwarder(['a', 'b']);
+  t.teardown(env.stop);
+  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
+  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2) });
+  t.teardown(() => { a.close(); b.close(); });
+  const first = [frame(macOf(2), macOf(1), 64, 1)];
+  a.send(0, first);
+  same(t, await collect(b, 0, 1), first, 'a packet with a kick');
+  const w = () => env.fwd.pool.workerInfo()[0];
+  await waitUntil(() => w().sleeping, 5000, 'the poller asleep');
+  // Asleep, the worker wakes every sleepMs (100) to look at the rings. Before NOTES.md #27
+  // each of those wake-ups went back to the busy loop for idleUs (1 ms) first: ~10 ms of CPU
+  // a second. Now a wake-up that finds nothing waits again.
+  const tid = w().tid;
+  t.ok(tid > 0, `the worker's tid (${tid})`);
+  const c0 = cpuNs(tid);
+  await new Promise((r) => setTimeout(r, 1000));
+  const used = (cpuNs(tid) - c0) / 1e6;
+  t.ok(used < 5, `the sleeping poller used ${used.toFixed(2)} ms of CPU in 1 s (a spin per wake-up: ~10 ms)`);
+  t.ok(w().sleeping, 'still asleep');
+  // TX without a kick (a guest that lost it): the timeout's look at the rings finds it
+  const quiet = Array.from({ length: 8 }, (_, i) => frame(macOf(2), macOf(1), 60 + i, 100 + i));
+  t.equal(a.send(0, quiet, false), quiet.length, 'posted without kicking');
+  same(t, await collect(b, 0, quiet.length, 3000), quiet, 'served by the sleep timeout');
+  await waitUntil(() => w().sleeping, 5000, 'asleep again');
 });

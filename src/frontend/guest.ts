@@ -175,8 +175,8 @@ export class SyntheticGuest {
     await this.ack(Req.SET_VRING_ADDR, encodeVringAddr({ index: i, flags: this.logFlag, desc: UVA_BASE + g.desc, avail: UVA_BASE + g.avail, used: UVA_BASE + g.used, log: g.used }));
   }
 
-  /** Transmit packets on queue pair q (header prepended by the ring), then kick. */
-  send(q: number, packets: readonly Uint8Array[]): number {
+  /** Transmit packets on queue pair q (header prepended by the ring), then kick (unless `kick` is false). */
+  send(q: number, packets: readonly Uint8Array[], kick = true): number {
     const ring = this.tx[q];
     ring.collectUsed();
     let sent = 0;
@@ -189,7 +189,7 @@ export class SyntheticGuest {
       }
       sent++;
     }
-    if (sent > 0) native.eventfdWrite(this.kickFds[2 * q + 1], 1);
+    if (sent > 0 && kick) native.eventfdWrite(this.kickFds[2 * q + 1], 1);
     return sent;
   }
 

@@ -21,6 +21,8 @@ interface Slot {
   rings: Map<string, ToWorker>;
   ready: Promise<void>;
   restarts: number;
+  /** the worker thread's kernel tid (from its ready message), -1 before */
+  tid: number;
 }
 
 export interface PoolOptions {
@@ -61,7 +63,7 @@ export class WorkerPool implements Dataplane {
         idleUs: this.opts.idleUs ?? 1000,
         sleepMs: this.opts.sleepMs ?? 100,
       };
-      const slot: Slot = { init, worker: null, port: null, ctrl: new Int32Array(init.ctrl), rings: new Map(), ready: Promise.resolve(), restarts: 0 };
+      const slot: Slot = { init, worker: null, port: null, ctrl: new Int32Array(init.ctrl), rings: new Map(), ready: Promise.resolve(), restarts: 0, tid: -1 };
       this.slots.push(slot);
       this.spawn(slot);
     });
@@ -82,6 +84,7 @@ export class WorkerPool implements Dataplane {
     port1.on('message', (m: FromWorker) => {
       if (m.op === 'ready') {
         log.debug('worker ready', { worker: m.worker, tid: m.tid, cpus: m.cpus });
+        slot.tid = m.tid;
         readyResolve();
       } else this.fromWorker(slot, m);
     });
@@ -207,9 +210,11 @@ export class WorkerPool implements Dataplane {
     if (s) this.post(s, { op: 'inject', port, frame: Uint8Array.from(frame) });
   }
 
-  /** worker thread ids and control words (stats / tests) */
-  workerInfo(): Array<{ worker: number; threadId: number; sleeping: boolean }> {
-    return this.slots.map((s) => ({ worker: s.init.worker, threadId: s.worker?.threadId ?? -1, sleeping: Atomics.load(s.ctrl, W_SLEEPING) === 1 }));
+  /** worker thread ids (Node's and the kernel's) and control words (stats / tests) */
+  workerInfo(): Array<{ worker: number; threadId: number; tid: number; sleeping: boolean }> {
+    return this.slots.map((s) => ({
+      worker: s.init.worker, threadId: s.worker?.threadId ?? -1, tid: s.worker ? s.tid : -1, sleeping: Atomics.load(s.ctrl, W_SLEEPING) === 1,
+    }));
   }
 
   /** test hook: make a worker throw, to prove a restart pauses only its queues */

@@ -381,7 +381,13 @@ function pollOnce(): number {
   return moved;
 }
 
-/** Sleep on kicks: enable notifications, re-check (a kick may have been skipped), wait. */
+/**
+ * Sleep on kicks: enable notifications, re-check (a kick may have been skipped), wait.
+ * The wait times out every sleepMs (1 ms with a ring that has no kick fd) and looks at the
+ * rings itself, a safety net for a kick that never comes; a timeout that finds nothing
+ * waits again instead of returning to the busy loop, which would spin idleUs before
+ * sleeping again (1 ms of every 100 ms: ~1 % of a core while idle, NOTES.md #27).
+ */
 function sleep(): void {
   flushCoalesced();
   for (const r of txRings) r.vq.enableNotify();
@@ -390,8 +396,11 @@ function sleep(): void {
     return;
   }
   Atomics.store(ctrl, W_SLEEPING, 1);
-  if (Atomics.load(ctrl, W_MAILBOX) === seenMailbox) {
-    native.waitAny(waitFds, waitCount, anyPolledRing ? 1 : init.sleepMs);
+  // the seq-cst store above, then the mailbox load: the main thread either sees W_SLEEPING
+  // (and writes wakeFd) or we see its message
+  while (running && Atomics.load(ctrl, W_MAILBOX) === seenMailbox && Atomics.load(ctrl, W_RUN) === 1) {
+    if (native.waitAny(waitFds, waitCount, anyPolledRing ? 1 : init.sleepMs) >= 0) break; // a kick, or woken
+    if (pollOnce() > 0) break; // work that came without a kick
   }
   Atomics.store(ctrl, W_SLEEPING, 0);
   native.eventfdRead(init.wakeFd);
