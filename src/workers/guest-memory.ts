@@ -134,6 +134,17 @@ export class GuestMemory {
     return r;
   }
 
+  /**
+   * window() of the gpa whose 32-bit halves are `hi` and `lo`, passed as int32 (`x | 0`): the
+   * hot loops call this once a burst, and TurboFan did not inline it there, so a double
+   * argument (a 48-bit gpa) was boxed into a HeapNumber on every call, the worker's only
+   * allocation in the loop (`--trace-allocation-stack-interval`, NOTES.md #28). Int32
+   * arguments travel as Smis.
+   */
+  windowAt(hi: number, lo: number, len: number): number {
+    return this.window((hi >>> 0) * 0x1_0000_0000 + (lo >>> 0), len);
+  }
+
   /** per region: id in the worker's bulk-copy table, or -1 (see bulk-copy.ts) */
   bulkIds: Int32Array | null = null;
   private copier: BulkCopier | null = null;

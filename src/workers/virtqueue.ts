@@ -195,7 +195,7 @@ export class Virtqueue {
           const hi = hiWord | 0;
           let d = (lo - cLo) | 0;
           if (hi !== cHi || d < 0 || d >= cSpan || dlen > cSpan - d) {
-            cr = mem.window(lo + hiWord * 0x1_0000_0000, dlen);
+            cr = mem.windowAt(hi, lo | 0, dlen);
             if (cr >= 0) {
               const win = mem.win;
               cHi = win[WIN_HI];
@@ -454,7 +454,7 @@ export class Virtqueue {
         const hi = hiWord | 0;
         let d = (lo - cLo) | 0;
         if (hi !== cHi || d < 0 || d >= cSpan || need > cSpan - d) {
-          cr = mem.window(lo + hiWord * 0x1_0000_0000, need);
+          cr = mem.windowAt(hi, lo | 0, need);
           if (cr < 0) {
             cSpan = 0;
             break fast;
