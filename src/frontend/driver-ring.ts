@@ -361,14 +361,19 @@ export class DriverRing {
       const len = this.dv.getUint32(e + 4, true);
       const p = this.posted.get(id);
       if (!p) throw new Error(`used id ${id} was not posted`);
-      this.posted.delete(id);
-      for (const d of p.descs) this.freeDescs.push(d);
-      for (const b of p.bufs) this.freeBuf(b.gpa);
-      if (p.table >= 0) this.freeBuf(p.table);
+      this.release(id, p);
       out.push({ id, len, bufs: p.bufs });
       this.lastUsedSeen = (this.lastUsedSeen + 1) & 0xffff;
     }
     return out;
+  }
+
+  /** A returned chain: its descriptors, buffers and indirect table are free again. */
+  private release(id: number, p: Posted): void {
+    this.posted.delete(id);
+    for (const d of p.descs) this.freeDescs.push(d);
+    for (const b of p.bufs) this.freeBuf(b.gpa);
+    if (p.table >= 0) this.freeBuf(p.table);
   }
 
   /** collectUsed() under IN_ORDER: chains by position; only the newest used entry is read. */
@@ -385,10 +390,7 @@ export class DriverRing {
     if (ids[n - 1] !== lastId) throw new Error(`in-order: used entry ${(end - 1) & 0xffff} holds id ${lastId}, expected ${ids[n - 1]}`);
     for (const id of ids) {
       const p = this.posted.get(id)!;
-      this.posted.delete(id);
-      for (const d of p.descs) this.freeDescs.push(d);
-      for (const b of p.bufs) this.freeBuf(b.gpa);
-      if (p.table >= 0) this.freeBuf(p.table);
+      this.release(id, p);
       out.push({ id, len: 0, bufs: p.bufs });
     }
     this.lastUsedSeen = end;
