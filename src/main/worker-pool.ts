@@ -94,6 +94,7 @@ export class WorkerPool implements Dataplane {
     worker.on('exit', () => {
       port1.close();
       slot.worker = null;
+      slot.tid = -1; // a restarted worker reports its own in its ready message
       // Nothing of this worker touches guest memory any more: release its pending detaches.
       for (const [seq, w] of this.waiting) this.ack(seq, slot.init.worker, w);
       if (!this.closing) this.respawn(slot);
