@@ -38,6 +38,14 @@ async function run(cfg: Config): Promise<void> {
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  // SIGUSR2: pause / resume forced dirty logging (benchmarks: log on and off in one trial)
+  process.on('SIGUSR2', () => {
+    if (!cfg.forceLog) {
+      log.warn('SIGUSR2 ignored: forced dirty logging is not configured (forceLog, --force-log)');
+      return;
+    }
+    fwd.setForceLog(!fwd.pool.forceLogging).catch((e: unknown) => log.error('forced logging switch failed', { error: (e as Error).message }));
+  });
   await fwd.start();
   for (const i of cfg.interfaces) {
     if (i.mode === 'server') {
@@ -146,7 +154,7 @@ export async function main(argv: string[]): Promise<void> {
       },
     )
     .demandCommand(1, 'give a command: run, check-config, demo, bench')
-    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure, 2 bad usage or config.')
+    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure, 2 bad usage or config. SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
     .strict()
     .help()
     .fail((msg, err, y) => {

@@ -70,3 +70,30 @@ t.test('run --socket A --socket B: sockets appear; SIGTERM exits 0 and unlinks t
   t.equal(await exited, 0, 'exit code 0 after SIGTERM');
   t.notOk(fs.existsSync(a) || fs.existsSync(b), 'socket files unlinked');
 });
+
+t.test('SIGUSR2 pauses and resumes forced dirty logging; without --force-log it is ignored with a warning', async (t) => {
+  for (const force of [true, false]) {
+    const d = tmpDir();
+    const a = path.join(d, 'a.sock');
+    const b = path.join(d, 'b.sock');
+    const args = [CLI, 'run', '--socket', a, '--socket', b, '--forward', 'xconnect', '--log-level', 'info', ...(force ? ['--force-log'] : [])];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (x: Buffer) => (out += x.toString()));
+    child.stderr.on('data', (x: Buffer) => (out += x.toString()));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    await waitUntil(() => /forwarder started/.test(out) && fs.existsSync(a) && fs.existsSync(b), 10000, 'the forwarder');
+    child.kill('SIGUSR2');
+    if (force) {
+      await waitUntil(() => /forced dirty logging paused/.test(out), 10000, 'paused');
+      child.kill('SIGUSR2');
+      await waitUntil(() => /forced dirty logging resumed/.test(out), 10000, 'resumed');
+      t.pass('--force-log: paused, then resumed');
+    } else {
+      await waitUntil(() => /SIGUSR2 ignored: forced dirty logging is not configured/.test(out), 10000, 'the warning');
+      t.notMatch(out, /forced dirty logging (paused|resumed)/, 'without --force-log nothing switches');
+    }
+    child.kill('SIGTERM');
+    t.equal(await exited, 0, 'still exits 0 after SIGTERM');
+  }
+});

@@ -211,6 +211,14 @@ export class SyntheticGuest {
     return pkts;
   }
 
+  /** Record the pages the driver itself writes in guestDirty (QEMU tracks those on its own in a migration). */
+  trackGuestWrites(): void {
+    const track = (gpa: number, len: number) => {
+      for (let p = Math.floor(gpa / 4096); p <= Math.floor((gpa + len - 1) / 4096); p++) this.guestDirty.add(p);
+    };
+    for (const r of [...this.rx, ...this.tx]) r.onWrite = track;
+  }
+
   /** Start dirty logging as QEMU does for migration: LOG_ALL, SET_LOG_BASE, ring log addresses. */
   async startLogging(): Promise<Uint8Array> {
     const pages = Math.ceil(this.memSize / 4096);
@@ -220,10 +228,7 @@ export class SyntheticGuest {
     await this.ack(Req.SET_FEATURES, encodeU64(this.features | bit(F.VHOST_F_LOG_ALL)));
     await this.client.callU64(Req.SET_LOG_BASE, encodeLog({ mmapSize: size, mmapOffset: 0 }), [this.logFd]);
     this.logFlag = 1;
-    const track = (gpa: number, len: number) => {
-      for (let p = Math.floor(gpa / 4096); p <= Math.floor((gpa + len - 1) / 4096); p++) this.guestDirty.add(p);
-    };
-    for (const r of [...this.rx, ...this.tx]) r.onWrite = track;
+    this.trackGuestWrites();
     for (let i = 0; i < 2 * this.queuePairs; i++) await this.setAddr(i);
     return new Uint8Array(this.logSab);
   }

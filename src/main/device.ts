@@ -289,6 +289,17 @@ export class Device {
     this.ownLog = false;
   }
 
+  /**
+   * Where the used ring's writes are logged: the frontend's ring log address when it set
+   * VHOST_VRING_F_LOG, else -1 (not logged). Forced logging (benchmarks) logs the used ring
+   * at its guest address, as a migration's ring log address would: it costs what real
+   * logging costs.
+   */
+  private usedLogGpa(a: VringAddr): number {
+    if ((a.flags & VHOST_VRING_F_LOG) !== 0) return a.log;
+    return this.opts.forceLog ? this.mem.uvaToGpa(a.used) : -1;
+  }
+
   private describeRing(v: Vring, req: string): VringDesc {
     const a = v.addr as VringAddr;
     const n = v.num;
@@ -312,7 +323,7 @@ export class Device {
     const ctrl = new Int32Array(v.ctrl);
     ctrl[CTRL_LAST_AVAIL] = v.base;
     ctrl[CTRL_LAST_USED] = usedIdx;
-    const logUsed = (a.flags & VHOST_VRING_F_LOG) !== 0 ? a.log : -1;
+    const logUsed = this.usedLogGpa(a);
     return {
       device: this.id,
       port: this.opts.port,
@@ -400,8 +411,7 @@ export class Device {
       this.vrings
         .filter((v) => v.started && !v.stopping && (!only || v === only))
         .map((v) => {
-          const a = v.addr as VringAddr;
-          return this.dp.relogRing(this.id, v.index, logAll, (a.flags & VHOST_VRING_F_LOG) !== 0 ? a.log : -1, this.log);
+          return this.dp.relogRing(this.id, v.index, logAll, this.usedLogGpa(v.addr as VringAddr), this.log);
         }),
     );
   }

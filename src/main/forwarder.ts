@@ -122,6 +122,15 @@ export class Forwarder {
     return out;
   }
 
+  /**
+   * Pause or resume forced logging (config forceLog) on every ring at run time; the CLI
+   * toggles it on SIGUSR2. Resolves once every worker has switched.
+   */
+  async setForceLog(on: boolean): Promise<void> {
+    await this.pool.setForceLog(on);
+    log.info(on ? 'forced dirty logging resumed' : 'forced dirty logging paused', { rings: this.stats().length });
+  }
+
   async stop(): Promise<void> {
     if (this.statsTimer) clearInterval(this.statsTimer);
     await this.metrics?.close();

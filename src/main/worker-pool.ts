@@ -44,9 +44,13 @@ export class WorkerPool implements Dataplane {
   private plan: ToWorker | null = null;
   private readonly coalesce = new Map<number, ToWorker>();
   private closing = false;
+  /** forced logging in force: config forceLog, unless paused with setForceLog(false) */
+  private forceLogOn: boolean;
   onBroken: (device: number, index: number, reason: string) => void = () => {};
 
-  constructor(private readonly opts: PoolOptions) {}
+  constructor(private readonly opts: PoolOptions) {
+    this.forceLogOn = opts.forceLog;
+  }
 
   get size(): number {
     return this.slots.length;
@@ -167,7 +171,7 @@ export class WorkerPool implements Dataplane {
   startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null): Promise<void> {
     const tx = (ring.index & 1) === 1;
     const seq = ++this.seq;
-    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.opts.forceLog, seq };
+    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.forceLogOn, seq };
     const targets = (tx ? [this.slots[this.opts.owner(ring.port, ring.index >> 1) % this.slots.length]] : this.slots).filter((s) => s.worker);
     for (const s of targets) s.rings.set(ringKey(ring.device, ring.index), m);
     if (targets.length === 0) return Promise.resolve();
@@ -203,6 +207,34 @@ export class WorkerPool implements Dataplane {
     return new Promise((done) => {
       this.waiting.set(seq, { left: new Set(holders.map((s) => s.init.worker)), done });
       for (const s of holders) this.post(s, { op: 'relog', device, index, logAll, logUsedGpa, log: logDesc, seq });
+    });
+  }
+
+  /** forced logging in force now (config forceLog and not paused) */
+  get forceLogging(): boolean {
+    return this.forceLogOn;
+  }
+
+  /**
+   * Pause (false) or resume (true) forced logging on every ring, in place between bursts;
+   * resolves when every worker has switched (bench/run.ts measures log on and off in
+   * alternating windows of one trial this way). Only with config forceLog: the devices
+   * keep their backend-owned logs while paused, so resuming needs no control-plane step.
+   * Logging the frontend asked for (VHOST_F_LOG_ALL) is not touched.
+   */
+  setForceLog(on: boolean): Promise<void> {
+    if (!this.opts.forceLog) return Promise.reject(new Error('forced logging is not configured (config forceLog, --force-log)'));
+    this.forceLogOn = on;
+    // a restarted worker gets its rings back in the current state
+    for (const s of this.slots) {
+      for (const [key, m] of s.rings) if (m.op === 'attach-tx' || m.op === 'attach-rx') s.rings.set(key, { ...m, forceLog: on });
+    }
+    const live = this.slots.filter((s) => s.worker);
+    if (live.length === 0) return Promise.resolve();
+    const seq = ++this.seq;
+    return new Promise((done) => {
+      this.waiting.set(seq, { left: new Set(live.map((s) => s.init.worker)), done });
+      for (const s of live) this.post(s, { op: 'force-log', on, seq });
     });
   }
 

@@ -19,6 +19,8 @@ export type ToWorker =
   | { op: 'detach'; device: number; index: number; seq: number }
   /** change a running ring's dirty logging in place; answered with 'ack' */
   | { op: 'relog'; device: number; index: number; logAll: boolean; logUsedGpa: number; log: LogDesc | null; seq: number }
+  /** pause (false) or resume (true) forced logging on the rings attached with forceLog; answered with 'ack' */
+  | { op: 'force-log'; on: boolean; seq: number }
   /** send this frame as if the guest on `port` had sent it */
   | { op: 'inject'; port: number; frame: Uint8Array }
   | { op: 'plan'; plan: ForwardingPlan; macTable: SharedArrayBuffer }

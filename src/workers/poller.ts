@@ -8,7 +8,7 @@
  */
 import { MessagePort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { native } from '../native';
-import { ST_DROP_NO_DEST, ST_NOTIFY, ST_KICKS } from '../shared/types';
+import { LogDesc, ST_DROP_NO_DEST, ST_NOTIFY, ST_KICKS } from '../shared/types';
 import { FromWorker, ToWorker, W_HEARTBEAT, W_MAILBOX, W_RUN, W_SLEEPING, WorkerInit } from '../shared/worker-protocol';
 import { DirtyLog } from './dirty-log';
 import { GuestMemory } from './guest-memory';
@@ -29,7 +29,13 @@ interface Ring {
   vq: Virtqueue;
   mem: GuestMemory;
   dirty: DirtyLog;
+  /** config forceLog, unless paused at run time ('force-log' message, SIGUSR2 in the CLI) */
   forceLog: boolean;
+  /** what the frontend set: VHOST_F_LOG_ALL acked, the log, the used ring's log address.
+   *  Kept so pausing or resuming forced logging can recompute the ring's logging state. */
+  logAll: boolean;
+  log: LogDesc | null;
+  logUsedGpa: number;
   kickFd: number;
   callFd: number;
   stats: Float64Array;
@@ -95,6 +101,9 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
     mem,
     dirty: log,
     forceLog: m.forceLog,
+    logAll: m.ring.features.logAll,
+    log: m.log,
+    logUsedGpa: m.ring.logUsedGpa,
     kickFd: m.ring.kickFd,
     callFd: m.ring.callFd,
     stats: new Float64Array(m.ring.stats),
@@ -153,12 +162,31 @@ function detach(device: number, index: number): void {
   }
 }
 
+/** Logging on or off in place, between bursts: the frontend's request or forced. */
+function applyLogging(r: Ring): void {
+  const on = r.logAll || r.forceLog;
+  r.dirty.set(on ? r.log : null);
+  r.vq.setLogging(on, r.logUsedGpa);
+}
+
 function relog(m: Extract<ToWorker, { op: 'relog' }>): void {
   const apply = (r: Ring | undefined) => {
     if (!r || r.device !== m.device || r.index !== m.index) return;
-    const on = m.logAll || r.forceLog;
-    r.dirty.set(on ? m.log : null);
-    r.vq.setLogging(on, m.logUsedGpa);
+    r.logAll = m.logAll;
+    r.log = m.log;
+    r.logUsedGpa = m.logUsedGpa;
+    applyLogging(r);
+  };
+  for (const r of txRings) apply(r);
+  for (const list of rxRings) for (const r of list) apply(r);
+}
+
+/** Pause or resume forced logging on every ring attached with it (the frontend's own logging stays). */
+function forceLog(on: boolean): void {
+  const apply = (r: Ring | undefined) => {
+    if (!r || r.forceLog === on) return;
+    r.forceLog = on;
+    applyLogging(r);
   };
   for (const r of txRings) apply(r);
   for (const list of rxRings) for (const r of list) apply(r);
@@ -188,6 +216,10 @@ function drainMailbox(): void {
         break;
       case 'relog':
         relog(m);
+        send({ op: 'ack', seq: m.seq });
+        break;
+      case 'force-log':
+        forceLog(m.on);
         send({ op: 'ack', seq: m.seq });
         break;
       case 'plan':
