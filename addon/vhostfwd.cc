@@ -773,6 +773,14 @@ Napi::Value Gettid(const Napi::CallbackInfo& info) { return Napi::Number::New(in
 // registered mapping cannot be unmapped under a pending copy; it is per thread because
 // every worker is its own isolate.
 
+// The per-burst helpers' tables are per thread (one isolate per worker thread). In a
+// dlopen'ed object a thread_local vector costs a __tls_get_addr call and an init-guard check
+// on every access (0.3-0.5 % of the worker's samples: a few per burst). So each table is a
+// plain pointer with the initial-exec model, one %fs-relative load, allocated by Init and
+// freed by its cleanup hook. That takes 40 bytes of the static TLS surplus glibc keeps for
+// modules loaded later (a shortage would fail the addon's load with a named error).
+#define HOT_TLS thread_local __attribute__((tls_model("initial-exec")))
+
 struct CopyRegion {
   std::shared_ptr<v8::BackingStore> store;  // keeps the mapping alive while registered
   // Data() and ByteLength() cached at registration: a SharedArrayBuffer's memory never moves,
@@ -780,7 +788,9 @@ struct CopyRegion {
   uint8_t* data = nullptr;
   uint64_t size = 0;
 };
-thread_local std::vector<CopyRegion> t_copy_regions;
+HOT_TLS int t_envs = 0;  // Node environments on this thread that loaded the addon
+HOT_TLS std::vector<CopyRegion>* t_copy_regions = nullptr;
+inline std::vector<CopyRegion>& CopyRegions() { return *t_copy_regions; }
 
 Napi::Value CopyRegister(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -798,28 +808,36 @@ Napi::Value CopyRegister(const Napi::CallbackInfo& info) {
   region.store = value.As<v8::SharedArrayBuffer>()->GetBackingStore();
   region.data = static_cast<uint8_t*>(region.store->Data());
   region.size = static_cast<uint64_t>(region.store->ByteLength());
-  for (size_t i = 0; i < t_copy_regions.size(); i++) {
-    if (!t_copy_regions[i].store) {
-      t_copy_regions[i] = std::move(region);
+  for (size_t i = 0; i < CopyRegions().size(); i++) {
+    if (!CopyRegions()[i].store) {
+      CopyRegions()[i] = std::move(region);
       return Napi::Number::New(env, static_cast<double>(i));
     }
   }
-  t_copy_regions.push_back(std::move(region));
-  return Napi::Number::New(env, static_cast<double>(t_copy_regions.size() - 1));
+  CopyRegions().push_back(std::move(region));
+  return Napi::Number::New(env, static_cast<double>(CopyRegions().size() - 1));
 }
 
 Napi::Value CopyUnregister(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int id = ArgInt(info, 0, "id must be an integer");
-  if (id >= 0 && static_cast<size_t>(id) < t_copy_regions.size()) t_copy_regions[static_cast<size_t>(id)] = CopyRegion();
+  if (id >= 0 && static_cast<size_t>(id) < CopyRegions().size()) CopyRegions()[static_cast<size_t>(id)] = CopyRegion();
   return env.Undefined();
 }
+
+// A checked job, ready to run (RunCopyJobs checks a whole batch before it copies).
+struct CopyJob {
+  const uint8_t* src;
+  uint8_t* dst;
+  size_t len;
+};
+HOT_TLS std::vector<CopyJob>* t_copy_jobs = nullptr;
 
 // jobs: n x [srcId, srcOff, dstId, dstOff, len]. Every job is checked against its stores'
 // lengths before any byte moves: a bad job refuses the whole batch, nothing copied.
 // Returns 0, or ERANGE.
 int RunCopyJobs(const double* j, size_t n) {
-  std::vector<CopyRegion>& table = t_copy_regions;  // one TLS lookup per call
+  std::vector<CopyRegion>& table = CopyRegions();
   const size_t regions = table.size();
   const CopyRegion* r = table.data();
   // The checks convert with one truncating instruction and compare back (no std::floor:
@@ -831,14 +849,9 @@ int RunCopyJobs(const double* j, size_t n) {
     out = u;
     return true;
   };
-  struct Job {
-    const uint8_t* src;
-    uint8_t* dst;
-    size_t len;
-  };
-  thread_local std::vector<Job> t_jobs;
-  if (t_jobs.size() < n) t_jobs.resize(n);
-  Job* out = t_jobs.data();
+  std::vector<CopyJob>& jobs = *t_copy_jobs;
+  if (jobs.size() < n) jobs.resize(n);
+  CopyJob* out = jobs.data();
   for (size_t k = 0; k < n; k++) {
     const double* q = j + 5 * k;
     uint64_t sid, soff, did, doff, len;
@@ -851,7 +864,7 @@ int RunCopyJobs(const double* j, size_t n) {
     if (s.data == nullptr || d.data == nullptr || len > s.size || soff > s.size - len || len > d.size || doff > d.size - len) {
       return ERANGE;
     }
-    out[k] = Job{s.data + soff, d.data + doff, static_cast<size_t>(len)};
+    out[k] = CopyJob{s.data + soff, d.data + doff, static_cast<size_t>(len)};
   }
   for (size_t k = 0; k < n; k++) std::memmove(out[k].dst, out[k].src, out[k].len);
   return 0;
@@ -886,7 +899,8 @@ struct BoundJobs {
   const double* data = nullptr;
   size_t length = 0;
 };
-thread_local std::vector<std::unique_ptr<BoundJobs>> t_bound_jobs;
+HOT_TLS std::vector<std::unique_ptr<BoundJobs>>* t_bound_jobs = nullptr;
+inline std::vector<std::unique_ptr<BoundJobs>>& BoundJobTable() { return *t_bound_jobs; }
 
 void ThrowV8Type(v8::Isolate* isolate, const char* what) {
   v8::Local<v8::Value> e = v8::Exception::TypeError(v8::String::NewFromUtf8(isolate, what).ToLocalChecked());
@@ -904,9 +918,9 @@ void CopyBind(const v8::FunctionCallbackInfo<v8::Value>& info) {
   }
   v8::Local<v8::Float64Array> a = info[0].As<v8::Float64Array>();
   size_t id = 0;
-  while (id < t_bound_jobs.size() && t_bound_jobs[id]->data != nullptr) id++;
-  if (id == t_bound_jobs.size()) t_bound_jobs.push_back(std::make_unique<BoundJobs>());
-  BoundJobs* b = t_bound_jobs[id].get();
+  while (id < BoundJobTable().size() && BoundJobTable()[id]->data != nullptr) id++;
+  if (id == BoundJobTable().size()) BoundJobTable().push_back(std::make_unique<BoundJobs>());
+  BoundJobs* b = BoundJobTable()[id].get();
   b->store = a->Buffer()->GetBackingStore();  // externalises an on-heap array: the data no longer moves
   b->data = reinterpret_cast<const double*>(static_cast<const uint8_t*>(b->store->Data()) + a->ByteOffset());
   b->length = a->Length();
@@ -933,11 +947,11 @@ void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
   }
   const uint32_t id = info[0].As<v8::Uint32>()->Value();
   const uint32_t n = info[1].As<v8::Uint32>()->Value();
-  if (id >= t_bound_jobs.size() || t_bound_jobs[id]->data == nullptr || static_cast<size_t>(n) * 5 > t_bound_jobs[id]->length) {
+  if (id >= BoundJobTable().size() || BoundJobTable()[id]->data == nullptr || static_cast<size_t>(n) * 5 > BoundJobTable()[id]->length) {
     info.GetReturnValue().Set(EINVAL);
     return;
   }
-  info.GetReturnValue().Set(RunCopyJobs(t_bound_jobs[id]->data, n));
+  info.GetReturnValue().Set(RunCopyJobs(BoundJobTable()[id]->data, n));
 }
 
 // ---------------------------------------------------------------------------
@@ -961,7 +975,8 @@ struct BoundLog {
   uint8_t* log = nullptr;
   uint64_t logBytes = 0;
 };
-thread_local std::vector<std::unique_ptr<BoundLog>> t_bound_logs;
+HOT_TLS std::vector<std::unique_ptr<BoundLog>>* t_bound_logs = nullptr;
+inline std::vector<std::unique_ptr<BoundLog>>& BoundLogTable() { return *t_bound_logs; }
 
 void ReleaseBoundLog(BoundLog* b) {
   b->runs.Reset();
@@ -983,9 +998,9 @@ void LogBind(const v8::FunctionCallbackInfo<v8::Value>& info) {
   v8::Local<v8::Uint8Array> log = info[0].As<v8::Uint8Array>();
   v8::Local<v8::Float64Array> runs = info[1].As<v8::Float64Array>();
   size_t id = 0;
-  while (id < t_bound_logs.size() && t_bound_logs[id]->runData != nullptr) id++;
-  if (id == t_bound_logs.size()) t_bound_logs.push_back(std::make_unique<BoundLog>());
-  BoundLog* b = t_bound_logs[id].get();
+  while (id < BoundLogTable().size() && BoundLogTable()[id]->runData != nullptr) id++;
+  if (id == BoundLogTable().size()) BoundLogTable().push_back(std::make_unique<BoundLog>());
+  BoundLog* b = BoundLogTable()[id].get();
   b->logStore = log->Buffer()->GetBackingStore();
   b->log = static_cast<uint8_t*>(b->logStore->Data()) + log->ByteOffset();
   b->logBytes = log->ByteLength();
@@ -1001,7 +1016,7 @@ void LogBind(const v8::FunctionCallbackInfo<v8::Value>& info) {
 void LogUnbind(const v8::FunctionCallbackInfo<v8::Value>& info) {
   if (info.Length() < 1 || !info[0]->IsUint32()) return;
   const uint32_t id = info[0].As<v8::Uint32>()->Value();
-  if (id < t_bound_logs.size()) ReleaseBoundLog(t_bound_logs[id].get());
+  if (id < BoundLogTable().size()) ReleaseBoundLog(BoundLogTable()[id].get());
 }
 
 // logRun(id, n, fenced) -> pages marked (>= 0), or a negative errno with no bit written:
@@ -1016,11 +1031,11 @@ void LogRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
   }
   const uint32_t id = info[0].As<v8::Uint32>()->Value();
   const uint32_t n = info[1].As<v8::Uint32>()->Value();
-  if (id >= t_bound_logs.size() || t_bound_logs[id]->runData == nullptr || static_cast<size_t>(n) * 2 > t_bound_logs[id]->runLength) {
+  if (id >= BoundLogTable().size() || BoundLogTable()[id]->runData == nullptr || static_cast<size_t>(n) * 2 > BoundLogTable()[id]->runLength) {
     info.GetReturnValue().Set(-EINVAL);
     return;
   }
-  const BoundLog& b = *t_bound_logs[id];
+  const BoundLog& b = *BoundLogTable()[id];
   const double* r = b.runData;
   const double pages = static_cast<double>(b.logBytes) * 8;
   // Checked whole before any bit moves: 0 <= first <= last < pages (NaN fails). That is all
@@ -1118,14 +1133,26 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   SetV8Function(env, exports, "logBind", LogBind);
   SetV8Function(env, exports, "logUnbind", LogUnbind);
   SetV8Function(env, exports, "logRun", LogRun);
-  // The bulk-copy table holds V8 backing stores: release them while this thread's isolate
-  // is still alive (a thread_local destructor would run after it is gone).
+  // This thread's tables (see HOT_TLS), made by its first environment. They hold V8 backing
+  // stores: released while the isolate is still alive, when its last environment goes.
+  if (t_envs++ == 0) {
+    t_copy_regions = new std::vector<CopyRegion>();
+    t_copy_jobs = new std::vector<CopyJob>();
+    t_bound_jobs = new std::vector<std::unique_ptr<BoundJobs>>();
+    t_bound_logs = new std::vector<std::unique_ptr<BoundLog>>();
+  }
   napi_add_env_cleanup_hook(
       env,
       [](void*) {
-        t_copy_regions.clear();
-        t_bound_jobs.clear();
-        t_bound_logs.clear();
+        if (--t_envs > 0) return;
+        delete t_copy_regions;
+        delete t_copy_jobs;
+        delete t_bound_jobs;
+        delete t_bound_logs;
+        t_copy_regions = nullptr;
+        t_copy_jobs = nullptr;
+        t_bound_jobs = nullptr;
+        t_bound_logs = nullptr;
       },
       nullptr);
   return exports;

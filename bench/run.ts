@@ -54,6 +54,8 @@ const argv = yargs(hideBin(process.argv))
   .option('warmup', { type: 'number', default: 2, describe: 'seconds of traffic before the first reading' })
   .option('rounds', { type: 'number', default: 3, describe: 'alternating rounds (vhostfwd, vhostfwd+log, DPDK) per size and queue count' })
   .option('log', { choices: ['both', 'on', 'off'] as const, default: 'both' as const, describe: 'vhostfwd with forced dirty logging, without, or both' })
+  .option('log-pairs', { type: 'number', default: 3, describe: 'vhostfwd+log trials: after the measured window, this many pairs of log-off / log-on windows in the same process (SIGUSR2 switches), their ratios immune to the VM slow mode between trials (0: none)' })
+  .option('log-window', { type: 'number', default: 1, describe: 'seconds per log-off or log-on window of --log-pairs' })
   .option('dpdk', { type: 'boolean', default: true, describe: 'measure the DPDK reference backend (--no-dpdk to skip)' })
   .option('idle', { type: 'boolean', default: true, describe: 'measure idle CPU (--no-idle to skip)' })
   .option('idle-seconds', { type: 'number', default: 10 })
@@ -77,6 +79,8 @@ const opts = {
   warmup: argv.warmup,
   rounds: argv.quick ? 1 : Math.max(1, argv.rounds),
   log: argv.log,
+  logPairs: argv.quick ? 1 : Math.max(0, Math.floor(argv['log-pairs'])),
+  logWindow: argv['log-window'],
   dpdk: argv.dpdk,
   idle: argv.idle,
   idleSeconds: argv.quick ? 3 : argv['idle-seconds'],
@@ -158,6 +162,9 @@ process.on('unhandledRejection', (e) => {
 class VhostfwdProc {
   readonly proc: ChildProcess;
   output = '';
+  /** 'forced dirty logging paused' / 'resumed' lines seen so far (SIGUSR2 acknowledged) */
+  logSwitches = 0;
+  private partial = '';
   private exited: Promise<void>;
 
   constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI) {
@@ -180,7 +187,11 @@ class VhostfwdProc {
     const dump = process.env.BENCH_DUMP;
     const add = (b: Buffer): void => {
       if (dump) fs.appendFileSync(dump, b);
-      this.output = (this.output + b.toString()).slice(-65536);
+      const text = b.toString();
+      this.output = (this.output + text).slice(-65536);
+      const lines = (this.partial + text).split('\n');
+      this.partial = lines.pop() ?? '';
+      for (const l of lines) if (/forced dirty logging (paused|resumed)/.test(l)) this.logSwitches++;
     };
     this.proc.stdout?.on('data', add);
     this.proc.stderr?.on('data', add);
@@ -198,6 +209,18 @@ class VhostfwdProc {
       if (this.proc.exitCode !== null) throw new Error(`vhostfwd exited (${this.proc.exitCode}):\n${this.output.slice(-2000)}`);
       if (Date.now() > end) throw new Error(`vhostfwd: sockets not created in ${timeoutMs} ms:\n${this.output.slice(-2000)}`);
       await sleep(20);
+    }
+  }
+
+  /** SIGUSR2: pause or resume forced logging; resolves when vhostfwd says every worker switched. */
+  async switchLog(timeoutMs = 5000): Promise<void> {
+    const want = this.logSwitches + 1;
+    this.proc.kill('SIGUSR2');
+    const end = Date.now() + timeoutMs;
+    while (this.logSwitches < want) {
+      if (this.proc.exitCode !== null) throw new Error(`vhostfwd exited (${this.proc.exitCode}) during a log switch`);
+      if (Date.now() > end) throw new Error(`vhostfwd did not acknowledge SIGUSR2 in ${timeoutMs} ms`);
+      await sleep(5);
     }
   }
 
@@ -262,6 +285,11 @@ interface Trial {
   logVerified?: boolean;
   /** vfLog: size of that log per device, bytes (one bit per 4 KiB page up to the highest guest address) */
   logBytes?: number;
+  /**
+   * vfLog: --log-pairs windows after the measured one, in the same process: Mpps with forced
+   * logging paused (off) and on, adjacent in time (order alternating, off-on then on-off).
+   */
+  logPairs?: Array<{ off: number; on: number }>;
 }
 
 /** One line for the report: the error's first line and the last lines of any output it carries. */
@@ -279,6 +307,43 @@ async function statsAt(fe: Testpmd): Promise<{ st: PortStats[]; t: number; ms: n
   const t1 = performance.now();
   if (st.length !== 2) throw new Error(`could not parse the frontend port stats (${st.length} ports)`);
   return { st, t: (t0 + t1) / 2, ms: t1 - t0 };
+}
+
+/** Mpps through the backend over `seconds`, from the frontend's counters. */
+async function rateOver(fe: Testpmd, seconds: number): Promise<number> {
+  const a = await statsAt(fe);
+  await sleep(seconds * 1000);
+  const b = await statsAt(fe);
+  const total = sumRx(b.st) - sumRx(a.st);
+  if (total <= 0) throw new Error('no packets came back to the frontend');
+  return total / ((b.t - a.t) / 1000) / 1e6;
+}
+
+/**
+ * Log on versus off inside one vhostfwd process (forced logging on at the start): the VM's
+ * slow mode holds for seconds at a time (bench/NOTES.md), so adjacent windows of one trial
+ * almost always share it, and the ratio of a pair measures the log's cost, not which trial
+ * drew the slow mode. Order off, on | on, off | off, on ... (ABBA: a drift cancels); each
+ * switch waits for vhostfwd's acknowledgement, then 100 ms for the rings to settle.
+ */
+async function logPairs(vf: VhostfwdProc, fe: Testpmd): Promise<Array<{ off: number; on: number }>> {
+  const out: Array<{ off: number; on: number }> = [];
+  let on = true;
+  const windowAt = async (want: boolean): Promise<number> => {
+    if (on !== want) {
+      await vf.switchLog();
+      on = want;
+      await sleep(100);
+    }
+    return rateOver(fe, opts.logWindow);
+  };
+  for (let k = 0; k < opts.logPairs; k++) {
+    const order = k % 2 === 0 ? [false, true] : [true, false];
+    const r: { off: number; on: number } = { off: 0, on: 0 };
+    for (const want of order) r[want ? 'on' : 'off'] = await windowAt(want);
+    out.push(r);
+  }
+  return out;
 }
 
 async function throughputTrial(backend: Backend, size: number, queues: number, round: number, attempt: number): Promise<Trial> {
@@ -317,6 +382,7 @@ async function throughputTrial(backend: Backend, size: number, queues: number, r
     base.statsLatencyMs = [Math.round(a.ms), Math.round(b.ms)];
     base.rxMissed = b.st.reduce((s, p, i) => s + p.rxMissed - a.st[i].rxMissed, 0);
     base.errors = b.st.reduce((s, p, i) => s + p.rxErrors + p.txErrors - a.st[i].rxErrors - a.st[i].txErrors, 0);
+    if (vf && isLogged(backend) && opts.logPairs > 0) base.logPairs = await logPairs(vf, fe);
     if (vf) {
       await fe.cmd('stop');
       if (isLogged(backend)) {
@@ -499,13 +565,18 @@ interface Row {
   /** and between their fast-mode medians */
   fastVfVsDpdk: number | null;
   fastLogOnVsOff: number | null;
+  /** median over every --log-pairs pair of the cell (all rounds) of on / off Mpps, and their count */
+  pairedLogOnVsOff: number | null;
+  logPairs: number;
+  /** the pairs' ratios, each round's in order */
+  logPairRatios: number[];
 }
 
 function summarize(trials: Trial[], backends: Backend[]): Row[] {
   const rows: Row[] = [];
   for (const size of opts.sizes) {
     for (const queues of opts.queues) {
-      const row: Row = { size, queues, vfVsDpdk: null, vfLogVsDpdk: null, logOnVsOff: null, bestVfVsDpdk: null, bestLogOnVsOff: null, fastVfVsDpdk: null, fastLogOnVsOff: null };
+      const row: Row = { size, queues, vfVsDpdk: null, vfLogVsDpdk: null, logOnVsOff: null, bestVfVsDpdk: null, bestLogOnVsOff: null, fastVfVsDpdk: null, fastLogOnVsOff: null, pairedLogOnVsOff: null, logPairs: 0, logPairRatios: [] };
       for (const b of backends) {
         const ts = trials.filter((t) => t.backend === b && t.size === size && t.queues === queues);
         const good = ts.filter((t) => t.ok).map((t) => t.mpps as number);
@@ -524,6 +595,10 @@ function summarize(trials: Trial[], backends: Backend[]): Row[] {
       row.bestLogOnVsOff = ratio(row.vfLog?.bestMpps ?? null, row.vf?.bestMpps ?? null);
       row.fastVfVsDpdk = ratio(row.vf?.fastMpps ?? null, row.dpdk?.fastMpps ?? null);
       row.fastLogOnVsOff = ratio(row.vfLog?.fastMpps ?? null, row.vf?.fastMpps ?? null);
+      const pairs = trials.filter((t) => t.ok && t.backend === 'vfLog' && t.size === size && t.queues === queues).flatMap((t) => t.logPairs ?? []);
+      row.logPairRatios = pairs.map((p) => p.on / p.off);
+      row.logPairs = pairs.length;
+      row.pairedLogOnVsOff = median(row.logPairRatios);
       rows.push(row);
     }
   }
@@ -545,6 +620,8 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   if (has('vf') && has('vfLog')) head.push('best log on/off');
   if (has('vf') && has('dpdk')) head.push('fast vf/DPDK');
   if (has('vf') && has('vfLog')) head.push('fast log on/off');
+  const paired = has('vfLog') && opts.logPairs > 0;
+  if (paired) head.push('paired log on/off');
   head.push('rounds ok (fast)');
   const lines: string[][] = [head];
   for (const r of rows) {
@@ -559,6 +636,7 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
     if (has('vf') && has('vfLog')) l.push(f(r.bestLogOnVsOff, 2));
     if (has('vf') && has('dpdk')) l.push(f(r.fastVfVsDpdk, 2));
     if (has('vf') && has('vfLog')) l.push(f(r.fastLogOnVsOff, 2));
+    if (paired) l.push(`${f(r.pairedLogOnVsOff, 3)} (${r.logPairs})`);
     l.push(backends.map((b) => `${b}:${r[b]?.ok ?? 0}/${(r[b]?.ok ?? 0) + (r[b]?.failed ?? 0)}(${r[b]?.fastRounds ?? 0})`).join(' '));
     lines.push(l);
   }
@@ -568,6 +646,7 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   out.push('Mpps: median over rounds of packets through the backend (both directions summed); Gbps = Mpps x size x 8 / 1000 (frame bytes, no 20-byte preamble/IFG).');
   out.push('best: ratio of the best rounds (noise on a shared machine only slows a trial down; both backends show a slow mode at random, see bench/NOTES.md).');
   out.push(`fast: ratio of the medians of each backend's fast-mode rounds (>= ${FAST_FRACTION} x its best; their count in parentheses under "rounds ok").`);
+  if (paired) out.push(`paired: median over the cell's log-off / log-on window pairs (${opts.logWindow} s each, adjacent in one vhostfwd+log trial, forced logging paused and resumed by SIGUSR2) of on / off; pair count in parentheses.`);
   for (const [a, b] of [['vf', 'vfB'], ['vfLog', 'vfLogB']] as Array<[Backend, Backend]>) {
     if (!has(a) || !has(b)) continue;
     for (const r of rows) {
@@ -754,7 +833,8 @@ async function main(): Promise<void> {
         median: 'median over successful rounds; backends alternate inside each round',
         best: 'best (highest) successful round per backend; bestVfVsDpdk and bestLogOnVsOff compare those',
         fast: `fastMpps: median of the rounds >= ${FAST_FRACTION} x bestMpps (the VM's slow mode halves whole trials at random: bench/NOTES.md), fastRounds their count; fastVfVsDpdk and fastLogOnVsOff compare those`,
-        vfLog: 'vhostfwd run with --force-log: dirty pages logged into a backend-allocated log (testpmd virtio-user sends no SET_LOG_BASE)',
+        vfLog: 'vhostfwd run with --force-log: dirty pages logged into a backend-allocated log (testpmd virtio-user sends no SET_LOG_BASE), the used rings too',
+        paired: 'pairedLogOnVsOff: median over the cell\'s logPairs (trials[].logPairs: after each vfLog trial\'s measured window, windows of logWindow s with forced logging paused and resumed by SIGUSR2 in the same process, off-on / on-off alternating) of on / off Mpps',
       },
     },
     throughput: rows,
