@@ -238,6 +238,41 @@ t.test('DirtyLog.markPageRuns (a burst at once, in JavaScript and by the addon) 
   t.ok(inLog > 20 && inLog < cases - 20, `both kinds of burst drawn: ${inLog} inside the log (the addon marks them), ${cases - inLog} reaching past it (refused whole, marked in JavaScript)`);
 });
 
+t.test('DirtyLog.markBytes sets exactly the pages of its byte marks, fenced or not, and counts those beyond the log apart', async (t) => {
+  let seed = 777;
+  const rnd = (n: number): number => {
+    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+    return seed % n;
+  };
+  let bad = 0;
+  let beyond = 0;
+  for (let round = 0; round < 200; round++) {
+    const offset = [0, 3, 16][round % 3];
+    const size = 1 + rnd(40);
+    const a = new SharedArrayBuffer(offset + size + 8);
+    const b = new SharedArrayBuffer(offset + size + 8);
+    const la = new DirtyLog();
+    const lb = new DirtyLog();
+    la.set({ sab: a, offset, size });
+    lb.set({ sab: b, offset, size });
+    const n = 1 + rnd(12);
+    const marks = new Int32Array(2 * n);
+    for (let k = 0; k < n; k++) {
+      const byte = rnd(size + 3); // some beyond the log
+      const mask = 1 + rnd(255);
+      marks[2 * k] = byte;
+      marks[2 * k + 1] = mask;
+      for (let i = 0; i < 8; i++) if (mask & (1 << i)) la.markPage(byte * 8 + i);
+    }
+    lb.markBytes(marks, n, round % 2 === 0);
+    la.flush();
+    if (!Buffer.from(a).equals(Buffer.from(b)) || la.pagesMarked !== lb.pagesMarked || la.pagesBeyondLog !== lb.pagesBeyondLog) bad++;
+    if (lb.pagesBeyondLog > 0) beyond++;
+  }
+  t.equal(bad, 0, '200 random mark sets: the same log bytes as markPage (nothing outside the log), the same counts');
+  t.ok(beyond > 20 && beyond < 180, `marks beyond the log drawn in ${beyond} of 200 (counted, not written)`);
+});
+
 t.test('a bit the frontend cleared is set again by the next write to its page', async (t) => {
   // QEMU fetches and clears log words (xchg) while we run: whatever the log keeps to avoid
   // atomic ORs, it must look at the shared word again each burst, never at what it set before.

@@ -33,7 +33,7 @@ export interface LogMarker {
 export class DirtyLog {
   /** true while a log is set: callers also need QueueFeatures.logAll to log. */
   active = false;
-  /** page marks made (a page touched twice counts twice); feeds ST_DIRTY_PAGES. */
+  /** page marks made: a page counts once per mark covering it (neighbouring buffers of a burst share one; later bursts count again); feeds ST_DIRTY_PAGES. */
   pagesMarked = 0;
   /** page marks dropped because the page lies beyond the log (control plane should have refused). */
   pagesBeyondLog = 0;

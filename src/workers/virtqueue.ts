@@ -47,6 +47,15 @@ export class Virtqueue {
   private readonly used32: Uint32Array;
   private readonly mask: number;
   private logUsedGpa: number;
+  /**
+   * The used ring's log byte and bit when the whole ring (flags, idx, the entries,
+   * avail_event) lies in one page, else -1: then every publish marks just that page
+   * (it wrote there), one byte mark instead of the entries' range and used->idx (two or
+   * three deferMark calls, ~25 ns a publish: per-burst costs weigh with partial bursts).
+   * Rings from QEMU and DPDK are page-aligned: 2054 bytes for 256 entries.
+   */
+  private usedLogByte = -1;
+  private usedLogMask = 0;
   private readonly walker: DescWalker;
   /** the descriptor table as u32 words for the fast paths (null when not 4-aligned in its SAB) */
   private readonly desc32: Uint32Array | null;
@@ -105,6 +114,7 @@ export class Virtqueue {
     this.mem = mem;
     this.log = log;
     this.logUsedGpa = vd.logUsedGpa;
+    this.placeUsedLog();
     this.ctrl = new Int32Array(vd.ctrl);
     this.stats = new Float64Array(vd.stats);
 
@@ -137,6 +147,18 @@ export class Virtqueue {
     this.log.flush();
     this.features.logAll = logAll;
     this.logUsedGpa = logUsedGpa;
+    this.placeUsedLog();
+  }
+
+  private placeUsedLog(): void {
+    this.usedLogByte = -1;
+    this.usedLogMask = 0;
+    if (this.logUsedGpa < 0) return;
+    const first = Math.floor(this.logUsedGpa * PAGE_INV);
+    const last = Math.floor((this.logUsedGpa + 4 + 8 * this.size + 2 - 1) * PAGE_INV);
+    if (first !== last || first >= 0x1_0000_0000) return;
+    this.usedLogByte = first >>> 3;
+    this.usedLogMask = 1 << (first & 7);
   }
 
   private get logging(): boolean {
@@ -943,8 +965,12 @@ export class Virtqueue {
     // The used entries written since the last publish (written already) and used->idx
     // (written next) join the burst's buffer runs: one marking pass, after the store below.
     if (logging && this.logUsedGpa >= 0) {
-      this.deferUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
-      this.deferMark(this.logUsedGpa + 2, 2);
+      if (this.usedLogByte >= 0) {
+        this.byteMark(this.usedLogByte, this.usedLogMask);
+      } else {
+        this.deferUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
+        this.deferMark(this.logUsedGpa + 2, 2);
+      }
     }
     this.usedLogFrom = this.lastUsed;
     Atomics.store(this.used16, 1, this.lastUsed);
