@@ -775,7 +775,7 @@ Napi::Value Gettid(const Napi::CallbackInfo& info) { return Napi::Number::New(in
 
 // The per-burst helpers' tables are per thread (one isolate per worker thread). In a
 // dlopen'ed object a thread_local vector costs a __tls_get_addr call and an init-guard check
-// on every access (0.3-0.5 % of the worker's samples: a few per burst). So each table is a
+// on every access (0.3-0.5 % of the worker's samples: a few per burst, bench/NOTES.md #31). So each table is a
 // plain pointer with the initial-exec model, one %fs-relative load, allocated by Init and
 // freed by its cleanup hook. That takes 40 bytes of the static TLS surplus glibc keeps for
 // modules loaded later (a shortage would fail the addon's load with a named error).

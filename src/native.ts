@@ -185,9 +185,9 @@ export interface Native {
 
 // The addon's exports object is built by N-API one property at a time and ends up in
 // dictionary mode (%HasFastProperties: false), so every `native.copyRun(...)` in a worker's
-// burst was a dictionary lookup in a LoadIC (0.3-0.6 % of the samples with logging on).
+// burst was a dictionary lookup in a LoadIC (0.3-0.6 % of the samples with logging on,
+// bench/NOTES.md #31).
 // A copy made by spreading it into an object literal has fast properties (Object.assign
-// onto {} did not, measured), and the hot
-// callers' loads become a map check and a field load.
+// onto {} did not, measured), and the hot callers' loads become a map check and a field load.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 export const native: Native = { ...(require(path.join(__dirname, '..', '..', 'build', 'Release', 'vhostfwd.node')) as Native) };

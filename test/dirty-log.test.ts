@@ -1,10 +1,24 @@
-import t from 'tap';
+import t, { Test } from 'tap';
 import { DirtyLog } from '../src/workers/dirty-log';
 import { native } from '../src/native';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_DIRTY_PAGES } from '../src/shared/types';
 import { GuestMemory } from '../src/workers/guest-memory';
 import { eq, Guest, makeGuest, makeQueue, pattern, Queue } from './vq-harness';
+
+/** One burst from `tx` (guest `src`) into `rx`, as the poller runs it: every packet arrives byte-exact, in order. */
+function forwardOneBurst(t: Test, tx: Queue, rx: Queue, src: Guest, sent: Uint8Array[]): void {
+  const batch = new PacketBatch();
+  const n = tx.vq.dequeueBurst(batch, 32);
+  t.equal(n, sent.length, 'one burst');
+  rx.vq.acquire();
+  t.equal(rx.vq.enqueueBurst(src.gm, batch, null, n), n, 'all enqueued');
+  rx.vq.flush();
+  rx.vq.release();
+  tx.vq.completeBurst(batch);
+  const got = rx.drv.readRx();
+  t.same(got.map((p, i) => eq(p.data, sent[i])), sent.map(() => true), 'every packet byte-exact, in order');
+}
 
 /** Expected log bytes, computed from explicit [gpa, len) ranges without the code under test. */
 function expectedLog(sizeBytes: number, ranges: Array<[number, number]>): Uint8Array {
@@ -373,16 +387,7 @@ for (const nativeLog of [false, true]) t.test(`RX burst fast path: neighbouring 
   for (const [gpa] of bufs) rx.drv.postChain([{ gpa, len: 2048, write: true }]);
   const sent = bufs.map(([, len], i) => pattern(len, 40 + i));
   for (const p of sent) tx.drv.postTx(p);
-  const batch = new PacketBatch();
-  const n = tx.vq.dequeueBurst(batch, 32);
-  t.equal(n, bufs.length, 'one burst');
-  rx.vq.acquire();
-  t.equal(rx.vq.enqueueBurst(a.gm, batch, null, n), n, 'all enqueued');
-  rx.vq.flush();
-  rx.vq.release();
-  tx.vq.completeBurst(batch);
-  const got = rx.drv.readRx();
-  t.same(got.map((p, i) => eq(p.data, sent[i])), sent.map(() => true), 'every packet byte-exact, in order');
+  forwardOneBurst(t, tx, rx, a, sent);
   const expected = expectedLog(16, bufs.map(([gpa, len]) => [gpa, len + 12]));
   t.same(bitsOf(expected), [9, 10, 11, 13], 'the burst writes these pages');
   t.same(bitsOf(new Uint8Array(logSab)), bitsOf(expected), 'the log holds exactly those pages');
@@ -409,16 +414,7 @@ for (const nativeLog of [false, true]) t.test(`RX burst: big packets through the
   const sent = lens.map((n, i) => pattern(n, 70 + i));
   for (const p of sent) tx.drv.postTx(p);
   const before = Uint8Array.from(b.mem8);
-  const batch = new PacketBatch();
-  const n = tx.vq.dequeueBurst(batch, 32);
-  t.equal(n, lens.length, 'one burst of 32');
-  rx.vq.acquire();
-  t.equal(rx.vq.enqueueBurst(a.gm, batch, null, n), n, 'all enqueued');
-  rx.vq.flush();
-  rx.vq.release();
-  tx.vq.completeBurst(batch);
-  const got = rx.drv.readRx();
-  t.same(got.map((p, i) => eq(p.data, sent[i])), sent.map(() => true), 'every packet byte-exact');
+  forwardOneBurst(t, tx, rx, a, sent);
   const changed = new Set<number>();
   for (let i = 0; i < SIZE; i++) if (b.mem8[i] !== before[i]) changed.add(i >> 12);
   const logged = bitsOf(new Uint8Array(logSab));

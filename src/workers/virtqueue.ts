@@ -81,7 +81,7 @@ export class Virtqueue {
    * The RX fast path's marks as log bytes: pairs [byte index (page >> 3), mask of its 8
    * pages], neighbouring buffers in one byte OR'ed together in the loop. testpmd's mbufs
    * cluster: a 64 B burst left ~21.6 page runs but only ~5.7 distinct log bytes, and each
-   * run cost the marker ~3-5 ns (NOTES.md #31).
+   * run cost the marker ~3-5 ns (NOTES.md #32).
    */
   private byteMarks = new Int32Array(128);
   private nByteMarks = 0;
@@ -963,7 +963,8 @@ export class Virtqueue {
     this.bulk?.run();
     const logging = this.logging;
     // The used entries written since the last publish (written already) and used->idx
-    // (written next) join the burst's buffer runs: one marking pass, after the store below.
+    // (written next) join the burst's buffer marks (one byte mark when the ring lies in one
+    // page, NOTES.md #33): one marking pass, after the store below.
     if (logging && this.logUsedGpa >= 0) {
       if (this.usedLogByte >= 0) {
         this.byteMark(this.usedLogByte, this.usedLogMask);
@@ -1020,8 +1021,8 @@ export class Virtqueue {
     }
     const n = this.nMarks;
     if (n * 2 === this.marks.length) this.growMarks();
-    this.marks[n * 2] = Math.floor(gpa / LOG_PAGE);
-    this.marks[n * 2 + 1] = Math.floor((gpa + len - 1) / LOG_PAGE);
+    this.marks[n * 2] = p0;
+    this.marks[n * 2 + 1] = p1;
     this.nMarks = n + 1;
   }
 
