@@ -5,6 +5,7 @@ import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_DIRTY_PAGES } from '../src/shared/types';
 import { GuestMemory } from '../src/workers/guest-memory';
 import { eq, Guest, makeGuest, makeQueue, pattern, Queue } from './vq-harness';
+import { rng } from './helpers/rng';
 
 /** One burst from `tx` (guest `src`) into `rx`, as the poller runs it: every packet arrives byte-exact, in order. */
 function forwardOneBurst(t: Test, tx: Queue, rx: Queue, src: Guest, sent: Uint8Array[]): void {
@@ -253,11 +254,8 @@ t.test('DirtyLog.markPageRuns (a burst at once, in JavaScript and by the addon) 
 });
 
 t.test('DirtyLog.markBytes sets exactly the pages of its byte marks, fenced or not, and counts those beyond the log apart', async (t) => {
-  let seed = 777;
-  const rnd = (n: number): number => {
-    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-    return seed % n;
-  };
+  const next = rng(777);
+  const rnd = (n: number): number => Math.floor(next() * n);
   let bad = 0;
   let beyond = 0;
   for (let round = 0; round < 200; round++) {
