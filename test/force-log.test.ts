@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
-import { startForwarder } from './helpers/env';
+import { startForwarder, withTwoGuests } from './helpers/env';
 import { pump } from './helpers/traffic';
 
 for (const forceLog of [true, false]) {
@@ -39,14 +39,7 @@ for (const forceLog of [true, false]) {
 }
 
 t.test('forced logging paused and resumed at run time: no bit while paused; after resuming, logged pages rebuild the guest memory', async (t) => {
-  const env = await startForwarder(['a', 'b'], { forceLog: true });
-  t.teardown(env.stop);
-  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
-  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), queueSize: 256 });
-  t.teardown(() => {
-    a.close();
-    b.close();
-  });
+  const { env, a, b } = await withTwoGuests(t, { forceLog: true }, { queueSize: 256 });
   await pump(a, b, 50, [64, 1518]);
   const dev = env.fwd.interfaces[1].device!;
   const logOf = (): Uint8Array => new Uint8Array(dev.log!.sab, dev.log!.offset, dev.log!.size);

@@ -7,7 +7,7 @@ import t, { Test } from 'tap';
 import fs from 'node:fs';
 import { F, bit } from '../src/shared/constants';
 import { DEFAULT_WANT, SyntheticGuest, frame, macOf } from '../src/frontend/guest';
-import { startForwarder, waitUntil } from './helpers/env';
+import { startForwarder, waitUntil, withTwoGuests } from './helpers/env';
 
 type Pkt = { data: Uint8Array };
 
@@ -31,11 +31,7 @@ function same(t: Test, got: Pkt[], sent: Uint8Array[], what: string): void {
 }
 
 t.test('xconnect: sizes 60..9000 byte-exact both ways, mergeable RX over several buffers', async (t) => {
-  const env = await startForwarder(['a', 'b']);
-  t.teardown(env.stop);
-  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
-  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2) });
-  t.teardown(() => { a.close(); b.close(); });
+  const { env, a, b } = await withTwoGuests(t);
   const sizes = [60, 64, 65, 128, 255, 256, 1000, 1514, 1518, 2036, 2037, 4000, 9000];
   const ab = sizes.map((s, i) => frame(macOf(2), macOf(1), s, i));
   const ba = sizes.map((s, i) => frame(macOf(1), macOf(2), s, 1000 + i));
@@ -248,11 +244,7 @@ function cpuNs(tid: number): number {
 }
 
 t.test('idle: the poller sleeps, its timeouts do not spin, and a guest that never kicks is still served', async (t) => {
-  const env = await startForwarder(['a', 'b']);
-  t.teardown(env.stop);
-  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
-  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2) });
-  t.teardown(() => { a.close(); b.close(); });
+  const { env, a, b } = await withTwoGuests(t);
   const first = [frame(macOf(2), macOf(1), 64, 1)];
   a.send(0, first);
   same(t, await collect(b, 0, 1), first, 'a packet with a kick');

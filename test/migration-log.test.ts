@@ -10,7 +10,7 @@ import { Req } from '../src/shared/constants';
 import { encodeLog } from '../src/main/messages';
 import { native } from '../src/native';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
-import { startForwarder } from './helpers/env';
+import { startForwarder, withTwoGuests } from './helpers/env';
 import { pump } from './helpers/traffic';
 
 const rounds: Array<{ sizes: number[]; ms: number }> = [
@@ -56,11 +56,7 @@ t.test('iterative pre-copy: the frontend fetches and clears the log while traffi
   // QEMU's pre-copy: every sync round takes each log word with an atomic exchange and then
   // sends those pages, while the backend goes on writing. A backend that skips bits it
   // believes set (dirty-log.ts flush) must still set every bit cleared under it.
-  const env = await startForwarder(['a', 'b']);
-  t.teardown(env.stop);
-  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
-  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), queueSize: 256 });
-  t.teardown(() => { a.close(); b.close(); });
+  const { a, b } = await withTwoGuests(t, {}, { queueSize: 256 });
   await pump(a, b, 50, [64, 1518]);
   await b.startLogging();
   const image = Uint8Array.from(b.mem);
@@ -95,11 +91,7 @@ t.test('iterative pre-copy: the frontend fetches and clears the log while traffi
 });
 
 t.test('a log base without LOG_ALL negotiated: traffic sets no bit', async (t) => {
-  const env = await startForwarder(['a', 'b']);
-  t.teardown(env.stop);
-  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
-  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2) });
-  t.teardown(() => { a.close(); b.close(); });
+  const { a, b } = await withTwoGuests(t);
   const logFd = native.memfdCreate('log', 4096);
   t.teardown(() => native.close(logFd));
   await b.client.callU64(Req.SET_LOG_BASE, encodeLog({ mmapSize: 4096, mmapOffset: 0 }), [logFd]);

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
 import { LogLine, setLevel, setSink } from '../../src/main/log';
+import { GuestOptions, SyntheticGuest, macOf } from '../../src/frontend/guest';
 
 // Tests read log lines through captureLogs() (the sink sees every level); keep stderr quiet.
 if (!process.env.VHOSTFWD_LOG) setLevel('warn');
@@ -37,6 +38,28 @@ export async function startForwarder(
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+type TestForwarder = Awaited<ReturnType<typeof startForwarder>>;
+
+/**
+ * The usual two-guest setup: a forwarder for interfaces a and b (config `extra`), a
+ * synthetic guest on each (macOf(1), macOf(2); `bOpts` for b), all torn down after `t`.
+ */
+export async function withTwoGuests(
+  t: { teardown: (fn: () => unknown) => void },
+  extra: Record<string, unknown> = {},
+  bOpts: Partial<GuestOptions> = {},
+): Promise<{ env: TestForwarder; a: SyntheticGuest; b: SyntheticGuest }> {
+  const env = await startForwarder(['a', 'b'], extra);
+  t.teardown(env.stop);
+  const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
+  const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), ...bOpts });
+  t.teardown(() => {
+    a.close();
+    b.close();
+  });
+  return { env, a, b };
 }
 
 /** Collect log lines while `fn` runs. */
