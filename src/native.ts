@@ -189,5 +189,20 @@ export interface Native {
 // bench/NOTES.md #31).
 // A copy made by spreading it into an object literal has fast properties (Object.assign
 // onto {} did not, measured), and the hot callers' loads become a map check and a field load.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-export const native: Native = { ...(require(path.join(__dirname, '..', '..', 'build', 'Release', 'vhostfwd.node')) as Native) };
+export const native: Native = { ...loadAddon() };
+
+/**
+ * The addon file, found by node-gyp-build from the package root: build/Release/vhostfwd.node
+ * when it was built from source (a git checkout; an install that compiled it), else the
+ * prebuilt binary shipped in the package, prebuilds/<platform>-<arch>/node.napi.glibc.node.
+ */
+function loadAddon(): Native {
+  const root = path.join(__dirname, '..', '..');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return (require('node-gyp-build') as (dir: string) => unknown)(root) as Native;
+  } catch (e) {
+    const first = String((e as Error).message).split('\n')[0];
+    throw new Error(`vhostfwd: the C++ addon cannot be loaded (${first}): build it with \`npm rebuild vhostfwd\` (needs g++, make, python3), or \`npm install\` in a checkout`, { cause: e });
+  }
+}
