@@ -577,6 +577,10 @@ Napi::Value FdStat(const Napi::CallbackInfo& info) {
   Napi::Object r = Napi::Object::New(env);
   r.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
   r.Set("blksize", Napi::Number::New(env, static_cast<double>(st.st_blksize)));
+  // The file's identity: QEMU sends one ADD_MEM_REG per queue pair, the repeats are
+  // recognised by the same backing file (device and inode), not by the fd number.
+  r.Set("dev", Napi::Number::New(env, static_cast<double>(st.st_dev)));
+  r.Set("ino", Napi::Number::New(env, static_cast<double>(st.st_ino)));
   return r;
 }
 

@@ -48,6 +48,9 @@ export interface FdStat {
   size: number;
   /** st_blksize: the page size for memfd/tmpfs, the huge page size for hugetlbfs. */
   blksize: number;
+  /** st_dev and st_ino: which file (two fds of one memfd give the same pair). */
+  dev: number;
+  ino: number;
 }
 
 /** Readiness events passed to a poll callback. */
