@@ -144,7 +144,9 @@ export async function main(argv: string[]): Promise<void> {
       async () => {
         const script = path.join(__dirname, '..', 'bench', 'run.js');
         if (!fs.existsSync(script)) {
-          process.stderr.write(`vhostfwd: ${script} is missing: run npm run build\n`);
+          // the package carries no bench/ (package.json files): it runs from a git checkout
+          const checkout = fs.existsSync(path.join(__dirname, '..', '..', 'bench'));
+          process.stderr.write(checkout ? `vhostfwd: ${script} is missing: run npm run build\n` : 'vhostfwd: bench runs from a git checkout of vhostfwd (the installed package has no bench/)\n');
           process.exit(1);
         }
         const rest = process.argv.slice(process.argv.indexOf('bench') + 1).filter((x) => x !== '--');
