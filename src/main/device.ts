@@ -18,7 +18,7 @@ import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, QueueFeatures, Rin
 import { Message, encodeReply, needsReply } from './codec';
 import { safeClose } from './connection';
 import { log } from './log';
-import { MemoryTable, mapRegion } from './memory-table';
+import { MemoryTable, mapRegion, statFd } from './memory-table';
 import {
   LogArea, ProtocolError, encodeU64, encodeVringState, parseLog, parseMemoryTable, parseSingleRegion, parseVringAddr,
   parseVringFile, parseVringState, VringAddr,
@@ -110,6 +110,8 @@ export class Device {
   log: (LogDesc & LogArea) | null = null;
   /** `log` was allocated here for forceLog (not sent by the frontend). */
   private ownLog = false;
+  /** the file of the last log from SET_LOG_BASE: a repeat of the log in use (one per queue pair) is not mapped again. */
+  private logFile: { dev: number; ino: number } | null = null;
   readonly vrings: Vring[];
   /** requests seen, by name (for logs and tests: e.g. migration shows SET_LOG_BASE). */
   readonly seen = new Map<string, number>();
@@ -445,7 +447,17 @@ export class Device {
   async setLogBase(m: Message): Promise<Buffer> {
     const area = parseLog(m.payload, 'SET_LOG_BASE');
     const [fd] = m.fds.splice(0);
-    const mapped = mapRegion({ gpa: 0, size: area.mmapSize, uva: 0, mmapOffset: area.mmapOffset }, fd, 'SET_LOG_BASE');
+    const st = statFd(fd, 'SET_LOG_BASE');
+    // QEMU 7.2 sends SET_LOG_BASE once per queue pair, every one with the same shared log:
+    // a repeat of the log in use is answered without a second mapping.
+    const cur = this.log;
+    const file = this.logFile;
+    if (cur && !this.ownLog && file && file.dev === st.dev && file.ino === st.ino && cur.mmapSize === area.mmapSize && cur.mmapOffset === area.mmapOffset) {
+      safeClose(fd);
+      log.debug('dirty log repeated (one SET_LOG_BASE per queue pair): kept', { dev: this.opts.name });
+      return encodeU64(0);
+    }
+    const mapped = mapRegion({ gpa: 0, size: area.mmapSize, uva: 0, mmapOffset: area.mmapOffset }, fd, 'SET_LOG_BASE', st);
     const previous = this.log;
     const previousOwn = this.ownLog;
     this.ownLog = false;
@@ -457,6 +469,7 @@ export class Device {
       this.ownLog = previousOwn;
       throw e;
     }
+    this.logFile = { dev: st.dev, ino: st.ino };
     log.info('dirty log set', { dev: this.opts.name, size: area.mmapSize, offset: area.mmapOffset });
     // Workers switch to the new log before we answer: QEMU reads the log from then on.
     await this.relogRunning();
@@ -581,16 +594,27 @@ export class Device {
     return encodeU64(MAX_MEM_SLOTS);
   }
 
+  /**
+   * ADD_MEM_REG. QEMU 7.2 sends it once per queue pair (one vhost_dev each on this
+   * socket): the same region from the same file again is acknowledged and counted, not
+   * mapped twice (MemoryTable.add); a region overlapping another is refused by name.
+   */
   addMemReg(m: Message): void {
     const region = parseSingleRegion(m.payload, 'ADD_MEM_REG');
-    this.mem.add(region, m.fds.splice(0)[0] as number, 'ADD_MEM_REG');
+    const added = this.mem.add(region, m.fds.splice(0)[0] as number, 'ADD_MEM_REG');
+    if (added.shared) {
+      log.debug('memory region repeated (one ADD_MEM_REG per queue pair): shared', { dev: this.opts.name, region: added.index, refs: added.refs });
+      return;
+    }
     this.dropOwnLog(); // forceLog: running rings keep the old log; rings started later get a new one
     this.checkLogCoversMemory('ADD_MEM_REG');
   }
 
+  /** REM_MEM_REG: drops one reference of the region; it is unmapped with the last one. */
   remMemReg(m: Message): void {
     closeAll(m);
-    this.mem.remove(parseSingleRegion(m.payload, 'REM_MEM_REG'), 'REM_MEM_REG');
+    const left = this.mem.remove(parseSingleRegion(m.payload, 'REM_MEM_REG'), 'REM_MEM_REG');
+    if (left > 0) log.debug('memory region still referenced by another queue pair', { dev: this.opts.name, refs: left });
   }
 
   setStatus(m: Message): void {

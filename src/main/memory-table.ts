@@ -7,24 +7,60 @@
  * Lifetime: the fd is closed right after mmap (the mapping keeps the memory alive). The
  * mapping is unmapped by the SAB's deleter once no thread references it any more, so a
  * worker that still holds views after a reset can never touch unmapped memory.
+ *
+ * Repeats: QEMU 7.2 keeps one vhost_dev per queue pair on one socket and each of them
+ * sends its own ADD_MEM_REG for every region (and REM_MEM_REG when it goes); newer QEMU
+ * sends them once per device. An ADD_MEM_REG identical to a mapped region (guest address,
+ * size, user address, mmap offset, and the same backing file by st_dev and st_ino) takes a
+ * reference on that mapping instead of a second one; REM_MEM_REG drops one and the region
+ * leaves the table with its last reference. Anything else that overlaps is refused.
  */
 import { native } from '../native';
 import { MAX_MEM_SLOTS } from '../shared/constants';
 import { RegionDesc, RingLocation } from '../shared/types';
-import { MemoryRegion, ProtocolError, checkNoOverlap } from './messages';
+import { FdStat } from '../native';
+import { MemoryRegion, ProtocolError } from './messages';
 import { safeClose } from './connection';
 
 export interface MappedRegion extends MemoryRegion {
   sab: SharedArrayBuffer;
   sabOffset: number;
+  /** the backing file (fstat st_dev, st_ino) */
+  dev: number;
+  ino: number;
+  /** the ADD_MEM_REGs this mapping stands for (one per QEMU 7.2 queue pair); 1 from SET_MEM_TABLE */
+  refs: number;
 }
+
+/** What `add` did: a new mapping, or one more reference on an identical mapped region. */
+export interface AddResult {
+  shared: boolean;
+  /** the region's references after the add */
+  refs: number;
+  /** the region's index in the table */
+  index: number;
+}
+
+const hex = (n: number): string => `0x${n.toString(16)}`;
+const describe = (r: MemoryRegion): string =>
+  `gpa ${hex(r.gpa)} size ${hex(r.size)} uva ${hex(r.uva)} mmap_offset ${hex(r.mmapOffset)}`;
 
 const PAGE = 4096;
 
-/** Map one region from its fd; the fd is always closed, success or not. */
-export function mapRegion(r: MemoryRegion, fd: number, req: string): MappedRegion {
+/** fstat(fd); on failure the fd is closed and a ProtocolError names the request. */
+export function statFd(fd: number, req: string): FdStat {
   try {
-    const st = native.fdStat(fd);
+    return native.fdStat(fd);
+  } catch (e) {
+    safeClose(fd);
+    throw new ProtocolError(req, `fstat of the file descriptor failed: ${(e as Error).message}`);
+  }
+}
+
+/** Map one region from its fd; the fd is always closed, success or not. `stat`: fdStat(fd) if already taken. */
+export function mapRegion(r: MemoryRegion, fd: number, req: string, stat?: FdStat): MappedRegion {
+  try {
+    const st = stat ?? native.fdStat(fd);
     if (r.mmapOffset + r.size > st.size) {
       throw new ProtocolError(req, `region gpa 0x${r.gpa.toString(16)}: mmap_offset 0x${r.mmapOffset.toString(16)} + size 0x${r.size.toString(16)} exceeds the fd size 0x${st.size.toString(16)}`);
     }
@@ -40,7 +76,7 @@ export function mapRegion(r: MemoryRegion, fd: number, req: string): MappedRegio
     } catch (e) {
       throw new ProtocolError(req, `mmap of region gpa 0x${r.gpa.toString(16)} failed: ${(e as Error).message}`);
     }
-    return { ...r, sab, sabOffset: lead };
+    return { gpa: r.gpa, size: r.size, uva: r.uva, mmapOffset: r.mmapOffset, sab, sabOffset: lead, dev: st.dev, ino: st.ino, refs: 1 };
   } finally {
     safeClose(fd);
   }
@@ -69,26 +105,65 @@ export class MemoryTable {
     this.regions = mapped;
   }
 
-  /** ADD_MEM_REG. */
-  add(def: MemoryRegion, fd: number, req: string): void {
+  /**
+   * ADD_MEM_REG. The fd is always consumed. A region identical to a mapped one (same
+   * guest address, size, user address, mmap offset and backing file) is a repeat from
+   * another queue pair: one more reference, no second mapping. A region overlapping a
+   * mapped one in guest-physical or user address space in any other way is refused,
+   * naming both regions.
+   */
+  add(def: MemoryRegion, fd: number, req: string): AddResult {
+    const st = statFd(fd, req);
+    const same = this.regions.findIndex(
+      (r) => r.gpa === def.gpa && r.size === def.size && r.uva === def.uva && r.mmapOffset === def.mmapOffset && r.dev === st.dev && r.ino === st.ino,
+    );
+    if (same >= 0) {
+      safeClose(fd);
+      const r = this.regions[same];
+      r.refs++;
+      return { shared: true, refs: r.refs, index: same };
+    }
+    const clash = this.overlap(def, st);
+    if (clash !== null) {
+      safeClose(fd);
+      throw new ProtocolError(req, clash);
+    }
     if (this.regions.length >= MAX_MEM_SLOTS) {
       safeClose(fd);
       throw new ProtocolError(req, `all ${MAX_MEM_SLOTS} memory slots are in use`);
     }
-    try {
-      checkNoOverlap([...this.regions, def], req);
-    } catch (e) {
-      safeClose(fd);
-      throw e;
-    }
-    this.regions = [...this.regions, mapRegion(def, fd, req)];
+    this.regions = [...this.regions, mapRegion(def, fd, req, st)];
+    return { shared: false, refs: 1, index: this.regions.length - 1 };
   }
 
-  /** REM_MEM_REG: the region is matched by guest address, size and user address. */
-  remove(def: MemoryRegion, req: string): void {
+  /** Why `def` (backed by the file `st`) may not join the table, or null when it may. */
+  private overlap(def: MemoryRegion, st: FdStat): string | null {
+    for (let i = 0; i < this.regions.length; i++) {
+      const r = this.regions[i];
+      const gpa = def.gpa < r.gpa + r.size && r.gpa < def.gpa + def.size;
+      const uva = def.uva < r.uva + r.size && r.uva < def.uva + def.size;
+      if (!gpa && !uva) continue;
+      const sameRange = def.gpa === r.gpa && def.size === r.size && def.uva === r.uva && def.mmapOffset === r.mmapOffset;
+      const why = sameRange
+        ? `the same range backed by a different file (dev ${st.dev} inode ${st.ino}; region ${i}: dev ${r.dev} inode ${r.ino})`
+        : `new ${describe(def)}; region ${i}: ${describe(r)}`;
+      return `regions ${i} and ${this.regions.length} overlap in ${gpa ? 'guest physical' : 'user address'} space: ${why}`;
+    }
+    return null;
+  }
+
+  /**
+   * REM_MEM_REG: the region is matched by guest address, size and user address (QEMU
+   * sends mmap_offset 0 and no fd). Drops one reference; the region leaves the table
+   * (and is unmapped once no worker holds it) with its last. Returns the references left.
+   */
+  remove(def: MemoryRegion, req: string): number {
     const i = this.regions.findIndex((r) => r.gpa === def.gpa && r.size === def.size && r.uva === def.uva);
-    if (i < 0) throw new ProtocolError(req, `no region at gpa 0x${def.gpa.toString(16)} size 0x${def.size.toString(16)}`);
-    this.regions = this.regions.filter((_, j) => j !== i);
+    if (i < 0) throw new ProtocolError(req, `no region at gpa ${hex(def.gpa)} size ${hex(def.size)} uva ${hex(def.uva)}`);
+    const r = this.regions[i];
+    r.refs--;
+    if (r.refs === 0) this.regions = this.regions.filter((_, j) => j !== i);
+    return r.refs;
   }
 
   clear(): void {
