@@ -146,3 +146,49 @@ export class Testpmd {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Packet counters of one port as vhostfwd sees them: rx = delivered to the frontend, tx = taken from it. */
+export interface BackendCounts {
+  rx: number;
+  tx: number;
+}
+
+export interface DrainedCounts {
+  /** testpmd's port stats once nothing moves any more */
+  ports: PortStats[];
+  /** vhostfwd's counters per port (all queues summed), same order as the ports */
+  backend: BackendCounts[];
+  /** true when both sides stopped moving and agree on every port before the deadline */
+  settled: boolean;
+}
+
+/**
+ * Stop testpmd's io loop and drain it: switch to rxonly (receive and free, send nothing)
+ * so testpmd takes every packet vhostfwd still delivers, then poll both sides until the
+ * counters stop moving and testpmd's RX/TX equal vhostfwd's delivered/taken on every
+ * port, or `deadlineMs` passes. testpmd is stopped again before the final read.
+ */
+export async function stopAndDrain(fe: Testpmd, backend: () => BackendCounts[], deadlineMs = 30000): Promise<DrainedCounts> {
+  await fe.cmd('stop');
+  await fe.cmd('set fwd rxonly');
+  await fe.cmd('start');
+  const end = Date.now() + deadlineMs;
+  const agree = (ports: PortStats[], be: BackendCounts[]) =>
+    ports.length === be.length && ports.every((p, i) => p.rxPackets === be[i].rx && p.txPackets === be[i].tx);
+  let prev = '';
+  let settled = false;
+  while (Date.now() < end) {
+    const ports = await fe.portStats();
+    const be = backend();
+    const now = JSON.stringify([ports.map((p) => [p.rxPackets, p.txPackets]), be]);
+    // two reads in a row, 100 ms apart, that agree and did not move
+    if (now === prev && agree(ports, be)) {
+      settled = true;
+      break;
+    }
+    prev = now;
+    await sleep(100);
+  }
+  await fe.cmd('stop');
+  return { ports: await fe.portStats(), backend: backend(), settled };
+}
