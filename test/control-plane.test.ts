@@ -145,6 +145,93 @@ t.test('SET_LOG_BASE maps the log and replies; ADD/REM_MEM_REG; RESET_OWNER', as
   native.close(mem.fd);
 });
 
+/** Poll until the process's fd count is `want` (fds are closed asynchronously), with a deadline; returns the last count. */
+async function fdCountSettles(want: number, deadlineMs = 3000): Promise<number> {
+  await waitUntil(() => fdCount() === want, deadlineMs, `fd count ${want}`).catch(() => undefined);
+  return fdCount();
+}
+
+t.test('SET_LOG_FD: acked, the legacy log eventfd is taken and closed, the device carries on', async (t) => {
+  const env = await startForwarder(['a', 'b']);
+  t.teardown(env.stop);
+  const c = await VhostUserClient.connect(env.sock('a'));
+  await negotiate(c, { protocol: true });
+  const before = fdCount();
+  const efd = native.eventfdCreate(0);
+  t.equal(await c.callU64(Req.SET_LOG_FD, Buffer.alloc(0), [efd], true), 0n, 'REPLY_ACK: success');
+  native.close(efd);
+  t.equal(await fdCountSettles(before), before, 'the received copy of the fd was closed (no fd kept)');
+  t.equal(c.closed, null, 'the connection stays up');
+  t.ok((await c.callU64(Req.GET_FEATURES)) > 0n, 'the device still answers');
+  t.equal(env.fwd.interfaces[0].device?.seen.get('SET_LOG_FD'), 1, 'the device handled one SET_LOG_FD');
+  c.close();
+});
+
+t.test('SET_VRING_ERR: the ring keeps the error eventfd (the same eventfd), replaces it, clears it with the no-fd flag', async (t) => {
+  const env = await startForwarder(['a', 'b']);
+  t.teardown(env.stop);
+  const c = await VhostUserClient.connect(env.sock('a'));
+  await negotiate(c, { protocol: true });
+  const dev = env.fwd.interfaces[0].device!;
+  const before = fdCount();
+  const e1 = native.eventfdCreate(0);
+  t.equal(await c.callU64(Req.SET_VRING_ERR, encodeU64(1), [e1], true), 0n, 'REPLY_ACK: success');
+  const held = dev.vrings[1].errFd;
+  t.ok(held >= 0 && native.isEventfd(held), 'ring 1 holds an eventfd as its error fd');
+  t.equal(dev.vrings[0].errFd, -1, 'ring 0 untouched');
+  native.eventfdWrite(e1, 5);
+  t.equal(native.eventfdRead(held), 5, 'it is the frontend\'s eventfd: a write on ours is read on the ring\'s');
+  native.close(e1);
+  const e2 = native.eventfdCreate(0);
+  t.equal(await c.callU64(Req.SET_VRING_ERR, encodeU64(1), [e2], true), 0n, 'second SET_VRING_ERR acked');
+  native.eventfdWrite(e2, 7);
+  t.equal(native.eventfdRead(dev.vrings[1].errFd), 7, 'the ring now holds the second eventfd');
+  native.close(e2);
+  t.equal(await fdCountSettles(before + 1), before + 1, 'the first error fd was closed when replaced (one held)');
+  t.equal(await c.callU64(Req.SET_VRING_ERR, encodeU64(1 | VRING_NOFD_MASK), [], true), 0n, 'no-fd SET_VRING_ERR acked');
+  t.equal(dev.vrings[1].errFd, -1, 'the no-fd flag clears the error fd');
+  t.equal(await fdCountSettles(before), before, 'and closes it');
+  c.close();
+});
+
+t.test('RESET_DEVICE: running rings stopped, fds and memory released, features cleared; the connection renegotiates', async (t) => {
+  const env = await startForwarder(['a', 'b']);
+  t.teardown(env.stop);
+  const c = await VhostUserClient.connect(env.sock('a'));
+  const mem = guestMemory();
+  const { pf } = await negotiate(c, { protocol: true });
+  t.ok(hasBit(pf, PF.RESET_DEVICE), 'RESET_DEVICE offered');
+  const kick = native.eventfdCreate(0);
+  const call = native.eventfdCreate(0);
+  const before = fdCount();
+  await setMemTable(c, mem.fd);
+  setupRing(c, 0, kick, call);
+  await c.call(Req.SET_VRING_ENABLE, encodeVringState({ index: 0, num: 1 }), [], true);
+  t.equal(await c.callU64(Req.SET_STATUS, encodeU64(0x0f), [], true), 0n, 'status set');
+  const dev = env.fwd.interfaces[0].device!;
+  t.ok(dev.vrings[0].started, 'ring 0 running before the reset');
+  t.equal(dev.mem.count, 1, 'memory mapped before the reset');
+  t.equal(await c.callU64(Req.RESET_DEVICE, Buffer.alloc(0), [], true), 0n, 'RESET_DEVICE acked');
+  t.notOk(dev.vrings[0].started, 'ring 0 stopped');
+  t.same([dev.vrings[0].kickFd, dev.vrings[0].callFd], [-1, -1], 'ring fds dropped');
+  t.equal(dev.vrings[0].addr, null, 'ring address forgotten');
+  t.equal(dev.features, 0n, 'features cleared');
+  t.equal(dev.protocolFeatures, 0n, 'protocol features cleared');
+  t.equal(dev.status, 0, 'status cleared');
+  t.equal(dev.mem.count, 0, 'memory unmapped');
+  t.equal(await fdCountSettles(before), before, 'the received kick, call and memory fds were closed');
+  t.equal(c.closed, null, 'the connection stays up');
+  t.equal(env.fwd.interfaces[0].device, dev, 'the same device object serves on');
+  // the same connection negotiates again and starts the ring again
+  await negotiate(c, { protocol: true });
+  await setMemTable(c, mem.fd);
+  setupRing(c, 0, kick, call);
+  await c.call(Req.SET_VRING_ENABLE, encodeVringState({ index: 0, num: 1 }), [], true);
+  t.ok(dev.vrings[0].started, 'ring 0 runs again after renegotiation');
+  c.close();
+  for (const fd of [kick, call, mem.fd]) native.close(fd);
+});
+
 interface Bad {
   name: string;
   reason: RegExp;
@@ -206,8 +293,7 @@ t.test('malformed requests: named error, device reset, other interface untouched
     await waitUntil(() => env.fwd.interfaces[0].device === null, 2000, 'device released');
     t.equal(other.closed, null, `${b.name}: the other interface keeps its connection`);
     t.equal(await other.callU64(Req.GET_FEATURES) > 0n, true, `${b.name}: the other interface still answers`);
-    await new Promise((r) => setTimeout(r, 20));
-    t.equal(fdCount(), before, `${b.name}: no fd leaked`);
+    t.equal(await fdCountSettles(before), before, `${b.name}: no fd leaked`);
   }
   other.close();
 });
