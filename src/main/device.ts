@@ -115,6 +115,8 @@ export class Device {
   readonly vrings: Vring[];
   /** requests seen, by name (for logs and tests: e.g. migration shows SET_LOG_BASE). */
   readonly seen = new Map<string, number>();
+  /** the last SET_FEATURES value that had LOG_ALL set (null: none yet); for logs and tests. */
+  lastLogAllFeatures: bigint | null = null;
   private broken = false;
 
   constructor(readonly opts: DeviceOptions, private readonly dp: Dataplane, private readonly link: DeviceLink) {
@@ -398,6 +400,7 @@ export class Device {
     const onlyLog = ((f ^ this.features) & ~bit(F.VHOST_F_LOG_ALL)) === 0n;
     if (!onlyLog) await this.pauseRings();
     this.features = f;
+    if (hasBit(f, F.VHOST_F_LOG_ALL)) this.lastLogAllFeatures = f;
     // Without PROTOCOL_FEATURES rings are enabled from the start.
     // With it they stay as SET_VRING_ENABLE left them (a later SET_FEATURES that only
     // toggles LOG_ALL for migration must not disable running rings).

@@ -2,11 +2,15 @@
  * The capability the project started from: QEMU live-migrates a running guest whose NIC
  * is served by vhostfwd. Guest A pings guest B through vhostfwd's bridge; A migrates to a
  * second QEMU process on its own vhostfwd socket; the migration completes, the destination
- * keeps pinging B, and at most 2 pings are lost.
+ * keeps pinging B, and at most 2 pings are lost. The source device got SET_FEATURES with
+ * LOG_ALL and a SET_LOG_BASE log, and that log held dirty bits while the migration ran
+ * (sampled from the shared log memory itself, not from our counters).
  */
 import t from 'tap';
+import fs from 'node:fs';
 import path from 'node:path';
-import { startForwarder } from '../helpers/env';
+import { startForwarder, waitUntil } from '../helpers/env';
+import { F, hasBit } from '../../src/shared/constants';
 import { QemuGuest, pingReplies } from './qemu';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -29,12 +33,34 @@ t.test('QEMU live migration of a pinging guest through the vhostfwd bridge', asy
   await src.waitFor(/VF:PINGLOOP-START/, 90000);
   const srcDevice = env.fwd.interfaces[0].device;
   t.ok(srcDevice, 'source QEMU is connected');
-  await sleep(2000);
+  const waited = (p: Promise<void>) => p.then(() => true, () => false);
+  t.ok(await waited(waitUntil(() => pingReplies(src.output).length >= 10, 60000, '10 ping replies')), 'A pings B before the migration');
   const before = pingReplies(src.output);
-  t.ok(before.length >= 10, `A pings B before the migration (${before.length} replies)`);
+  t.comment(`${before.length} replies before the migration`);
 
   dst = new QemuGuest({ name: "A'", socket: env.sock('a2'), incoming: `${mig}`, ...common });
-  await sleep(1500); // the destination QEMU connects its vhost-user socket and waits for the stream
+  // the destination QEMU connects its vhost-user socket, then listens for the stream
+  t.ok(
+    await waited(waitUntil(() => env.fwd.interfaces[2].device !== null && fs.existsSync(mig), 60000, 'destination connected and listening')),
+    'the destination QEMU connected to vhostfwd and listens for the migration stream',
+  );
+  // Sample the source's dirty log (the memory QEMU passed with SET_LOG_BASE) while the
+  // migration runs: QEMU reads and clears it at every pass, so look often.
+  let logBitsSeen = 0;
+  const pagesSeen = new Set<number>();
+  const sampler = setInterval(() => {
+    const l = srcDevice!.log;
+    if (!l) return;
+    const bytes = new Uint8Array(l.sab, l.offset, l.size);
+    let bits = 0;
+    for (let i = 0; i < bytes.length; i++) {
+      const b = bytes[i];
+      if (b === 0) continue;
+      for (let k = 0; k < 8; k++) if (b & (1 << k)) (bits++, pagesSeen.add(i * 8 + k));
+    }
+    logBitsSeen = Math.max(logBitsSeen, bits);
+  }, 1);
+  t.teardown(() => clearInterval(sampler));
   await src.monitor(`migrate unix:${mig}`);
   let info = '';
   const end = Date.now() + 60000;
@@ -43,14 +69,19 @@ t.test('QEMU live migration of a pinging guest through the vhostfwd bridge', asy
     if (/Migration status: (completed|failed)/.test(info)) break;
     await sleep(200);
   }
+  clearInterval(sampler);
   t.match(info, /Migration status: completed/, 'QEMU reports the migration completed');
   const downtime = info.match(/downtime: (\d+) ms/);
   t.comment(`migration downtime ${downtime ? downtime[1] : '?'} ms`);
   // The source device saw what QEMU does for a vhost-user migration.
   const seen = srcDevice!.seen;
   t.comment(`requests on the source device: ${[...seen.entries()].map(([k, v]) => `${k}x${v}`).join(' ')}`);
-  t.ok((seen.get('SET_FEATURES') ?? 0) >= 2, 'SET_FEATURES sent again (LOG_ALL on)');
+  const logAll = srcDevice!.lastLogAllFeatures;
+  t.ok(logAll !== null && hasBit(logAll, F.VHOST_F_LOG_ALL), `QEMU sent SET_FEATURES with LOG_ALL (0x${(logAll ?? 0n).toString(16)})`);
   t.ok((seen.get('SET_LOG_BASE') ?? 0) >= 1, 'SET_LOG_BASE sent');
+  t.ok(pagesSeen.size > 0, `the SET_LOG_BASE log was written to while migrating (${pagesSeen.size} distinct pages seen dirty, up to ${logBitsSeen} bits at once)`);
+  const memPages = (256 << 20) / 4096;
+  t.ok([...pagesSeen].every((p) => p < memPages), 'every dirty bit names a page of the 256 MiB guest');
   t.ok((seen.get('GET_VRING_BASE') ?? 0) >= 2, 'GET_VRING_BASE stopped the rings');
 
   // The destination keeps pinging: its serial console carries the same ping process on.
