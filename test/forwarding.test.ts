@@ -5,21 +5,57 @@
  */
 import t, { Test } from 'tap';
 import fs from 'node:fs';
+import os from 'node:os';
+import { native } from '../src/native';
 import { F, bit } from '../src/shared/constants';
 import { DEFAULT_WANT, SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { startForwarder, waitUntil, withTwoGuests } from './helpers/env';
 
 type Pkt = { data: Uint8Array };
 
-async function collect(g: SyntheticGuest, q: number, n: number, timeoutMs = 5000): Promise<Pkt[]> {
+/** Marker frames (seq >= MARK_BASE, broadcast) end a collect(); every collect() leaves them out. */
+const MARK_BASE = 0x7fff0000;
+let nextMark = MARK_BASE;
+const BROADCAST = Uint8Array.from([255, 255, 255, 255, 255, 255]);
+function markSeq(p: Pkt): number {
+  const d = p.data;
+  if (d.length < 18 || d[12] !== 0x88 || d[13] !== 0xb5) return -1;
+  const seq = new DataView(d.buffer, d.byteOffset, d.byteLength).getUint32(14, false);
+  return seq >= MARK_BASE ? seq : -1;
+}
+
+/**
+ * Receive on g's queue q until n frames arrived (markers left out), up to timeoutMs.
+ * With `after` (the guest that sent what is expected), it then sends a broadcast marker
+ * from `after` and receives until that marker arrives: frames from one TX ring reach a
+ * receiver in order, so whatever came before the marker is all that came ("nothing else
+ * arrived" is proven, not waited for). Without `after` it returns once n arrived.
+ */
+async function collect(g: SyntheticGuest, q: number, n: number, timeoutMs = 5000, after?: SyntheticGuest): Promise<Pkt[]> {
   const got: Pkt[] = [];
+  let mark = -1;
+  let marked = false;
+  const take = () => {
+    for (const p of g.receive(q)) {
+      const m = markSeq(p);
+      if (m < 0) got.push(p);
+      else if (m === mark) marked = true;
+    }
+  };
   await waitUntil(() => {
-    for (const p of g.receive(q)) got.push(p);
+    take();
     return got.length >= n;
   }, timeoutMs, `${n} packets on queue ${q}`).catch(() => undefined);
-  // a little longer: nothing extra must arrive
-  await new Promise((r) => setTimeout(r, 30));
-  for (const p of g.receive(q)) got.push(p);
+  if (after) {
+    mark = nextMark++;
+    after.send(q, [frame(BROADCAST, after.mac, 60, mark)]);
+    await waitUntil(() => {
+      take();
+      return marked;
+    }, Math.max(timeoutMs, 5000), 'the marker sent after the probe').catch(() => {
+      throw new Error(`the marker from ${Buffer.from(after.mac).toString('hex')} never reached the receiver: cannot tell what else arrived`);
+    });
+  }
   return got;
 }
 
@@ -37,13 +73,13 @@ t.test('xconnect: sizes 60..9000 byte-exact both ways, mergeable RX over several
   const ba = sizes.map((s, i) => frame(macOf(1), macOf(2), s, 1000 + i));
   t.equal(a.send(0, ab), ab.length);
   t.equal(b.send(0, ba), ba.length);
-  same(t, await collect(b, 0, ab.length), ab, 'A->B');
-  same(t, await collect(a, 0, ba.length), ba, 'B->A');
+  same(t, await collect(b, 0, ab.length, 5000, a), ab, 'A->B');
+  same(t, await collect(a, 0, ba.length, 5000, b), ba, 'B->A');
   t.same(a.brokenGuards(), [], 'no canary after any buffer of A touched');
   t.same(b.brokenGuards(), [], 'no canary after any buffer of B touched');
   const st = env.fwd.stats().find((s) => s.iface === 'b' && s.dir === 'rx');
-  t.equal(st?.packets, ab.length, 'rx counter of b');
-  t.equal(st?.bytes, ab.reduce((s, p) => s + p.length, 0), 'rx byte counter of b');
+  t.equal(st?.packets, ab.length + 1, 'rx counter of b (and the marker)');
+  t.equal(st?.bytes, ab.reduce((s, p) => s + p.length, 0) + 60, 'rx byte counter of b (and the marker)');
 });
 
 t.test('xconnect to a peer that is not connected: every packet counted as dropped for no destination', async (t) => {
@@ -55,9 +91,11 @@ t.test('xconnect to a peer that is not connected: every packet counted as droppe
   t.equal(a.send(0, sent), sent.length);
   const txOf = () => env.fwd.stats().find((s) => s.iface === 'a' && s.dir === 'tx');
   await waitUntil(() => (txOf()?.dropNoDest ?? 0) >= sent.length, 5000, 'drops counted');
-  await new Promise((r) => setTimeout(r, 30));
-  t.equal(txOf()?.dropNoDest, sent.length, 'one drop per packet, no more');
-  t.equal(txOf()?.packets, sent.length, 'the packets were taken from the TX ring');
+  // a marker after them: once it was taken and dropped, every earlier packet was counted
+  a.send(0, [frame(BROADCAST, macOf(1), 60, nextMark++)]);
+  await waitUntil(() => (txOf()?.packets ?? 0) >= sent.length + 1, 5000, 'the marker taken').catch(() => undefined);
+  t.equal(txOf()?.dropNoDest, sent.length + 1, 'one drop per packet (and the marker), no more');
+  t.equal(txOf()?.packets, sent.length + 1, 'the packets were taken from the TX ring');
   t.same(a.brokenGuards(), [], 'no canary touched');
 });
 
@@ -73,8 +111,8 @@ t.test('header sizes: a legacy guest (10-byte header, no MRG_RXBUF, no VERSION_1
   const ba = [60, 1514, 5000].map((s, i) => frame(macOf(1), macOf(2), s, 50 + i));
   a.send(0, ab);
   b.send(0, ba);
-  same(t, await collect(b, 0, ab.length), ab, 'legacy -> modern');
-  same(t, await collect(a, 0, ba.length), ba, 'modern -> legacy (one big buffer, no merging)');
+  same(t, await collect(b, 0, ab.length, 5000, a), ab, 'legacy -> modern');
+  same(t, await collect(a, 0, ba.length, 5000, b), ba, 'modern -> legacy (one big buffer, no merging)');
 });
 
 t.test('bridge: flood unknown and broadcast, learn, then unicast to one port only', async (t) => {
@@ -92,12 +130,12 @@ t.test('bridge: flood unknown and broadcast, learn, then unicast to one port onl
   const f2 = frame(macOf(1), macOf(2), 100, 2);
   b.send(0, [f2]);
   same(t, await collect(a, 0, 1), [f2], 'learned unicast reaches A');
-  t.equal((await collect(c, 0, 0, 100)).length, 0, 'C does not see the learned unicast');
+  t.equal((await collect(c, 0, 0, 5000, b)).length, 0, 'C does not see the learned unicast');
   // now B is known too: A -> B goes to B only
   const f3 = frame(macOf(2), macOf(1), 100, 3);
   a.send(0, [f3]);
   same(t, await collect(b, 0, 1), [f3], 'A->B after learning');
-  t.equal((await collect(c, 0, 0, 100)).length, 0, 'C no longer flooded');
+  t.equal((await collect(c, 0, 0, 5000, a)).length, 0, 'C no longer flooded');
   // broadcast from C reaches A and B
   const bc = frame(Uint8Array.from([255, 255, 255, 255, 255, 255]), macOf(3), 64, 4);
   c.send(0, [bc]);
@@ -110,7 +148,7 @@ t.test('bridge: flood unknown and broadcast, learn, then unicast to one port onl
   const f6 = frame(macOf(2), macOf(1), 64, 6);
   a.send(0, [f6]);
   same(t, await collect(c, 0, 1), [f6], 'after the move, frames for that MAC go to C');
-  t.equal((await collect(b, 0, 0, 100)).length, 0, 'and no longer to B');
+  t.equal((await collect(b, 0, 0, 5000, a)).length, 0, 'and no longer to B');
 });
 
 t.test('multi-queue: two queue pairs on two pinned workers, each pair forwards to its own queue', async (t) => {
@@ -125,6 +163,17 @@ t.test('multi-queue: two queue pairs on two pinned workers, each pair forwards t
   const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), queuePairs: 2 });
   t.teardown(() => { a.close(); b.close(); });
   t.equal(env.fwd.pool.size, 2, 'two workers');
+  // each worker thread's CPU affinity as the kernel has it (by tid, from /proc, not from the
+  // addon that set it) equals its entry in the config
+  const infos = () => env.fwd.pool.workerInfo();
+  await waitUntil(() => infos().length === 2 && infos().every((w) => w.tid > 0), 10000, 'worker tids').catch(() => undefined);
+  const want = env.fwd.config.workers.map((w) => [...w.cpus].sort((x, y) => x - y));
+  t.same(want, [[0], [1]], 'the config pins worker 0 to CPU 0 and worker 1 to CPU 1');
+  for (const w of infos()) {
+    t.ok(w.tid > 0 && w.tid !== process.pid, `worker ${w.worker} runs on its own thread (tid ${w.tid})`);
+    t.same(allowedCpus(w.tid), want[w.worker], `worker ${w.worker} (tid ${w.tid}) is pinned to CPUs ${want[w.worker].join(',')}`);
+  }
+  t.same(allowedCpus(process.pid).length, os.cpus().length, 'the main thread is not pinned');
   const q0 = Array.from({ length: 100 }, (_, i) => frame(macOf(2), macOf(1), 64 + i, i));
   const q1 = Array.from({ length: 100 }, (_, i) => frame(macOf(2), macOf(1), 1500 - i, 10000 + i));
   let s0 = 0;
@@ -148,18 +197,39 @@ t.test('EVENT_IDX on and off: the guest is notified, and not for every packet wh
     const want = eventIdx ? DEFAULT_WANT : DEFAULT_WANT & ~bit(F.VIRTIO_RING_F_EVENT_IDX);
     const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1), want });
     const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), want });
+    const what = eventIdx ? 'EVENT_IDX used_event' : 'VRING_AVAIL_F_NO_INTERRUPT';
     const pk = Array.from({ length: 64 }, (_, i) => frame(macOf(2), macOf(1), 100, i));
-    if (eventIdx) b.rx[0].setUsedEvent(0xffff); // "interrupt me only at used idx 65536": none now
-    else b.rx[0].setNoInterrupt(true);
+    const rxRing = b.rx[0];
+    const callFd = b.callFds[0];
+    native.eventfdRead(callFd); // whatever setup left there
+    const u0 = rxRing.usedIdx();
+    const usedSince = () => (rxRing.usedIdx() - u0) & 0xffff;
+    if (eventIdx) rxRing.setUsedEvent(0xffff); // "interrupt me only at used idx 65536": none now
+    else rxRing.setNoInterrupt(true);
+    // B does not receive (receive() would read its call eventfd) until the end: the used
+    // ring says what was delivered, the eventfd's counter how many calls came
     a.send(0, pk.slice(0, 32));
-    await collect(b, 0, 32);
+    let ok = true;
+    await waitUntil(() => usedSince() >= 32, 5000, 'first half in the used ring').catch(() => (ok = false));
+    t.ok(ok, `${what}: the first 32 packets were delivered (${usedSince()} used entries)`);
     const rx = () => env.fwd.stats().find((s) => s.iface === 'b' && s.dir === 'rx');
-    t.equal(rx()?.notifications, 0, `${eventIdx ? 'EVENT_IDX used_event' : 'VRING_AVAIL_F_NO_INTERRUPT'} suppresses the call`);
-    if (eventIdx) b.rx[0].setUsedEvent(32); // the next used entry crosses used_event
-    else b.rx[0].setNoInterrupt(false);
+    t.equal(rx()?.notifications, 0, `${what} suppresses the call (vhostfwd's count)`);
+    if (eventIdx) rxRing.setUsedEvent(32); // the next used entry crosses used_event
+    else rxRing.setNoInterrupt(false);
     a.send(0, pk.slice(32));
-    same(t, await collect(b, 0, 32), pk.slice(32), 'second half delivered');
-    t.ok((rx()?.notifications ?? 0) >= 1, 'notified once the guest asked again');
+    let calls = 0;
+    ok = true;
+    await waitUntil(() => usedSince() >= 64 && (calls += native.eventfdRead(callFd)) > 0, 5000, 'second half and a call').catch(() => (ok = false));
+    t.ok(ok, `${what}: all 64 in the used ring and the call eventfd signalled`);
+    // the count and the eventfd write are two stores of the worker: poll until they agree
+    await waitUntil(() => {
+      calls += native.eventfdRead(callFd);
+      return rx()?.notifications === calls;
+    }, 2000, 'calls counted').catch(() => undefined);
+    t.ok(calls >= 1, `${what}: the guest's call eventfd was written once the guest asked again (${calls} calls)`);
+    if (eventIdx) t.equal(calls, 1, 'EVENT_IDX: exactly one call, the one crossing used_event (none for the first half)');
+    t.equal(rx()?.notifications, calls, 'vhostfwd counted exactly the calls the guest got');
+    same(t, await collect(b, 0, 64, 5000, a), pk, 'all 64 delivered byte-exact, in order');
     a.close();
     b.close();
     await env.stop();
@@ -194,7 +264,7 @@ t.test('SEND_RARP after a migration: a RARP from the guest MAC floods, and the b
   const f2 = frame(macOf(2), macOf(1), 64, 9);
   a.send(0, [f2]);
   same(t, await collect(c, 0, 1), [f2], 'the bridge learned the new port from the RARP');
-  t.equal((await collect(b, 0, 0, 100)).length, 0, 'the old port no longer gets it');
+  t.equal((await collect(b, 0, 0, 5000, a)).length, 0, 'the old port no longer gets it');
 });
 
 t.test('bridge aging: an entry older than agingSeconds is forgotten and its MAC floods again', async (t) => {
@@ -210,7 +280,7 @@ t.test('bridge aging: an entry older than agingSeconds is forgotten and its MAC 
   await collect(c, 0, 1);
   a.send(0, [frame(macOf(2), macOf(1), 64, 2)]);
   t.equal((await collect(b, 0, 1)).length, 1, 'known: delivered to B');
-  t.equal((await collect(c, 0, 0, 100)).length, 0, 'known: not flooded');
+  t.equal((await collect(c, 0, 0, 5000, a)).length, 0, 'known: not flooded');
   await new Promise((r) => setTimeout(r, 4500));
   a.send(0, [frame(macOf(2), macOf(1), 64, 3)]);
   t.equal((await collect(b, 0, 1)).length, 1, 'aged: B still gets it (flooded)');
@@ -238,6 +308,16 @@ t.test('interrupt coalescing: at most one call per `frames` packets while traffi
   t.ok(rx.notifications >= 1, 'the guest was still notified');
 });
 
+/** The CPUs a thread may run on, from the kernel (/proc/self/task/TID/status). */
+function allowedCpus(tid: number): number[] {
+  const m = fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8').match(/^Cpus_allowed_list:\s*(\S+)/m);
+  if (!m) throw new Error(`no Cpus_allowed_list for tid ${tid}`);
+  return m[1].split(',').flatMap((r) => {
+    const [lo, hi] = r.split('-').map(Number);
+    return Array.from({ length: (hi ?? lo) - lo + 1 }, (_, i) => lo + i);
+  });
+}
+
 /** The thread's time on a CPU so far, ns (schedstat's first field). */
 function cpuNs(tid: number): number {
   return Number(fs.readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
@@ -255,10 +335,16 @@ t.test('idle: the poller sleeps, its timeouts do not spin, and a guest that neve
   // a second. Now a wake-up that finds nothing waits again.
   const tid = w().tid;
   t.ok(tid > 0, `the worker's tid (${tid})`);
-  const c0 = cpuNs(tid);
-  await new Promise((r) => setTimeout(r, 1000));
-  const used = (cpuNs(tid) - c0) / 1e6;
-  t.ok(used < 5, `the sleeping poller used ${used.toFixed(2)} ms of CPU in 1 s (a spin per wake-up: ~10 ms)`);
+  // A spin per wake-up costs ~10 ms in every 1 s window; a busy machine can charge a
+  // sleeping thread a few ms in one window now and then. The quietest of up to 5 windows.
+  const windows: number[] = [];
+  while (windows.length < 5 && !(windows.length > 0 && Math.min(...windows) < 5)) {
+    const c0 = cpuNs(tid);
+    await new Promise((r) => setTimeout(r, 1000));
+    windows.push((cpuNs(tid) - c0) / 1e6);
+  }
+  const used = Math.min(...windows);
+  t.ok(used < 5, `the sleeping poller used ${used.toFixed(2)} ms of CPU in its quietest 1 s window (${windows.map((w) => w.toFixed(2)).join(', ')}; a spin per wake-up: ~10 ms in each)`);
   t.ok(w().sleeping, 'still asleep');
   // TX without a kick (a guest that lost it): the timeout's look at the rings finds it
   const quiet = Array.from({ length: 8 }, (_, i) => frame(macOf(2), macOf(1), 60 + i, 100 + i));
