@@ -34,6 +34,11 @@ export interface DemoResult {
   mpps: number;
   /** RARP frames announcing B' that reached A (SEND_RARP → injected, flooded) */
   rarpSeen: number;
+  /** guard bytes after the guests' buffers found overwritten */
+  guardsBroken: number;
+  /** frames received twice / after a later one, per direction */
+  duplicates: number;
+  reordered: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -149,14 +154,21 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
   await sleep(half);
   running = false;
   await loop;
-  // let the last frames land
-  for (let i = 0; i < 50; i++) {
-    for (const p of a.receive(0)) got('ba', p);
-    for (const p of b.receive(0)) got('ab', p);
-    await sleep(2);
-  }
   const secs = (Date.now() - t0) / 1000;
   const w = window as [number, number];
+  // let the last frames land: until every frame sent outside the window arrived (or 10 s)
+  const missing = (): number => {
+    let n = 0;
+    for (let s = 0; s < sent.ab; s++) if ((s < w[0] || s >= w[1]) && !recv.ab.has(s)) n++;
+    return n + sent.ba - recv.ba.size;
+  };
+  const drainEnd = Date.now() + 10000;
+  do {
+    for (const p of a.receive(0)) got('ba', p);
+    for (const p of b.receive(0)) got('ab', p);
+    if (missing() === 0) break;
+    await sleep(5);
+  } while (Date.now() < drainEnd);
   let lost = 0;
   let inWindow = 0;
   for (let s = 0; s < sent.ab; s++) {
@@ -197,6 +209,9 @@ export async function demo(o: DemoOptions): Promise<DemoResult> {
     migrationMs,
     mpps: total / secs / 1e6,
     rarpSeen,
+    guardsBroken: guards.length,
+    duplicates: dups.ab + dups.ba,
+    reordered: reordered.ab + reordered.ba,
   };
   say('');
   say('summary');
