@@ -44,36 +44,8 @@ function randomTraffic(t: Test, inOrder: boolean): void {
   let intact = 0;
   let txInFlight = 0;
   let rxInFlight = 0;
-  for (let round = 0; round < 400; round++) {
-    // TX: up to 6 packets, of every shape
-    const nTx = Math.floor(rand() * 7);
-    for (let k = 0; k < nTx && txInFlight < 16; k++) {
-      // a few sizes only: the test driver's arena recycles buffers of equal size
-      const len = [60, 300, 1000, 1500][Math.floor(rand() * 4)];
-      const p = pattern(len, round * 8 + k);
-      const shape = rand();
-      let head: number;
-      if (shape < 0.5) head = tx.drv.postTx(p);
-      else if (shape < 0.7) head = tx.drv.postTx(p, { chunks: 2 });
-      else if (shape < 0.8) head = tx.drv.postTx(p, { indirect: true, chunks: 2 });
-      else if (shape < 0.9) head = tx.drv.postTx(p, { hdrSeparate: true });
-      else if (shape < 0.95) head = tx.drv.postTx(pattern(1400, round), { chunks: 14 }); // too big: dropped
-      else head = tx.drv.postTx(p, { chunks: 5 });
-      txPosted.push(head);
-      txInFlight += 1;
-      if (!(shape >= 0.9 && shape < 0.95)) sent.push(p);
-      else sent.push(new Uint8Array(0)); // marks a drop at this position
-    }
-    // RX: buffers of 128 B .. 2 KiB, sometimes none (bursts then drop for lack of buffers)
-    if (rand() < 0.8) {
-      const nRx = Math.floor(rand() * 8);
-      for (let k = 0; k < nRx && rxInFlight < 24; k++) {
-        const len = [128, 512, 1024, 2048][Math.floor(rand() * 4)];
-        const heads = rx.drv.postRx(1, len);
-        rxPosted.push(heads[0]);
-        rxInFlight++;
-      }
-    }
+  /** One burst through both rings, then what the drivers got back. */
+  const step = (): void => {
     const n = tx.vq.dequeueBurst(batch, 8);
     if (n > 0 || batch.nUsed > 0) {
       rx.vq.acquire();
@@ -108,9 +80,68 @@ function randomTraffic(t: Test, inOrder: boolean): void {
         next++;
       }
     }
+  };
+  for (let round = 0; round < 400; round++) {
+    // TX: up to 6 packets, of every shape
+    const nTx = Math.floor(rand() * 7);
+    for (let k = 0; k < nTx && txInFlight < 16; k++) {
+      // a few sizes only: the test driver's arena recycles buffers of equal size
+      const len = [60, 300, 1000, 1500][Math.floor(rand() * 4)];
+      const p = pattern(len, round * 8 + k);
+      const shape = rand();
+      let head: number;
+      if (shape < 0.5) head = tx.drv.postTx(p);
+      else if (shape < 0.7) head = tx.drv.postTx(p, { chunks: 2 });
+      else if (shape < 0.8) head = tx.drv.postTx(p, { indirect: true, chunks: 2 });
+      else if (shape < 0.9) head = tx.drv.postTx(p, { hdrSeparate: true });
+      else if (shape < 0.95) head = tx.drv.postTx(pattern(1400, round), { chunks: 14 }); // too big: dropped
+      else head = tx.drv.postTx(p, { chunks: 5 });
+      txPosted.push(head);
+      txInFlight += 1;
+      if (!(shape >= 0.9 && shape < 0.95)) sent.push(p);
+      else sent.push(new Uint8Array(0)); // marks a drop at this position
+    }
+    // RX: buffers of 128 B .. 2 KiB, sometimes none (bursts then drop for lack of buffers)
+    if (rand() < 0.8) {
+      const nRx = Math.floor(rand() * 8);
+      for (let k = 0; k < nRx && rxInFlight < 24; k++) {
+        const len = [128, 512, 1024, 2048][Math.floor(rand() * 4)];
+        const heads = rx.drv.postRx(1, len);
+        rxPosted.push(heads[0]);
+        rxInFlight++;
+      }
+    }
+    step();
   }
-  t.same(txUsed, txPosted.slice(0, txUsed.length), `TX: ${txUsed.length} chains returned in the order posted`);
-  t.same(rxUsed, rxPosted.slice(0, rxUsed.length), `RX: ${rxUsed.length} chains used in the order posted`);
+  // Drain: no new TX, RX buffers kept posted, until every TX chain came back; then small
+  // fillers (one RX chain each) until every posted RX chain was used. Only then is "used in
+  // posting order" checked over every chain posted, not a prefix: a chain that never came
+  // back fails here.
+  const rxFill = (): void => {
+    while (rxInFlight < 24) {
+      rxPosted.push(rx.drv.postRx(1, 2048)[0]);
+      rxInFlight++;
+    }
+  };
+  for (let d = 0; d < 1000 && txInFlight > 0; d++) {
+    rxFill();
+    step();
+  }
+  const txLeft = txInFlight;
+  for (let d = 0, seq = 0; d < 1000 && rxInFlight > 0; d++) {
+    for (let k = 0; k < Math.min(rxInFlight, 8) && txInFlight < 16; k++) {
+      const p = pattern(60, 100000 + seq++);
+      txPosted.push(tx.drv.postTx(p));
+      txInFlight++;
+      sent.push(p);
+    }
+    step();
+  }
+  t.equal(txLeft, 0, 'drained: every TX chain posted came back');
+  t.equal(txInFlight, 0, 'drained: the fillers came back too');
+  t.equal(rxInFlight, 0, 'drained: every RX chain posted was used');
+  t.same(txUsed, txPosted, `TX: all ${txPosted.length} chains returned, in the order posted`);
+  t.same(rxUsed, rxPosted, `RX: all ${rxPosted.length} chains used, in the order posted`);
   t.equal(intact, received, `every delivered packet intact and in sending order (${received})`);
   t.ok(txUsed.length > 500 && rxUsed.length > 500, 'many chains on both rings');
   t.ok(tx.stats[ST_DROP_TOO_BIG] > 5, `too-big chains dropped in between (${tx.stats[ST_DROP_TOO_BIG]})`);
