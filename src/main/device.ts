@@ -574,11 +574,17 @@ export class Device {
     return encodeU64(this.opts.queuePairs);
   }
 
-  setVringEnable(m: Message): void {
+  /**
+   * Only this ring stops (here) or starts (resumeRings, after the handler). QEMU sends one
+   * per ring whenever a multi-queue guest changes its queue pairs (ethtool -L): pausing
+   * every ring of the device for each dropped what other ports sent to it meanwhile.
+   */
+  async setVringEnable(m: Message): Promise<void> {
     const s = parseVringState(m.payload);
     const v = this.vring(s.index, 'SET_VRING_ENABLE');
     if (s.num > 1) throw new ProtocolError('SET_VRING_ENABLE', `enable value ${s.num} is neither 0 nor 1`);
     v.enabled = s.num === 1;
+    if (!v.enabled) await this.stopRing(v);
   }
 
   sendRarp(m: Message): void {

@@ -57,9 +57,34 @@ elif [ "$mode" = pingloop ]; then
 elif [ "$mode" = serve ]; then
   echo "VF:SERVING"
   while true; do sleep 1; done
+elif [ "$mode" = shell ]; then
+  # commands from the test on the serial console (QemuGuest.sh), not echoed, no prompt.
+  # Not exec'd: ash reading the console with echo off takes a SIGCHLD during its read for
+  # the end of its input and exits, so orphans must not become its children (they go to
+  # this PID 1), and background jobs are started detached: ( cmd & ).
+  stty -echo 2>/dev/null
+  export PS1= PS2=
+  echo "VF:SHELL $(grep -c ^processor /proc/cpuinfo) cpus, $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l) rx queues"
+  sh
 fi
 poweroff -f
 `;
+
+/**
+ * Host binaries copied into the guest with every library ldd lists (PEERS.md: Debian's
+ * ethtool runs in the busybox initramfs that way): ethtool -L / -l / -S for multi-queue.
+ */
+const GUEST_TOOLS = ['/usr/sbin/ethtool'];
+
+function toolFiles(): string[] {
+  const files = new Set<string>();
+  for (const tool of GUEST_TOOLS) {
+    if (!fs.existsSync(tool)) continue;
+    files.add(tool);
+    for (const m of execFileSync('ldd', [tool]).toString().matchAll(/(\/\S+) \(0x/g)) files.add(m[1]);
+  }
+  return [...files].sort();
+}
 
 /** Kernel and initramfs for test guests, built once per kernel version and cached. */
 export function guestImage(): { kernel: string; initrd: string } {
@@ -70,17 +95,25 @@ export function guestImage(): { kernel: string; initrd: string } {
   const dir = path.join(os.tmpdir(), 'vhostfwd-guest', kver);
   const initrd = path.join(dir, 'initrd.gz');
   const stamp = path.join(dir, 'init.sh');
-  if (fs.existsSync(initrd) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === INIT) return { kernel, initrd };
+  const tools = toolFiles();
+  const stampText = `${INIT}\n# tools: ${tools.join(' ')}\n`;
+  if (fs.existsSync(initrd) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === stampText) return { kernel, initrd };
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostfwd-initrd-'));
   for (const d of ['bin', 'lib', 'proc', 'sys', 'dev', 'tmp']) fs.mkdirSync(path.join(root, d));
   fs.copyFileSync('/bin/busybox', path.join(root, 'bin', 'busybox'));
   fs.chmodSync(path.join(root, 'bin', 'busybox'), 0o755);
   for (const m of MODULES) fs.copyFileSync(path.join('/lib/modules', kver, m), path.join(root, 'lib', path.basename(m)));
+  for (const f of tools) {
+    const to = path.join(root, f);
+    fs.mkdirSync(path.dirname(to), { recursive: true });
+    fs.copyFileSync(fs.realpathSync(f), to);
+    fs.chmodSync(to, 0o755);
+  }
   fs.writeFileSync(path.join(root, 'init'), INIT, { mode: 0o755 });
   fs.mkdirSync(dir, { recursive: true });
   execFileSync('sh', ['-c', `cd ${root} && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ${initrd}.tmp`]);
   fs.renameSync(`${initrd}.tmp`, initrd);
-  fs.writeFileSync(stamp, INIT);
+  fs.writeFileSync(stamp, stampText);
   fs.rmSync(root, { recursive: true, force: true });
   return { kernel, initrd };
 }
@@ -91,7 +124,8 @@ export interface GuestOptions {
   mac: string;
   ip: string;
   peer: string;
-  mode: 'ping' | 'pingloop' | 'serve';
+  /** shell: after eth0 is up, a shell reads commands from the serial console (QemuGuest.sh) */
+  mode: 'ping' | 'pingloop' | 'serve' | 'shell';
   count?: number;
   interval?: number;
   /** after a ping run, keep running (do not power off) */
@@ -100,7 +134,10 @@ export interface GuestOptions {
   server?: boolean;
   /** reconnect=1: the client chardev reconnects after the backend restarts */
   reconnect?: boolean;
+  /** queue pairs: -netdev queues=N, virtio-net mq=on */
   queues?: number;
+  /** vCPUs (-smp): the guest driver uses min(queues, vCPUs) queue pairs, XPS maps CPU i to queue i */
+  smp?: number;
   monitor?: string;
   incoming?: string;
   memMb?: number;
@@ -111,6 +148,7 @@ export class QemuGuest {
   output = '';
   readonly args: string[];
   private exited: Promise<number | null>;
+  private cmds = 0;
 
   constructor(readonly o: GuestOptions) {
     const img = guestImage();
@@ -122,7 +160,7 @@ export class QemuGuest {
       `vf.ip=${o.ip}`, `vf.peer=${o.peer}`, `vf.mode=${o.mode}`, `vf.count=${o.count ?? 10}`, `vf.interval=${o.interval ?? 0.2}`, `vf.stay=${o.stay ? 1 : 0}`,
     ].join(' ');
     this.args = [
-      '-accel', 'tcg', '-m', `${mem}`, '-smp', '1', '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
+      '-accel', 'tcg', '-m', `${mem}`, '-smp', `${o.smp ?? 1}`, '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
       '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-numa', 'node,memdev=mem',
       '-kernel', img.kernel, '-initrd', img.initrd, '-append', append,
       '-chardev', chardev,
@@ -131,7 +169,7 @@ export class QemuGuest {
       ...(o.monitor ? ['-monitor', `unix:${o.monitor},server=on,wait=off`] : []),
       ...(o.incoming ? ['-incoming', `unix:${o.incoming}`] : []),
     ];
-    this.proc = spawn('qemu-system-x86_64', this.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = spawn('qemu-system-x86_64', this.args, { stdio: [o.mode === 'shell' ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
     const add = (b: Buffer) => {
       this.output += b.toString();
     };
@@ -140,16 +178,32 @@ export class QemuGuest {
     this.exited = new Promise((r) => this.proc.on('exit', (code) => r(code)));
   }
 
-  /** Resolve with the first match of `re` in the serial output (waits up to timeoutMs). */
-  async waitFor(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+  /** Resolve with the first match of `re` in the serial output after `from` (waits up to timeoutMs). */
+  async waitFor(re: RegExp, timeoutMs: number, from = 0): Promise<RegExpMatchArray> {
     const end = Date.now() + timeoutMs;
     for (;;) {
-      const m = this.output.match(re);
+      const m = this.output.slice(from).match(re);
       if (m) return m;
       if (Date.now() > end) throw new Error(`${this.o.name}: timed out waiting for ${re}; output:\n${this.output.slice(-3000)}`);
       if (this.proc.exitCode !== null) throw new Error(`${this.o.name}: QEMU exited (${this.proc.exitCode}) before ${re}; output:\n${this.output.slice(-3000)}`);
       await new Promise((r) => setTimeout(r, 50));
     }
+  }
+
+  /**
+   * mode 'shell': run `cmd` in the guest's shell and resolve with what the console printed
+   * until it finished, and its exit status (waits up to timeoutMs). Start background jobs
+   * detached, `( cmd & )`, and wait for them by polling (see the guest's /init).
+   */
+  async sh(cmd: string, timeoutMs = 30000): Promise<{ out: string; rc: number }> {
+    const stdin = this.proc.stdin;
+    if (!stdin) throw new Error(`${this.o.name}: not started in shell mode`);
+    const id = ++this.cmds;
+    const from = this.output.length;
+    // the marker is printed by the shell, never echoed: $((id)) is expanded only when it runs
+    stdin.write(`${cmd}\necho "VF:DONE-$((${id})) rc=$?"\n`);
+    const m = await this.waitFor(new RegExp(`VF:DONE-${id} rc=(\\d+)`), timeoutMs, from);
+    return { out: this.output.slice(from, from + (m.index ?? 0)), rc: Number(m[1]) };
   }
 
   /** Send one HMP command to the monitor socket and return what it printed. */
