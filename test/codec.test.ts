@@ -92,3 +92,97 @@ t.test('vring addr, vring file and log payloads', async (t) => {
   t.same(parseLog(encodeLog({ mmapSize: 8192, mmapOffset: 0 }), 'SET_LOG_BASE'), { mmapSize: 8192, mmapOffset: 0 });
   t.throws(() => parseLog(encodeLog({ mmapSize: 0, mmapOffset: 0 }), 'SET_LOG_BASE'), /log of size 0/);
 });
+
+// ---- against the independent oracle written from QEMU's docs/interop/vhost-user.rst ----
+import { Req as ReqEnum, PF as PFBits, F as FBits, reqName } from '../src/shared/constants';
+import { REQUESTS } from '../src/main/request-table';
+import { Message, encodeReply } from '../src/main/codec';
+import { encodeVringState, encodeU64, encodeSingleRegion, parseVringState, parseSingleRegion } from '../src/main/messages';
+import {
+  GOLDEN, SPEC_F_PROTOCOL_FEATURES, SPEC_FLAGS, SPEC_OTHER_IDS, SPEC_PF, SPEC_REQUESTS, VHOSTFWD_TOLERATES, allowedFds, allowedSize, hex,
+  specAddr, specById, specHeader, specLog, specMemory, specMessage, specSingleRegion, specState, specU64,
+} from './oracle/vhost-user-spec';
+
+t.test('oracle: request ids, flags and protocol feature bits equal the document', async (t) => {
+  for (const r of SPEC_REQUESTS) t.equal((ReqEnum as unknown as Record<string, number>)[r.name], r.id, `${r.name} is request ${r.id}`);
+  for (const [name, id] of Object.entries(SPEC_OTHER_IDS)) t.ok(reqName(id).length > 0, `request ${id} (${name}) has a name`);
+  t.same([FLAG_VERSION, FLAG_NEED_REPLY], [SPEC_FLAGS.VERSION, SPEC_FLAGS.NEED_REPLY], 'header flag bits');
+  t.equal(FBits.VHOST_USER_F_PROTOCOL_FEATURES, SPEC_F_PROTOCOL_FEATURES, 'VHOST_USER_F_PROTOCOL_FEATURES is bit 30');
+  const pf = PFBits as unknown as Record<string, number>;
+  for (const [name, bitNo] of Object.entries(SPEC_PF)) {
+    const ours = name === 'MTU' ? pf.NET_MTU : pf[name];
+    if (ours !== undefined) t.equal(ours, bitNo, `protocol feature ${name} is bit ${bitNo}`);
+  }
+});
+
+t.test('oracle: the request table agrees with the document on size, fds, replies and gating', async (t) => {
+  const served = [...REQUESTS.keys()].sort((a, b) => a - b);
+  t.same(served.filter((id) => !specById(id)), [], 'every request the backend serves is in the oracle table');
+  for (const [id, spec] of REQUESTS) {
+    const doc = specById(id);
+    if (!doc) continue;
+    const [lo, hi] = allowedSize(doc);
+    const ours = typeof spec.size === 'number' ? [spec.size, spec.size] : [spec.size.min, spec.size.max];
+    t.same(ours, [lo, hi], `${doc.name}: payload size ${lo === hi ? lo : `${lo}..${hi}`}`);
+    t.equal(spec.replies, doc.replies, `${doc.name}: ${doc.replies ? 'has' : 'has no'} reply payload`);
+    t.equal(spec.protocolFeature, doc.gate, `${doc.name}: gated by ${doc.gate === undefined ? 'no protocol feature' : `protocol feature ${doc.gate}`}`);
+    // fd counts for representative payloads of the right size
+    const payloads: Buffer[] = [Buffer.alloc(lo)];
+    if (doc.fds.kind === 'vringFile') payloads.push(Buffer.from(specU64(0x101n)));
+    if (doc.fds.kind === 'perRegion') payloads.push(Buffer.from(specMemory([{ gpa: 0n, size: 4096n, uva: 0n, mmapOffset: 0n }, { gpa: 4096n, size: 4096n, uva: 4096n, mmapOffset: 0n }])));
+    for (const p of payloads) {
+      const m: Message = { request: id, flags: FLAG_VERSION, payload: p, fds: [] };
+      const rule = spec.fds(m);
+      const got = typeof rule === 'number' ? [rule, rule] : [rule.min, rule.max];
+      t.same(got, allowedFds(doc, p), `${doc.name}: fd count for payload ${p.subarray(0, 8).toString('hex')}`);
+    }
+  }
+  for (const [name, tol] of Object.entries(VHOSTFWD_TOLERATES)) {
+    const doc = SPEC_REQUESTS.find((r) => r.name === name)!;
+    const d = typeof doc.size === 'number' ? [doc.size, doc.size] : doc.size;
+    t.ok(tol.size && tol.size[0] <= d[0] && tol.size[1] >= d[1], `${name}: the tolerance only widens the document's size (${tol.why})`);
+  }
+});
+
+t.test('oracle: golden bytes, the backend encoders and parsers against hand-written layouts', async (t) => {
+  const h = (b: Uint8Array) => hex(b);
+  // the oracle's own layout functions produce the literal goldens (a check of the oracle)
+  t.equal(h(specHeader(1, 1, 0)), GOLDEN.getFeatures, 'oracle header layout');
+  t.equal(h(specMessage(2, 9, specU64(0x140000000n))), GOLDEN.setFeatures, 'oracle u64 layout');
+  // the backend's encoders
+  t.equal(h(encodeMessage(Req.GET_FEATURES, FLAG_VERSION)), GOLDEN.getFeatures, 'GET_FEATURES');
+  t.equal(h(encodeMessage(Req.SET_FEATURES, FLAG_VERSION | FLAG_NEED_REPLY, encodeU64(0x140000000n))), GOLDEN.setFeatures, 'SET_FEATURES with need_reply');
+  t.equal(h(encodeReply(Req.GET_FEATURES, encodeU64(0x140000000n))), GOLDEN.getFeaturesReply, 'a reply carries version | reply');
+  t.equal(h(encodeMessage(Req.SET_VRING_NUM, FLAG_VERSION, encodeVringState({ index: 1, num: 256 }))), GOLDEN.setVringNum, 'vring state');
+  t.equal(h(encodeReply(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 17 }))), GOLDEN.getVringBaseReply, 'GET_VRING_BASE reply');
+  const addr = { index: 1, flags: 1, desc: 0x7f0000001000, used: 0x7f0000003000, avail: 0x7f0000002000, log: 0x3000 };
+  t.equal(h(encodeMessage(Req.SET_VRING_ADDR, FLAG_VERSION, encodeVringAddr(addr))), GOLDEN.setVringAddr, 'vring address: used before available');
+  t.equal(h(specMessage(9, 1, specAddr({ index: 1, flags: 1, desc: 0x7f0000001000n, used: 0x7f0000003000n, avail: 0x7f0000002000n, log: 0x3000n }))), GOLDEN.setVringAddr, 'oracle address layout');
+  const mem = [{ gpa: 0, size: 0x10000000, uva: 0x7f1200000000, mmapOffset: 0 }];
+  t.equal(h(encodeMessage(Req.SET_MEM_TABLE, FLAG_VERSION, encodeMemoryTable(mem))), GOLDEN.setMemTable, 'memory regions description');
+  t.equal(h(specMessage(5, 1, specMemory([{ gpa: 0n, size: 0x10000000n, uva: 0x7f1200000000n, mmapOffset: 0n }]))), GOLDEN.setMemTable, 'oracle memory layout');
+  const reg = { gpa: 0x100000000, size: 0x8000000, uva: 0x7f3400000000, mmapOffset: 0x1000 };
+  t.equal(h(encodeMessage(Req.ADD_MEM_REG, FLAG_VERSION, encodeSingleRegion(reg))), GOLDEN.addMemReg, 'single memory region description');
+  t.equal(h(specMessage(37, 1, specSingleRegion({ gpa: 0x100000000n, size: 0x8000000n, uva: 0x7f3400000000n, mmapOffset: 0x1000n }))), GOLDEN.addMemReg, 'oracle single region layout');
+  t.equal(h(encodeMessage(Req.SET_LOG_BASE, FLAG_VERSION, encodeLog({ mmapSize: 0x2000, mmapOffset: 0 }))), GOLDEN.setLogBase, 'log description');
+  t.equal(h(specMessage(6, 1, specLog(0x2000n, 0n))), GOLDEN.setLogBase, 'oracle log layout');
+  t.equal(h(encodeMessage(Req.SET_VRING_KICK, FLAG_VERSION, encodeU64(0x101))), GOLDEN.setVringKickNoFd, 'vring file u64 with the invalid FD flag');
+  t.equal(h(encodeMessage(Req.SET_VRING_ENABLE, FLAG_VERSION, encodeVringState({ index: 0, num: 1 }))), GOLDEN.setVringEnable, 'SET_VRING_ENABLE');
+  t.equal(h(specMessage(18, 1, specState(0, 1))), GOLDEN.setVringEnable, 'oracle state layout');
+  t.equal(h(encodeReply(Req.SET_STATUS, encodeU64(0))), GOLDEN.setStatusAck, 'REPLY_ACK success');
+  // the backend's framer and parsers read the golden bytes
+  const frame = (g: string) => {
+    const f = new Framer();
+    const out = feed(f, Buffer.from(g, 'hex'), 7);
+    t.equal(out.length, 1, 'one message framed');
+    return out[0];
+  };
+  const sf = frame(GOLDEN.setFeatures);
+  t.same([sf.request, sf.flags, sf.payload.readBigUInt64LE(0)], [2, 9, 0x140000000n], 'framer reads SET_FEATURES');
+  t.same(parseVringState(frame(GOLDEN.setVringNum).payload), { index: 1, num: 256 }, 'parse vring state');
+  t.same(parseVringAddr(frame(GOLDEN.setVringAddr).payload, 'SET_VRING_ADDR'), addr, 'parse vring address');
+  t.same(parseMemoryTable(frame(GOLDEN.setMemTable).payload, 'SET_MEM_TABLE'), mem, 'parse memory table');
+  t.same(parseSingleRegion(frame(GOLDEN.addMemReg).payload, 'ADD_MEM_REG'), reg, 'parse single region');
+  t.same(parseLog(frame(GOLDEN.setLogBase).payload, 'SET_LOG_BASE'), { mmapSize: 0x2000, mmapOffset: 0 }, 'parse log');
+  t.same(parseVringFile(frame(GOLDEN.setVringKickNoFd).payload, 'SET_VRING_KICK'), { index: 1, noFd: true }, 'parse vring file');
+});
