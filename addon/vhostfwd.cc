@@ -25,14 +25,18 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -519,11 +523,21 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
 // ---------------------------------------------------------------------------
 // Memory
 
+// Mappings made by Mmap and not yet unmapped, with their mapped length: retire() needs the
+// length (hugetlbfs rounds it up), and may not touch a mapping its deleter already unmapped.
+// The deleter runs on whichever thread drops the last reference: hence the lock.
+std::mutex g_maps_lock;
+std::unordered_map<void*, size_t> g_maps;
+
 void MunmapBackingStore(void* data, size_t, void* deleter_data) {
   // The length comes from deleter_data, not from V8's byte length: for hugetlbfs the
   // mapping is rounded up to the huge page size and munmap needs that exact length.
   // May run on any thread (whichever isolate drops the last reference); munmap is
   // thread-safe.
+  {
+    std::lock_guard<std::mutex> g(g_maps_lock);
+    g_maps.erase(data);
+  }
   ::munmap(data, reinterpret_cast<uintptr_t>(deleter_data));
 }
 
@@ -543,6 +557,10 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
 
   void* p = ::mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+  {
+    std::lock_guard<std::mutex> g(g_maps_lock);
+    g_maps[p] = map_len;
+  }
 
   // The V8 backing store owns the mapping from here on: every isolate that receives the
   // SharedArrayBuffer (postMessage to workers) shares this one store, and the deleter
@@ -559,6 +577,34 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   static_assert(sizeof result == sizeof value, "napi_value and v8::Local must have the same size");
   std::memcpy(&result, &value, sizeof result);
   return Napi::Value(env, result);
+}
+
+// A device's guest memory must go back to the frontend's host when the device goes, not
+// when every isolate that saw the SharedArrayBuffer happens to collect it: a poller worker
+// allocates nothing and may not collect for hours, and a hugetlbfs region keeps its huge
+// pages while mapped (a reconnecting guest then cannot get its memory back). retire()
+// replaces the mapping in place with fresh anonymous memory (MAP_FIXED): the guest's pages
+// are released now, a view some thread still holds reads zeros instead of faulting, and the
+// deleter later unmaps the anonymous range as before. Returns false when the SAB is not a
+// live mapping of ours.
+Napi::Value Retire(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  napi_value raw = info[0];
+  v8::Local<v8::Value> value;
+  static_assert(sizeof raw == sizeof value, "napi_value and v8::Local must have the same size");
+  std::memcpy(static_cast<void*>(&value), &raw, sizeof value);
+  if (info.Length() < 1 || value.IsEmpty() || !value->IsSharedArrayBuffer()) {
+    Napi::TypeError e = Napi::TypeError::New(env, "retire: expected a SharedArrayBuffer");
+    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+    throw e;
+  }
+  void* data = value.As<v8::SharedArrayBuffer>()->GetBackingStore()->Data();
+  std::lock_guard<std::mutex> g(g_maps_lock);
+  auto it = g_maps.find(data);
+  if (it == g_maps.end()) return Napi::Boolean::New(env, false);
+  void* p = ::mmap(data, it->second, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) ThrowErrno(env, "mmap", errno, "retire");
+  return Napi::Boolean::New(env, true);
 }
 
 Napi::Value FdSize(const Napi::CallbackInfo& info) {
@@ -610,14 +656,45 @@ Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// The eventfds a worker reads and writes are the frontend's (kick and call fds arrive over
+// SCM_RIGHTS), and O_NONBLOCK belongs to the open file description, which the frontend
+// created: QEMU and DPDK make theirs non-blocking, a frontend written from the spec need
+// not (Python's os.eventfd is blocking by default). A plain read(2) of such a kick fd with
+// a zero counter blocked the worker thread for good, every later control request waited
+// on that worker forever, and the switch went dead (issue 17). So every read and write
+// here is non-blocking per call, whatever the file's flags: preadv2/pwritev2 with
+// RWF_NOWAIT (eventfds honour it since Linux 5.12), else a zero-timeout poll(2) first.
+// A process-wide fact about the kernel, set once by whichever thread finds out.
+std::atomic<bool> g_nowait_unsupported{false};
+
+ssize_t EventfdIo(int fd, uint64_t* v, bool write) {
+  iovec iov{v, sizeof *v};
+  ssize_t n;
+  if (!g_nowait_unsupported.load(std::memory_order_relaxed)) {
+    do n = write ? ::pwritev2(fd, &iov, 1, -1, RWF_NOWAIT) : ::preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0 || (errno != EOPNOTSUPP && errno != EINVAL && errno != ENOSYS)) return n;
+    g_nowait_unsupported.store(true, std::memory_order_relaxed);
+  }
+  pollfd p{fd, static_cast<short>(write ? POLLOUT : POLLIN), 0};
+  int r;
+  do r = ::poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return -1;
+  if (r == 0 || !(p.revents & (write ? POLLOUT : POLLIN))) {
+    errno = EAGAIN;
+    return -1;
+  }
+  do n = write ? ::write(fd, v, sizeof *v) : ::read(fd, v, sizeof *v);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
 Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
   uint64_t v = 0;
-  ssize_t n;
-  do {
-    n = ::read(fd, &v, sizeof v);
-  } while (n < 0 && errno == EINTR);
+  ssize_t n = EventfdIo(fd, &v, false);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, 0);
     ThrowErrno(env, "read", errno);
@@ -630,19 +707,26 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
   uint64_t v = ArgU64(info, 1, "value", "write");
-  for (;;) {
-    ssize_t n = ::write(fd, &v, sizeof v);
-    if (n == sizeof v) break;
-    if (n < 0 && errno == EINTR) continue;
-    // EAGAIN only when the counter would overflow (nobody has read for ~2^64 kicks);
-    // the contract never throws EAGAIN, so wait for the reader instead.
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      WaitFor(env, fd, POLLOUT, "write");
-      continue;
-    }
-    ThrowErrno(env, "write", n < 0 ? errno : EPROTO);
-  }
-  return env.Undefined();
+  ssize_t n = EventfdIo(fd, &v, true);
+  // EAGAIN: the counter is saturated (only a frontend that wrote ~2^64 into its own call
+  // fd gets there): the fd is readable, a notification is pending already, nothing is lost.
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Napi::Boolean::New(env, false);
+  if (n < 0) ThrowErrno(env, "write", errno);
+  if (n != sizeof v) ThrowErrno(env, "write", EPROTO, "short eventfd write");
+  return Napi::Boolean::New(env, true);
+}
+
+// Is fd an eventfd? Kick, call and error fds must be (a pipe, socket or file in their place
+// would make the worker's 8-byte reads and writes fail or misbehave): the device refuses others.
+Napi::Value IsEventfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  char link[64];
+  std::string path = "/proc/self/fd/" + std::to_string(fd);
+  ssize_t n = ::readlink(path.c_str(), link, sizeof link - 1);
+  if (n < 0) ThrowErrno(env, "readlink", errno, path);
+  link[n] = 0;
+  return Napi::Boolean::New(env, std::strcmp(link, "anon_inode:[eventfd]") == 0);
 }
 
 // poll(2) timeout: negative means forever; clamp huge values instead of wrapping.
@@ -1122,6 +1206,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"eventfdCreate", EventfdCreate},
       {"eventfdRead", EventfdRead},
       {"eventfdWrite", EventfdWrite},
+      {"isEventfd", IsEventfd},
+      {"retire", Retire},
       {"waitReadable", WaitReadable},
       {"waitAny", WaitAny},
       {"setAffinity", SetAffinity},

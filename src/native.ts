@@ -118,10 +118,24 @@ export interface Native {
 
   /** eventfd(initval, EFD_NONBLOCK|EFD_CLOEXEC). */
   eventfdCreate(initval: number): number;
-  /** read the counter and reset it; returns 0 when it was 0 (EAGAIN). */
+  /**
+   * read the counter and reset it; returns 0 when it was 0. Never blocks, whatever the
+   * fd's O_NONBLOCK flag (a frontend's kick fd may be blocking): RWF_NOWAIT per call.
+   */
   eventfdRead(fd: number): number;
-  /** add value to the counter (write(2) of a u64). */
-  eventfdWrite(fd: number, value: number): void;
+  /**
+   * add value to the counter (write(2) of a u64) without ever blocking; false when the
+   * counter is saturated (it is readable already: a notification is pending).
+   */
+  eventfdWrite(fd: number, value: number): boolean;
+  /**
+   * Release the memory behind a SharedArrayBuffer from mmap() now: the mapping is replaced
+   * in place by anonymous memory (views still held anywhere read zeros, never fault) and the
+   * deleter unmaps that later. False when sab is not a live mapping made by mmap().
+   */
+  retire(sab: SharedArrayBuffer): boolean;
+  /** true when fd is an eventfd (readlink of /proc/self/fd/N is anon_inode:[eventfd]). */
+  isEventfd(fd: number): boolean;
   /**
    * Block the calling thread in poll(2) until fd is readable or timeoutMs passes.
    * Returns true when readable; false on timeout (or when a signal interrupted the wait).

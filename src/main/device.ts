@@ -18,6 +18,7 @@ import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, QueueFeatures, Rin
 import { Message, encodeReply, needsReply } from './codec';
 import { safeClose } from './connection';
 import { log } from './log';
+import { native } from '../native';
 import { MemoryTable, mapRegion, statFd } from './memory-table';
 import {
   LogArea, ProtocolError, encodeU64, encodeVringState, parseLog, parseMemoryTable, parseSingleRegion, parseVringAddr,
@@ -253,11 +254,19 @@ export class Device {
   stopRing(v: Vring): Promise<void> {
     if (v.stopping) return v.stopping;
     if (!v.started) return Promise.resolve();
-    v.stopping = this.dp.stopRing(this.id, v.index).then(() => {
-      v.started = false;
-      v.stopping = null;
-      v.base = new Int32Array(v.ctrl)[CTRL_LAST_AVAIL] & 0xffff;
-    });
+    v.stopping = this.dp.stopRing(this.id, v.index).then(
+      () => {
+        v.started = false;
+        v.stopping = null;
+        v.base = new Int32Array(v.ctrl)[CTRL_LAST_AVAIL] & 0xffff;
+      },
+      (e: unknown) => {
+        // the worker missed its deadline and was replaced without this ring: stopped all the same
+        v.started = false;
+        v.stopping = null;
+        throw e;
+      },
+    );
     return v.stopping;
   }
 
@@ -361,8 +370,25 @@ export class Device {
   /** Release everything: rings stopped, fds closed, mappings dropped. */
   async release(): Promise<void> {
     this.broken = true;
-    await this.pauseRings();
+    // Every ring is stopped even when one stop fails (a worker past its deadline is
+    // replaced without the ring); the fds and mappings go in any case.
+    const stops = await Promise.allSettled(this.vrings.filter((v) => v.started).map((v) => this.stopRing(v)));
+    for (const r of stops) {
+      if (r.status === 'rejected') log.error('ring stop failed while releasing the device', { dev: this.opts.name, reason: (r.reason as Error).message });
+    }
     for (const v of this.vrings) v.closeFds();
+    this.dropMemory();
+  }
+
+  /**
+   * Forget the memory table and the log, and give their pages back now (native.retire):
+   * waiting for every isolate to collect the SharedArrayBuffers could take hours in an
+   * allocation-free worker, and a hugetlbfs guest would not get its huge pages back to
+   * reconnect. Safe whatever a worker still holds: a retired view reads zeros.
+   */
+  private dropMemory(): void {
+    for (const r of this.mem.list()) native.retire(r.sab);
+    if (this.log && !this.ownLog) native.retire(this.log.sab);
     this.mem.clear();
     this.log = null;
     this.ownLog = false;
@@ -380,9 +406,7 @@ export class Device {
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.status = 0;
-    this.mem.clear();
-    this.log = null;
-    this.ownLog = false;
+    this.dropMemory();
   }
 
   // ---- typed handlers, one per request (called by the table after validation) ----
@@ -556,6 +580,9 @@ export class Device {
     if (noFd !== (m.fds.length === 0)) {
       throw new ProtocolError(req, noFd ? 'no-fd flag set but a file descriptor was passed' : 'file descriptor missing');
     }
+    // Workers read kick fds and write call fds 8 bytes at a time: anything but an eventfd
+    // (a pipe, a socket, a file) is refused here, not found broken in a worker's loop.
+    if (!noFd && !native.isEventfd(m.fds[0])) throw new ProtocolError(req, `ring ${index}: the file descriptor is not an eventfd`);
     return this.vring(index, req);
   }
 

@@ -21,6 +21,8 @@ interface Slot {
   rings: Map<string, ToWorker>;
   ready: Promise<void>;
   restarts: number;
+  /** times it was replaced for not acknowledging in time */
+  stalls: number;
   /** the worker thread's kernel tid (from its ready message), -1 before */
   tid: number;
 }
@@ -33,14 +35,35 @@ export interface PoolOptions {
   idleSpins?: number;
   idleUs?: number;
   sleepMs?: number;
+  /** deadline for a worker's acknowledgement (WORKER_ACK_DEADLINE_MS) */
+  ackDeadlineMs?: number;
 }
 
 const ringKey = (device: number, index: number): string => `${device}:${index}`;
 
+/** A request to some workers, answered by an 'ack' from each of them (or their exit). */
+interface Waiter {
+  left: Set<number>;
+  done: () => void;
+}
+
+/** How long the control plane waits for a worker's acknowledgement (config-independent). */
+export const WORKER_ACK_DEADLINE_MS = 1000;
+
+/**
+ * A worker did not acknowledge in time: the device that asked is reset with this reason
+ * (Device.handle catches it) and the worker is replaced.
+ */
+export class WorkerStalledError extends Error {
+  constructor(readonly workers: number[], readonly what: string, readonly ms: number) {
+    super(`worker ${workers.join(', ')} did not acknowledge ${what} within ${ms} ms`);
+  }
+}
+
 export class WorkerPool implements Dataplane {
   private readonly slots: Slot[] = [];
   private seq = 0;
-  private readonly waiting = new Map<number, { left: Set<number>; done: () => void }>();
+  private readonly waiting = new Map<number, Waiter>();
   private plan: ToWorker | null = null;
   private readonly coalesce = new Map<number, ToWorker>();
   private closing = false;
@@ -67,7 +90,7 @@ export class WorkerPool implements Dataplane {
         idleUs: this.opts.idleUs ?? 1000,
         sleepMs: this.opts.sleepMs ?? 100,
       };
-      const slot: Slot = { init, worker: null, port: null, ctrl: new Int32Array(init.ctrl), rings: new Map(), ready: Promise.resolve(), restarts: 0, tid: -1 };
+      const slot: Slot = { init, worker: null, port: null, ctrl: new Int32Array(init.ctrl), rings: new Map(), ready: Promise.resolve(), restarts: 0, stalls: 0, tid: -1 };
       this.slots.push(slot);
       this.spawn(slot);
     });
@@ -123,6 +146,11 @@ export class WorkerPool implements Dataplane {
     return this.slots.map((s) => s.restarts);
   }
 
+  /** replacements for missed acknowledgement deadlines, per worker (tests and stats) */
+  stalls(): number[] {
+    return this.slots.map((s) => s.stalls);
+  }
+
   private fromWorker(slot: Slot, m: FromWorker): void {
     switch (m.op) {
       case 'ack': {
@@ -142,7 +170,7 @@ export class WorkerPool implements Dataplane {
     }
   }
 
-  private ack(seq: number, worker: number, w: { left: Set<number>; done: () => void }): void {
+  private ack(seq: number, worker: number, w: Waiter): void {
     w.left.delete(worker);
     if (w.left.size === 0) {
       this.waiting.delete(seq);
@@ -174,22 +202,14 @@ export class WorkerPool implements Dataplane {
     const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.forceLogOn, seq };
     const targets = (tx ? [this.slots[this.opts.owner(ring.port, ring.index >> 1) % this.slots.length]] : this.slots).filter((s) => s.worker);
     for (const s of targets) s.rings.set(ringKey(ring.device, ring.index), m);
-    if (targets.length === 0) return Promise.resolve();
-    return new Promise((done) => {
-      this.waiting.set(seq, { left: new Set(targets.map((s) => s.init.worker)), done });
-      for (const s of targets) this.post(s, m);
-    });
+    return this.request(targets, m, seq, `start of ring ${ring.index} of device ${ring.device}`);
   }
 
   stopRing(device: number, index: number): Promise<void> {
     const key = ringKey(device, index);
     const holders = this.slots.filter((s) => s.rings.delete(key) && s.worker);
-    if (holders.length === 0) return Promise.resolve();
     const seq = ++this.seq;
-    return new Promise((done) => {
-      this.waiting.set(seq, { left: new Set(holders.map((s) => s.init.worker)), done });
-      for (const s of holders) this.post(s, { op: 'detach', device, index, seq });
-    });
+    return this.request(holders, { op: 'detach', device, index, seq }, seq, `stop of ring ${index} of device ${device}`);
   }
 
   relogRing(device: number, index: number, logAll: boolean, logUsedGpa: number, logDesc: LogDesc | null): Promise<void> {
@@ -202,12 +222,8 @@ export class WorkerPool implements Dataplane {
         s.rings.set(key, { ...m, ring: { ...m.ring, logUsedGpa, features: { ...m.ring.features, logAll } }, log: logDesc });
       }
     }
-    if (holders.length === 0) return Promise.resolve();
     const seq = ++this.seq;
-    return new Promise((done) => {
-      this.waiting.set(seq, { left: new Set(holders.map((s) => s.init.worker)), done });
-      for (const s of holders) this.post(s, { op: 'relog', device, index, logAll, logUsedGpa, log: logDesc, seq });
-    });
+    return this.request(holders, { op: 'relog', device, index, logAll, logUsedGpa, log: logDesc, seq }, seq, `logging change of ring ${index} of device ${device}`);
   }
 
   /** forced logging in force now (config forceLog and not paused) */
@@ -230,12 +246,53 @@ export class WorkerPool implements Dataplane {
       for (const [key, m] of s.rings) if (m.op === 'attach-tx' || m.op === 'attach-rx') s.rings.set(key, { ...m, forceLog: on });
     }
     const live = this.slots.filter((s) => s.worker);
-    if (live.length === 0) return Promise.resolve();
     const seq = ++this.seq;
-    return new Promise((done) => {
-      this.waiting.set(seq, { left: new Set(live.map((s) => s.init.worker)), done });
-      for (const s of live) this.post(s, { op: 'force-log', on, seq });
+    return this.request(live, { op: 'force-log', on, seq }, seq, `forced logging ${on ? 'on' : 'off'}`);
+  }
+
+  /**
+   * Post `m` to `targets` and resolve once each acknowledged it (or exited). Every wait has a
+   * deadline: a worker that has not answered by then is stuck (a bug, or a blocking call
+   * it should never make), so it is logged at error with what was awaited, terminated
+   * and replaced (its other rings are replayed to the new one, as after a crash), and the
+   * promise rejects with WorkerStalledError so the device that asked is reset by name.
+   * A silent stall of the control plane is the one outcome this rules out.
+   */
+  private request(targets: Slot[], m: ToWorker, seq: number, what: string): Promise<void> {
+    if (targets.length === 0) return Promise.resolve();
+    const ms = this.opts.ackDeadlineMs ?? WORKER_ACK_DEADLINE_MS;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const w = this.waiting.get(seq);
+        if (!w) return;
+        this.waiting.delete(seq);
+        const stuck = [...w.left];
+        log.error('worker did not acknowledge in time; replacing it', { workers: stuck, awaited: what, deadlineMs: ms });
+        for (const i of stuck) this.replaceStuck(this.slots[i]);
+        reject(new WorkerStalledError(stuck, what, ms));
+      }, ms);
+      this.waiting.set(seq, {
+        left: new Set(targets.map((s) => s.init.worker)),
+        done: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      });
+      for (const s of targets) this.post(s, m);
     });
+  }
+
+  /**
+   * Terminate a worker that stopped answering; its 'exit' handler releases its other
+   * waits and respawns it with its rings. terminate() cannot interrupt a system call, so
+   * the wake eventfd is written first (a worker asleep in poll(2) comes back to JavaScript).
+   */
+  private replaceStuck(slot: Slot | undefined): void {
+    const w = slot?.worker;
+    if (!slot || !w) return;
+    slot.stalls++;
+    native.eventfdWrite(slot.init.wakeFd, 1);
+    void w.terminate();
   }
 
   injectFrame(port: number, frame: Uint8Array): void {
@@ -252,9 +309,18 @@ export class WorkerPool implements Dataplane {
 
   /** test hook: make a worker throw, to prove a restart pauses only its queues */
   crashWorker(i: number): void {
+    this.testHook(i, { op: 'crash' });
+  }
+
+  /** test hook: make a worker spin for `ms` without reading its mailbox (a stuck worker) */
+  stallWorker(i: number, ms: number): void {
+    this.testHook(i, { op: 'stall', ms });
+  }
+
+  private testHook(i: number, m: { op: 'crash' } | { op: 'stall'; ms: number }): void {
     const s = this.slots[i];
     if (s) {
-      s.port?.postMessage({ op: 'crash' });
+      s.port?.postMessage(m);
       Atomics.add(s.ctrl, W_MAILBOX, 1);
       native.eventfdWrite(s.init.wakeFd, 1);
     }

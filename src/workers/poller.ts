@@ -203,7 +203,7 @@ function drainMailbox(): void {
   for (;;) {
     const got = receiveMessageOnPort(port);
     if (!got) return;
-    const m = got.message as ToWorker | { op: 'crash' };
+    const m = got.message as ToWorker | { op: 'crash' } | { op: 'stall'; ms: number };
     switch (m.op) {
       case 'attach-tx':
       case 'attach-rx':
@@ -241,6 +241,12 @@ function drainMailbox(): void {
         break;
       case 'crash':
         throw new Error('worker crash requested (test hook)');
+      case 'stall': {
+        // test hook: a worker stuck in a loop (the control plane's deadline must notice)
+        const end = performance.now() + m.ms;
+        while (performance.now() < end && Atomics.load(ctrl, W_RUN) === 1);
+        break;
+      }
     }
   }
 }
