@@ -1,9 +1,11 @@
 import t from 'tap';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { GuestError, Virtqueue } from '../src/workers/virtqueue';
+import { CopyQueue } from '../src/workers/bulk-copy';
+import { native } from '../src/native';
 import { DirtyLog } from '../src/workers/dirty-log';
 import {
-  CTRL_LAST_AVAIL, CTRL_LAST_USED, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, QueueFeatures,
+  CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, QueueFeatures,
 } from '../src/shared/types';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY } from '../src/shared/constants';
 import { eq, FEAT_MRG, Guest, makeGuest, makeQueue, pattern, Queue, R0_SIZE, R1_SIZE, vringDesc } from './vq-harness';
@@ -673,4 +675,44 @@ t.test('burst enqueue with DPDK buffer layout (packet 8-aligned, header before i
   }
   t.same(bad, [], `${checked} packets, sizes 1..300, 511, 512, 1000, 1514`);
   t.equal(checked, sizes.length);
+});
+
+t.test('a guest error mid-burst with bulk copies queued: abandon() drops them, publishes nothing, unlocks', async (t) => {
+  // The worker shares one CopyQueue between its rings. A burst that fails after queueing
+  // copies must not leave them for the next ring's publish: by then the failed ring's
+  // regions are unregistered and their ids may belong to another device's memory.
+  const { a, b, tx, rx } = pair({ size: 8 });
+  a.gm.enableBulk(native);
+  b.gm.enableBulk(native);
+  const q = new CopyQueue(native);
+  tx.vq.bulk = q;
+  rx.vq.bulk = q;
+  tx.drv.postTx(pattern(1000, 1));
+  tx.drv.postTx(pattern(1000, 2));
+  const good = rx.drv.alloc(2048);
+  rx.drv.write(good, new Uint8Array(2048).fill(0xee));
+  rx.drv.postChain([{ gpa: good, len: 2048, write: true }]); // the first packet's buffer is good (its copy is queued) ...
+  rx.drv.postChain([{ gpa: OUTSIDE, len: 2048, write: true }]); // ... the second's is outside memory
+  const n = tx.vq.dequeueBurst(batch, 32);
+  t.equal(n, 2, 'two packets dequeued');
+  rx.vq.acquire();
+  let err: unknown = null;
+  try {
+    rx.vq.enqueueBurst(a.gm, batch, null, n);
+    rx.vq.flush();
+  } catch (e) {
+    err = e;
+    rx.vq.abandon();
+  }
+  t.ok(err instanceof GuestError, 'GuestError thrown');
+  t.equal((err as GuestError).reason, 'descriptor outside guest memory');
+  t.equal(rx.ctrl[CTRL_LOCK], 0, 'the ring lock is free');
+  q.run(); // what the next ring's publish would do
+  // the header may have been written in place (the buffer is the guest's to take); the
+  // packet's bytes, queued as one bulk copy, must never arrive
+  t.ok(rx.drv.read(good + 12, 2048 - 12).every((x) => x === 0xee), 'the queued packet copy never ran');
+  t.equal(rx.drv.usedIdx(), 0, 'RX used->idx did not move');
+  t.equal(rx.ctrl[CTRL_LAST_USED], 0, 'RX last_used_idx not stored back');
+  a.gm.dispose();
+  b.gm.dispose();
 });

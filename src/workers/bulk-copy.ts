@@ -40,6 +40,14 @@ export class CopyQueue {
     this.n++;
   }
 
+  /**
+   * Forget the queued jobs: the ring they were for failed mid-burst and is being detached.
+   * Run later, they could land in memory whose region id a newer ring has been given.
+   */
+  discard(): void {
+    this.n = 0;
+  }
+
   run(): void {
     if (this.n === 0) return;
     const n = this.n;

@@ -133,7 +133,7 @@ function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
       ring.vq.acquire();
       ring.vq.disableNotify();
     } catch (e) {
-      ring.vq.release();
+      ring.vq.abandon();
       broken(ring.device, ring.index, e);
       return;
     }
@@ -194,6 +194,7 @@ function forceLog(on: boolean): void {
 
 function broken(device: number, index: number, e: unknown): void {
   const reason = (e as Error).message;
+  bulk.discard(); // copies queued by the failed burst go nowhere (abandon() dropped RX ones already)
   detach(device, index);
   send({ op: 'broken', device, index, reason });
 }
@@ -308,7 +309,7 @@ function deliver(src: Ring, n: number, dst: number, floodToo: boolean): void {
     vq.enqueueBurst(src.mem, batch, list, count);
     notify = vq.flush();
   } catch (e) {
-    vq.release();
+    vq.abandon();
     broken(rx.device, rx.index, e);
     return;
   }
@@ -389,7 +390,7 @@ function inject(from: number, frame: Uint8Array): void {
       rx.vq.enqueueBytes(frame, 0, frame.length);
       notify = rx.vq.flush();
     } catch (e) {
-      rx.vq.release();
+      rx.vq.abandon();
       broken(rx.device, rx.index, e);
       continue;
     }

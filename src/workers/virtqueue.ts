@@ -401,6 +401,18 @@ export class Virtqueue {
   }
 
   /**
+   * Unlock after a guest error inside acquire() .. release(): nothing more is written to the
+   * guest (queued copies dropped, used->idx not published, indices not stored back). The
+   * ring is about to be detached and its device reset.
+   */
+  abandon(): void {
+    this.bulk?.discard();
+    this.unpublished = false;
+    if (TSO) this.ctrl[CTRL_LOCK] = 0;
+    else Atomics.store(this.ctrl, CTRL_LOCK, 0);
+  }
+
+  /**
    * Copy `count` packets of `batch` into this ring: packets pick[0..count) or, with pick
    * null, packets 0..count-1. Returns how many were enqueued (the rest counted as
    * ST_DROP_NO_BUF). The per-burst form of enqueue(): ring views, features and counters live
