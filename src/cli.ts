@@ -9,9 +9,12 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { Config, ConfigError, loadConfig, parseConfig } from './main/config';
 import { Forwarder } from './main/forwarder';
+import { SocketPathError } from './main/interface';
 import { log, setJson, setLevel, Level } from './main/log';
 
 const EXIT_USAGE = 2;
+/** SIGINT/SIGTERM: the most a clean stop may take before the process exits with status 1 */
+const SHUTDOWN_BOUND_MS = 5000;
 
 function version(): string {
   const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
@@ -33,6 +36,12 @@ async function run(cfg: Config): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info('shutting down', { signal: sig });
+    // A stop that hangs (a worker that will not exit, a device that will not release) must
+    // not keep a service manager waiting: exit anyway after the bound, and say so.
+    setTimeout(() => {
+      log.error('shutdown did not finish in time; exiting anyway', { boundMs: SHUTDOWN_BOUND_MS });
+      process.exit(1);
+    }, SHUTDOWN_BOUND_MS).unref();
     await fwd.stop();
     process.exit(0);
   };
@@ -59,6 +68,10 @@ async function run(cfg: Config): Promise<void> {
 function fail(e: unknown): never {
   if (e instanceof ConfigError) {
     process.stderr.write(`vhostfwd: bad config: ${e.message}\n`);
+    process.exit(EXIT_USAGE);
+  }
+  if (e instanceof SocketPathError) {
+    process.stderr.write(`vhostfwd: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }
   process.stderr.write(`vhostfwd: ${(e as Error).stack ?? String(e)}\n`);
@@ -156,7 +169,7 @@ export async function main(argv: string[]): Promise<void> {
       },
     )
     .demandCommand(1, 'give a command: run, check-config, demo, bench')
-    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure, 2 bad usage or config. SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
+    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure (also a stop that took over 5 s), 2 bad usage, config or socket path. SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
     .strict()
     .help()
     .fail((msg, err, y) => {

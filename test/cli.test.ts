@@ -55,6 +55,27 @@ t.test('a bad config names the key, says what was expected, and exits 2', async 
   t.equal(run('run').status, 2, 'run without --config or --socket is a usage error');
 });
 
+t.test('a socket path that cannot be listened on: one line naming the interface, the path and the cause; exit 2', async (t) => {
+  const d = tmpDir();
+  const file = path.join(d, 'plain-file');
+  fs.writeFileSync(file, 'not a socket');
+  const cases: Array<[string, RegExp]> = [
+    [path.join(d, 'missing', 'a.sock'), /its directory does not exist \(bind ENOENT\)/],
+    [file, /something that is not a socket is in the way .*\(bind EADDRINUSE\)/],
+    [path.join(d, 'x'.repeat(120)), /too long for a unix socket/],
+  ];
+  for (const [sock, cause] of cases) {
+    const r = run('run', '--socket', sock, '--socket', path.join(d, 'ok.sock'));
+    t.equal(r.status, 2, `${path.basename(sock).slice(0, 12)}: exit 2`);
+    const lines = r.stderr.trim().split('\n');
+    t.equal(lines.length, 1, `one line on stderr, no stack trace (${r.stderr.trim().slice(0, 200)})`);
+    t.match(lines[0], `vhostfwd: interface vm1: cannot listen on ${sock}: `, 'names the interface and the path');
+    t.match(lines[0], cause, 'and the cause');
+  }
+  t.equal(fs.readFileSync(file, 'utf8'), 'not a socket', 'the file in the way was left alone');
+  fs.rmSync(d, { recursive: true, force: true });
+});
+
 t.test('run --socket A --socket B: sockets appear; SIGTERM exits 0 and unlinks them', async (t) => {
   const d = tmpDir();
   const a = path.join(d, 'a.sock');

@@ -38,13 +38,15 @@ export class Forwarder {
   /** the HTTP endpoint when config.metrics is set */
   metrics: MetricsServer | null = null;
 
-  constructor(readonly config: Config) {
+  /** ackDeadlineMs: how long a worker may take to acknowledge a ring change (worker-pool.ts) */
+  constructor(readonly config: Config, opts: { ackDeadlineMs?: number } = {}) {
     const owner = new Map<string, number>();
     config.workers.forEach((w, i) => w.queues.forEach((q) => owner.set(q, i)));
     this.pool = new WorkerPool({
       workers: config.workers,
       owner: (port, pair) => owner.get(`${config.interfaces[port]?.name}:${pair}`) ?? 0,
       forceLog: config.forceLog,
+      ackDeadlineMs: opts.ackDeadlineMs,
     });
     this.interfaces = config.interfaces.map(
       (c, port) =>

@@ -18,6 +18,24 @@ export interface InterfaceOptions extends Omit<DeviceOptions, 'port'> {
 const BACKOFF_MIN_MS = 50;
 const BACKOFF_MAX_MS = 2000;
 
+/** Why a server socket could not be made, in an operator's words (the CLI prints this one line). */
+const LISTEN_CAUSES: Record<string, string> = {
+  ENOENT: 'its directory does not exist',
+  ENOTDIR: 'a component of its directory is not a directory',
+  EACCES: 'permission denied',
+  EROFS: 'read-only file system',
+  EADDRINUSE: 'something that is not a socket is in the way (only a socket left by an earlier run is replaced)',
+  ENAMETOOLONG: 'the path is too long for a unix socket (at most 107 bytes)',
+};
+
+export class SocketPathError extends Error {
+  constructor(readonly iface: string, readonly socket: string, cause: NodeJS.ErrnoException) {
+    const code = cause.code ?? '';
+    super(`interface ${iface}: cannot listen on ${socket}: ${LISTEN_CAUSES[code] ?? cause.message}${code ? ` (${cause.syscall ?? 'bind'} ${code})` : ''}`);
+    this.name = 'SocketPathError';
+  }
+}
+
 export class Interface {
   device: Device | null = null;
   private conn: Connection | null = null;
@@ -44,7 +62,11 @@ export class Interface {
 
   start(): void {
     if (this.opts.mode === 'server') {
-      this.listenFd = native.listen(this.opts.socket, 4);
+      try {
+        this.listenFd = native.listen(this.opts.socket, 4);
+      } catch (e) {
+        throw new SocketPathError(this.name, this.opts.socket, e as NodeJS.ErrnoException);
+      }
       this.listenPoll = native.poll(this.listenFd, () => this.acceptPending());
       log.info('listening', { iface: this.name, socket: this.opts.socket });
     } else {

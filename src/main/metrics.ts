@@ -21,6 +21,7 @@ export function statsJson(fwd: Forwarder): object {
     time: new Date().toISOString(),
     workers: fwd.pool.size,
     workerRestarts: fwd.pool.restarts(),
+    workerStalls: fwd.pool.stalls(),
     interfaces: fwd.interfaces.map((i) => ({
       name: i.name,
       socket: i.opts.socket,
