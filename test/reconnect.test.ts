@@ -1,0 +1,134 @@
+/**
+ * Issue 17: frontends written elsewhere reconnect, and nothing a frontend hands over can stall
+ * the switch. The frontend here is test/kit/pyfront (Python, from the spec, no code shared
+ * with src/): its eventfds can be blocking, as os.eventfd makes them, which is what stalled
+ * vhostfwd on the first reconnect (the worker read a blocking kick eventfd with read(2)).
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { parseConfig } from '../src/main/config';
+import { Forwarder } from '../src/main/forwarder';
+import { SyntheticGuest, macOf } from '../src/frontend/guest';
+import { captureLogs, tmpDir, waitUntil } from './helpers/env';
+import { assertFlows, pump } from './helpers/traffic';
+import fs from 'node:fs';
+
+const PYFRONT = path.join(__dirname, '..', '..', 'test', 'kit', 'pyfront');
+
+/** Run a pyfront script to its end (bounded); its stdout's JSON lines. */
+export async function py(script: string, args: string[], timeoutMs = 60000): Promise<{ code: number | null; lines: Array<Record<string, unknown>>; stderr: string }> {
+  const child = spawn('python3', [path.join(PYFRONT, script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  clearTimeout(timer);
+  const lines = out.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { code, lines, stderr: err };
+}
+
+async function forwarder(names: string[], pairs: string[][], ackDeadlineMs?: number) {
+  const dir = tmpDir('vhostfwd-reconnect-');
+  const sock = (n: string) => path.join(dir, `${n}.sock`);
+  const cfg = parseConfig(
+    {
+      interfaces: names.map((n) => ({ name: n, socket: sock(n) })),
+      forwarding: { mode: 'xconnect', pairs },
+      // every queue on one worker: a worker stuck on one device stalls all of them
+      workers: [{ cpus: [os.cpus().length > 1 ? 1 : 0], queues: names.map((n) => `${n}:0`) }],
+    },
+    os.cpus().length,
+  );
+  const fwd = new Forwarder(cfg, { ackDeadlineMs });
+  await fwd.start();
+  return {
+    fwd,
+    sock,
+    stop: async () => {
+      await fwd.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+for (const v of [
+  { name: 'blocking eventfds, no protocol features (the issue as reported)', flags: ['--blocking'], rounds: 3 },
+  { name: 'blocking eventfds, PROTOCOL_FEATURES + REPLY_ACK, rings enabled', flags: ['--blocking', '--pf'], rounds: 3 },
+  { name: 'non-blocking eventfds', flags: [], rounds: 2 },
+]) {
+  t.test(`issue 17: a spec-written frontend connects, sends, closes and connects again: every round forwards (${v.name})`, async (t) => {
+    const env = await forwarder(['vm1', 'vm2'], [['vm1', 'vm2']]);
+    t.teardown(env.stop);
+    const r = await py('reconnect.py', ['rounds', '--dev', env.sock('vm2'), '--peer', env.sock('vm1'), '--rounds', String(v.rounds), ...v.flags]);
+    t.equal(r.code, 0, `the frontend ran to its end ${r.stderr.slice(-400)}`);
+    t.equal(r.lines.length, v.rounds, 'one report per round');
+    for (const l of r.lines) {
+      t.equal(l.error, null, `round ${String(l.round)}: set up without error`);
+      t.equal(l.toPeer, true, `round ${String(l.round)}: its frame reached the peer byte-exact`);
+      t.equal(l.fromPeer, true, `round ${String(l.round)}: the peer's frame reached it byte-exact`);
+    }
+    t.same(env.fwd.pool.stalls(), [0], 'no worker missed a deadline (the fix is in the worker, not the watchdog)');
+    t.same(env.fwd.pool.restarts(), [0], 'no worker restarted');
+  });
+}
+
+t.test('a kick fd that is not an eventfd is refused by name, the device reset, the switch unharmed', async (t) => {
+  const env = await forwarder(['vm1', 'vm2'], [['vm1', 'vm2']]);
+  t.teardown(env.stop);
+  const logs = captureLogs();
+  t.teardown(logs.stop);
+  const r = await py('reconnect.py', ['bad-kick', '--dev', env.sock('vm1')]);
+  t.equal(r.lines.length, 1, `one report ${r.stderr.slice(-400)}`);
+  t.equal(r.lines[0].error, null, 'the frontend got its answer');
+  t.equal(r.lines[0].status, 1, 'REPLY_ACK: SET_VRING_KICK failed (status 1)');
+  t.equal(r.lines[0].closed, true, 'then the device was reset (socket closed)');
+  t.ok(logs.lines.some((l) => l.level === 'error' && /SET_VRING_KICK: ring 1: the file descriptor is not an eventfd/.test(String(l.fields.reason))), 'the reset names the request and the cause');
+  const again = await py('reconnect.py', ['rounds', '--dev', env.sock('vm1'), '--peer', env.sock('vm2'), '--rounds', '1']);
+  t.same(again.lines.map((l) => [l.error, l.toPeer, l.fromPeer]), [[null, true, true]], 'the interface forwards for the next frontend');
+});
+
+t.test('a worker that stops answering: the request fails by name within the deadline, the worker is replaced, every other device forwards', async (t) => {
+  const DEADLINE = 400;
+  const env = await forwarder(['a', 'b', 'c', 'd'], [['a', 'b'], ['c', 'd']], DEADLINE);
+  t.teardown(env.stop);
+  const c = await SyntheticGuest.start({ socket: env.sock('c'), mac: macOf(3) });
+  const d = await SyntheticGuest.start({ socket: env.sock('d'), mac: macOf(4) });
+  t.teardown(() => {
+    c.close();
+    d.close();
+  });
+  assertFlows(t, await pump(c, d, 200, [64, 1518], { deadlineMs: 20000 }), 200, 'c<->d before');
+  const logs = captureLogs();
+  t.teardown(logs.stop);
+  env.fwd.pool.stallWorker(0, 10000);
+  const t0 = Date.now();
+  const a = SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
+  const failed = await a.then(
+    (g) => {
+      g.close();
+      return null;
+    },
+    (e: unknown) => e as Error,
+  );
+  const took = Date.now() - t0;
+  t.ok(failed, `setting up a while the worker is stuck fails (${failed?.message})`);
+  const reset = logs.lines.find((l) => l.msg === 'vhost-user request rejected; resetting device');
+  t.ok(reset, 'the device was reset');
+  t.match(String(reset?.fields.reason), /^worker 0 did not acknowledge start of ring \d of device \d+ within 400 ms$/, 'the reason names the worker, what it did not acknowledge, and the deadline');
+  t.ok(took < DEADLINE + 2000, `the frontend had its answer ${took} ms after asking (deadline ${DEADLINE} ms)`);
+  t.ok(logs.lines.some((l) => l.level === 'error' && l.msg === 'worker did not acknowledge in time; replacing it'), 'the stall is logged at error');
+  await waitUntil(() => env.fwd.pool.restarts()[0] >= 1 && env.fwd.pool.workerInfo()[0].tid > 0, 10000, 'the replacement worker');
+  t.same(env.fwd.pool.stalls(), [1], 'one stall counted');
+  assertFlows(t, await pump(c, d, 200, [64, 1518], { deadlineMs: 20000 }), 200, 'c<->d after the replacement (their rings were replayed)');
+  const a2 = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1) });
+  const b2 = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2) });
+  t.teardown(() => {
+    a2.close();
+    b2.close();
+  });
+  assertFlows(t, await pump(a2, b2, 200, [64, 1518], { deadlineMs: 20000 }), 200, 'a<->b connected again after the replacement');
+});
