@@ -132,3 +132,34 @@ t.test('a worker that stops answering: the request fails by name within the dead
   });
   assertFlows(t, await pump(a2, b2, 200, [64, 1518], { deadlineMs: 20000 }), 200, 'a<->b connected again after the replacement');
 });
+
+t.test('a frontend that connects before the previous one is gone waits for it; one that meets a frontend staying is refused', async (t) => {
+  const env = await forwarder(['vm1', 'vm2'], [['vm1', 'vm2']]);
+  t.teardown(env.stop);
+  const logs = captureLogs();
+  t.teardown(logs.stop);
+  const peer = await SyntheticGuest.start({ socket: env.sock('vm2'), mac: macOf(2) });
+  const first = await SyntheticGuest.start({ socket: env.sock('vm1'), mac: macOf(1) });
+  t.teardown(() => peer.close());
+  // the newcomer is accepted while `first` is still connected: it is held, not refused
+  const next = SyntheticGuest.start({ socket: env.sock('vm1'), mac: macOf(1) });
+  await waitUntil(() => env.fwd.interfaces[0].connections === 1, 2000, 'the first connection counted');
+  await new Promise((r) => setTimeout(r, 200));
+  first.close();
+  const g = await next;
+  t.teardown(() => g.close());
+  t.equal(env.fwd.interfaces[0].connections, 2, 'the newcomer got the interface once the first frontend left');
+  assertFlows(t, await pump(g, peer, 100, [64, 1518], { deadlineMs: 20000 }), 100, 'the newcomer forwards');
+  const t0 = Date.now();
+  const third = await SyntheticGuest.start({ socket: env.sock('vm1'), mac: macOf(1) }).then(
+    (x) => {
+      x.close();
+      return 'served';
+    },
+    () => 'refused',
+  );
+  t.equal(third, 'refused', 'a third frontend, while the second stays, is refused');
+  t.ok(Date.now() - t0 >= 900, `after waiting for the current one to go (${Date.now() - t0} ms)`);
+  t.ok(logs.lines.some((l) => l.msg === 'second frontend refused while one is connected' && /stayed 1000 ms/.test(String(l.fields.why))), 'the refusal is logged with its reason');
+  assertFlows(t, await pump(g, peer, 100, [64, 1518], { deadlineMs: 20000 }), 100, 'the connected frontend still forwards');
+});

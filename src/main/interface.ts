@@ -36,11 +36,16 @@ export class SocketPathError extends Error {
   }
 }
 
+/** How long a newcomer waits for the interface's current frontend to go (acceptPending). */
+const WAITING_MS = 1000;
+
 export class Interface {
   device: Device | null = null;
   private conn: Connection | null = null;
   private listenFd = -1;
   private listenPoll: PollHandle | null = null;
+  /** a frontend accepted while the current one had not gone yet (acceptPending) */
+  private waiting: { fd: number; timer: NodeJS.Timeout } | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
   private backoff = BACKOFF_MIN_MS;
   private stopped = false;
@@ -85,13 +90,26 @@ export class Interface {
       }
       if (fd < 0) return;
       if (this.conn) {
-        // One frontend per interface: a second one is refused, the first keeps running.
-        log.warn('second frontend refused while one is connected', { iface: this.name });
-        safeClose(fd);
+        // One frontend per interface. A frontend that reconnects at once can be accepted
+        // before its old connection's hangup is read (both are ready in one loop turn), so
+        // the newcomer waits up to WAITING_MS for the current one to go; if it stays, the
+        // newcomer is refused and the current one keeps running. One waits at a time.
+        if (this.waiting) this.refuseWaiting('another frontend arrived');
+        const timer = setTimeout(() => this.refuseWaiting(`the current frontend stayed ${WAITING_MS} ms`), WAITING_MS);
+        this.waiting = { fd, timer };
         continue;
       }
       this.attach(fd);
     }
+  }
+
+  private refuseWaiting(why: string): void {
+    const w = this.waiting;
+    if (!w) return;
+    this.waiting = null;
+    clearTimeout(w.timer);
+    log.warn('second frontend refused while one is connected', { iface: this.name, why });
+    safeClose(w.fd);
   }
 
   private tryConnect(): void {
@@ -138,6 +156,12 @@ export class Interface {
     log[level]('device reset', { iface: this.name, device: device.id, reason });
     await device.release();
     for (const l of this.listeners) l('disconnected', device);
+    const w = this.waiting;
+    if (w && !this.conn && !this.stopped) {
+      this.waiting = null;
+      clearTimeout(w.timer);
+      this.attach(w.fd);
+    }
     if (this.opts.mode === 'client' && !this.stopped && !this.retryTimer) {
       this.retryTimer = setTimeout(() => this.tryConnect(), this.backoff);
     }
@@ -146,6 +170,7 @@ export class Interface {
   /** Close the connection and the listening socket; unlink the socket path we created. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.refuseWaiting('shutting down');
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     const d = this.device;
