@@ -579,6 +579,21 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   return Napi::Value(env, result);
 }
 
+// The first argument as a v8::SharedArrayBuffer, or a TypeError naming `what`. The reverse
+// of Mmap's conversion: a napi_value is the Local's slot pointer.
+v8::Local<v8::SharedArrayBuffer> SharedArrayBufferArg(const Napi::CallbackInfo& info, const char* what) {
+  napi_value raw = info[0];
+  v8::Local<v8::Value> value;
+  static_assert(sizeof raw == sizeof value, "napi_value and v8::Local must have the same size");
+  std::memcpy(static_cast<void*>(&value), &raw, sizeof value);
+  if (info.Length() < 1 || value.IsEmpty() || !value->IsSharedArrayBuffer()) {
+    Napi::TypeError e = Napi::TypeError::New(info.Env(), std::string(what) + ": expected a SharedArrayBuffer");
+    e.Set("code", Napi::String::New(info.Env(), "ERR_INVALID_ARG_TYPE"));
+    throw e;
+  }
+  return value.As<v8::SharedArrayBuffer>();
+}
+
 // A device's guest memory must go back to the frontend's host when the device goes, not
 // when every isolate that saw the SharedArrayBuffer happens to collect it: a poller worker
 // allocates nothing and may not collect for hours, and a hugetlbfs region keeps its huge
@@ -589,16 +604,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
 // live mapping of ours.
 Napi::Value Retire(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  napi_value raw = info[0];
-  v8::Local<v8::Value> value;
-  static_assert(sizeof raw == sizeof value, "napi_value and v8::Local must have the same size");
-  std::memcpy(static_cast<void*>(&value), &raw, sizeof value);
-  if (info.Length() < 1 || value.IsEmpty() || !value->IsSharedArrayBuffer()) {
-    Napi::TypeError e = Napi::TypeError::New(env, "retire: expected a SharedArrayBuffer");
-    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
-    throw e;
-  }
-  void* data = value.As<v8::SharedArrayBuffer>()->GetBackingStore()->Data();
+  void* data = SharedArrayBufferArg(info, "retire")->GetBackingStore()->Data();
   std::lock_guard<std::mutex> g(g_maps_lock);
   auto it = g_maps.find(data);
   if (it == g_maps.end()) return Napi::Boolean::New(env, false);
@@ -721,6 +727,7 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
 Napi::Value IsEventfd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
+  if (::fcntl(fd, F_GETFD) < 0) ThrowErrno(env, "fcntl", errno);  // EBADF, not readlink's ENOENT
   char link[64];
   std::string path = "/proc/self/fd/" + std::to_string(fd);
   ssize_t n = ::readlink(path.c_str(), link, sizeof link - 1);
@@ -882,18 +889,8 @@ inline std::vector<CopyRegion>& CopyRegions() { return *t_copy_regions; }
 
 Napi::Value CopyRegister(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  napi_value raw = info[0];
-  // The reverse of Mmap's conversion: a napi_value is the Local's slot pointer.
-  v8::Local<v8::Value> value;
-  static_assert(sizeof raw == sizeof value, "napi_value and v8::Local must have the same size");
-  std::memcpy(static_cast<void*>(&value), &raw, sizeof value);
-  if (info.Length() < 1 || value.IsEmpty() || !value->IsSharedArrayBuffer()) {
-    Napi::TypeError e = Napi::TypeError::New(env, "copyRegister: expected a SharedArrayBuffer");
-    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
-    throw e;
-  }
   CopyRegion region;
-  region.store = value.As<v8::SharedArrayBuffer>()->GetBackingStore();
+  region.store = SharedArrayBufferArg(info, "copyRegister")->GetBackingStore();
   region.data = static_cast<uint8_t*>(region.store->Data());
   region.size = static_cast<uint64_t>(region.store->ByteLength());
   for (size_t i = 0; i < CopyRegions().size(); i++) {

@@ -272,6 +272,47 @@ t.test('a mapping lives until the last isolate drops the SAB, then it is unmappe
   t.equal(left, 0, 'unmapped once no isolate holds it');
 });
 
+t.test('retire: the guest pages go now, views held anywhere read zeros, the file keeps its bytes', async (t) => {
+  const name = `vhostfwd-test-retire-${process.pid}`;
+  const fd = native.memfdCreate(name, 2 * 4096);
+  t.teardown(() => native.close(fd));
+  const mapped = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(`memfd:${name}`)).length;
+  const sab = native.mmap(fd, 2 * 4096, 0);
+  new Uint8Array(sab).fill(0xab);
+  const w = startWorker(`
+    const u8 = new Uint8Array(workerData.sab);
+    parentPort.postMessage(u8[4096]);
+    parentPort.on('message', () => parentPort.postMessage(u8[4096]));
+  `, { sab });
+  t.equal(await nextMessage(w), 0xab, 'a worker sees the guest bytes');
+  t.equal(native.retire(sab), true, 'retired');
+  t.equal(mapped(), 0, 'the memfd is no longer mapped (its pages can go back to the guest host)');
+  t.equal(new Uint8Array(sab)[0], 0, 'the main thread\'s view reads zeros, no fault');
+  w.postMessage('read');
+  t.equal(await nextMessage(w), 0, 'the worker\'s view too');
+  const viaFile = Buffer.alloc(1);
+  fs.readSync(fd, viaFile, 0, 1, 4096);
+  t.equal(viaFile[0], 0xab, 'the guest memory itself is untouched');
+  new Uint8Array(sab)[0] = 1;
+  fs.readSync(fd, viaFile, 0, 1, 0);
+  t.equal(viaFile[0], 0xab, 'a late write through a retired view does not reach the guest');
+  await w.terminate();
+  t.equal(native.retire(new SharedArrayBuffer(8)), false, 'a SharedArrayBuffer not from mmap: false');
+  t.throws(() => native.retire(new ArrayBuffer(8) as unknown as SharedArrayBuffer), { code: 'ERR_INVALID_ARG_TYPE' });
+});
+
+t.test('isEventfd: eventfds only', async (t) => {
+  const e = native.eventfdCreate(0);
+  const m = native.memfdCreate('vhostfwd-test-not-eventfd', 4096);
+  const p = fs.openSync('/proc/self/status', 'r');
+  t.equal(native.isEventfd(e), true, 'an eventfd');
+  t.equal(native.isEventfd(m), false, 'a memfd is not');
+  t.equal(native.isEventfd(p), false, 'a regular file is not');
+  expectCode(t, () => native.isEventfd(0x7ffffff0), 'EBADF', 'fcntl', 'a closed fd');
+  for (const fd of [e, m]) native.close(fd);
+  fs.closeSync(p);
+});
+
 t.test("a worker's affinity is its own", async (t) => {
   const mainBefore = native.getAffinity();
   t.ok(mainBefore.length >= 1, `main thread cpus: ${mainBefore.join(',')}`);
