@@ -716,3 +716,35 @@ t.test('a guest error mid-burst with bulk copies queued: abandon() drops them, p
   a.gm.dispose();
   b.gm.dispose();
 });
+
+t.test('a ring that ends where its region ends: valid without EVENT_IDX (no event field), refused with it', async (t) => {
+  // virtio 1.x 2.7: used_event / avail_event exist only with VIRTIO_RING_F_EVENT_IDX. The
+  // control plane checked rings without them and the worker with them, so such a ring was
+  // accepted by SET_VRING_ADDR and then broke in the worker (issue 19).
+  const size = 8;
+  const availEnd = R0_SIZE + R1_SIZE - (4 + 2 * size); // the avail ring's last byte is region 1's last
+  const usedEnd = R0_SIZE + R1_SIZE - 0x100 - (4 + 8 * size); // in region 1, with room to spare
+  const a = makeGuest();
+  const b = makeGuest();
+  const tx = makeQueue(a, { index: 1, size, avail: availEnd, used: usedEnd, bufBase: 0x20000, bufEnd: 0x2f000 });
+  const rx = makeQueue(b, { index: 0, size });
+  // (our test driver zeroes a used_event slot whatever the features: look at what the device writes)
+  const past = a.mem8.slice(R0_SIZE + R1_SIZE);
+  rx.drv.postRx(1, 2048);
+  const p = pattern(300, 5);
+  tx.drv.postTx(p);
+  const r = forward(a, tx, rx);
+  t.equal(r.n, 1, 'the packet was dequeued');
+  t.ok(eq(rx.drv.readRx()[0]?.data ?? new Uint8Array(0), p), 'and delivered byte-exact');
+  t.equal(tx.drv.usedIdx(), 1, 'TX used->idx 1');
+  t.ok(eq(a.mem8.subarray(R0_SIZE + R1_SIZE), past), 'nothing past the region end was touched');
+  const err = (() => {
+    try {
+      new Virtqueue(vringDesc(a, { index: 1, size, avail: availEnd, used: usedEnd, features: { eventIdx: true } }), a.gm, new DirtyLog());
+      return null;
+    } catch (e) {
+      return e;
+    }
+  })();
+  t.ok(err instanceof GuestError && err.reason === 'avail ring outside its region', 'with EVENT_IDX the used_event field would lie past the region: refused by name');
+});

@@ -14,7 +14,10 @@ import {
   DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, FeatureName, MAX_MEM_SLOTS,
   MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
 } from '../shared/constants';
-import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc } from '../shared/types';
+import {
+  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
+  usedRingBytes,
+} from '../shared/types';
 import { Message, encodeReply, needsReply } from './codec';
 import { safeClose } from './connection';
 import { log } from './log';
@@ -321,10 +324,10 @@ export class Device {
       if (!loc) throw new ProtocolError(req, `ring ${v.index} ${what} 0x${uva.toString(16)}+${len} is outside guest memory`);
       return loc;
     };
-    const eventIdx = hasBit(this.features, F.VIRTIO_RING_F_EVENT_IDX) ? 2 : 0;
-    const desc = where('descriptor table', a.desc, 16 * n);
-    const avail = where('available ring', a.avail, 4 + 2 * n + eventIdx);
-    const used = where('used ring', a.used, 4 + 8 * n + eventIdx);
+    const eventIdx = hasBit(this.features, F.VIRTIO_RING_F_EVENT_IDX);
+    const desc = where('descriptor table', a.desc, descTableBytes(n));
+    const avail = where('available ring', a.avail, availRingBytes(n, eventIdx));
+    const used = where('used ring', a.used, usedRingBytes(n, eventIdx));
     if (a.desc % 16 || a.avail % 2 || a.used % 4) throw new ProtocolError(req, `ring ${v.index} addresses are misaligned`);
     // The used index the guest sees is where we resume: entries before it are complete.
     const usedIdx = this.mem.readU16({ region: used.region, offset: used.offset + 2 });

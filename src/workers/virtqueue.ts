@@ -10,10 +10,11 @@
  * guest's own buffers; no allocation per packet; Atomics only where ordering against the guest
  * matters (avail->idx load, used->idx store, notification fields, the RX lock).
  */
-import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE, DESC_SIZE } from '../shared/constants';
+import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE } from '../shared/constants';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
   ST_BURSTS, ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
+  availRingBytes, descTableBytes, usedRingBytes,
 } from '../shared/types';
 import { copyBytes, COPY_LOOP_MAX, F64_EXACT } from './copy';
 import { BULK_MIN, CopyQueue } from './bulk-copy';
@@ -118,13 +119,16 @@ export class Virtqueue {
     this.ctrl = new Int32Array(vd.ctrl);
     this.stats = new Float64Array(vd.stats);
 
-    checkRing(mem, 'desc', vd.desc, DESC_SIZE * size, 16);
-    checkRing(mem, 'avail', vd.avail, 6 + 2 * size, 2);
-    checkRing(mem, 'used', vd.used, 6 + 8 * size, 4);
+    const eventIdx = vd.features.eventIdx;
+    checkRing(mem, 'desc', vd.desc, descTableBytes(size), 16);
+    checkRing(mem, 'avail', vd.avail, availRingBytes(size, eventIdx), 2);
+    checkRing(mem, 'used', vd.used, usedRingBytes(size, eventIdx), 4);
     const a = mem.regions[vd.avail.region];
     const u = mem.regions[vd.used.region];
-    this.avail16 = new Uint16Array(a.sab, sabOffset(a.sabOffset + vd.avail.offset, 2, 'avail'), 3 + size);
-    this.used16 = new Uint16Array(u.sab, sabOffset(u.sabOffset + vd.used.offset, 4, 'used'), 3 + 4 * size);
+    // the event fields (used_event at avail16[2 + size], avail_event at used16[2 + 4 * size])
+    // are in the views only with EVENT_IDX, and only read or written then
+    this.avail16 = new Uint16Array(a.sab, sabOffset(a.sabOffset + vd.avail.offset, 2, 'avail'), availRingBytes(size, eventIdx) / 2);
+    this.used16 = new Uint16Array(u.sab, sabOffset(u.sabOffset + vd.used.offset, 4, 'used'), usedRingBytes(size, eventIdx) / 2);
     this.used32 = new Uint32Array(u.sab, u.sabOffset + vd.used.offset, 1 + 2 * size);
     this.walker = new DescWalker(mem, vd.desc.region, vd.desc.offset, size, vd.features.indirect);
     const dr = mem.regions[vd.desc.region];
@@ -155,7 +159,7 @@ export class Virtqueue {
     this.usedLogMask = 0;
     if (this.logUsedGpa < 0) return;
     const first = Math.floor(this.logUsedGpa * PAGE_INV);
-    const last = Math.floor((this.logUsedGpa + 4 + 8 * this.size + 2 - 1) * PAGE_INV);
+    const last = Math.floor((this.logUsedGpa + usedRingBytes(this.size, this.features.eventIdx) - 1) * PAGE_INV);
     if (first !== last || first >= 0x1_0000_0000) return;
     this.usedLogByte = first >>> 3;
     this.usedLogMask = 1 << (first & 7);
