@@ -13,6 +13,7 @@ import { CopyQueue } from '../src/workers/bulk-copy';
 import { Virtqueue } from '../src/workers/virtqueue';
 import { CTRL_INTS, STATS_SLOTS, VringDesc } from '../src/shared/types';
 import { VRING_DESC_F_WRITE } from '../src/shared/constants';
+import { native } from '../src/native';
 
 const SIZE = Number(process.argv[2] ?? 64);
 const SECONDS = Number(process.argv[3] ?? 2);
@@ -63,8 +64,7 @@ function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen
   const log = new DirtyLog();
   if (logSab && !JS_LOG) {
     // what the poller does: the addon marks a burst's page runs (NOTES.md #21)
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    log.enableNative((require('../src/native') as typeof import('../src/native')).native);
+    log.enableNative(native);
   }
   if (logSab) log.set({ sab: logSab, offset: 0, size: logSab.byteLength });
   return new Virtqueue(vd, g.gm, log);
@@ -79,8 +79,6 @@ const rx = ring(b, 0, true, 2048, logB);
 const batch = new PacketBatch(BURST);
 if (BULK) {
   // what the poller does: the addon's one-call-per-burst memcpy for copies >= BULK_MIN
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { native } = require('../src/native') as typeof import('../src/native');
   const q = new CopyQueue(native);
   a.gm.enableBulk(native);
   b.gm.enableBulk(native);

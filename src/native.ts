@@ -19,7 +19,7 @@
 import path from 'node:path';
 
 /** Result of one recvmsg on a stream socket. */
-export interface RecvResult {
+interface RecvResult {
   /** bytes read into the buffer; 0 means the peer closed (EOF); -1 means EAGAIN (nothing to read). */
   bytes: number;
   /** file descriptors received with SCM_RIGHTS (already O_CLOEXEC); the caller owns them. */
@@ -55,7 +55,6 @@ export interface FdStat {
 
 /** Readiness events passed to a poll callback. */
 export const POLL_READABLE = 1;
-export const POLL_WRITABLE = 2;
 /** set when the poll itself failed or the fd reported an error / hangup. */
 export const POLL_ERROR = 4;
 

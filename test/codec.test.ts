@@ -94,12 +94,12 @@ t.test('vring addr, vring file and log payloads', async (t) => {
 });
 
 // ---- against the independent oracle written from QEMU's docs/interop/vhost-user.rst ----
-import { Req as ReqEnum, PF as PFBits, F as FBits, reqName } from '../src/shared/constants';
+import { Req as ReqEnum, PF as PFBits, F as FBits, HEADER_SIZE, reqName } from '../src/shared/constants';
 import { REQUESTS } from '../src/main/request-table';
 import { Message, encodeReply } from '../src/main/codec';
 import { encodeVringState, encodeU64, encodeSingleRegion, parseVringState, parseSingleRegion } from '../src/main/messages';
 import {
-  GOLDEN, SPEC_F_PROTOCOL_FEATURES, SPEC_FLAGS, SPEC_OTHER_IDS, SPEC_PF, SPEC_REQUESTS, VHOSTFWD_TOLERATES, allowedFds, allowedSize, hex,
+  GOLDEN, SPEC_F_PROTOCOL_FEATURES, SPEC_FLAGS, SPEC_HEADER_SIZE, SPEC_OTHER_IDS, SPEC_PF, SPEC_REQUESTS, VHOSTFWD_TOLERATES, allowedFds, allowedSize, hex,
   specAddr, specById, specHeader, specLog, specMemory, specMessage, specSingleRegion, specState, specU64,
 } from './oracle/vhost-user-spec';
 
@@ -107,6 +107,7 @@ t.test('oracle: request ids, flags and protocol feature bits equal the document'
   for (const r of SPEC_REQUESTS) t.equal((ReqEnum as unknown as Record<string, number>)[r.name], r.id, `${r.name} is request ${r.id}`);
   for (const [name, id] of Object.entries(SPEC_OTHER_IDS)) t.ok(reqName(id).length > 0, `request ${id} (${name}) has a name`);
   t.same([FLAG_VERSION, FLAG_NEED_REPLY], [SPEC_FLAGS.VERSION, SPEC_FLAGS.NEED_REPLY], 'header flag bits');
+  t.equal(HEADER_SIZE, SPEC_HEADER_SIZE, 'the header is 12 bytes');
   t.equal(FBits.VHOST_USER_F_PROTOCOL_FEATURES, SPEC_F_PROTOCOL_FEATURES, 'VHOST_USER_F_PROTOCOL_FEATURES is bit 30');
   const pf = PFBits as unknown as Record<string, number>;
   for (const [name, bitNo] of Object.entries(SPEC_PF)) {

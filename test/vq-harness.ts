@@ -77,7 +77,7 @@ export interface Queue {
   vd: VringDesc;
 }
 
-export function loc(g: Guest, gpa: number): RingLocation {
+function loc(g: Guest, gpa: number): RingLocation {
   const r = g.gm.translate(gpa, 1);
   if (r < 0) return { region: 0, offset: gpa };
   return { region: r, offset: g.gm.off };

@@ -9,7 +9,7 @@ import {
 } from '../shared/constants';
 
 /** Byte written into the guard area after every allocated buffer. */
-export const CANARY = 0xa5;
+const CANARY = 0xa5;
 
 export interface DriverRingOptions {
   size: number;

@@ -95,7 +95,7 @@ export class Vring {
 
 let nextDeviceId = 1;
 
-export function featureMask(names: readonly string[], table: Readonly<Record<string, number>>): bigint {
+function featureMask(names: readonly string[], table: Readonly<Record<string, number>>): bigint {
   let m = 0n;
   for (const n of names) m |= bit(table[n]);
   return m;
@@ -677,7 +677,7 @@ function closeAll(m: Message): void {
 }
 
 /** A RARP request from `mac` (what QEMU's announce sends), so learning switches move the MAC. */
-export function rarpFrame(mac: Uint8Array): Uint8Array {
+function rarpFrame(mac: Uint8Array): Uint8Array {
   const f = new Uint8Array(60);
   f.fill(0xff, 0, 6); // broadcast
   f.set(mac, 6);

@@ -16,7 +16,7 @@ export class ProtocolError extends Error {
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** Read a u64 that is used as an address or size; it must fit a JS number exactly. */
-export function readU64Number(buf: Buffer, off: number, req: string, field: string): number {
+function readU64Number(buf: Buffer, off: number, req: string, field: string): number {
   const v = buf.readBigUInt64LE(off);
   if (v > MAX_SAFE) throw new ProtocolError(req, `${field} 0x${v.toString(16)} is beyond 2^53`);
   return Number(v);
@@ -102,7 +102,7 @@ function parseRegion(p: Buffer, off: number, req: string): MemoryRegion {
 }
 
 /** A region must be non-empty and must not wrap (all ends below 2^53, see readU64Number). */
-export function checkRegion(r: MemoryRegion, req: string): void {
+function checkRegion(r: MemoryRegion, req: string): void {
   if (r.size === 0) throw new ProtocolError(req, 'region of size 0');
   const tag = `region gpa 0x${r.gpa.toString(16)} size 0x${r.size.toString(16)}`;
   if (r.gpa + r.size > Number.MAX_SAFE_INTEGER) throw new ProtocolError(req, `${tag} wraps the guest address space`);
@@ -111,7 +111,7 @@ export function checkRegion(r: MemoryRegion, req: string): void {
 }
 
 /** Regions must not overlap in guest-physical or frontend-virtual space. */
-export function checkNoOverlap(regions: readonly MemoryRegion[], req: string): void {
+function checkNoOverlap(regions: readonly MemoryRegion[], req: string): void {
   for (let i = 0; i < regions.length; i++) {
     for (let j = i + 1; j < regions.length; j++) {
       const a = regions[i];

@@ -15,7 +15,7 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export function statsJson(fwd: Forwarder): object {
+function statsJson(fwd: Forwarder): object {
   const stats = fwd.stats();
   return {
     time: new Date().toISOString(),

@@ -9,7 +9,7 @@ import { Message } from './codec';
 import type { Device } from './device';
 import { REGION_SIZE } from './messages';
 
-export type FdRule = number | { min: number; max: number };
+type FdRule = number | { min: number; max: number };
 
 export interface RequestSpec {
   name: string;

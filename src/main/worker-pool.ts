@@ -48,13 +48,13 @@ interface Waiter {
 }
 
 /** How long the control plane waits for a worker's acknowledgement (config-independent). */
-export const WORKER_ACK_DEADLINE_MS = 1000;
+const WORKER_ACK_DEADLINE_MS = 1000;
 
 /**
  * A worker did not acknowledge in time: the device that asked is reset with this reason
  * (Device.handle catches it) and the worker is replaced.
  */
-export class WorkerStalledError extends Error {
+class WorkerStalledError extends Error {
   constructor(readonly workers: number[], readonly what: string, readonly ms: number) {
     super(`worker ${workers.join(', ')} did not acknowledge ${what} within ${ms} ms`);
   }

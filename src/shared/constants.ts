@@ -48,20 +48,10 @@ export enum Req {
   GET_STATUS = 40,
 }
 
-export const REQ_NAMES: Readonly<Record<number, string>> = {
-  1: 'GET_FEATURES', 2: 'SET_FEATURES', 3: 'SET_OWNER', 4: 'RESET_OWNER', 5: 'SET_MEM_TABLE',
-  6: 'SET_LOG_BASE', 7: 'SET_LOG_FD', 8: 'SET_VRING_NUM', 9: 'SET_VRING_ADDR', 10: 'SET_VRING_BASE',
-  11: 'GET_VRING_BASE', 12: 'SET_VRING_KICK', 13: 'SET_VRING_CALL', 14: 'SET_VRING_ERR',
-  15: 'GET_PROTOCOL_FEATURES', 16: 'SET_PROTOCOL_FEATURES', 17: 'GET_QUEUE_NUM', 18: 'SET_VRING_ENABLE',
-  19: 'SEND_RARP', 20: 'NET_SET_MTU', 21: 'SET_BACKEND_REQ_FD', 22: 'IOTLB_MSG', 23: 'SET_VRING_ENDIAN',
-  24: 'GET_CONFIG', 25: 'SET_CONFIG', 26: 'CREATE_CRYPTO_SESSION', 27: 'CLOSE_CRYPTO_SESSION',
-  28: 'POSTCOPY_ADVISE', 29: 'POSTCOPY_LISTEN', 30: 'POSTCOPY_END', 31: 'GET_INFLIGHT_FD',
-  32: 'SET_INFLIGHT_FD', 33: 'GPU_SET_SOCKET', 34: 'RESET_DEVICE', 35: 'VRING_KICK',
-  36: 'GET_MAX_MEM_SLOTS', 37: 'ADD_MEM_REG', 38: 'REM_MEM_REG', 39: 'SET_STATUS', 40: 'GET_STATUS',
-};
 
+/** The request's name from the spec (the enum's reverse mapping), or UNKNOWN(n). */
 export function reqName(r: number): string {
-  return REQ_NAMES[r] ?? `UNKNOWN(${r})`;
+  return Req[r] ?? `UNKNOWN(${r})`;
 }
 
 /** Header flags. */
@@ -173,7 +163,6 @@ export const VRING_USED_F_NO_NOTIFY = 1;
 export const DESC_SIZE = 16;
 
 /** Dirty log granularity (VHOST_LOG_PAGE). */
-export const LOG_PAGE_SHIFT = 12;
 export const LOG_PAGE = 4096;
 
 /** virtio-net header sizes: legacy without MRG_RXBUF is 10, otherwise 12 (num_buffers). */

@@ -46,8 +46,7 @@ export interface QueueFeatures {
   logAll: boolean;
 }
 
-/** Per-vring shared state: an Int32Array over `ctrl` (see CTRL_*). */
-export const CTRL_STATE = 0;
+/** Per-vring shared state: an Int32Array over `ctrl` (see CTRL_*; slot 0 is unused). */
 /** spin lock taken by whichever worker enqueues into an RX vring (several TX queues may target it). */
 export const CTRL_LOCK = 1;
 export const CTRL_LAST_AVAIL = 2;
@@ -55,12 +54,6 @@ export const CTRL_LAST_USED = 3;
 /** used idx value at the last interrupt we sent (for EVENT_IDX). */
 export const CTRL_SIGNALLED_USED = 4;
 export const CTRL_INTS = 8;
-
-/** CTRL_STATE values. */
-export const QSTATE_STOPPED = 0;
-export const QSTATE_RUNNING = 1;
-/** the ring found a guest error; the worker stopped it and reported. */
-export const QSTATE_BROKEN = 2;
 
 /** Per-queue counters: a Float64Array over `stats` (doubles so workers add without BigInt). */
 export const ST_PACKETS = 0;

@@ -1,6 +1,6 @@
 /**
  * A guest broke a virtio rule. Thrown before anything is written outside the guest's own
- * buffers; the caller stops the queue (QSTATE_BROKEN) and resets the device.
+ * buffers; the worker detaches the ring and the control plane resets the device.
  */
 export class GuestError extends Error {
   /** the rule that was broken, stable text (tests and logs match on it) */

@@ -6,7 +6,7 @@
  *
  * Slot (4 x Int32): key0 = 0x10000 | mac[0..1] (0 = free), key1 = mac[2..5], port, seen (s).
  */
-export const MAC_SLOTS = 16384;
+const MAC_SLOTS = 16384;
 const WORDS = 4;
 export const MAC_TABLE_BYTES = MAC_SLOTS * WORDS * 4;
 const MASK = MAC_SLOTS - 1;

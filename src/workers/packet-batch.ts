@@ -8,7 +8,7 @@
 /** Packets per burst (DPDK's MAX_PKT_BURST). */
 export const BURST = 32;
 /** Default segment budget per packet (Linux uses at most MAX_SKB_FRAGS + 2 = 19). */
-export const SEGS_PER_PACKET = 32;
+const SEGS_PER_PACKET = 32;
 
 export class PacketBatch {
   readonly capacity: number;

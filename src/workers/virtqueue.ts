@@ -723,7 +723,7 @@ export class Virtqueue {
   private enqueueOne(srcMem: GuestMemory, batch: PacketBatch, i: number): boolean {
     const t = this.desc32;
     if (t === null || !this.features.mrgRxbuf || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
-    let idx = this.lastAvail;
+    const idx = this.lastAvail;
     if (idx === this.availIdx) {
       const a = TSO ? this.avail16[1] : Atomics.load(this.avail16, 1);
       if (((a - idx) & 0xffff) > this.size) return false; // the general path raises the error

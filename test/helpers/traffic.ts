@@ -2,7 +2,7 @@
 import { Test } from 'tap';
 import { SyntheticGuest, frame } from '../../src/frontend/guest';
 
-export interface Flow {
+interface Flow {
   sent: number;
   received: number;
   mismatched: number;

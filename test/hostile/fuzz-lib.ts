@@ -13,13 +13,13 @@ import { DirtyLog } from '../../src/workers/dirty-log';
 import { PacketBatch, BURST } from '../../src/workers/packet-batch';
 import { makeGuest, vringDesc, layout, R0_SIZE, R1_SIZE } from '../vq-harness';
 
-export const CORPUS_DIR = path.join(__dirname, '..', '..', '..', 'test', 'hostile', 'corpus');
+const CORPUS_DIR = path.join(__dirname, '..', '..', '..', 'test', 'hostile', 'corpus');
 export const FUZZ_SEED = Number(process.env.HOSTILE_FUZZ_SEED ?? 20240611);
 
 // ------------------------------------------------------------------ (b) descriptor walker
 
 /** [where, offset, len, flags, next]: `where` picks an address class (see resolveAddr). */
-export type RawDesc = [number, number, number, number, number];
+type RawDesc = [number, number, number, number, number];
 
 export interface WalkerInput {
   rx: boolean;
@@ -41,7 +41,7 @@ const MEM_END = R0_SIZE + R1_SIZE;
 const PATTERN = Uint8Array.from({ length: MEM_END }, (_, i) => (i * 31 + (i >> 9)) & 0xff);
 
 /** Address classes: inside R0, across the R0/R1 boundary, at the end of R1, past the end, huge, a table, the rings. */
-export function resolveAddr(where: number, off: number, ringBase: number): number {
+function resolveAddr(where: number, off: number, ringBase: number): number {
   switch (where % 8) {
     case 0: return 0xd000 + (off % 0x9000);
     case 1: return R0_SIZE - 64 + (off % 128);

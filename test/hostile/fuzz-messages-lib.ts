@@ -39,7 +39,7 @@ export interface MsgInput {
 // requests and their rules from the oracle written from QEMU's vhost-user.rst, not the backend's table
 const known = SPEC_REQUESTS.map((r) => r.id);
 
-export const msgInputArb: fc.Arbitrary<MsgInput> = fc
+const msgInputArb: fc.Arbitrary<MsgInput> = fc
   .record({
     prefix: fc.integer({ min: 0, max: 2 }),
     request: fc.oneof({ weight: 8, arbitrary: fc.constantFrom(...known) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 60 }) }, { weight: 1, arbitrary: fc.nat() }),
@@ -64,7 +64,7 @@ export const msgInputArb: fc.Arbitrary<MsgInput> = fc
   });
 
 /** Must this message reset the device, judged by the header and the request table alone? */
-export function mustReset(inp: MsgInput, protocolFeatures: bigint): string | null {
+function mustReset(inp: MsgInput, protocolFeatures: bigint): string | null {
   const total = 12 + inp.payload.length;
   if (inp.cut > 0 && inp.cut < total) return 'truncated';
   if (inp.oversize > 0) return 'oversize';

@@ -16,7 +16,7 @@ import { Test } from 'tap';
 import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
 import { SyntheticGuest, GuestOptions, frame, macOf } from '../../src/frontend/guest';
-import { F, PF, Req, bit, hasBit } from '../../src/shared/constants';
+import { F, Req, bit } from '../../src/shared/constants';
 import { encodeMemoryTable, encodeU64 } from '../../src/main/messages';
 import { LogLine } from '../../src/main/log';
 import { captureLogs, fdCount, startForwarder, waitUntil } from '../helpers/env';
@@ -26,8 +26,8 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export const MAC_V = macOf(0x10);
 export const MAC_W = macOf(0x11);
-export const MAC_B1 = macOf(0x21);
-export const MAC_B2 = macOf(0x22);
+const MAC_B1 = macOf(0x21);
+const MAC_B2 = macOf(0x22);
 
 /** Bystander traffic both ways between two guests, credit-based, until stop(). */
 export class Bystander {
@@ -106,7 +106,7 @@ export interface Arena {
   stop: () => Promise<void>;
 }
 
-export const PAIRS = [['b1', 'b2'], ['v', 'w']];
+const PAIRS = [['b1', 'b2'], ['v', 'w']];
 
 export async function startArena(extra: Record<string, unknown> = {}): Promise<Arena> {
   const env = await startForwarder(['v', 'w', 'b1', 'b2'], { forwarding: { mode: 'xconnect', pairs: PAIRS }, ...extra });
@@ -187,10 +187,6 @@ export async function negotiate(c: VhostUserClient, protocol = true): Promise<bi
 
 export async function setMem(c: VhostUserClient, fd: number, size: number): Promise<void> {
   await c.call(Req.SET_MEM_TABLE, encodeMemoryTable([{ gpa: 0, size, uva: UVA, mmapOffset: 0 }]), [fd], true);
-}
-
-export function hasReplyAck(pf: bigint): boolean {
-  return hasBit(pf, PF.REPLY_ACK);
 }
 
 /** Kick guest TX queue 0 of g (ring 1). */

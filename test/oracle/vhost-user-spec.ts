@@ -27,7 +27,7 @@ export const SPEC_PF = {
 export const SPEC_F_PROTOCOL_FEATURES = 30;
 
 /** Payload layouts of "Payload" with their sizes in bytes. */
-export const SPEC_PAYLOAD = {
+const SPEC_PAYLOAD = {
   none: 0,
   /** a single 64-bit integer */
   u64: 8,
@@ -44,10 +44,10 @@ export const SPEC_PAYLOAD = {
   /** log description: u64 log size, u64 log offset */
   log: 16,
 } as const;
-export const SPEC_MAX_REGIONS = 8;
+const SPEC_MAX_REGIONS = 8;
 
 /** How many file descriptors a request carries in its ancillary data. */
-export type SpecFds =
+type SpecFds =
   | { kind: 'none' }
   | { kind: 'one' }
   /** one per memory region (SET_MEM_TABLE: "The size and ordering of the fds matches the number and ordering of memory regions") */
@@ -127,11 +127,6 @@ export const VHOSTFWD_TOLERATES: Readonly<Record<string, { size?: readonly [numb
   SET_LOG_FD: { size: [0, 8], why: 'the document gives no payload; a u64 (as SET_VRING_*) is accepted and ignored' },
 };
 
-export function specByName(name: string): SpecRequest {
-  const r = SPEC_REQUESTS.find((x) => x.name === name);
-  if (!r) throw new Error(`not in the spec table: ${name}`);
-  return r;
-}
 
 export function specById(id: number): SpecRequest | undefined {
   return SPEC_REQUESTS.find((x) => x.id === id);

@@ -56,7 +56,12 @@ t.test('QEMU live migration of a pinging guest through the vhostfwd bridge', asy
     for (let i = 0; i < bytes.length; i++) {
       const b = bytes[i];
       if (b === 0) continue;
-      for (let k = 0; k < 8; k++) if (b & (1 << k)) (bits++, pagesSeen.add(i * 8 + k));
+      for (let k = 0; k < 8; k++) {
+        if (b & (1 << k)) {
+          bits++;
+          pagesSeen.add(i * 8 + k);
+        }
+      }
     }
     logBitsSeen = Math.max(logBitsSeen, bits);
   }, 1);

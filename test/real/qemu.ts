@@ -87,7 +87,7 @@ function toolFiles(): string[] {
 }
 
 /** Kernel and initramfs for test guests, built once per kernel version and cached. */
-export function guestImage(): { kernel: string; initrd: string } {
+function guestImage(): { kernel: string; initrd: string } {
   const kver = fs.readdirSync('/lib/modules').sort().pop();
   if (!kver) throw new Error('no kernel modules: run scripts/install-peers.sh');
   const kernel = `/boot/vmlinuz-${kver}`;
