@@ -6,8 +6,10 @@
 //    .syscall, so TypeScript can branch on codes exactly as it does for Node's own errors.
 //  - "Nothing available" is a return value, never an exception (EAGAIN -> -1 / 0 / false):
 //    the dataplane polls in hot loops and exceptions are expensive there.
-//  - No mutable static state: the module is loaded once per isolate (main thread and
-//    every worker), and each load must be independent (context-aware addon).
+//  - The module is loaded once per isolate (main thread and every worker), and each load
+//    is independent (context-aware addon). Shared state is explicit and small: the live
+//    mappings (g_maps, under a mutex: any thread may unmap), whether RWF_NOWAIT works
+//    (an atomic), and each thread's hot-path tables (HOT_TLS pointers).
 
 #include <napi.h>
 #include <uv.h>
@@ -613,14 +615,6 @@ Napi::Value Retire(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-Napi::Value FdSize(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = ArgFd(info, 0);
-  struct stat st;
-  if (::fstat(fd, &st) < 0) ThrowErrno(env, "fstat", errno);
-  return Napi::Number::New(env, static_cast<double>(st.st_size));
-}
-
 Napi::Value FdStat(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
@@ -1197,7 +1191,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"read", Read},
       {"poll", Poll},
       {"mmap", Mmap},
-      {"fdSize", FdSize},
       {"fdStat", FdStat},
       {"memfdCreate", MemfdCreate},
       {"eventfdCreate", EventfdCreate},

@@ -2,8 +2,10 @@
  * Typed wrapper over the C++ addon (addon/vhostfwd.cc).
  *
  * The addon does only what Node cannot: unix sockets with SCM_RIGHTS, mmap as a
- * real SharedArrayBuffer, memfd, eventfd, fd readiness on the libuv loop, and
- * thread CPU affinity. Everything else is TypeScript.
+ * real SharedArrayBuffer (and its early release, retire), memfd, eventfd that never
+ * blocks, fd readiness on the libuv loop, and thread CPU affinity; plus two measured
+ * hot-path helpers for the workers, a burst's bulk memcpy and its dirty-page runs
+ * (bench/NOTES.md). Everything else is TypeScript.
  *
  * Errors: every failing call throws an Error whose `code` is the errno name
  * (e.g. 'ENOENT', 'EAGAIN' is never thrown: see the return conventions below)
@@ -108,8 +110,6 @@ export interface Native {
    * (the SAB's byteLength is still `size`), and unmapped with that rounded length.
    */
   mmap(fd: number, size: number, offset: number): SharedArrayBuffer;
-  /** fstat(2) st_size of a fd (to validate sizes before mmap). */
-  fdSize(fd: number): number;
   /** fstat(2) st_size and st_blksize (hugetlbfs reports its huge page size as blksize). */
   fdStat(fd: number): FdStat;
   /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size). Returns the fd. */

@@ -207,7 +207,6 @@ t.test('two mmaps of one memfd and a worker all see the same bytes', async (t) =
   const st = native.fdStat(fd);
   t.match(st, { size, blksize: 4096, dev: Number, ino: Number });
   t.ok(st.ino > 0, 'the memfd has an inode number');
-  t.equal(native.fdSize(fd), size);
 
   const m1 = native.mmap(fd, size, 0);
   const m2 = native.mmap(fd, size, 0);
@@ -435,5 +434,5 @@ t.test('errors carry errno names', async (t) => {
   }
   t.throws(() => native.close('3' as unknown as number), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }, 'wrong arg type');
   t.throws(() => native.close(NaN), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' }, 'NaN is not coerced to fd 0');
-  t.throws(() => native.fdSize(1.5), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' }, 'non-integer fd');
+  t.throws(() => native.fdStat(1.5), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' }, 'non-integer fd');
 });

@@ -21,7 +21,7 @@ export function setLevel(l: Level): void {
 export function setJson(on: boolean): void {
   json = on;
 }
-/** Extra receiver of every line at or above the level (tests); returns a remover. */
+/** The one extra receiver of every line, whatever the level (tests); null removes it. */
 export function setSink(fn: ((l: LogLine) => void) | null): void {
   sink = fn;
 }

@@ -37,7 +37,6 @@ export type FromWorker =
 export const W_MAILBOX = 0; // incremented by main after each postMessage
 export const W_RUN = 1; // 1 while the worker should run
 export const W_SLEEPING = 2; // 1 while the worker sleeps on eventfds (main must kick wakeFd)
-export const W_HEARTBEAT = 3; // bumped every loop iteration batch (liveness)
 export const W_INTS = 8;
 
 export interface WorkerInit {

@@ -18,10 +18,6 @@ export class MacTable {
     this.t = new Int32Array(sab);
   }
 
-  setAging(ms: number): void {
-    this.agingSec = Math.max(1, Math.round(ms / 1000));
-  }
-
   private static hash(k0: number, k1: number): number {
     return (Math.imul(k1 ^ (k0 << 7), 0x9e3779b1) >>> 18) & MASK;
   }

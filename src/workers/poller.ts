@@ -9,7 +9,7 @@
 import { MessagePort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { native } from '../native';
 import { LogDesc, ST_DROP_NO_DEST, ST_NOTIFY, ST_KICKS } from '../shared/types';
-import { FromWorker, ToWorker, W_HEARTBEAT, W_MAILBOX, W_RUN, W_SLEEPING, WorkerInit } from '../shared/worker-protocol';
+import { FromWorker, ToWorker, W_MAILBOX, W_RUN, W_SLEEPING, WorkerInit } from '../shared/worker-protocol';
 import { DirtyLog } from './dirty-log';
 import { GuestMemory } from './guest-memory';
 import { MacTable } from './mac-table';
@@ -456,7 +456,6 @@ function main(): void {
   // Busy-poll while traffic flows; after `idleUs` without a packet, sleep on the kicks.
   // The clock is read once per `idleSpins` empty rounds, not per round.
   let idle = 0;
-  let rounds = 0;
   let worked = false;
   let lastWork = performance.now();
   // W_RUN and W_MAILBOX only have to be seen eventually: plain loads on x86 (ordering.ts),
@@ -479,7 +478,6 @@ function main(): void {
         lastWork = performance.now();
       }
     }
-    if ((++rounds & 1023) === 0) Atomics.add(ctrl, W_HEARTBEAT, 1);
   }
   flushCoalesced();
   port.close();
