@@ -37,7 +37,7 @@ export interface Dataplane {
   /** resolves once no worker touches the ring any more (its ctrl holds the final indices). */
   stopRing(device: number, index: number): Promise<void>;
   /** change a running ring's dirty logging in place; resolves once every worker applied it. */
-  relogRing(device: number, index: number, logAll: boolean, logUsedGpa: number, log: LogDesc | null): Promise<void>;
+  setRingLogging(device: number, index: number, logAll: boolean, logUsedGpa: number, log: LogDesc | null): Promise<void>;
   /** inject a frame as if the guest of `port` had sent it (RARP after migration). */
   injectFrame(port: number, frame: Uint8Array): void;
 }
@@ -70,10 +70,10 @@ export class Vring {
   num = 0;
   addr: VringAddr | null = null;
   /** last_avail_idx to resume from (SET_VRING_BASE, or read back from the worker). */
-  base = 0;
+  lastAvailIdx = 0;
   kickFd = -1;
-  /** a kick was set up (fd or the no-fd flag): the ring may start. */
-  kicked = false;
+  /** SET_VRING_KICK was received (an fd or the no-fd flag, then the ring is polled): the ring may start. */
+  hasKick = false;
   callFd = -1;
   errFd = -1;
   enabled = false;
@@ -89,7 +89,7 @@ export class Vring {
     safeClose(this.callFd);
     safeClose(this.errFd);
     this.kickFd = this.callFd = this.errFd = -1;
-    this.kicked = false;
+    this.hasKick = false;
   }
 }
 
@@ -261,7 +261,7 @@ export class Device {
       () => {
         v.started = false;
         v.stopping = null;
-        v.base = new Int32Array(v.ctrl)[CTRL_LAST_AVAIL] & 0xffff;
+        v.lastAvailIdx = new Int32Array(v.ctrl)[CTRL_LAST_AVAIL] & 0xffff;
       },
       (e: unknown) => {
         // the worker missed its deadline and was replaced without this ring: stopped all the same
@@ -275,12 +275,12 @@ export class Device {
 
   /** Start a ring if every condition holds. Throws ProtocolError if its addresses are bad. */
   maybeStart(v: Vring, req: string): Promise<void> | null {
-    if (v.started || !v.kicked || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return null;
+    if (v.started || !v.hasKick || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return null;
     const ring = this.describeRing(v, req);
     this.ensureForcedLog();
     const attached = this.dp.startRing(ring, this.mem.descs(), this.log);
     v.started = true;
-    log.debug('ring started', { dev: this.opts.name, ring: v.index, lastAvail: v.base });
+    log.debug('ring started', { dev: this.opts.name, ring: v.index, lastAvail: v.lastAvailIdx });
     return attached;
   }
 
@@ -331,13 +331,13 @@ export class Device {
     if (a.desc % 16 || a.avail % 2 || a.used % 4) throw new ProtocolError(req, `ring ${v.index} addresses are misaligned`);
     // The used index the guest sees is where we resume: entries before it are complete.
     const usedIdx = this.mem.readU16({ region: used.region, offset: used.offset + 2 });
-    if (usedIdx !== v.base) {
-      log.warn('last_avail_idx differs from used->idx; resuming from used->idx', { dev: this.opts.name, ring: v.index, lastAvail: v.base, usedIdx });
-      v.base = usedIdx;
+    if (usedIdx !== v.lastAvailIdx) {
+      log.warn('last_avail_idx differs from used->idx; resuming from used->idx', { dev: this.opts.name, ring: v.index, lastAvail: v.lastAvailIdx, usedIdx });
+      v.lastAvailIdx = usedIdx;
     }
     v.ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
     const ctrl = new Int32Array(v.ctrl);
-    ctrl[CTRL_LAST_AVAIL] = v.base;
+    ctrl[CTRL_LAST_AVAIL] = v.lastAvailIdx;
     ctrl[CTRL_LAST_USED] = usedIdx;
     const logUsed = this.usedLogGpa(a);
     return {
@@ -403,7 +403,7 @@ export class Device {
       v.closeFds();
       v.num = 0;
       v.addr = null;
-      v.base = 0;
+      v.lastAvailIdx = 0;
       v.enabled = false;
     }
     this.features = 0n;
@@ -433,17 +433,17 @@ export class Device {
     // toggles LOG_ALL for migration must not disable running rings).
     if (!this.protocolFeaturesNegotiated) for (const v of this.vrings) v.enabled = true;
     log.info('features negotiated', { dev: this.opts.name, features: '0x' + f.toString(16), logAll: hasBit(f, F.VHOST_F_LOG_ALL) });
-    if (onlyLog) await this.relogRunning();
+    if (onlyLog) await this.applyLoggingToRunningRings();
   }
 
   /** Hand the current log state to every running ring and wait until workers use it. */
-  private async relogRunning(only?: Vring): Promise<void> {
+  private async applyLoggingToRunningRings(only?: Vring): Promise<void> {
     const logAll = hasBit(this.features, F.VHOST_F_LOG_ALL);
     await Promise.all(
       this.vrings
         .filter((v) => v.started && !v.stopping && (!only || v === only))
         .map((v) => {
-          return this.dp.relogRing(this.id, v.index, logAll, this.usedLogGpa(v.addr as VringAddr), this.log);
+          return this.dp.setRingLogging(this.id, v.index, logAll, this.usedLogGpa(v.addr as VringAddr), this.log);
         }),
     );
   }
@@ -502,7 +502,7 @@ export class Device {
     this.logFile = { dev: st.dev, ino: st.ino };
     log.info('dirty log set', { dev: this.opts.name, size: area.mmapSize, offset: area.mmapOffset });
     // Workers switch to the new log before we answer: QEMU reads the log from then on.
-    await this.relogRunning();
+    await this.applyLoggingToRunningRings();
     // QEMU waits for this reply whenever LOG_SHMFD is negotiated.
     return encodeU64(0);
   }
@@ -529,7 +529,7 @@ export class Device {
     if (v.started && old && old.desc === a.desc && old.avail === a.avail && old.used === a.used) {
       // Same rings, new log flag / log address (migration): update in place.
       v.addr = a;
-      await this.relogRunning(v);
+      await this.applyLoggingToRunningRings(v);
       return;
     }
     await this.stopRing(v);
@@ -542,7 +542,7 @@ export class Device {
     const s = parseVringState(m.payload);
     const v = this.vring(s.index, 'SET_VRING_BASE');
     if (s.num > 0xffff) throw new ProtocolError('SET_VRING_BASE', `base ${s.num} does not fit a 16-bit index`);
-    v.base = s.num;
+    v.lastAvailIdx = s.num;
   }
 
   async getVringBase(m: Message): Promise<Buffer> {
@@ -552,9 +552,9 @@ export class Device {
     // The ring is stopped until the frontend sets it up again with a new kick.
     safeClose(v.kickFd);
     v.kickFd = -1;
-    v.kicked = false;
-    log.info('ring stopped', { dev: this.opts.name, ring: v.index, lastAvail: v.base });
-    return encodeVringState({ index: v.index, num: v.base });
+    v.hasKick = false;
+    log.info('ring stopped', { dev: this.opts.name, ring: v.index, lastAvail: v.lastAvailIdx });
+    return encodeVringState({ index: v.index, num: v.lastAvailIdx });
   }
 
   setVringKick(m: Message): void {
@@ -562,7 +562,7 @@ export class Device {
     const v = this.takeVringFile(m, f.index, f.noFd, 'SET_VRING_KICK');
     safeClose(v.kickFd);
     v.kickFd = f.noFd ? -1 : (m.fds.splice(0)[0] as number);
-    v.kicked = true;
+    v.hasKick = true;
   }
 
   setVringCall(m: Message): void {

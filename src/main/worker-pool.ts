@@ -212,7 +212,7 @@ export class WorkerPool implements Dataplane {
     return this.request(holders, { op: 'detach', device, index, seq }, seq, `stop of ring ${index} of device ${device}`);
   }
 
-  relogRing(device: number, index: number, logAll: boolean, logUsedGpa: number, logDesc: LogDesc | null): Promise<void> {
+  setRingLogging(device: number, index: number, logAll: boolean, logUsedGpa: number, logDesc: LogDesc | null): Promise<void> {
     const key = ringKey(device, index);
     const holders = this.slots.filter((s) => s.rings.has(key) && s.worker);
     // A restarted worker must get the ring back with its current logging state.
@@ -223,7 +223,7 @@ export class WorkerPool implements Dataplane {
       }
     }
     const seq = ++this.seq;
-    return this.request(holders, { op: 'relog', device, index, logAll, logUsedGpa, log: logDesc, seq }, seq, `logging change of ring ${index} of device ${device}`);
+    return this.request(holders, { op: 'set-logging', device, index, logAll, logUsedGpa, log: logDesc, seq }, seq, `logging change of ring ${index} of device ${device}`);
   }
 
   /** forced logging in force now (config forceLog and not paused) */

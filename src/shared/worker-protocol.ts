@@ -18,7 +18,7 @@ export type ToWorker =
   /** stop touching a ring; answered with 'ack' carrying the same seq */
   | { op: 'detach'; device: number; index: number; seq: number }
   /** change a running ring's dirty logging in place; answered with 'ack' */
-  | { op: 'relog'; device: number; index: number; logAll: boolean; logUsedGpa: number; log: LogDesc | null; seq: number }
+  | { op: 'set-logging'; device: number; index: number; logAll: boolean; logUsedGpa: number; log: LogDesc | null; seq: number }
   /** pause (false) or resume (true) forced logging on the rings attached with forceLog; answered with 'ack' */
   | { op: 'force-log'; on: boolean; seq: number }
   /** send this frame as if the guest on `port` had sent it */

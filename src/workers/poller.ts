@@ -169,7 +169,7 @@ function applyLogging(r: Ring): void {
   r.vq.setLogging(on, r.logUsedGpa);
 }
 
-function relog(m: Extract<ToWorker, { op: 'relog' }>): void {
+function setLogging(m: Extract<ToWorker, { op: 'set-logging' }>): void {
   const apply = (r: Ring | undefined) => {
     if (!r || r.device !== m.device || r.index !== m.index) return;
     r.logAll = m.logAll;
@@ -215,8 +215,8 @@ function drainMailbox(): void {
         detach(m.device, m.index);
         send({ op: 'ack', seq: m.seq });
         break;
-      case 'relog':
-        relog(m);
+      case 'set-logging':
+        setLogging(m);
         send({ op: 'ack', seq: m.seq });
         break;
       case 'force-log':
