@@ -18,10 +18,11 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { QemuGuest } from '../test/real/qemu';
-import { PortStats, Testpmd, sleep } from '../test/real/testpmd';
+import { QemuGuest } from '../test/kit/peers/qemu';
+import { PortStats, Testpmd } from '../test/kit/peers/testpmd';
 import { barChart } from './chart';
 
 /** vfB / vfLogB: the build given by --ab-cli, alternating with vf / vfLog inside each round */

@@ -9,6 +9,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseConfig } from './main/config';
 import { Forwarder } from './main/forwarder';
 import { setLevel } from './main/log';
@@ -41,7 +42,6 @@ export interface DemoResult {
   reordered: number;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function runDemo(o: DemoOptions): Promise<boolean> {
   const r = await demo(o);

@@ -6,6 +6,7 @@
 import t, { Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../src/native';
 import { F, bit } from '../src/shared/constants';
 import { DEFAULT_WANT, SyntheticGuest, frame, macOf } from '../src/frontend/guest';
@@ -281,7 +282,7 @@ t.test('bridge aging: an entry older than agingSeconds is forgotten and its MAC 
   a.send(0, [frame(macOf(2), macOf(1), 64, 2)]);
   t.equal((await collect(b, 0, 1)).length, 1, 'known: delivered to B');
   t.equal((await collect(c, 0, 0, 5000, a)).length, 0, 'known: not flooded');
-  await new Promise((r) => setTimeout(r, 4500));
+  await sleep(4500);
   a.send(0, [frame(macOf(2), macOf(1), 64, 3)]);
   t.equal((await collect(b, 0, 1)).length, 1, 'aged: B still gets it (flooded)');
   t.equal((await collect(c, 0, 1)).length, 1, 'aged: the entry expired, C is flooded again');
@@ -340,7 +341,7 @@ t.test('idle: the poller sleeps, its timeouts do not spin, and a guest that neve
   const windows: number[] = [];
   while (windows.length < 5 && !(windows.length > 0 && Math.min(...windows) < 5)) {
     const c0 = cpuNs(tid);
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     windows.push((cpuNs(tid) - c0) / 1e6);
   }
   const used = Math.min(...windows);

@@ -8,6 +8,7 @@ import path from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { Worker } from 'node:worker_threads';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { native, NativeError, POLL_ERROR, POLL_READABLE } from '../src/native';
 
 /** Compiled wrapper, loaded by worker code (dist/test -> dist/src/native.js). */
@@ -76,7 +77,6 @@ function exitCode(w: Worker): Promise<number> {
   return new Promise((resolve) => w.once('exit', resolve));
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('an fd really crosses the socket: write through the received fd, read through the original', async (t) => {
   const [c, s] = socketPair(t);

@@ -2,6 +2,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
 import { LogLine, setLevel, setSink } from '../../src/main/log';
@@ -73,6 +74,6 @@ export async function waitUntil(cond: () => boolean, timeoutMs = 5000, what = 'c
   const end = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
+    await sleep(5);
   }
 }

@@ -10,8 +10,9 @@ import path from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SyntheticGuest, frame } from '../../src/frontend/guest';
-import { Bystander, MAC_V, MAC_W, startArena, sleep } from './harness';
+import { Bystander, MAC_V, MAC_W, startArena } from './harness';
 import { captureLogs, fdCount, tmpDir, waitUntil } from '../helpers/env';
 
 // A forced GC before RSS readings: mappings of released guests are unmapped by their SAB's

@@ -11,6 +11,7 @@
  *  - no fd leaks: the fd count is back at the baseline after every connection;
  *  - the bystanders lose nothing (checked at the end).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
@@ -19,7 +20,7 @@ import { encodeMessage } from '../../src/main/codec';
 import { SPEC_REQUESTS, allowedFds, allowedSize, specById } from '../oracle/vhost-user-spec';
 import { LogLine } from '../../src/main/log';
 import { captureLogs, fdCount, waitUntil } from '../helpers/env';
-import { Arena, Bystander, negotiate, startArena, sleep } from './harness';
+import { Arena, Bystander, negotiate, startArena } from './harness';
 
 export interface MsgInput {
   /** 0: nothing before; 1: features without PROTOCOL_FEATURES; 2: with them (all offered acked) */

@@ -12,6 +12,7 @@
  *  - every canary (DriverRing guard bytes) of every guest is intact;
  *  - no fd leaked (fd count back to the baseline once the async close settled).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Test } from 'tap';
 import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
@@ -22,7 +23,6 @@ import { LogLine } from '../../src/main/log';
 import { captureLogs, fdCount, startForwarder, waitUntil } from '../helpers/env';
 
 export const UVA = 0x7f0000000000;
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export const MAC_V = macOf(0x10);
 export const MAC_W = macOf(0x11);

@@ -6,13 +6,14 @@
  * and never touch memory outside the guest's own buffers, while the bystander pair keeps
  * forwarding without loss. See README.md for the list and the CVEs mirrored.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { native } from '../../src/native';
 import { DriverRing } from '../../src/frontend/driver-ring';
 import { DEFAULT_WANT, SyntheticGuest, UVA_BASE, frame } from '../../src/frontend/guest';
 import { F, Req, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, bit } from '../../src/shared/constants';
 import { encodeSingleRegion, encodeVringAddr, encodeVringState, encodeU64 } from '../../src/main/messages';
-import { Case, Ctx, MAC_V, MAC_W, kickTx, runCase, startArena, sleep } from './harness';
+import { Case, Ctx, MAC_V, MAC_W, kickTx, runCase, startArena } from './harness';
 import { waitUntil } from '../helpers/env';
 
 const NEXT = VRING_DESC_F_NEXT;

@@ -9,11 +9,11 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { startForwarder, waitUntil } from '../helpers/env';
 import { F, hasBit } from '../../src/shared/constants';
-import { QemuGuest, pingReplies } from './qemu';
+import { QemuGuest, pingReplies } from '../kit/peers/qemu';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('QEMU live migration of a pinging guest through the vhostfwd bridge', async (t) => {
   const env = await startForwarder(['a', 'b', 'a2'], { forwarding: { mode: 'bridge' } });

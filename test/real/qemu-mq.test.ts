@@ -15,13 +15,13 @@
 import t, { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { startForwarder } from '../helpers/env';
-import { GuestOptions, QemuGuest } from './qemu';
+import { GuestOptions, QemuGuest } from '../kit/peers/qemu';
 
 type Env = Awaited<ReturnType<typeof startForwarder>>;
 
 const ETHTOOL = '/usr/sbin/ethtool';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Guest shell helpers, defined once per guest: pingers TAG COUNT PEER starts one ping

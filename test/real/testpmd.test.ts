@@ -6,14 +6,14 @@
  * moves), then on every port both ways testpmd's RX and TX counts equal exactly what
  * vhostfwd delivered and took, with no errors and no drops on either side.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import t, { Test } from 'tap';
 import { startForwarder, waitUntil } from '../helpers/env';
-import { BackendCounts, Testpmd, stopAndDrain } from './testpmd';
+import { BackendCounts, Testpmd, stopAndDrain } from '../kit/peers/testpmd';
 import { F, hasBit } from '../../src/shared/constants';
 import { Forwarder } from '../../src/main/forwarder';
 
 const LOOP_SECONDS = Number(process.env.VHOSTFWD_LOOP_SECONDS ?? 30);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** vhostfwd's counters per interface (queues summed), in the order of `names`. */
 function backendCounts(fwd: Forwarder, names: string[]): () => BackendCounts[] {

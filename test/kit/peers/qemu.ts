@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const MODULES = [
   'kernel/drivers/virtio/virtio_ring.ko',
@@ -186,7 +187,7 @@ export class QemuGuest {
       if (m) return m;
       if (Date.now() > end) throw new Error(`${this.o.name}: timed out waiting for ${re}; output:\n${this.output.slice(-3000)}`);
       if (this.proc.exitCode !== null) throw new Error(`${this.o.name}: QEMU exited (${this.proc.exitCode}) before ${re}; output:\n${this.output.slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
   }
 

@@ -5,6 +5,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface PortStats {
   port: number;
@@ -94,7 +95,7 @@ export class Testpmd {
       if (m) return m;
       if (this.proc.exitCode !== null) throw new Error(`testpmd exited (${this.proc.exitCode}) before ${re}:\n${this.output.slice(-3000)}`);
       if (Date.now() > end) throw new Error(`testpmd: timed out waiting for ${re}:\n${this.output.slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
     }
   }
 
@@ -145,7 +146,6 @@ export class Testpmd {
   }
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Packet counters of one port as vhostfwd sees them: rx = delivered to the frontend, tx = taken from it. */
 export interface BackendCounts {
