@@ -16,7 +16,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Test } from 'tap';
 import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
-import { SyntheticGuest, GuestOptions, frame, macOf } from '../../src/frontend/guest';
+import { SyntheticGuest, GuestOptions, macOf } from '../../src/frontend/guest';
+import { Traffic } from '../../src/frontend/traffic';
 import { F, Req, bit } from '../../src/shared/constants';
 import { encodeMemoryTable, encodeU64 } from '../../src/main/messages';
 import { LogLine } from '../../src/main/log';
@@ -29,71 +30,43 @@ export const MAC_W = macOf(0x11);
 const MAC_B1 = macOf(0x21);
 const MAC_B2 = macOf(0x22);
 
-/** Bystander traffic both ways between two guests, credit-based, until stop(). */
+/** Bystander traffic both ways between two guests (src/frontend/traffic.ts), until stop(). */
 export class Bystander {
-  sentAB = 0;
-  recvAB = 0;
-  sentBA = 0;
-  recvBA = 0;
-  mismatched = 0;
-  private running = false;
-  private loop: Promise<void> | null = null;
-  private readonly logAB: Uint8Array[] = [];
-  private readonly logBA: Uint8Array[] = [];
-  private readonly credit: number;
+  private readonly traffic: Traffic;
 
   constructor(readonly a: SyntheticGuest, readonly b: SyntheticGuest, readonly sizes: readonly number[] = [60, 333, 1514]) {
-    // every size here fits one 2048-byte RX buffer: one frame uses one posted chain
-    this.credit = Math.floor((Math.min(a.opts.rxPosted ?? a.queueSize, b.opts.rxPosted ?? b.queueSize) * 3) / 4);
+    // every size here fits one 2048-byte RX buffer: one frame uses one posted chain;
+    // B->A frames are numbered from 2^30, A->B from 0
+    this.traffic = new Traffic(a, b, { sizes, burst: 16, seqBaseBA: 1 << 30 });
+  }
+
+  get sentAB(): number {
+    return this.traffic.ab.sent;
+  }
+
+  get recvAB(): number {
+    return this.traffic.ab.received;
+  }
+
+  get sentBA(): number {
+    return this.traffic.ba.sent;
+  }
+
+  get recvBA(): number {
+    return this.traffic.ba.received;
+  }
+
+  get mismatched(): number {
+    return this.traffic.ab.mismatched + this.traffic.ba.mismatched;
   }
 
   start(): void {
-    if (this.running) return;
-    this.running = true;
-    this.loop = this.run();
+    this.traffic.start();
   }
 
-  private step(src: SyntheticGuest, dst: SyntheticGuest, ab: boolean): void {
-    const log = ab ? this.logAB : this.logBA;
-    const sent = ab ? this.sentAB : this.sentBA;
-    const recv = ab ? this.recvAB : this.recvBA;
-    const room = Math.min(16, this.credit - (sent - recv));
-    if (this.running && room > 0) {
-      const batch: Uint8Array[] = [];
-      for (let i = 0; i < room; i++) batch.push(frame(dst.mac, src.mac, this.sizes[(sent + i) % this.sizes.length], sent + i + (ab ? 0 : 1 << 30)));
-      const n = src.send(0, batch);
-      for (let i = 0; i < n; i++) log.push(batch[i]);
-      if (ab) this.sentAB += n;
-      else this.sentBA += n;
-    }
-    src.reclaim(0);
-    for (const p of dst.receive(0)) {
-      if (ab) this.recvAB++;
-      else this.recvBA++;
-      // log holds the frames in flight, oldest first (memory stays flat over long runs)
-      const want = log.shift();
-      if (!want || Buffer.compare(Buffer.from(p.data), Buffer.from(want)) !== 0) this.mismatched++;
-    }
-  }
-
-  private async run(): Promise<void> {
-    let idleSince = 0;
-    for (;;) {
-      this.step(this.a, this.b, true);
-      this.step(this.b, this.a, false);
-      if (!this.running) {
-        if (this.recvAB === this.sentAB && this.recvBA === this.sentBA) return;
-        if (idleSince === 0) idleSince = Date.now();
-        if (Date.now() - idleSince > 10000) return; // lost frames: reported by the caller
-      }
-      await new Promise((r) => setImmediate(r));
-    }
-  }
-
-  /** Stop sending, drain what is in flight; returns the totals since construction. */
+  /** Stop sending, drain what is in flight (up to 10 s); returns the totals since construction. */
   async stop(): Promise<{ sentAB: number; recvAB: number; sentBA: number; recvBA: number; mismatched: number }> {
-    this.running = false;
-    await this.loop;
+    await this.traffic.stop(10000);
     return { sentAB: this.sentAB, recvAB: this.recvAB, sentBA: this.sentBA, recvBA: this.recvBA, mismatched: this.mismatched };
   }
 }
