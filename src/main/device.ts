@@ -3,6 +3,9 @@
  * lifecycle. Requests go through one declarative table (request-table.ts) that checks
  * payload size, fd count and acked features BEFORE a typed handler here runs.
  *
+ * The table also says what the datapath does around each request (its `pause` column):
+ * no handler here stops rings unless that column names it, with the reason.
+ *
  * Ring lifecycle (docs/interop/vhost-user.rst, "Starting and stopping rings"):
  *  - a ring starts when it has a kick fd (or the no-fd flag), an address, and is enabled;
  *  - without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled from the start, with it the
@@ -23,11 +26,8 @@ import { safeClose } from './connection';
 import { log } from './log';
 import { native } from '../native';
 import { MemoryTable, mapRegion, statFd } from './memory-table';
-import {
-  LogArea, ProtocolError, encodeU64, encodeVringState, parseLog, parseMemoryTable, parseSingleRegion, parseVringAddr,
-  parseVringFile, parseVringState, VringAddr,
-} from './messages';
-import { REQUESTS, RequestSpec } from './request-table';
+import { LogArea, MemoryRegion, ProtocolError, VringAddr, VringFile, VringState, encodeU64, encodeVringState } from './messages';
+import { BackendRequests, REQUESTS, RequestContext, RequestSpec, pausesAllRings } from './request-table';
 
 /** What a device needs from the dataplane (implemented by the worker pool). */
 export interface Dataplane {
@@ -101,7 +101,7 @@ function featureMask(names: readonly string[], table: Readonly<Record<string, nu
   return m;
 }
 
-export class Device {
+export class Device implements BackendRequests {
   readonly id = nextDeviceId++;
   readonly offered: bigint;
   readonly offeredProtocol: bigint;
@@ -140,8 +140,9 @@ export class Device {
   }
 
   /**
-   * Entry point for one message: validate against the table, pause rings when the
-   * request changes what workers see, run the handler, reply, resume.
+   * Entry point for one message: validate against the table (size, fds, gating), parse
+   * the payload into its typed value, pause rings as the table's `pause` column says,
+   * run the typed handler, reply, resume.
    */
   async handle(m: Message): Promise<void> {
     if (this.broken) {
@@ -163,8 +164,11 @@ export class Device {
       log.debug('request', { dev: this.opts.name, request: spec.name, size: m.payload.length, fds: m.fds.length });
       // Decided before the handler: RESET_OWNER clears the protocol features it is acked under.
       const wantAck = needsReply(m) && this.hasProtocol(PF.REPLY_ACK);
-      if (spec.pause) await this.pauseRings();
-      const reply = await spec.handle(this, m);
+      const payload = spec.parse(m.payload, spec.name);
+      // The handler takes the fds it keeps from m.fds; fail() closes the rest.
+      const rq: RequestContext = { name: spec.name, fds: m.fds };
+      if (pausesAllRings(spec, this, payload)) await this.pauseRings();
+      const reply = await spec.handle(this, payload, rq);
       await this.resumeRings(spec.name);
       if (reply) this.link.send(encodeReply(m.request, reply));
       else if (wantAck) this.ack(m, true);
@@ -200,7 +204,7 @@ export class Device {
   }
 
   /**
-   * fds a handler did not take (handlers take ownership with m.fds.splice) are closed
+   * fds a handler did not take (handlers take ownership with rq.fds.splice) are closed
    * here, exactly once, whatever went wrong.
    */
   private fail(m: Message, name: string, e: unknown): void {
@@ -412,20 +416,23 @@ export class Device {
     this.dropMemory();
   }
 
-  // ---- typed handlers, one per request (called by the table after validation) ----
+  // ---- typed handlers, one per request (BackendRequests: called by the table after validation and parsing) ----
 
   getFeatures(): Buffer {
     return encodeU64(this.offered);
   }
 
-  async setFeatures(m: Message): Promise<void> {
-    const f = m.payload.readBigUInt64LE(0);
+  /** SET_FEATURES' pause (request-table.ts): accepted features that change more than LOG_ALL. */
+  featuresChangeRingLayout(f: bigint): boolean {
+    return (f & ~this.offered) === 0n && ((f ^ this.features) & ~bit(F.VHOST_F_LOG_ALL)) !== 0n;
+  }
+
+  async setFeatures(f: bigint, rq: RequestContext): Promise<void> {
     const extra = f & ~this.offered;
-    if (extra !== 0n) throw new ProtocolError('SET_FEATURES', `features 0x${extra.toString(16)} were not offered`);
+    if (extra !== 0n) throw new ProtocolError(rq.name, `features 0x${extra.toString(16)} were not offered`);
     // Migration toggles only LOG_ALL on running rings: apply it in place, drop nothing.
-    // Any other change re-derives the rings' layout: stop them (they restart after).
-    const onlyLog = ((f ^ this.features) & ~bit(F.VHOST_F_LOG_ALL)) === 0n;
-    if (!onlyLog) await this.pauseRings();
+    // Any other change re-derives the rings' layout: the table stopped them (they restart after).
+    const onlyLog = !this.featuresChangeRingLayout(f);
     this.features = f;
     if (hasBit(f, F.VHOST_F_LOG_ALL)) this.lastLogAllFeatures = f;
     // Without PROTOCOL_FEATURES rings are enabled from the start.
@@ -452,19 +459,18 @@ export class Device {
     this.owner = true;
   }
 
-  async resetOwner(): Promise<void> {
-    await this.pauseRings();
+  /** The table paused every ring first ('all'). */
+  resetOwner(): void {
     this.resetState();
   }
 
-  setMemTable(m: Message): void {
-    const regions = parseMemoryTable(m.payload, 'SET_MEM_TABLE');
-    if (m.fds.length !== regions.length) {
-      throw new ProtocolError('SET_MEM_TABLE', `${regions.length} regions but ${m.fds.length} file descriptors`);
+  setMemTable(regions: MemoryRegion[], rq: RequestContext): void {
+    if (rq.fds.length !== regions.length) {
+      throw new ProtocolError(rq.name, `${regions.length} regions but ${rq.fds.length} file descriptors`);
     }
-    this.mem.replace(regions, m.fds.splice(0), 'SET_MEM_TABLE');
+    this.mem.replace(regions, rq.fds.splice(0), rq.name);
     this.dropOwnLog(); // forceLog: re-allocated for the new memory at the next ring start
-    this.checkLogCoversMemory('SET_MEM_TABLE');
+    this.checkLogCoversMemory(rq.name);
     log.info('memory table set', { dev: this.opts.name, regions: regions.map((r) => `gpa 0x${r.gpa.toString(16)}+0x${r.size.toString(16)}`) });
   }
 
@@ -474,26 +480,25 @@ export class Device {
     }
   }
 
-  async setLogBase(m: Message): Promise<Buffer> {
-    const area = parseLog(m.payload, 'SET_LOG_BASE');
-    const [fd] = m.fds.splice(0);
-    const st = statFd(fd, 'SET_LOG_BASE');
+  async setLogBase(area: LogArea, rq: RequestContext): Promise<Buffer> {
+    const [fd] = rq.fds.splice(0);
+    const st = statFd(fd, rq.name);
     // QEMU 7.2 sends SET_LOG_BASE once per queue pair, every one with the same shared log:
     // a repeat of the log in use is answered without a second mapping.
     const cur = this.log;
     const file = this.logFile;
     if (cur && !this.ownLog && file && file.dev === st.dev && file.ino === st.ino && cur.mmapSize === area.mmapSize && cur.mmapOffset === area.mmapOffset) {
       safeClose(fd);
-      log.debug('dirty log repeated (one SET_LOG_BASE per queue pair): kept', { dev: this.opts.name });
+      log.debug(`dirty log repeated (one ${rq.name} per queue pair): kept`, { dev: this.opts.name });
       return encodeU64(0);
     }
-    const mapped = mapRegion({ gpa: 0, size: area.mmapSize, uva: 0, mmapOffset: area.mmapOffset }, fd, 'SET_LOG_BASE', st);
+    const mapped = mapRegion({ gpa: 0, size: area.mmapSize, uva: 0, mmapOffset: area.mmapOffset }, fd, rq.name, st);
     const previous = this.log;
     const previousOwn = this.ownLog;
     this.ownLog = false;
     this.log = { sab: mapped.sab, offset: mapped.sabOffset, size: area.mmapSize, mmapSize: area.mmapSize, mmapOffset: area.mmapOffset };
     try {
-      this.checkLogCoversMemory('SET_LOG_BASE');
+      this.checkLogCoversMemory(rq.name);
     } catch (e) {
       this.log = previous;
       this.ownLog = previousOwn;
@@ -507,24 +512,23 @@ export class Device {
     return encodeU64(0);
   }
 
-  setLogFd(m: Message): void {
+  setLogFd(rq: RequestContext): void {
     // Only the legacy log-notification eventfd: we keep no use for it.
-    closeAll(m);
+    closeFds(rq.fds);
   }
 
-  setVringNum(m: Message): void {
-    const s = parseVringState(m.payload);
-    const v = this.vring(s.index, 'SET_VRING_NUM');
+  setVringNum(s: VringState, rq: RequestContext): void {
+    const v = this.vring(s.index, rq.name);
     if (s.num === 0 || s.num > MAX_QUEUE_SIZE || (s.num & (s.num - 1)) !== 0) {
-      throw new ProtocolError('SET_VRING_NUM', `queue size ${s.num} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
+      throw new ProtocolError(rq.name, `queue size ${s.num} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
     }
     v.num = s.num;
   }
 
-  async setVringAddr(m: Message): Promise<void> {
-    const a = parseVringAddr(m.payload, 'SET_VRING_ADDR');
-    const v = this.vring(a.index, 'SET_VRING_ADDR');
-    if (a.flags & ~VHOST_VRING_F_LOG) throw new ProtocolError('SET_VRING_ADDR', `unknown flags 0x${a.flags.toString(16)}`);
+  /** Stops its own ring when the ring moves (the table's `pause` column says why). */
+  async setVringAddr(a: VringAddr, rq: RequestContext): Promise<void> {
+    const v = this.vring(a.index, rq.name);
+    if (a.flags & ~VHOST_VRING_F_LOG) throw new ProtocolError(rq.name, `unknown flags 0x${a.flags.toString(16)}`);
     const old = v.addr;
     if (v.started && old && old.desc === a.desc && old.avail === a.avail && old.used === a.used) {
       // Same rings, new log flag / log address (migration): update in place.
@@ -535,19 +539,18 @@ export class Device {
     await this.stopRing(v);
     v.addr = a;
     // Fail now (not at start) if the addresses do not translate.
-    if (v.num > 0 && this.mem.count > 0) this.describeRing(v, 'SET_VRING_ADDR');
+    if (v.num > 0 && this.mem.count > 0) this.describeRing(v, rq.name);
   }
 
-  setVringBase(m: Message): void {
-    const s = parseVringState(m.payload);
-    const v = this.vring(s.index, 'SET_VRING_BASE');
-    if (s.num > 0xffff) throw new ProtocolError('SET_VRING_BASE', `base ${s.num} does not fit a 16-bit index`);
+  setVringBase(s: VringState, rq: RequestContext): void {
+    const v = this.vring(s.index, rq.name);
+    if (s.num > 0xffff) throw new ProtocolError(rq.name, `base ${s.num} does not fit a 16-bit index`);
     v.lastAvailIdx = s.num;
   }
 
-  async getVringBase(m: Message): Promise<Buffer> {
-    const s = parseVringState(m.payload);
-    const v = this.vring(s.index, 'GET_VRING_BASE');
+  /** Stops only its own ring (the table's `pause` column says why) and answers its last_avail_idx. */
+  async getVringBase(s: VringState, rq: RequestContext): Promise<Buffer> {
+    const v = this.vring(s.index, rq.name);
     await this.stopRing(v);
     // The ring is stopped until the frontend sets it up again with a new kick.
     safeClose(v.kickFd);
@@ -557,46 +560,42 @@ export class Device {
     return encodeVringState({ index: v.index, num: v.lastAvailIdx });
   }
 
-  setVringKick(m: Message): void {
-    const f = parseVringFile(m.payload, 'SET_VRING_KICK');
-    const v = this.takeVringFile(m, f.index, f.noFd, 'SET_VRING_KICK');
+  setVringKick(f: VringFile, rq: RequestContext): void {
+    const v = this.takeVringFile(rq, f);
     safeClose(v.kickFd);
-    v.kickFd = f.noFd ? -1 : (m.fds.splice(0)[0] as number);
+    v.kickFd = f.noFd ? -1 : (rq.fds.splice(0)[0] as number);
     v.hasKick = true;
   }
 
-  setVringCall(m: Message): void {
-    const f = parseVringFile(m.payload, 'SET_VRING_CALL');
-    const v = this.takeVringFile(m, f.index, f.noFd, 'SET_VRING_CALL');
+  setVringCall(f: VringFile, rq: RequestContext): void {
+    const v = this.takeVringFile(rq, f);
     safeClose(v.callFd);
-    v.callFd = f.noFd ? -1 : (m.fds.splice(0)[0] as number);
+    v.callFd = f.noFd ? -1 : (rq.fds.splice(0)[0] as number);
   }
 
-  setVringErr(m: Message): void {
-    const f = parseVringFile(m.payload, 'SET_VRING_ERR');
-    const v = this.takeVringFile(m, f.index, f.noFd, 'SET_VRING_ERR');
+  setVringErr(f: VringFile, rq: RequestContext): void {
+    const v = this.takeVringFile(rq, f);
     safeClose(v.errFd);
-    v.errFd = f.noFd ? -1 : (m.fds.splice(0)[0] as number);
+    v.errFd = f.noFd ? -1 : (rq.fds.splice(0)[0] as number);
   }
 
-  private takeVringFile(m: Message, index: number, noFd: boolean, req: string): Vring {
-    if (noFd !== (m.fds.length === 0)) {
-      throw new ProtocolError(req, noFd ? 'no-fd flag set but a file descriptor was passed' : 'file descriptor missing');
+  private takeVringFile(rq: RequestContext, f: VringFile): Vring {
+    if (f.noFd !== (rq.fds.length === 0)) {
+      throw new ProtocolError(rq.name, f.noFd ? 'no-fd flag set but a file descriptor was passed' : 'file descriptor missing');
     }
     // Workers read kick fds and write call fds 8 bytes at a time: anything but an eventfd
     // (a pipe, a socket, a file) is refused here, not found broken in a worker's loop.
-    if (!noFd && !native.isEventfd(m.fds[0])) throw new ProtocolError(req, `ring ${index}: the file descriptor is not an eventfd`);
-    return this.vring(index, req);
+    if (!f.noFd && !native.isEventfd(rq.fds[0])) throw new ProtocolError(rq.name, `ring ${f.index}: the file descriptor is not an eventfd`);
+    return this.vring(f.index, rq.name);
   }
 
   getProtocolFeatures(): Buffer {
     return encodeU64(this.offeredProtocol);
   }
 
-  setProtocolFeatures(m: Message): void {
-    const f = m.payload.readBigUInt64LE(0);
+  setProtocolFeatures(f: bigint, rq: RequestContext): void {
     const extra = f & ~this.offeredProtocol;
-    if (extra !== 0n) throw new ProtocolError('SET_PROTOCOL_FEATURES', `protocol features 0x${extra.toString(16)} were not offered`);
+    if (extra !== 0n) throw new ProtocolError(rq.name, `protocol features 0x${extra.toString(16)} were not offered`);
     this.protocolFeatures = f;
   }
 
@@ -609,23 +608,21 @@ export class Device {
    * per ring whenever a multi-queue guest changes its queue pairs (ethtool -L): pausing
    * every ring of the device for each dropped what other ports sent to it meanwhile.
    */
-  async setVringEnable(m: Message): Promise<void> {
-    const s = parseVringState(m.payload);
-    const v = this.vring(s.index, 'SET_VRING_ENABLE');
-    if (s.num > 1) throw new ProtocolError('SET_VRING_ENABLE', `enable value ${s.num} is neither 0 nor 1`);
+  async setVringEnable(s: VringState, rq: RequestContext): Promise<void> {
+    const v = this.vring(s.index, rq.name);
+    if (s.num > 1) throw new ProtocolError(rq.name, `enable value ${s.num} is neither 0 nor 1`);
     v.enabled = s.num === 1;
     if (!v.enabled) await this.stopRing(v);
   }
 
-  sendRarp(m: Message): void {
-    const mac = m.payload.subarray(0, 6);
+  sendRarp(mac: Buffer): void {
     this.dp.injectFrame(this.opts.port, rarpFrame(mac));
     log.info('RARP sent for migrated guest', { dev: this.opts.name, mac: [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':') });
   }
 
-  netSetMtu(m: Message): void {
-    const mtu = Number(m.payload.readBigUInt64LE(0));
-    if (mtu < 68 || mtu > 65535) throw new ProtocolError('NET_SET_MTU', `MTU ${mtu} outside 68..65535`);
+  netSetMtu(value: bigint, rq: RequestContext): void {
+    const mtu = Number(value);
+    if (mtu < 68 || mtu > 65535) throw new ProtocolError(rq.name, `MTU ${mtu} outside 68..65535`);
     this.mtu = mtu;
   }
 
@@ -638,27 +635,26 @@ export class Device {
    * socket): the same region from the same file again is acknowledged and counted, not
    * mapped twice (MemoryTable.add); a region overlapping another is refused by name.
    */
-  addMemReg(m: Message): void {
-    const region = parseSingleRegion(m.payload, 'ADD_MEM_REG');
-    const added = this.mem.add(region, m.fds.splice(0)[0] as number, 'ADD_MEM_REG');
+  addMemReg(region: MemoryRegion, rq: RequestContext): void {
+    const added = this.mem.add(region, rq.fds.splice(0)[0] as number, rq.name);
     if (added.shared) {
-      log.debug('memory region repeated (one ADD_MEM_REG per queue pair): shared', { dev: this.opts.name, region: added.index, refs: added.refs });
+      log.debug(`memory region repeated (one ${rq.name} per queue pair): shared`, { dev: this.opts.name, region: added.index, refs: added.refs });
       return;
     }
     this.dropOwnLog(); // forceLog: running rings keep the old log; rings started later get a new one
-    this.checkLogCoversMemory('ADD_MEM_REG');
+    this.checkLogCoversMemory(rq.name);
   }
 
   /** REM_MEM_REG: drops one reference of the region; it is unmapped with the last one. */
-  remMemReg(m: Message): void {
-    closeAll(m);
-    const left = this.mem.remove(parseSingleRegion(m.payload, 'REM_MEM_REG'), 'REM_MEM_REG');
+  remMemReg(region: MemoryRegion, rq: RequestContext): void {
+    closeFds(rq.fds);
+    const left = this.mem.remove(region, rq.name);
     if (left > 0) log.debug('memory region still referenced by another queue pair', { dev: this.opts.name, refs: left });
   }
 
-  setStatus(m: Message): void {
-    const s = Number(m.payload.readBigUInt64LE(0));
-    if (s > 0xff) throw new ProtocolError('SET_STATUS', `status 0x${s.toString(16)} does not fit a byte`);
+  setStatus(value: bigint, rq: RequestContext): void {
+    const s = Number(value);
+    if (s > 0xff) throw new ProtocolError(rq.name, `status 0x${s.toString(16)} does not fit a byte`);
     this.status = s;
   }
 
@@ -666,14 +662,18 @@ export class Device {
     return encodeU64(this.status);
   }
 
-  async resetDevice(): Promise<void> {
-    await this.pauseRings();
+  /** The table paused every ring first ('all'). */
+  resetDevice(): void {
     this.resetState();
   }
 }
 
+function closeFds(fds: number[]): void {
+  for (const fd of fds.splice(0)) safeClose(fd);
+}
+
 function closeAll(m: Message): void {
-  for (const fd of m.fds.splice(0)) safeClose(fd);
+  closeFds(m.fds);
 }
 
 /** A RARP request from `mac` (what QEMU's announce sends), so learning switches move the MAC. */

@@ -183,6 +183,16 @@ export function encodeLog(l: LogArea): Buffer {
   return b;
 }
 
+/** The plain u64 payload (SET_FEATURES, SET_PROTOCOL_FEATURES, NET_SET_MTU, SET_STATUS): its meaning is the handler's to check. */
+export function parseU64(p: Buffer): bigint {
+  return p.readBigUInt64LE(0);
+}
+
+/** SEND_RARP's u64: the guest's MAC address in its first 6 bytes. */
+export function parseRarpMac(p: Buffer): Buffer {
+  return p.subarray(0, 6);
+}
+
 export function encodeU64(v: bigint | number): Buffer {
   const b = Buffer.alloc(8);
   b.writeBigUInt64LE(BigInt(v), 0);
