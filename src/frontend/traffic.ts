@@ -137,10 +137,12 @@ export class Traffic {
     this.held[side] = on;
   }
 
-  /** One round: each side sends what its credit allows, takes its TX buffers back, and receives. */
+  /** One round: each side sends what its credit allows and takes its TX buffers back, then each receives. */
   step(): void {
-    this.direction(this.a, this.b, this.ab, 'a', 'b');
-    this.direction(this.b, this.a, this.ba, 'b', 'a');
+    this.transmit(this.a, this.b, this.ab, 'a');
+    this.transmit(this.b, this.a, this.ba, 'b');
+    if (!this.held.b) this.collect(this.b, this.ab, 'b');
+    if (!this.held.a) this.collect(this.a, this.ba, 'a');
   }
 
   /** Receive only, on each side not on hold. */
@@ -149,17 +151,15 @@ export class Traffic {
     if (!this.held.b) this.collect(this.b, this.ab, 'b');
   }
 
-  private direction(src: SyntheticGuest, dst: SyntheticGuest, f: Flow, from: Side, to: Side): void {
-    if (!this.held[from]) {
-      const room = Math.min(this.burst, this.credit - f.inFlight, this.frames - f.sent);
-      if (this.sending && room > 0) {
-        const batch: Uint8Array[] = [];
-        for (let i = 0; i < room; i++) batch.push(frame(dst.mac, src.mac, this.o.sizes[(f.sent + i) % this.o.sizes.length], f.seq(i)));
-        f.sentFrames(batch, src.send(0, batch));
-      }
-      src.reclaim(0);
+  private transmit(src: SyntheticGuest, dst: SyntheticGuest, f: Flow, from: Side): void {
+    if (this.held[from]) return;
+    const room = Math.min(this.burst, this.credit - f.inFlight, this.frames - f.sent);
+    if (this.sending && room > 0) {
+      const batch: Uint8Array[] = [];
+      for (let i = 0; i < room; i++) batch.push(frame(dst.mac, src.mac, this.o.sizes[(f.sent + i) % this.o.sizes.length], f.seq(i)));
+      f.sentFrames(batch, src.send(0, batch));
     }
-    if (!this.held[to]) this.collect(dst, f, to);
+    src.reclaim(0);
   }
 
   private collect(g: SyntheticGuest, f: Flow, at: Side): void {
