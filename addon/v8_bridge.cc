@@ -11,7 +11,8 @@ void ThrowV8Type(v8::Isolate* isolate, const char* what) {
   isolate->ThrowException(e);
 }
 
-// Exported like the N-API functions; a napi_value is the Local's slot pointer (see Mmap).
+// Exported like the N-API functions; a napi_value is the Local's slot pointer
+// (NapiValueFromV8Local, v8_bridge.h).
 void SetV8Function(Napi::Env env, Napi::Object exports, const char* name, v8::FunctionCallback fn) {
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
   v8::Local<v8::Function> f = v8::Function::New(isolate->GetCurrentContext(), fn).ToLocalChecked();
