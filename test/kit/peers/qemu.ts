@@ -1,7 +1,8 @@
 /**
- * Real QEMU 7.2 guests for the tests: the Debian kernel plus a busybox initramfs built at
- * test time, with a virtio-net device on a vhost-user socket. The guest's /init reads
- * its job from the kernel command line (vf.*) and prints markers on the serial console.
+ * Real QEMU 7.2 guests for the real-peer tests and bench/: the Debian kernel plus a busybox
+ * initramfs built at test time, with a virtio-net device on a vhost-user socket. The
+ * guest's /init reads its job from the kernel command line (vf.*) and prints markers on
+ * the serial console.
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
