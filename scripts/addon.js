@@ -7,7 +7,7 @@
  *   node scripts/addon.js install    npm's `install` step: make the addon loadable, nothing else.
  *     - a git checkout (a .git next to package.json), VHOSTFWD_BUILD_FROM_SOURCE=1 or
  *       `npm install --build-from-source`: node-gyp rebuild, as a developer expects after
- *       editing addon/vhostfwd.cc;
+ *       editing addon/;
  *     - an installed package: the addon that node-gyp-build finds (build/Release from an
  *       earlier source build, else prebuilds/<platform>-<arch>/node.napi.glibc.node shipped in
  *       the tarball) if it loads here; otherwise a source build, which needs g++, make and

@@ -1,5 +1,5 @@
 /**
- * Typed wrapper over the C++ addon (addon/vhostfwd.cc).
+ * Typed wrapper over the C++ addon (addon/, module init in addon/vhostfwd.cc).
  *
  * The addon does only what Node cannot: unix sockets with SCM_RIGHTS, mmap as a
  * real SharedArrayBuffer (and its early release, retire), memfd, eventfd that never

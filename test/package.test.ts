@@ -70,7 +70,7 @@ t.test('npm pack, then install and run the tarball with no compiler on PATH', { 
   const files = list.map((f) => f.replace(/^package\//, ''));
   const allowed = [
     /^dist\/src\/.+\.js$/,
-    /^addon\/vhostfwd\.cc$/,
+    /^addon\/[a-z0-9_]+\.(cc|h)$/,
     /^binding\.gyp$/,
     /^scripts\/addon\.js$/,
     /^prebuilds\/[a-z0-9]+-[a-z0-9]+\/[^/]+\.node$/,
@@ -83,6 +83,9 @@ t.test('npm pack, then install and run the tarball with no compiler on PATH', { 
   for (const need of ['dist/src/cli.js', 'dist/src/index.js', 'dist/src/workers/poller.js', `prebuilds/${TUPLE}/node.napi.glibc.node`, 'binding.gyp', 'addon/vhostfwd.cc', 'schema/config.schema.json', 'examples/bridge.json', 'README.md', 'LICENSE', 'scripts/addon.js']) {
     t.ok(files.includes(need), `tarball has ${need}`);
   }
+  // the addon's whole source, for a build from source where no prebuild fits
+  const addonSources = fs.readdirSync(path.join(ROOT, 'addon')).filter((f) => /\.(cc|h)$/.test(f)).map((f) => `addon/${f}`);
+  t.same(addonSources.filter((f) => !files.includes(f)), [], `every addon source is in the tarball (${addonSources.length} files)`);
   t.ok(files.length < 80, `${files.length} files in the tarball`);
   t.comment(`tarball: ${files.length} files, ${fs.statSync(tgz).size} bytes`);
 
