@@ -8,12 +8,9 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
-import { parseConfig } from '../src/main/config';
-import { Forwarder } from '../src/main/forwarder';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
-import { captureLogs, tmpDir, waitUntil } from './helpers/env';
+import { captureLogs, startForwarder, waitUntil } from './helpers/env';
 import { assertFlows, pump } from './helpers/traffic';
-import fs from 'node:fs';
 
 const PYFRONT = path.join(__dirname, '..', '..', 'test', 'kit', 'pyfront');
 
@@ -31,28 +28,10 @@ export async function py(script: string, args: string[], timeoutMs = 60000): Pro
   return { code, lines, stderr: err };
 }
 
-async function forwarder(names: string[], pairs: string[][], ackDeadlineMs?: number) {
-  const dir = tmpDir('vhostfwd-reconnect-');
-  const sock = (n: string) => path.join(dir, `${n}.sock`);
-  const cfg = parseConfig(
-    {
-      interfaces: names.map((n) => ({ name: n, socket: sock(n) })),
-      forwarding: { mode: 'xconnect', pairs },
-      // every queue on one worker: a worker stuck on one device stalls all of them
-      workers: [{ cpus: [os.cpus().length > 1 ? 1 : 0], queues: names.map((n) => `${n}:0`) }],
-    },
-    os.cpus().length,
-  );
-  const fwd = new Forwarder(cfg, { ackDeadlineMs });
-  await fwd.start();
-  return {
-    fwd,
-    sock,
-    stop: async () => {
-      await fwd.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
+/** Interfaces in xconnect `pairs`, every queue on one worker: a worker stuck on one device stalls all of them. */
+function forwarder(names: string[], pairs: string[][], ackDeadlineMs?: number) {
+  const workers = [{ cpus: [os.cpus().length > 1 ? 1 : 0], queues: names.map((n) => `${n}:0`) }];
+  return startForwarder(names, { forwarding: { mode: 'xconnect', pairs }, workers }, {}, { ackDeadlineMs });
 }
 
 for (const v of [

@@ -24,11 +24,12 @@ export async function startForwarder(
   names: string[],
   extra: Record<string, unknown> = {},
   perIface: Record<string, unknown> = {},
+  opts: ConstructorParameters<typeof Forwarder>[1] = {},
 ): Promise<{ fwd: Forwarder; sock: (name: string) => string; dir: string; stop: () => Promise<void> }> {
   const dir = tmpDir();
   const sock = (n: string) => path.join(dir, `${n}.sock`);
   const cfg = parseConfig({ interfaces: names.map((n) => ({ name: n, socket: sock(n), ...perIface })), ...extra }, os.cpus().length);
-  const fwd = new Forwarder(cfg);
+  const fwd = new Forwarder(cfg, opts);
   await fwd.start();
   return {
     fwd,
