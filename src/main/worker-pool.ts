@@ -8,7 +8,7 @@ import path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { native } from '../native';
 import { LogDesc, RegionDesc, VringDesc } from '../shared/types';
-import { ForwardingPlan, FromWorker, ToWorker, W_INTS, W_MAILBOX, W_RUN, W_SLEEPING, WorkerInit } from '../shared/worker-protocol';
+import { ForwardingPlan, FromWorker, ToWorker, W_INTS, W_MAILBOX, W_EMPTY_WAKES, W_RUN, W_SLEEPING, W_SLEEPS, WorkerInit } from '../shared/worker-protocol';
 import { Dataplane } from './device';
 import { log } from './log';
 
@@ -301,9 +301,10 @@ export class WorkerPool implements Dataplane {
   }
 
   /** worker thread ids (Node's and the kernel's) and control words (stats / tests) */
-  workerInfo(): Array<{ worker: number; threadId: number; tid: number; sleeping: boolean }> {
+  workerInfo(): Array<{ worker: number; threadId: number; tid: number; sleeping: boolean; sleeps: number; emptyWakes: number }> {
     return this.slots.map((s) => ({
       worker: s.init.worker, threadId: s.worker?.threadId ?? -1, tid: s.worker ? s.tid : -1, sleeping: Atomics.load(s.ctrl, W_SLEEPING) === 1,
+      sleeps: Atomics.load(s.ctrl, W_SLEEPS), emptyWakes: Atomics.load(s.ctrl, W_EMPTY_WAKES),
     }));
   }
 

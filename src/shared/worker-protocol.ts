@@ -37,6 +37,8 @@ export type FromWorker =
 export const W_MAILBOX = 0; // incremented by main after each postMessage
 export const W_RUN = 1; // 1 while the worker should run
 export const W_SLEEPING = 2; // 1 while the worker sleeps on eventfds (main must kick wakeFd)
+export const W_SLEEPS = 3; // times the worker went to sleep (left the busy loop)
+export const W_EMPTY_WAKES = 4; // sleep timeouts that found no work and waited again
 export const W_INTS = 8;
 
 export interface WorkerInit {

@@ -9,7 +9,7 @@
 import { MessagePort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { native } from '../native';
 import { LogDesc, ST_DROP_NO_DEST, ST_NOTIFY, ST_KICKS } from '../shared/types';
-import { FromWorker, ToWorker, W_MAILBOX, W_RUN, W_SLEEPING, WorkerInit } from '../shared/worker-protocol';
+import { FromWorker, ToWorker, W_EMPTY_WAKES, W_MAILBOX, W_RUN, W_SLEEPING, W_SLEEPS, WorkerInit } from '../shared/worker-protocol';
 import { DirtyLog } from './dirty-log';
 import { GuestMemory } from './guest-memory';
 import { MacTable } from './mac-table';
@@ -435,11 +435,13 @@ function sleep(): void {
     return;
   }
   Atomics.store(ctrl, W_SLEEPING, 1);
+  Atomics.add(ctrl, W_SLEEPS, 1);
   // the seq-cst store above, then the mailbox load: the main thread either sees W_SLEEPING
   // (and writes wakeFd) or we see its message
   while (running && Atomics.load(ctrl, W_MAILBOX) === seenMailbox && Atomics.load(ctrl, W_RUN) === 1) {
     if (native.waitAny(waitFds, waitCount, anyPolledRing ? 1 : init.sleepMs) >= 0) break; // a kick, or woken
     if (pollOnce() > 0) break; // work that came without a kick
+    Atomics.add(ctrl, W_EMPTY_WAKES, 1);
   }
   Atomics.store(ctrl, W_SLEEPING, 0);
   native.eventfdRead(init.wakeFd);
