@@ -7,9 +7,13 @@ import path from 'node:path';
 import fs from 'node:fs';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { Config, ConfigError, loadConfig, parseConfig } from './main/config';
+import { Config, ConfigError, DEFAULT_CONTROL_SOCKET, loadConfig, parseConfig } from './main/config';
 import { Forwarder } from './main/forwarder';
 import { SocketPathError } from './main/interface';
+import { ControlServer, ControlSocketError, startControl } from './main/control/server';
+import { OwnershipError } from './main/control/ownership';
+import { StateFileError, readState, writeState } from './main/control/state';
+import { ApiUnreachable, api, render } from './ctl';
 import { log, setJson, setLevel, Level } from './main/log';
 
 const EXIT_USAGE = 2;
@@ -29,8 +33,22 @@ export function configFromFlags(sockets: string[], forward: string | undefined, 
   };
 }
 
-async function run(cfg: Config): Promise<void> {
-  const fwd = new Forwarder(cfg);
+/**
+ * Run the forwarder. `stateFile`: restore interfaces, forwarding and placement from it when it
+ * exists, and write it after every change. `controlExplicit`: the control socket was asked
+ * for by name (a failure to serve it is then fatal; the default path is best effort, so a
+ * second vhostfwd on the host still runs, without an API).
+ */
+async function run(cfg: Config, stateFile: string | null, controlExplicit: boolean): Promise<void> {
+  const state = stateFile ? readState(stateFile, os.cpus().length) : null;
+  if (state) {
+    cfg.interfaces = state.interfaces;
+    cfg.forwarding = state.forwarding;
+    log.info('state restored', { file: stateFile, interfaces: state.interfaces.map((i) => i.name) });
+  }
+  const fwd = new Forwarder(cfg, { placement: state?.placement });
+  if (stateFile) fwd.onChange = () => writeState(stateFile, fwd.state());
+  let control: ControlServer | null = null;
   let stopping = false;
   const stop = async (sig: string): Promise<void> => {
     if (stopping) return;
@@ -42,6 +60,7 @@ async function run(cfg: Config): Promise<void> {
       log.error('shutdown did not finish in time; exiting anyway', { boundMs: SHUTDOWN_BOUND_MS });
       process.exit(1);
     }, SHUTDOWN_BOUND_MS).unref();
+    await control?.close();
     await fwd.stop();
     process.exit(0);
   };
@@ -56,6 +75,18 @@ async function run(cfg: Config): Promise<void> {
     fwd.setForceLog(!fwd.pool.forceLogging).catch((e: unknown) => log.error('forced logging switch failed', { error: (e as Error).message }));
   });
   await fwd.start();
+  if (stateFile) writeState(stateFile, fwd.state());
+  if (cfg.control) {
+    try {
+      control = await startControl(fwd, { socket: cfg.control.socket, socketDir: cfg.control.socketDir, version: version() });
+    } catch (e) {
+      if (controlExplicit || !(e instanceof ControlSocketError)) {
+        await fwd.stop();
+        throw e;
+      }
+      log.warn('running without the control API', { error: (e as Error).message });
+    }
+  }
   for (const i of cfg.interfaces) {
     if (i.mode === 'server') {
       process.stdout.write(
@@ -65,12 +96,81 @@ async function run(cfg: Config): Promise<void> {
   }
 }
 
+/** `vhostfwd ctl ...`: one request, its reply printed; exit codes as `run`. */
+async function ctl(socket: string, json: boolean, command: string, method: string, path: string, body?: unknown): Promise<never> {
+  try {
+    const r = await api(socket, method, path, body);
+    if (r.status >= 200 && r.status < 300) {
+      process.stdout.write(json ? JSON.stringify(r.body, null, 2) + '\n' : render(command, r.body));
+      process.exit(0);
+    }
+    const err = (r.body as { error?: { message?: string; field?: string; code?: string } }).error;
+    if (json) process.stdout.write(JSON.stringify(r.body, null, 2) + '\n');
+    process.stderr.write(`vhostfwd ctl: ${err?.message ?? JSON.stringify(r.body)}${err?.field ? ` (field ${err.field})` : ''}\n`);
+    process.exit(r.status >= 500 ? 1 : EXIT_USAGE);
+  } catch (e) {
+    process.stderr.write(`vhostfwd ctl: ${(e as Error).message}\n`);
+    process.exit(e instanceof ApiUnreachable ? 1 : 1);
+  }
+}
+
+function ctlCommands(y: ReturnType<typeof yargs>) {
+  const sock = (a: Record<string, unknown>): string => (typeof a.control === 'string' ? a.control : DEFAULT_CONTROL_SOCKET);
+  const enc = encodeURIComponent;
+  return y
+    .option('control', { type: 'string', describe: `control API socket (default ${DEFAULT_CONTROL_SOCKET})` })
+    .option('json', { type: 'boolean', default: false, describe: 'print the JSON reply (for scripts)' })
+    .command('list', 'list interfaces', {}, (a) => void ctl(sock(a), a.json === true, 'list', 'GET', '/v1/interfaces'))
+    .command('show <name>', 'one interface: connection, features, rings, counters', (b) => b.positional('name', { type: 'string', demandOption: true }), (a) => void ctl(sock(a), a.json === true, 'show', 'GET', `/v1/interfaces/${enc(a.name)}`))
+    .command(
+      'add <name>',
+      'add an interface (its socket listens or connects at once)',
+      (b) =>
+        b
+          .positional('name', { type: 'string', demandOption: true })
+          .option('socket', { type: 'string', demandOption: true, describe: 'vhost-user socket path (absolute)' })
+          .option('mode', { choices: ['server', 'client'] as const, default: 'server' as const })
+          .option('queues', { type: 'number', default: 1 })
+          .option('mtu', { type: 'number' })
+          .option('owner', { type: 'string', describe: 'user (name or uid) given the server socket' })
+          .option('group', { type: 'string', describe: 'group (name or gid) given the server socket' })
+          .option('permissions', { type: 'string', describe: 'octal mode of the server socket, e.g. 0660' })
+          .option('mask-features', { type: 'string', array: true, describe: 'feature names removed from the offer' })
+          .example('$0 ctl add vm3 --socket /run/vhostfwd/vm3.sock --mode client --queues 2', ''),
+      (a) => {
+        const body: Record<string, unknown> = { name: a.name, socket: a.socket, mode: a.mode, queues: a.queues };
+        if (a.mtu !== undefined) body.mtu = a.mtu;
+        for (const k of ['owner', 'group', 'permissions'] as const) if (a[k] !== undefined) body[k] = a[k];
+        if (a['mask-features']) body.maskFeatures = a['mask-features'];
+        void ctl(sock(a), a.json === true, 'add', 'POST', '/v1/interfaces', body);
+      },
+    )
+    .command('rm <name>', 'remove an interface (rings stopped, socket closed and unlinked)', (b) => b.positional('name', { type: 'string', demandOption: true }), (a) => void ctl(sock(a), a.json === true, 'rm', 'DELETE', `/v1/interfaces/${enc(a.name)}`))
+    .command('forwarding', 'forwarding mode and pairs', {}, (a) => void ctl(sock(a), a.json === true, 'forwarding', 'GET', '/v1/forwarding'))
+    .command(
+      'pair <a> <b>',
+      'cross-connect two interfaces (xconnect mode)',
+      (b) => b.positional('a', { type: 'string', demandOption: true }).positional('b', { type: 'string', demandOption: true }),
+      (a) => void ctl(sock(a), a.json === true, 'pair', 'POST', '/v1/forwarding/pairs', { a: a.a, b: a.b }),
+    )
+    .command('unpair <name>', 'remove the pair an interface is in', (b) => b.positional('name', { type: 'string', demandOption: true }), (a) => void ctl(sock(a), a.json === true, 'unpair', 'DELETE', `/v1/forwarding/pairs/${enc(a.name)}`))
+    .command(
+      'move <name> <queue> <worker>',
+      "move a queue pair's polling to another worker",
+      (b) => b.positional('name', { type: 'string', demandOption: true }).positional('queue', { type: 'number', demandOption: true }).positional('worker', { type: 'number', demandOption: true }),
+      (a) => void ctl(sock(a), a.json === true, 'move', 'PUT', `/v1/interfaces/${enc(a.name)}/queues/${a.queue}`, { worker: a.worker }),
+    )
+    .command('stats', 'counters of every running queue', {}, (a) => void ctl(sock(a), a.json === true, 'stats', 'GET', '/v1/stats'))
+    .command('version', 'version of the running vhostfwd', {}, (a) => void ctl(sock(a), a.json === true, 'version', 'GET', '/v1/version'))
+    .demandCommand(1, 'give a ctl command: list, show, add, rm, forwarding, pair, unpair, move, stats, version');
+}
+
 function fail(e: unknown): never {
   if (e instanceof ConfigError) {
     process.stderr.write(`vhostfwd: bad config: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }
-  if (e instanceof SocketPathError) {
+  if (e instanceof SocketPathError || e instanceof StateFileError || e instanceof ControlSocketError || e instanceof OwnershipError) {
     process.stderr.write(`vhostfwd: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }
@@ -101,8 +201,10 @@ export async function main(argv: string[]): Promise<void> {
           .option('stats-interval', { type: 'number', describe: 'seconds between stats tables (0 = off)' })
           .option('force-log', { type: 'boolean', describe: 'log dirty pages even when the frontend did not ask (benchmarks)' })
           .option('metrics', { type: 'string', describe: 'HTTP endpoint HOST:PORT for /stats (JSON), /metrics (Prometheus), /healthz' })
+          .option('control', { type: 'string', describe: `control API socket (default ${DEFAULT_CONTROL_SOCKET}; "off" for none)` })
+          .option('state', { type: 'string', describe: 'state file: restored at start, written after every change made through the control API' })
           .check((a) => {
-            if (!a.config && !(a.socket && a.socket.length > 0)) throw new Error('give --config FILE or at least one --socket PATH');
+            if (!a.config && !(a.socket && a.socket.length > 0) && a.control === undefined && a.state === undefined) throw new Error('give --config FILE, at least one --socket PATH, or --control PATH / --state FILE to take interfaces at run time');
             return true;
           })
           .example('$0 run --config examples/xconnect.json', 'start the interfaces of a config file')
@@ -111,13 +213,15 @@ export async function main(argv: string[]): Promise<void> {
         try {
           const cpus = os.cpus().length;
           const cfg = a.config ? loadConfig(a.config, cpus) : parseConfig(configFromFlags(a.socket ?? [], a.forward, a.queues, a.mode), cpus);
+          if (a.control === 'off') cfg.control = false;
+          else if (a.control !== undefined) cfg.control = { socket: a.control, socketDir: cfg.control ? cfg.control.socketDir : null };
           if (a['stats-interval'] !== undefined) cfg.statsInterval = a['stats-interval'];
           if (a['force-log'] !== undefined) cfg.forceLog = a['force-log'];
           if (a.metrics !== undefined) cfg.metrics = { listen: a.metrics };
           // command-line log flags win over the config file's "log" section
           if (!process.argv.some((x) => x.startsWith('--log-level'))) setLevel(cfg.log.level);
           if (!process.argv.some((x) => x.startsWith('--log-json'))) setJson(cfg.log.json);
-          await run(cfg);
+          await run(cfg, a.state ?? null, a.control !== undefined || (a.config !== undefined && cfg.control !== false && cfg.control.socket !== DEFAULT_CONTROL_SOCKET));
         } catch (e) {
           fail(e);
         }
@@ -168,7 +272,8 @@ export async function main(argv: string[]): Promise<void> {
         process.exit(r.status ?? 1);
       },
     )
-    .demandCommand(1, 'give a command: run, check-config, demo, bench')
+    .command('ctl', 'talk to a running vhostfwd through its control API', (y) => ctlCommands(y))
+    .demandCommand(1, 'give a command: run, ctl, check-config, demo, bench')
     .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure (also a stop that took over 5 s), 2 bad usage, config or socket path. SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
     .strict()
     .help()

@@ -20,6 +20,12 @@ export interface InterfaceConfig {
   /** interrupt coalescing: notify the guest at most every `frames` packets or `usecs` µs (0 = off). */
   coalesceFrames: number;
   coalesceUsecs: number;
+  /** owner (user name or uid) of the server socket vhostfwd creates; null = as created */
+  owner: string | number | null;
+  /** group (name or gid) of the server socket; null = as created */
+  group: string | number | null;
+  /** mode of the server socket (e.g. 0o660); null = 0600 when owner or group is set, else as created */
+  permissions: number | null;
 }
 
 export type Forwarding = { mode: 'xconnect'; pairs: Array<[string, string]> } | { mode: 'bridge'; agingSeconds: number };
@@ -45,7 +51,15 @@ export interface Config {
   /** HTTP endpoint for /stats, /metrics and /healthz, as HOST:PORT (null = off) */
   metrics: { listen: string } | null;
   log: { level: 'debug' | 'info' | 'warn' | 'error'; json: boolean };
+  /**
+   * The control API (src/main/control/): its unix socket, and the directory every socket of
+   * an interface added through it must lie in (null = anywhere). false = no control API.
+   */
+  control: { socket: string; socketDir: string | null } | false;
 }
+
+/** Where `vhostfwd run` serves the control API and `vhostfwd ctl` looks for it. */
+export const DEFAULT_CONTROL_SOCKET = '/run/vhostfwd/control.sock';
 
 export class ConfigError extends Error {
   constructor(readonly path: string, readonly expected: string, got: unknown) {
@@ -83,9 +97,30 @@ function names<T extends string>(v: unknown, path: string, table: Readonly<Recor
 
 export const MAX_QUEUE_PAIRS = 8;
 
-function parseInterface(v: unknown, path: string): InterfaceConfig {
+/** Interface names: they appear in URLs of the control API, metrics labels and log lines. */
+const NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/** A user or group: a name as in /etc/passwd (/etc/group) or a numeric id. */
+function principal(v: unknown, path: string): string | number | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 2 ** 32) return v;
+  if (typeof v === 'string' && /^[a-z_][a-z0-9_.-]{0,31}\$?$/i.test(v)) return v;
+  if (typeof v === 'string' && /^\d+$/.test(v)) return Number(v);
+  throw new ConfigError(path, 'a user or group name, or a numeric id', v);
+}
+
+function permissions(v: unknown, path: string): number | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'string' && /^0?[0-7]{3}$/.test(v)) return parseInt(v, 8);
+  throw new ConfigError(path, 'an octal mode string such as "0660"', v);
+}
+
+/** One interface as the config file and the control API's add request give it. */
+export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce']);
+  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce', 'owner', 'group', 'permissions']);
+  if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
+  if (typeof v.socket === 'string' && Buffer.byteLength(v.socket) > 107) throw new ConfigError(`${path}.socket`, 'a unix socket path of at most 107 bytes', v.socket);
   const mode = str(v.mode, `${path}.mode`, 'server');
   if (mode !== 'server' && mode !== 'client') throw new ConfigError(`${path}.mode`, '"server" or "client"', v.mode);
   const co = v.coalesce ?? {};
@@ -101,13 +136,37 @@ function parseInterface(v: unknown, path: string): InterfaceConfig {
     mtu: int(v.mtu, `${path}.mtu`, 68, 65535, 1500),
     coalesceFrames: int(co.frames, `${path}.coalesce.frames`, 0, 4096, 0),
     coalesceUsecs: int(co.usecs, `${path}.coalesce.usecs`, 0, 1_000_000, 0),
+    ...ownership(v, path, mode),
   };
+}
+
+function ownership(v: Obj, path: string, mode: string): Pick<InterfaceConfig, 'owner' | 'group' | 'permissions'> {
+  const o = { owner: principal(v.owner, `${path}.owner`), group: principal(v.group, `${path}.group`), permissions: permissions(v.permissions, `${path}.permissions`) };
+  if (mode === 'client') {
+    for (const k of ['owner', 'group', 'permissions'] as const) {
+      if (o[k] !== null) throw new ConfigError(`${path}.${k}`, 'no socket ownership in client mode (the frontend owns that socket)', v[k]);
+    }
+  }
+  return o;
+}
+
+/** The config-file form of an interface (what the state file stores and `show` returns as spec). */
+export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
+  const o: Record<string, unknown> = { name: c.name, socket: c.socket, mode: c.mode, queues: c.queues, mtu: c.mtu };
+  if (c.maskFeatures.length) o.maskFeatures = c.maskFeatures;
+  if (c.maskProtocolFeatures.length) o.maskProtocolFeatures = c.maskProtocolFeatures;
+  if (c.coalesceFrames || c.coalesceUsecs) o.coalesce = { frames: c.coalesceFrames, usecs: c.coalesceUsecs };
+  if (c.owner !== null) o.owner = c.owner;
+  if (c.group !== null) o.group = c.group;
+  if (c.permissions !== null) o.permissions = '0' + c.permissions.toString(8);
+  return o;
 }
 
 export function parseConfig(raw: unknown, cpuCount: number): Config {
   if (!isObj(raw)) throw new ConfigError('(root)', 'an object', raw);
-  checkKeys(raw, '', ['interfaces', 'forwarding', 'workers', 'statsInterval', 'forceLog', 'metrics', 'log']);
-  if (!Array.isArray(raw.interfaces) || raw.interfaces.length === 0) throw new ConfigError('interfaces', 'a non-empty array', raw.interfaces);
+  checkKeys(raw, '', ['interfaces', 'forwarding', 'workers', 'statsInterval', 'forceLog', 'metrics', 'log', 'control']);
+  // Empty is allowed: interfaces may all come at run time through the control API.
+  if (!Array.isArray(raw.interfaces)) throw new ConfigError('interfaces', 'an array', raw.interfaces);
   const interfaces = raw.interfaces.map((v, i) => parseInterface(v, `interfaces[${i}]`));
   const seen = new Set<string>();
   const sockets = new Set<string>();
@@ -123,10 +182,23 @@ export function parseConfig(raw: unknown, cpuCount: number): Config {
   if (raw.forceLog !== undefined && typeof raw.forceLog !== 'boolean') throw new ConfigError('forceLog', 'a boolean', raw.forceLog);
   const metrics = parseMetrics(raw.metrics);
   const logCfg = parseLog(raw.log);
+  const control = parseControl(raw.control);
   // The published schema is the contract: anything the checks above let through but the
   // schema refuses is still an error, named by its path.
   checkSchema(raw);
-  return { interfaces, forwarding, workers, statsInterval, forceLog: raw.forceLog === true, metrics, log: logCfg };
+  return { interfaces, forwarding, workers, statsInterval, forceLog: raw.forceLog === true, metrics, log: logCfg, control };
+}
+
+function parseControl(v: unknown): Config['control'] {
+  if (v === undefined) return { socket: DEFAULT_CONTROL_SOCKET, socketDir: null };
+  if (v === false) return false;
+  if (!isObj(v)) throw new ConfigError('control', 'false or an object {socket, socketDir}', v);
+  checkKeys(v, 'control', ['socket', 'socketDir']);
+  const socket = str(v.socket, 'control.socket', DEFAULT_CONTROL_SOCKET);
+  if (Buffer.byteLength(socket) > 107) throw new ConfigError('control.socket', 'a unix socket path of at most 107 bytes', socket);
+  const dir = v.socketDir === undefined ? null : str(v.socketDir, 'control.socketDir');
+  if (dir !== null && !path.isAbsolute(dir)) throw new ConfigError('control.socketDir', 'an absolute directory path', dir);
+  return { socket, socketDir: dir === null ? null : path.resolve(dir) };
 }
 
 function parseMetrics(v: unknown): Config['metrics'] {
@@ -195,7 +267,9 @@ function parseForwarding(v: unknown, names: Set<string>, itfs: InterfaceConfig[]
   }
   if (v.mode !== 'xconnect') throw new ConfigError('forwarding.mode', '"xconnect" or "bridge"', v.mode);
   checkKeys(v, 'forwarding', ['mode', 'pairs']);
-  if (!Array.isArray(v.pairs) || v.pairs.length === 0) throw new ConfigError('forwarding.pairs', 'a non-empty array of [name, name]', v.pairs);
+  // Empty pairs are allowed: pairs may come at run time through the control API.
+  if (v.pairs === undefined) return { mode: 'xconnect', pairs: [] };
+  if (!Array.isArray(v.pairs)) throw new ConfigError('forwarding.pairs', 'an array of [name, name]', v.pairs);
   const used = new Set<string>();
   const pairs = v.pairs.map((p, i): [string, string] => {
     if (!Array.isArray(p) || p.length !== 2) throw new ConfigError(`forwarding.pairs[${i}]`, 'a pair [name, name]', p);

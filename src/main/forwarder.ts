@@ -5,8 +5,9 @@
 import os from 'node:os';
 import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
-import { MAC_TABLE_BYTES } from '../workers/mac-table';
-import { Config } from './config';
+import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
+import { native } from '../native';
+import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
@@ -30,57 +31,228 @@ export interface QueueStats {
   bursts: number;
 }
 
+/** A refused control request: its HTTP status, a code and the field it is about. */
+export class ControlError extends Error {
+  constructor(
+    readonly status: 400 | 404 | 409,
+    readonly field: string | undefined,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ControlError';
+  }
+}
+
+/** What a restart needs to come back as it was: written to the state file (control/state.ts). */
+export interface ForwarderState {
+  interfaces: InterfaceConfig[];
+  forwarding: Forwarding;
+  /** TX polling worker of each queue pair, by "iface:queue" */
+  placement: Record<string, number>;
+}
+
 export class Forwarder {
-  readonly interfaces: Interface[];
+  /** interfaces by port number; a removed interface leaves a hole that the next add reuses */
+  private readonly ports: Array<Interface | null> = [];
+  private readonly specs = new Map<string, InterfaceConfig>();
+  private forwarding: Forwarding;
+  /** TX polling worker by "iface:queue" (config workers, then control API moves) */
+  private readonly placement = new Map<string, number>();
   readonly pool: WorkerPool;
   private readonly macTable = new SharedArrayBuffer(MAC_TABLE_BYTES);
+  private readonly macs = new MacTable(this.macTable, 300);
   private statsTimer: NodeJS.Timeout | null = null;
+  private started = false;
   /** the HTTP endpoint when config.metrics is set */
   metrics: MetricsServer | null = null;
+  /** called after every change of interfaces, forwarding or placement (the state file) */
+  onChange: (() => void) | null = null;
 
   /** ackDeadlineMs: how long a worker may take to acknowledge a ring change (worker-pool.ts) */
-  constructor(readonly config: Config, opts: { ackDeadlineMs?: number } = {}) {
-    const owner = new Map<string, number>();
-    config.workers.forEach((w, i) => w.queues.forEach((q) => owner.set(q, i)));
+  /** placement: TX polling workers by "iface:queue" from a state file (else the config's) */
+  constructor(readonly config: Config, opts: { ackDeadlineMs?: number; placement?: Record<string, number> } = {}) {
+    config.workers.forEach((w, i) => w.queues.forEach((q) => this.placement.set(q, i)));
+    for (const [k, w] of Object.entries(opts.placement ?? {})) if (w < Math.max(1, config.workers.length)) this.placement.set(k, w);
+    this.forwarding = config.forwarding.mode === 'xconnect' ? { mode: 'xconnect', pairs: config.forwarding.pairs.map(([a, b]) => [a, b]) } : { ...config.forwarding };
     this.pool = new WorkerPool({
       workers: config.workers,
-      owner: (port, pair) => owner.get(`${config.interfaces[port]?.name}:${pair}`) ?? 0,
+      owner: (port, pair) => this.placement.get(`${this.ports[port]?.name}:${pair}`) ?? 0,
       forceLog: config.forceLog,
       ackDeadlineMs: opts.ackDeadlineMs,
     });
-    this.interfaces = config.interfaces.map(
-      (c, port) =>
-        new Interface(
-          { name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu, forceLog: config.forceLog },
-          port,
-          this.pool,
-        ),
-    );
+    for (const c of config.interfaces) this.place(c);
     this.pool.onBroken = (device, index, reason) => {
       const itf = this.interfaces.find((i) => i.device?.id === device);
       if (itf?.device) itf.device.brokenByGuest(`ring ${index}: ${reason}`);
     };
   }
 
+  /** The interfaces in port order. */
+  get interfaces(): Interface[] {
+    return this.ports.filter((p): p is Interface => p !== null);
+  }
+
+  interface(name: string): Interface | undefined {
+    return this.interfaces.find((i) => i.name === name);
+  }
+
+  spec(name: string): InterfaceConfig | undefined {
+    return this.specs.get(name);
+  }
+
+  /** TX polling worker of queue pair `queue` of `name` */
+  workerOf(name: string, queue: number): number {
+    return this.placement.get(`${name}:${queue}`) ?? 0;
+  }
+
+  get forwardingState(): Forwarding {
+    return this.forwarding.mode === 'xconnect' ? { mode: 'xconnect', pairs: this.forwarding.pairs.map(([a, b]) => [a, b]) } : { ...this.forwarding };
+  }
+
+  /** A port number for a new interface and the Interface itself (not started). */
+  private place(c: InterfaceConfig): Interface {
+    let port = this.ports.indexOf(null);
+    if (port < 0) port = this.ports.length;
+    const itf = new Interface(
+      {
+        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu, forceLog: this.config.forceLog,
+        ownership: { owner: c.owner, group: c.group, permissions: c.permissions },
+      },
+      port,
+      this.pool,
+    );
+    this.ports[port] = itf;
+    this.specs.set(c.name, c);
+    // queue pairs the config did not place go where the config's default would put them
+    const n = Math.max(1, this.config.workers.length);
+    for (let q = 0; q < c.queues; q++) if (!this.placement.has(`${c.name}:${q}`)) this.placement.set(`${c.name}:${q}`, q % n);
+    return itf;
+  }
+
   plan(): ForwardingPlan {
-    const f = this.config.forwarding;
-    if (f.mode === 'bridge') return { mode: 'bridge', ports: this.interfaces.length, agingMs: f.agingSeconds * 1000 };
-    const peer = this.interfaces.map(() => -1);
-    const idx = (n: string): number => this.interfaces.findIndex((i) => i.name === n);
+    const f = this.forwarding;
+    if (f.mode === 'bridge') return { mode: 'bridge', ports: this.ports.length, agingMs: f.agingSeconds * 1000 };
+    const peer = this.ports.map(() => -1);
+    const idx = (n: string): number => this.ports.findIndex((i) => i?.name === n);
     for (const [a, b] of f.pairs) {
-      peer[idx(a)] = idx(b);
-      peer[idx(b)] = idx(a);
+      const pa = idx(a);
+      const pb = idx(b);
+      if (pa < 0 || pb < 0) continue;
+      peer[pa] = pb;
+      peer[pb] = pa;
     }
     return { mode: 'xconnect', peer };
+  }
+
+  /**
+   * Add an interface at run time (control API): validated like a config entry by the caller,
+   * checked here against the running set. Its socket listens (or its first connect is tried)
+   * before this returns; other ports are not touched beyond a new forwarding plan.
+   */
+  addInterface(c: InterfaceConfig): Interface {
+    if (this.specs.has(c.name)) throw new ControlError(409, 'name', `interface ${c.name} exists`);
+    const clash = [...this.specs.values()].find((o) => o.socket === c.socket);
+    if (clash) throw new ControlError(409, 'socket', `socket ${c.socket} is used by interface ${clash.name}`);
+    if (c.mode === 'server' && socketIsLive(c.socket)) throw new ControlError(409, 'socket', `a live socket is at ${c.socket} (another process listens there)`);
+    const itf = this.place(c);
+    if (this.started) {
+      try {
+        itf.start();
+      } catch (e) {
+        this.ports[itf.port] = null;
+        this.specs.delete(c.name);
+        for (let q = 0; q < c.queues; q++) this.placement.delete(`${c.name}:${q}`);
+        throw e;
+      }
+      if (c.coalesceFrames || c.coalesceUsecs) this.pool.setCoalesce(itf.port, c.coalesceFrames, c.coalesceUsecs);
+      this.pool.setPlan(this.plan(), this.macTable);
+    }
+    log.info('interface added', { iface: c.name, port: itf.port, socket: c.socket, mode: c.mode });
+    this.changed();
+    return itf;
+  }
+
+  /**
+   * Remove an interface: its rings stop as GET_VRING_BASE would stop them (the workers
+   * acknowledge), the connection and the socket close, the path we created is unlinked,
+   * its pair and the MACs learned on it are dropped. Resolves when all of that is done.
+   */
+  async removeInterface(name: string): Promise<void> {
+    const itf = this.interface(name);
+    if (!itf) throw new ControlError(404, 'name', `no interface ${name}`);
+    await itf.stop();
+    this.ports[itf.port] = null;
+    this.specs.delete(name);
+    for (const k of [...this.placement.keys()]) if (k.startsWith(`${name}:`)) this.placement.delete(k);
+    if (this.forwarding.mode === 'xconnect') this.forwarding.pairs = this.forwarding.pairs.filter((p) => !p.includes(name));
+    this.pool.setCoalesce(itf.port, 0, 0);
+    this.pool.setPlan(this.plan(), this.macTable);
+    // after the plan: no worker sends to the port any more, so no entry points at a reused number
+    this.macs.forgetPort(itf.port);
+    log.info('interface removed', { iface: name, port: itf.port });
+    this.changed();
+  }
+
+  addPair(a: string, b: string): void {
+    const f = this.forwarding;
+    if (f.mode !== 'xconnect') throw new ControlError(409, 'mode', 'pairs exist in xconnect mode only (forwarding.mode is bridge)');
+    if (a === b) throw new ControlError(400, 'b', 'a pair needs two different interfaces');
+    for (const [n, field] of [[a, 'a'], [b, 'b']] as const) {
+      if (!this.specs.has(n)) throw new ControlError(404, field, `no interface ${n}`);
+      if (f.pairs.some((p) => p.includes(n))) throw new ControlError(409, field, `interface ${n} is in a pair already`);
+    }
+    f.pairs.push([a, b]);
+    if (this.started) this.pool.setPlan(this.plan(), this.macTable);
+    this.changed();
+  }
+
+  removePair(name: string): void {
+    const f = this.forwarding;
+    if (f.mode !== 'xconnect' || !f.pairs.some((p) => p.includes(name))) throw new ControlError(404, 'name', `interface ${name} is in no pair`);
+    f.pairs = f.pairs.filter((p) => !p.includes(name));
+    if (this.started) this.pool.setPlan(this.plan(), this.macTable);
+    this.changed();
+  }
+
+  /** Move queue pair `queue` of `name` (its TX ring's polling) to worker `worker`. */
+  async moveQueue(name: string, queue: number, worker: number): Promise<void> {
+    const c = this.specs.get(name);
+    if (!c) throw new ControlError(404, 'name', `no interface ${name}`);
+    if (!Number.isInteger(queue) || queue < 0 || queue >= c.queues) throw new ControlError(404, 'queue', `interface ${name} has queue pairs 0..${c.queues - 1}`);
+    if (!Number.isInteger(worker) || worker < 0 || worker >= this.pool.size) throw new ControlError(400, 'worker', `workers are 0..${this.pool.size - 1}`);
+    this.placement.set(`${name}:${queue}`, worker);
+    const d = this.interface(name)?.device;
+    if (d) await this.pool.moveRing(d.id, 2 * queue + 1, worker);
+    this.changed();
+  }
+
+  /** Interfaces, forwarding and placement as plain data (the state file, `show`). */
+  state(): ForwarderState {
+    return {
+      interfaces: this.interfaces.map((i) => this.specs.get(i.name)).filter((c): c is InterfaceConfig => c !== undefined),
+      forwarding: this.forwardingState,
+      placement: Object.fromEntries([...this.placement.entries()].sort()),
+    };
+  }
+
+  private changed(): void {
+    try {
+      this.onChange?.();
+    } catch (e) {
+      log.error('saving the state failed', { error: (e as Error).message });
+      throw e;
+    }
   }
 
   async start(): Promise<void> {
     await this.pool.start();
     this.pool.setPlan(this.plan(), this.macTable);
-    this.config.interfaces.forEach((c, port) => {
-      if (c.coalesceFrames || c.coalesceUsecs) this.pool.setCoalesce(port, c.coalesceFrames, c.coalesceUsecs);
-    });
+    for (const i of this.interfaces) {
+      const c = this.specs.get(i.name);
+      if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
+    }
     for (const i of this.interfaces) i.start();
+    this.started = true;
     if (this.config.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
     if (this.config.statsInterval > 0) {
       let last = this.stats();
@@ -93,7 +265,7 @@ export class Forwarder {
         lastT = t;
       }, this.config.statsInterval * 1000);
     }
-    log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), workers: this.pool.size, mode: this.config.forwarding.mode, cpus: os.cpus().length });
+    log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), workers: this.pool.size, mode: this.forwarding.mode, cpus: os.cpus().length });
   }
 
   /** Counters of every running queue, read without stopping the workers. */
@@ -140,6 +312,18 @@ export class Forwarder {
     for (const i of this.interfaces) await i.stop();
     await this.pool.stop();
   }
+}
+
+/** Whether something accepts connections at `path` (a listener of another process). */
+function socketIsLive(path: string): boolean {
+  let fd: number;
+  try {
+    fd = native.connect(path);
+  } catch {
+    return false;
+  }
+  native.close(fd);
+  return true;
 }
 
 export function formatStats(now: QueueStats[], before: QueueStats[], secs: number): string {

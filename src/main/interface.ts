@@ -7,12 +7,15 @@
 import fs from 'node:fs';
 import { native, PollHandle } from '../native';
 import { Connection, safeClose } from './connection';
+import { OwnershipError, SocketOwnership, listenOwned } from './control/ownership';
 import { Dataplane, Device, DeviceOptions } from './device';
 import { log } from './log';
 
 export interface InterfaceOptions extends Omit<DeviceOptions, 'port'> {
   socket: string;
   mode: 'server' | 'client';
+  /** owner, group and mode of the server socket (null fields: as created) */
+  ownership?: SocketOwnership;
 }
 
 const BACKOFF_MIN_MS = 50;
@@ -68,8 +71,9 @@ export class Interface {
   start(): void {
     if (this.opts.mode === 'server') {
       try {
-        this.listenFd = native.listen(this.opts.socket, 4);
+        this.listenFd = listenOwned(this.opts.socket, 4, this.opts.ownership ?? { owner: null, group: null, permissions: null });
       } catch (e) {
+        if (e instanceof OwnershipError) throw e;
         throw new SocketPathError(this.name, this.opts.socket, e as NodeJS.ErrnoException);
       }
       this.listenPoll = native.poll(this.listenFd, () => this.acceptPending());

@@ -212,6 +212,30 @@ export class WorkerPool implements Dataplane {
     return this.request(holders, { op: 'detach', device, index, seq }, seq, `stop of ring ${index} of device ${device}`);
   }
 
+  /**
+   * Hand a guest TX ring to another worker: the one polling it stops at a burst boundary and
+   * acknowledges (as for GET_VRING_BASE), then the other attaches it with the same ring state
+   * (the ring's ctrl words carry last_avail_idx across). Packets posted meanwhile wait in
+   * the ring; nothing is lost or polled twice.
+   */
+  async moveRing(device: number, index: number, to: number): Promise<void> {
+    const key = ringKey(device, index);
+    const target = this.slots[to];
+    const from = this.slots.find((s) => s.rings.has(key));
+    if (!target || !from || from === target) return;
+    const m = from.rings.get(key);
+    if (!m || m.op !== 'attach-tx') return;
+    from.rings.delete(key);
+    if (from.worker) {
+      const seq = ++this.seq;
+      await this.request([from], { op: 'detach', device, index, seq }, seq, `move of ring ${index} of device ${device} (stop)`);
+    }
+    const seq = ++this.seq;
+    const again: ToWorker = { ...m, seq };
+    target.rings.set(key, again);
+    await this.request(target.worker ? [target] : [], again, seq, `move of ring ${index} of device ${device} (start)`);
+  }
+
   setRingLogging(device: number, index: number, logAll: boolean, logUsedGpa: number, logDesc: LogDesc | null): Promise<void> {
     const key = ringKey(device, index);
     const holders = this.slots.filter((s) => s.rings.has(key) && s.worker);

@@ -68,4 +68,14 @@ export class MacTable {
     }
     return -1;
   }
+
+  /**
+   * Forget every MAC learned on `port` (its interface was removed, and the number may be
+   * reused): those entries answer -1 (flood) until relearned. Run by the main thread while
+   * workers learn; a worker relearning one of them at the same time is just as right.
+   */
+  forgetPort(port: number): void {
+    const t = this.t;
+    for (let s = 0; s < MAC_SLOTS * WORDS; s += WORDS) if (t[s] !== 0 && t[s + 2] === port) Atomics.store(t, s + 2, -1);
+  }
 }

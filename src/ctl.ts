@@ -1,0 +1,91 @@
+/**
+ * `vhostfwd ctl`: the control API's client. It speaks HTTP+JSON to the API socket
+ * (schema/control-api.openapi.json) and prints aligned tables, or the JSON as received with
+ * --json. Exit codes as `run`: 0 ok, 1 runtime failure (API unreachable, a 5xx), 2 a request
+ * the API refused (4xx) or bad usage.
+ */
+import http from 'node:http';
+
+export interface ApiReply {
+  status: number;
+  body: unknown;
+}
+
+export class ApiUnreachable extends Error {
+  constructor(readonly socket: string, cause: NodeJS.ErrnoException) {
+    super(`cannot reach the control API at ${socket}: ${cause.code === 'ENOENT' ? 'no socket there (is vhostfwd running? give --control PATH)' : cause.code === 'EACCES' ? 'permission denied (the socket is mode 0600: run as its owner)' : cause.message}`);
+    this.name = 'ApiUnreachable';
+  }
+}
+
+/** One request to the API; bounded by `timeoutMs`. */
+export function api(socket: string, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<ApiReply> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = http.request(
+      { socketPath: socket, method, path, headers: data === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) }, timeout: timeoutMs },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: unknown = text;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            // not JSON: returned as text
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${socket} within ${timeoutMs} ms`)));
+    req.on('error', (e: NodeJS.ErrnoException) => reject(e.code ? new ApiUnreachable(socket, e) : e));
+    if (data !== undefined) req.write(data);
+    req.end();
+  });
+}
+
+type Row = Record<string, unknown>;
+
+/** Columns padded to their widest cell. */
+function table(rows: Row[], cols: string[]): string {
+  const cell = (v: unknown): string => (Array.isArray(v) ? v.join(',') : v === null || v === undefined ? '-' : String(v));
+  const w = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  const line = (vals: string[]): string => vals.map((v, i) => v.padEnd(w[i])).join('  ').trimEnd();
+  return [line(cols.map((c) => c.toUpperCase())), ...rows.map((r) => line(cols.map((c) => cell(r[c]))))].join('\n') + '\n';
+}
+
+/** The human form of a successful reply, by command. */
+export function render(command: string, body: unknown): string {
+  const b = body as Row;
+  switch (command) {
+    case 'list':
+      return table((b.interfaces as Row[]) ?? [], ['name', 'port', 'mode', 'queues', 'connected', 'socket']);
+    case 'add':
+    case 'show': {
+      const head = ['name', 'port', 'socket', 'mode', 'queues', 'connected', 'connections'].map((k) => `${(k + ':').padEnd(20)}${String(b[k])}`);
+      head.push(`${'features:'.padEnd(20)}${((b.features as string[]) ?? []).join(' ') || '-'}`);
+      head.push(`${'protocol features:'.padEnd(20)}${((b.protocolFeatures as string[]) ?? []).join(' ') || '-'}`);
+      const resets = (b.resets as string[]) ?? [];
+      if (resets.length) head.push(`${'last reset:'.padEnd(20)}${resets[resets.length - 1]}`);
+      const rings = (b.rings as Row[]) ?? [];
+      return head.join('\n') + '\n' + (rings.length ? '\n' + table(rings, ['index', 'queue', 'dir', 'enabled', 'started', 'size', 'lastAvailIdx', 'usedIdx', 'kick', 'call', 'worker', 'cpus', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'errors']) : '');
+    }
+    case 'rm':
+      return `removed ${String(b.removed)}\n`;
+    case 'pair':
+    case 'unpair':
+    case 'forwarding':
+      return b.mode === 'xconnect' ? table(((b.pairs as string[][]) ?? []).map(([x, y]) => ({ a: x, b: y })), ['a', 'b']) : `bridge (aging ${String(b.agingSeconds)} s)\n`;
+    case 'move':
+      return `worker ${String(b.worker)}\n`;
+    case 'stats':
+      return table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'errors', 'notifications', 'kicks']);
+    case 'version':
+      return `vhostfwd ${String(b.version)} (control API v${String(b.api)})\n`;
+    default:
+      return JSON.stringify(body, null, 2) + '\n';
+  }
+}
