@@ -29,7 +29,12 @@ t.test('every bad key is named with what was expected', async (t) => {
     ['bad feature', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].maskFeatures = ['VIRTIO_NET_F_NOPE']), /^interfaces\[0\]\.maskFeatures\[0\]: expected one of/],
     ['bad cpu', (c) => (c.workers = [{ cpus: [5], queues: ['vm1:0'] }]), /^workers\[0\]\.cpus\[0\]: expected an integer 0\.\.1, got 5$/],
     ['bad queue', (c) => (c.workers = [{ cpus: [1], queues: ['vm1:3'] }]), /^workers\[0\]\.queues\[0\]: expected one of vm1:0/],
-    ['no interfaces', (c) => (c.interfaces = []), /^interfaces: expected a non-empty array/],
+    ['interfaces not an array', (c) => (c.interfaces = 'vm1'), /^interfaces: expected an array/],
+    ['name unfit for a URL', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].name = 'a/b'), /^interfaces\[0\]\.name: expected a name of 1\.\.64 letters/],
+    ['owner in client mode', (c) => Object.assign((c.interfaces as Array<Record<string, unknown>>)[0], { mode: 'client', owner: 'root' }), /^interfaces\[0\]\.owner: expected no socket ownership in client mode/],
+    ['bad permissions', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].permissions = '0999'), /^interfaces\[0\]\.permissions: expected an octal mode string/],
+    ['bad owner', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].owner = 'no body'), /^interfaces\[0\]\.owner: expected a user or group name/],
+    ['control socketDir relative', (c) => (c.control = { socketDir: 'run' }), /^control\.socketDir: expected an absolute directory path/],
   ];
   for (const [name, mutate, re] of cases) {
     const c = two() as unknown as Record<string, unknown>;
@@ -48,4 +53,14 @@ t.test('workers: explicit pinning kept, unassigned queues go to the first worker
   const cfg = parseConfig(c, 2);
   t.same(cfg.workers[0].cpus, [1]);
   t.same(cfg.workers[0].queues, ['vm1:0', 'vm2:0', 'vm2:1']);
+});
+
+t.test('interfaces may all come at run time: an empty list, the control API on by default', async (t) => {
+  const c = parseConfig({ interfaces: [], forwarding: { mode: 'xconnect' } }, 2);
+  t.same(c.interfaces, []);
+  t.same(c.forwarding, { mode: 'xconnect', pairs: [] }, 'xconnect without pairs yet');
+  t.same(c.control, { socket: '/run/vhostfwd/control.sock', socketDir: null }, 'the default control socket');
+  t.equal(parseConfig({ interfaces: [], control: false }, 2).control, false, 'control: false turns it off');
+  const o = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock', owner: 'libvirt-qemu', group: 64055, permissions: '660' }] }, 2).interfaces[0];
+  t.same([o.owner, o.group, o.permissions], ['libvirt-qemu', 64055, 0o660], 'ownership kept as given, the mode parsed as octal');
 });

@@ -120,7 +120,6 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
   checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce', 'owner', 'group', 'permissions']);
   if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
-  if (typeof v.socket === 'string' && Buffer.byteLength(v.socket) > 107) throw new ConfigError(`${path}.socket`, 'a unix socket path of at most 107 bytes', v.socket);
   const mode = str(v.mode, `${path}.mode`, 'server');
   if (mode !== 'server' && mode !== 'client') throw new ConfigError(`${path}.mode`, '"server" or "client"', v.mode);
   const co = v.coalesce ?? {};
