@@ -27,17 +27,17 @@ import path from 'node:path';
  * 1.1.0 adds socketPath (emitted only there), STATUS and GC (implemented). Versions
  * before 0.4.0 are left out: they lack CHECK and prevResult on DEL, which nobody tested.
  */
-export const SUPPORTED_VERSIONS = ['0.4.0', '1.0.0', '1.1.0'] as const;
+const SUPPORTED_VERSIONS = ['0.4.0', '1.0.0', '1.1.0'] as const;
 
-export const DEFAULT_CONTROL = '/run/vhostfwd/control.sock';
-export const DEFAULT_SOCKET_DIR = '/run/vhostfwd/cni';
+const DEFAULT_CONTROL = '/run/vhostfwd/control.sock';
+const DEFAULT_SOCKET_DIR = '/run/vhostfwd/cni';
 /** sun_path holds 108 bytes with its NUL: the control API refuses longer paths. */
 const MAX_SOCKET_PATH = 107;
 /** One HTTP exchange with vhostfwd; a hung daemon must not hang the runtime's ADD forever. */
 const API_TIMEOUT_MS = 15000;
 
 /** Error codes of the spec's table, plus libcni's ErrInternal (999) for everything else. */
-export const CODE = {
+const CODE = {
   incompatibleVersion: 1,
   invalidEnv: 4,
   io: 5,
@@ -48,14 +48,14 @@ export const CODE = {
   internal: 999,
 } as const;
 
-export class CniError extends Error {
+class CniError extends Error {
   constructor(readonly code: number, msg: string, readonly details = '') {
     super(msg);
     this.name = 'CniError';
   }
 }
 
-export interface NetConf {
+interface NetConf {
   cniVersion: string;
   name: string;
   type: string;
@@ -69,7 +69,7 @@ export interface NetConf {
   validAttachments?: Array<{ containerID: string; ifname: string }>;
 }
 
-export interface Outcome {
+interface Outcome {
   code: number;
   stdout: string;
 }
@@ -124,7 +124,7 @@ export function portName(network: string, containerId: string, ifname: string): 
  * id (two ids with the same prefix still get two directories). At most 21 characters, so
  * a long socketDir still leaves room under the 107-byte limit.
  */
-export function containerDir(socketDir: string, containerId: string): string {
+function containerDir(socketDir: string, containerId: string): string {
   return path.join(socketDir, `${containerId.slice(0, 12)}-${sha(containerId).slice(0, 8)}`);
 }
 
@@ -161,7 +161,7 @@ function ownerLike(v: unknown, key: string): string | number | undefined {
 }
 
 /** The plugin configuration: the spec's keys, ours with their defaults; anything else is ignored (runtimes add keys). */
-export function parseNetConf(stdin: string): NetConf {
+function parseNetConf(stdin: string): NetConf {
   const o = parseJson(stdin);
   const bad = (why: string): never => {
     throw new CniError(CODE.invalidConfig, 'invalid network config', why);
@@ -204,7 +204,7 @@ export function parseNetConf(stdin: string): NetConf {
   return conf;
 }
 
-export interface Invocation {
+interface Invocation {
   command: 'ADD' | 'DEL' | 'CHECK';
   containerId: string;
   netns: string;

@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
+import { main, portName, socketPathOf } from '../src/cni';
 import { tmpDir, waitUntil } from './helpers/env';
 
 const ROOT = path.join(__dirname, '..', '..');
@@ -116,6 +117,9 @@ t.test('the CNI plugin against a running vhostfwd: VERSION, env/stdin errors, AD
   t.equal(v.status, 0, 'VERSION exits 0');
   t.same(v.json, { cniVersion: '1.0.0', supportedVersions: ['0.4.0', '1.0.0', '1.1.0'] }, 'VERSION: cniVersion of the input, the supported versions');
 
+  const inProcess = await main([], { CNI_COMMAND: 'VERSION' }, '');
+  t.same([inProcess.code, JSON.parse(inProcess.stdout)], [0, { cniVersion: '1.1.0', supportedVersions: ['0.4.0', '1.0.0', '1.1.0'] }], 'main() in-process: VERSION with empty stdin answers in 1.1.0');
+
   // the environment and stdin, checked before anything is touched
   const noEnv = await cni({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: containerId }, stdin);
   t.equal(noEnv.status, 1, 'ADD without CNI_NETNS/CNI_IFNAME exits 1');
@@ -161,6 +165,8 @@ t.test('the CNI plugin against a running vhostfwd: VERSION, env/stdin errors, AD
   t.equal(port.mode, 'server', 'in server mode');
   t.equal(port.queues, 2, 'with the queues of the configuration');
   t.match(String(port.name), /^cni-[0-9a-f]{8}-[0-9a-f]{16}$/, 'named cni-<network hash>-<attachment hash>');
+  t.equal(port.name, portName(conf.name, containerId, 'net1'), 'the name is the documented derivation (what DEL and CHECK look up)');
+  t.equal(sock, socketPathOf(socketDir, containerId, 'net1'), 'so is the socket path');
 
   // a real frontend connects and negotiates on the socket
   const fe = await exec('python3', ['-c', FRONTEND, PYFRONT, sock], { PATH: process.env.PATH ?? '/usr/bin:/bin' }, '', 30000);
