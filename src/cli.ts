@@ -46,7 +46,7 @@ async function run(cfg: Config, stateFile: string | null, controlExplicit: boole
     cfg.forwarding = state.forwarding;
     log.info('state restored', { file: stateFile, interfaces: state.interfaces.map((i) => i.name) });
   }
-  const fwd = new Forwarder(cfg, { placement: state?.placement });
+  const fwd = new Forwarder(cfg, { placement: state?.placement, leaveOutFailed: state !== null });
   if (stateFile) fwd.onChange = () => writeState(stateFile, fwd.state());
   let control: ControlServer | null = null;
   let stopping = false;

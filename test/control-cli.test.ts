@@ -77,6 +77,17 @@ t.test('vhostfwd ctl: add, list, show, pair, rm with tables and --json; exit cod
   p.kill('SIGTERM');
   t.equal(await p.exited, 0, 'exit 0');
 
+  // a restored port whose socket cannot be made (its directory went with its container) is
+  // left out by name; the others come up
+  fs.writeFileSync(state, JSON.stringify({ version: 1, interfaces: [{ name: 'ok', socket: sock('ok') }, { name: 'lost', socket: path.join(dir, 'gone', 'x.sock') }] }));
+  p = start(['--control', control, '--state', state]);
+  await waitUntil(() => fs.existsSync(control) && fs.existsSync(sock('ok')), 10000, 'the control socket and ok.sock');
+  const restored = JSON.parse(ctl(control, '--json', 'list').stdout) as { interfaces: Array<{ name: string }> };
+  t.same(restored.interfaces.map((i) => i.name), ['ok'], 'the port whose socket cannot be made is left out, the other restored');
+  t.match(p.stderr(), /interface left out: its socket cannot be made iface=lost/, 'and the left-out port is named at error');
+  p.kill('SIGTERM');
+  t.equal(await p.exited, 0, 'exit 0');
+
   // a state file that is corrupt, or from a newer vhostfwd: a clear error, exit 2, file untouched
   for (const [what, text, re] of [
     ['corrupt', '{"version": 1, "interfaces": [', /state file .*state\.json: is not valid JSON .*\(left untouched\)/],

@@ -70,7 +70,8 @@ export class Forwarder {
 
   /** ackDeadlineMs: how long a worker may take to acknowledge a ring change (worker-pool.ts) */
   /** placement: TX polling workers by "iface:queue" from a state file (else the config's) */
-  constructor(readonly config: Config, opts: { ackDeadlineMs?: number; placement?: Record<string, number> } = {}) {
+  /** leaveOutFailed: start() leaves out an interface whose socket cannot be made instead of failing (a restore from the state file) */
+  constructor(readonly config: Config, private readonly opts: { ackDeadlineMs?: number; placement?: Record<string, number>; leaveOutFailed?: boolean } = {}) {
     config.workers.forEach((w, i) => w.queues.forEach((q) => this.placement.set(q, i)));
     for (const [k, w] of Object.entries(opts.placement ?? {})) if (w < Math.max(1, config.workers.length)) this.placement.set(k, w);
     this.forwarding = config.forwarding.mode === 'xconnect' ? { mode: 'xconnect', pairs: config.forwarding.pairs.map(([a, b]) => [a, b]) } : { ...config.forwarding };
@@ -181,16 +182,22 @@ export class Forwarder {
     const itf = this.interface(name);
     if (!itf) throw new ControlError(404, 'name', `no interface ${name}`);
     await itf.stop();
-    this.ports[itf.port] = null;
-    this.specs.delete(name);
-    for (const k of [...this.placement.keys()]) if (k.startsWith(`${name}:`)) this.placement.delete(k);
-    if (this.forwarding.mode === 'xconnect') this.forwarding.pairs = this.forwarding.pairs.filter((p) => !p.includes(name));
+    this.forget(itf);
     this.pool.setCoalesce(itf.port, 0, 0);
     this.pool.setPlan(this.plan(), this.macTable);
     // after the plan: no worker sends to the port any more, so no entry points at a reused number
     this.macs.forgetPort(itf.port);
     log.info('interface removed', { iface: name, port: itf.port });
     this.changed();
+  }
+
+  /** Drop an interface from the set: its port number, spec, placement and pair. */
+  private forget(itf: Interface): void {
+    const name = itf.name;
+    this.ports[itf.port] = null;
+    this.specs.delete(name);
+    for (const k of [...this.placement.keys()]) if (k.startsWith(`${name}:`)) this.placement.delete(k);
+    if (this.forwarding.mode === 'xconnect') this.forwarding.pairs = this.forwarding.pairs.filter((p) => !p.includes(name));
   }
 
   addPair(a: string, b: string): void {
@@ -251,7 +258,17 @@ export class Forwarder {
       const c = this.specs.get(i.name);
       if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
     }
-    for (const i of this.interfaces) i.start();
+    for (const i of this.interfaces) {
+      try {
+        i.start();
+      } catch (e) {
+        // From a state file, one port whose socket cannot be made (its directory went with
+        // a container, say) must not keep every other port down: it is left out, by name.
+        if (!this.opts.leaveOutFailed) throw e;
+        log.error('interface left out: its socket cannot be made', { iface: i.name, error: (e as Error).message });
+        this.forget(i);
+      }
+    }
     this.started = true;
     if (this.config.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
     if (this.config.statsInterval > 0) {
