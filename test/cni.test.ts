@@ -219,14 +219,32 @@ t.test('the CNI plugin against a running vhostfwd: VERSION, env/stdin errors, AD
   t.equal((await cni({ ...keep, CNI_COMMAND: 'DEL' }, stdin)).status, 0, 'GC teardown: DEL of the kept attachment');
   t.same(fs.readdirSync(socketDir), [], 'nothing left under socketDir');
 
+  // a socketDir so long that the socket would pass a unix socket's 107 bytes: refused up front
+  const longDir = await cni({ ...base, CNI_COMMAND: 'ADD' }, JSON.stringify({ ...conf, socketDir: path.join(socketDir, 'x'.repeat(100)) }));
+  t.equal(longDir.json?.code, 7, 'a socketDir too long for the socket path: code 7');
+  t.same(fs.readdirSync(socketDir), [], 'and nothing made');
+
+  // a port left when vhostfwd stops (SIGTERM: vhostfwd closes and unlinks its sockets)
+  const left = { ...base, CNI_CONTAINERID: 'left0001' };
+  t.equal((await cni({ ...left, CNI_COMMAND: 'ADD' }, stdin)).status, 0, 'ADD of a port vhostfwd will take down with it');
+
   // vhostfwd stopped: DEL is success (the port died with it), ADD asks to try again later
   child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 10000);
   t.equal(await exited, 0, 'vhostfwd exits 0 on SIGTERM');
   clearTimeout(timer);
   t.notOk(fs.existsSync(control), 'its control socket is gone');
-  const delAbsent = await cni({ ...base, CNI_COMMAND: 'DEL' }, stdin);
-  t.equal(delAbsent.status, 0, `DEL with no control socket exits 0 ${delAbsent.stdout}`);
+  const delAbsent = await cni({ ...left, CNI_COMMAND: 'DEL' }, stdin);
+  t.equal(delAbsent.status, 0, `DEL of that port with no control socket exits 0 ${delAbsent.stdout}`);
+  t.notOk(fs.existsSync(path.dirname(socketPathOf(socketDir, left.CNI_CONTAINERID, 'net1'))), 'and its per-container directory is gone');
+  // a socket file nobody listens on (vhostfwd killed without its state file): DEL removes it and the directory
+  const staleSock = socketPathOf(socketDir, 'stale0002', 'net1');
+  fs.mkdirSync(path.dirname(staleSock));
+  const bound = await exec('python3', ['-c', 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', staleSock], { PATH: process.env.PATH ?? '/usr/bin:/bin' }, '', 10000);
+  t.ok(bound.status === 0 && fs.lstatSync(staleSock).isSocket(), 'a stale socket file in place');
+  const delStale = await cni({ ...base, CNI_CONTAINERID: 'stale0002', CNI_COMMAND: 'DEL' }, stdin);
+  t.equal(delStale.status, 0, 'DEL over a stale socket with no vhostfwd exits 0');
+  t.notOk(fs.existsSync(path.dirname(staleSock)), 'the stale socket and its directory are gone');
   const addAbsent = await cni({ ...base, CNI_COMMAND: 'ADD' }, stdin);
   t.equal(addAbsent.status, 1, 'ADD with no control socket exits 1');
   t.equal(addAbsent.json?.code, 11, 'error code 11 (try again later)');
