@@ -169,7 +169,8 @@ t.test('the CNI plugin against a running vhostfwd: VERSION, env/stdin errors, AD
   t.equal(sock, socketPathOf(socketDir, containerId, 'net1'), 'so is the socket path');
 
   // a real frontend connects and negotiates on the socket
-  const fe = await exec('python3', ['-c', FRONTEND, PYFRONT, sock], { PATH: process.env.PATH ?? '/usr/bin:/bin' }, '', 30000);
+  // PYTHONDONTWRITEBYTECODE: the import must not rewrite the pyfront __pycache__ the repo tracks
+  const fe = await exec('python3', ['-c', FRONTEND, PYFRONT, sock], { PATH: process.env.PATH ?? '/usr/bin:/bin', PYTHONDONTWRITEBYTECODE: '1' }, '', 30000);
   t.same(fe.json, { ok: true, error: null }, `a vhost-user frontend connects and negotiates ${fe.stderr.slice(-400)}`);
   const shown = await get(control, `/v1/interfaces/${String(port.name)}`);
   t.ok(Number(shown.body.connections) >= 1, 'vhostfwd counted the connection on the port');
@@ -223,6 +224,12 @@ t.test('the CNI plugin against a running vhostfwd: VERSION, env/stdin errors, AD
   const longDir = await cni({ ...base, CNI_COMMAND: 'ADD' }, JSON.stringify({ ...conf, socketDir: path.join(socketDir, 'x'.repeat(100)) }));
   t.equal(longDir.json?.code, 7, 'a socketDir too long for the socket path: code 7');
   t.same(fs.readdirSync(socketDir), [], 'and nothing made');
+
+  // vhostfwd refuses (an owner that does not exist): code 999 with its message, nothing left
+  const refused = await cni({ ...base, CNI_CONTAINERID: 'refused01', CNI_COMMAND: 'ADD' }, JSON.stringify({ ...conf, owner: 'no-such-user-cni' }));
+  t.equal(refused.json?.code, 999, 'a request vhostfwd refuses: code 999');
+  t.match(String(refused.json?.details), /no-such-user-cni/, `with vhostfwd's message (${String(refused.json?.details)})`);
+  t.same(fs.readdirSync(socketDir), [], 'and no per-container directory left');
 
   // a port left when vhostfwd stops (SIGTERM: vhostfwd closes and unlinks its sockets)
   const left = { ...base, CNI_CONTAINERID: 'left0001' };
