@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 /**
  * vhostfwd's CNI plugin (spec 1.1.0, containernetworking/cni SPEC.md): a container runtime
  * (or Multus) executes it with CNI_* environment variables and the plugin configuration on

@@ -75,7 +75,7 @@ t.test('npm pack, then install and run the tarball with no compiler on PATH', { 
     /^scripts\/addon\.js$/,
     /^prebuilds\/[a-z0-9]+-[a-z0-9]+\/[^/]+\.node$/,
     /^schema\/[^/]+\.json$/,
-    /^examples\/[^/]+$/,
+    /^examples\/.+$/,
     /^(README\.md|LICENSE|package\.json)$/,
   ];
   t.same(files.filter((f) => !allowed.some((re) => re.test(f))), [], 'nothing outside the whitelist (no tests, bench results, TypeScript sources, source maps)');
@@ -129,6 +129,10 @@ t.test('npm pack, then install and run the tarball with no compiler on PATH', { 
   const gexe = path.join(prefix, 'bin', 'vhostfwd');
   const gv = vf(gexe, ['--version']);
   t.equal(gv.stdout.trim(), PKG.version, 'global vhostfwd --version');
+  // the CNI plugin is a bin of its own: a runtime executes it with CNI_* variables
+  const cni = spawnSync(path.join(prefix, 'bin', 'vhostfwd-cni'), [], { env: { ...bare, CNI_COMMAND: 'VERSION' }, input: '{"cniVersion": "1.0.0"}', encoding: 'utf8', timeout: 60_000 });
+  t.equal(cni.status, 0, `global vhostfwd-cni VERSION: ${cni.status === 0 ? 'ok' : show(cni)}`);
+  t.match(cni.stdout, /"supportedVersions"/, 'vhostfwd-cni answers VERSION with its supported versions');
   const gcc = vf(gexe, ['check-config', path.join(prefix, 'lib', 'node_modules', PKG.name, 'examples', 'xconnect.json')]);
   t.equal(gcc.status, 0, `global check-config examples/xconnect.json: ${gcc.status === 0 ? 'ok' : show(gcc)}`);
 
