@@ -171,7 +171,8 @@ class VhostfwdProc {
   constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI) {
     const names = sockets.map((_, i) => `vm${i + 1}`);
     const cfg = {
-      interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues })),
+      // steering by queue pair: testpmd's txonly stream is one flow, which a hash would put on one queue
+      interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, steering: 'pair' })),
       forwarding: { mode: 'xconnect', pairs: [[names[0], names[1]]] },
       // every queue pair of both interfaces on one worker, pinned to the backend core
       workers: [{ cpus: [BACKEND_CPU], queues: Array.from({ length: queues }, (_, q) => names.map((n) => `${n}:${q}`)).flat() }],

@@ -90,7 +90,7 @@ async function run(cfg: Config, stateFile: string | null, controlExplicit: boole
   for (const i of cfg.interfaces) {
     if (i.mode === 'server') {
       process.stdout.write(
-        `${i.name}: attach a QEMU guest with\n  -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \\\n  -chardev socket,id=c-${i.name},path=${i.socket} -netdev vhost-user,id=n-${i.name},chardev=c-${i.name}${i.queues > 1 ? `,queues=${i.queues}` : ''} \\\n  -device virtio-net-pci,netdev=n-${i.name}${i.queues > 1 ? `,mq=on` : ''}\n`,
+        `${i.name}: attach a QEMU guest with\n  -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \\\n  -chardev socket,id=c-${i.name},path=${i.socket} -netdev vhost-user,id=n-${i.name},chardev=c-${i.name}${i.queues > 1 ? `,queues=${i.queues}` : ''} \\\n  -device virtio-net-pci,netdev=n-${i.name}${i.queues > 1 ? `,mq=on` : ''}${i.mtu !== null ? `,host_mtu=${i.mtu}` : ''}\n`,
       );
     }
   }

@@ -12,7 +12,7 @@ t.test('defaults are filled in', async (t) => {
   const c = parseConfig(two(), 2);
   t.equal(c.interfaces[0].mode, 'server');
   t.equal(c.interfaces[0].queues, 1);
-  t.equal(c.interfaces[0].mtu, 1500);
+  t.equal(c.interfaces[0].mtu, null, 'no MTU unless configured (no VIRTIO_NET_F_MTU, no limit)');
   t.same(c.forwarding, { mode: 'xconnect', pairs: [['vm1', 'vm2']] }, 'two interfaces default to a cross-connect');
   t.equal(c.workers.length, 1, 'one poller on a 2-CPU machine');
   t.same(c.workers[0].queues.sort(), ['vm1:0', 'vm2:0', 'vm2:1']);

@@ -158,7 +158,7 @@ t.test('multi-queue: two queue pairs on two pinned workers, each pair forwards t
       { cpus: [0], queues: ['a:0', 'b:0'] },
       { cpus: [1], queues: ['a:1', 'b:1'] },
     ],
-  }, { queues: 2 });
+  }, { queues: 2, steering: 'pair' });
   t.teardown(env.stop);
   const a = await SyntheticGuest.start({ socket: env.sock('a'), mac: macOf(1), queuePairs: 2 });
   const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), queuePairs: 2 });

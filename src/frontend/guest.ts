@@ -110,7 +110,7 @@ export class SyntheticGuest {
     const wantProtocol = this.opts.protocol !== false && hasBit(offered, F.VHOST_USER_F_PROTOCOL_FEATURES);
     if (wantProtocol) {
       const pf = await c.callU64(Req.GET_PROTOCOL_FEATURES);
-      const mine = bit(PF.MQ) | bit(PF.LOG_SHMFD) | bit(PF.REPLY_ACK) | bit(PF.RARP) | bit(PF.CONFIGURE_MEM_SLOTS) | bit(PF.STATUS);
+      const mine = bit(PF.MQ) | bit(PF.LOG_SHMFD) | bit(PF.REPLY_ACK) | bit(PF.RARP) | bit(PF.CONFIGURE_MEM_SLOTS) | bit(PF.STATUS) | bit(PF.NET_MTU);
       this.protocolFeatures = pf & mine;
       c.send(Req.SET_PROTOCOL_FEATURES, encodeU64(this.protocolFeatures));
       if (hasBit(this.protocolFeatures, PF.MQ)) {
@@ -148,6 +148,11 @@ export class SyntheticGuest {
   }
 
   /** REPLY_ACK when negotiated (so failures surface as errors here), a plain send otherwise. */
+  /** NET_SET_MTU, as QEMU sends it once the guest acked VIRTIO_NET_F_MTU */
+  async setMtu(mtu: number): Promise<void> {
+    await this.ack(Req.NET_SET_MTU, encodeU64(BigInt(mtu)));
+  }
+
   async ack(req: number, payload: Uint8Array = Buffer.alloc(0), fds: readonly number[] = []): Promise<void> {
     if (hasBit(this.protocolFeatures, PF.REPLY_ACK)) {
       const r = await this.client.callU64(req, payload, fds, true);

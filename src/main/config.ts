@@ -16,10 +16,20 @@ export interface InterfaceConfig {
   /** feature names removed from the default offer (e.g. to test a guest without EVENT_IDX). */
   maskFeatures: FeatureName[];
   maskProtocolFeatures: ProtocolFeatureName[];
-  mtu: number;
+  /**
+   * the port's MTU: offered to the guest (VIRTIO_NET_F_MTU; QEMU needs host_mtu=N) and
+   * enforced on frames towards it; null = not set (no VIRTIO_NET_F_MTU, no limit)
+   */
+  mtu: number | null;
   /** interrupt coalescing: notify the guest at most every `frames` packets or `usecs` µs (0 = off). */
   coalesceFrames: number;
   coalesceUsecs: number;
+  /**
+   * how packets towards this port pick one of its RX queues: "hash" (a hash of the flow, so
+   * one flow stays on one queue and many flows use them all) or "pair" (the queue pair they
+   * came from, mod the port's queues)
+   */
+  steering: 'hash' | 'pair';
   /** owner (user name or uid) of the server socket vhostfwd creates; null = as created */
   owner: string | number | null;
   /** group (name or gid) of the server socket; null = as created */
@@ -118,7 +128,9 @@ function permissions(v: unknown, path: string): number | null {
 /** One interface as the config file and the control API's add request give it. */
 export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce', 'owner', 'group', 'permissions']);
+  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce', 'steering', 'owner', 'group', 'permissions']);
+  const steering = v.steering ?? 'hash';
+  if (steering !== 'hash' && steering !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
   if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
   const mode = str(v.mode, `${path}.mode`, 'server');
   if (mode !== 'server' && mode !== 'client') throw new ConfigError(`${path}.mode`, '"server" or "client"', v.mode);
@@ -132,9 +144,10 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
     queues: int(v.queues, `${path}.queues`, 1, MAX_QUEUE_PAIRS, 1),
     maskFeatures: names<FeatureName>(v.maskFeatures, `${path}.maskFeatures`, F),
     maskProtocolFeatures: names<ProtocolFeatureName>(v.maskProtocolFeatures, `${path}.maskProtocolFeatures`, PF),
-    mtu: int(v.mtu, `${path}.mtu`, 68, 65535, 1500),
+    mtu: v.mtu === undefined ? null : int(v.mtu, `${path}.mtu`, 68, 65535),
     coalesceFrames: int(co.frames, `${path}.coalesce.frames`, 0, 4096, 0),
     coalesceUsecs: int(co.usecs, `${path}.coalesce.usecs`, 0, 1_000_000, 0),
+    steering,
     ...ownership(v, path, mode),
   };
 }
@@ -151,10 +164,12 @@ function ownership(v: Obj, path: string, mode: string): Pick<InterfaceConfig, 'o
 
 /** The config-file form of an interface (what the state file stores and `show` returns as spec). */
 export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
-  const o: Record<string, unknown> = { name: c.name, socket: c.socket, mode: c.mode, queues: c.queues, mtu: c.mtu };
+  const o: Record<string, unknown> = { name: c.name, socket: c.socket, mode: c.mode, queues: c.queues };
+  if (c.mtu !== null) o.mtu = c.mtu;
   if (c.maskFeatures.length) o.maskFeatures = c.maskFeatures;
   if (c.maskProtocolFeatures.length) o.maskProtocolFeatures = c.maskProtocolFeatures;
   if (c.coalesceFrames || c.coalesceUsecs) o.coalesce = { frames: c.coalesceFrames, usecs: c.coalesceUsecs };
+  if (c.steering !== 'hash') o.steering = c.steering;
   if (c.owner !== null) o.owner = c.owner;
   if (c.group !== null) o.group = c.group;
   if (c.permissions !== null) o.permissions = '0' + c.permissions.toString(8);

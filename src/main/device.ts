@@ -18,7 +18,7 @@ import {
   MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
 } from '../shared/constants';
 import {
-  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
+  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
   usedRingBytes,
 } from '../shared/types';
 import { Message, encodeReply, needsReply } from './codec';
@@ -50,7 +50,7 @@ export interface DeviceOptions {
   /** features removed from the default offer. */
   maskFeatures?: readonly FeatureName[];
   maskProtocolFeatures?: readonly ProtocolFeatureName[];
-  mtu?: number;
+  mtu?: number | null;
   /**
    * config `forceLog`: the workers log dirty pages whatever was negotiated. When the
    * frontend never sent SET_LOG_BASE (e.g. DPDK virtio-user), the device allocates a log
@@ -109,7 +109,8 @@ export class Device implements BackendRequests {
   protocolFeatures = 0n;
   owner = false;
   status = 0;
-  mtu: number;
+  /** the port's MTU (config mtu, then NET_SET_MTU); null = no limit */
+  mtu: number | null;
   readonly mem = new MemoryTable();
   log: (LogDesc & LogArea) | null = null;
   /** `log` was allocated here for forceLog (not sent by the frontend). */
@@ -125,10 +126,12 @@ export class Device implements BackendRequests {
 
   constructor(readonly opts: DeviceOptions, private readonly dp: Dataplane, private readonly link: DeviceLink) {
     const mask = featureMask(opts.maskFeatures ?? [], F);
-    this.offered = featureMask(DEFAULT_FEATURES, F) & ~mask;
+    // VIRTIO_NET_F_MTU only with an MTU to stand behind (QEMU passes it to the guest only
+    // with host_mtu set, and then sends NET_SET_MTU)
+    this.offered = (featureMask(DEFAULT_FEATURES, F) | (opts.mtu != null ? bit(F.VIRTIO_NET_F_MTU) : 0n)) & ~mask;
     const pmask = featureMask(opts.maskProtocolFeatures ?? [], PF);
     this.offeredProtocol = featureMask(DEFAULT_PROTOCOL_FEATURES, PF) & ~pmask;
-    this.mtu = opts.mtu ?? 1500;
+    this.mtu = opts.mtu ?? null;
     this.vrings = Array.from({ length: opts.queuePairs * 2 }, (_, i) => new Vring(i));
   }
 
@@ -343,6 +346,7 @@ export class Device implements BackendRequests {
     const ctrl = new Int32Array(v.ctrl);
     ctrl[CTRL_LAST_AVAIL] = v.lastAvailIdx;
     ctrl[CTRL_LAST_USED] = usedIdx;
+    ctrl[CTRL_MAX_FRAME] = this.maxFrame();
     const logUsed = this.usedLogGpa(a);
     return {
       device: this.id,
@@ -624,6 +628,14 @@ export class Device implements BackendRequests {
     const mtu = Number(value);
     if (mtu < 68 || mtu > 65535) throw new ProtocolError(rq.name, `MTU ${mtu} outside 68..65535`);
     this.mtu = mtu;
+    // running RX rings take the new limit at their next burst
+    for (const v of this.vrings) if ((v.index & 1) === 0) Atomics.store(new Int32Array(v.ctrl), CTRL_MAX_FRAME, this.maxFrame());
+    log.info('MTU set by the frontend', { dev: this.opts.name, mtu });
+  }
+
+  /** Largest frame towards this port: MTU + Ethernet header + one VLAN tag; 0 = no limit. */
+  private maxFrame(): number {
+    return this.mtu === null ? 0 : this.mtu + 18;
   }
 
   getMaxMemSlots(): Buffer {

@@ -166,6 +166,7 @@ export class Forwarder {
         throw e;
       }
       if (c.coalesceFrames || c.coalesceUsecs) this.pool.setCoalesce(itf.port, c.coalesceFrames, c.coalesceUsecs);
+      this.pool.setSteering(itf.port, c.steering === 'hash');
       this.pool.setPlan(this.plan(), this.macTable);
     }
     log.info('interface added', { iface: c.name, port: itf.port, socket: c.socket, mode: c.mode });
@@ -184,6 +185,7 @@ export class Forwarder {
     await itf.stop();
     this.forget(itf);
     this.pool.setCoalesce(itf.port, 0, 0);
+    this.pool.setSteering(itf.port, true);
     this.pool.setPlan(this.plan(), this.macTable);
     // after the plan: no worker sends to the port any more, so no entry points at a reused number
     this.macs.forgetPort(itf.port);
@@ -257,6 +259,7 @@ export class Forwarder {
     for (const i of this.interfaces) {
       const c = this.specs.get(i.name);
       if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
+      if (c) this.pool.setSteering(i.port, c.steering === 'hash');
     }
     for (const i of this.interfaces) {
       try {

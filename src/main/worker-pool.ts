@@ -66,6 +66,7 @@ export class WorkerPool implements Dataplane {
   private readonly waiting = new Map<number, Waiter>();
   private plan: ToWorker | null = null;
   private readonly coalesce = new Map<number, ToWorker>();
+  private readonly steering = new Map<number, ToWorker>();
   private closing = false;
   /** forced logging in force: config forceLog, unless paused with setForceLog(false) */
   private forceLogOn: boolean;
@@ -130,6 +131,7 @@ export class WorkerPool implements Dataplane {
     // Replay the state the old worker had: plan, coalescing, rings (their ctrl keeps the indices).
     if (this.plan) this.post(slot, this.plan);
     for (const c of this.coalesce.values()) this.post(slot, c);
+    for (const c of this.steering.values()) this.post(slot, c);
     for (const m of slot.rings.values()) this.post(slot, m);
   }
 
@@ -188,6 +190,13 @@ export class WorkerPool implements Dataplane {
   setPlan(plan: ForwardingPlan, macTable: SharedArrayBuffer): void {
     this.plan = { op: 'plan', plan, macTable };
     for (const s of this.slots) this.post(s, this.plan);
+  }
+
+  /** RX queue choice for packets towards `port`: by flow hash, or by the source's queue pair */
+  setSteering(port: number, hash: boolean): void {
+    const m: ToWorker = { op: 'steering', port, hash };
+    this.steering.set(port, m);
+    for (const s of this.slots) this.post(s, m);
   }
 
   setCoalesce(port: number, frames: number, usecs: number): void {

@@ -53,6 +53,12 @@ export const CTRL_LAST_AVAIL = 2;
 export const CTRL_LAST_USED = 3;
 /** used idx value at the last interrupt we sent (for EVENT_IDX). */
 export const CTRL_SIGNALLED_USED = 4;
+/**
+ * RX rings: the largest frame (Ethernet header included, virtio-net header not) the port
+ * takes: its MTU + 14 + 4 (one VLAN tag), 0 = no limit (no MTU configured). Written by the
+ * main thread at ring start and on NET_SET_MTU, read by the workers once per burst.
+ */
+export const CTRL_MAX_FRAME = 5;
 export const CTRL_INTS = 8;
 
 /** Per-queue counters: a Float64Array over `stats` (doubles so workers add without BigInt). */

@@ -25,6 +25,8 @@ export type ToWorker =
   | { op: 'inject'; port: number; frame: Uint8Array }
   | { op: 'plan'; plan: ForwardingPlan; macTable: SharedArrayBuffer }
   | { op: 'coalesce'; port: number; frames: number; usecs: number }
+  /** how packets towards `port` pick its RX queue: flow hash (true) or the source's queue pair */
+  | { op: 'steering'; port: number; hash: boolean }
   | { op: 'exit' };
 
 export type FromWorker =

@@ -8,13 +8,14 @@
  */
 import { MessagePort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { native } from '../native';
-import { LogDesc, ST_DROP_NO_DEST, ST_NOTIFY, ST_KICKS } from '../shared/types';
+import { CTRL_MAX_FRAME, LogDesc, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_NOTIFY, ST_KICKS } from '../shared/types';
 import { FromWorker, ToWorker, W_EMPTY_WAKES, W_MAILBOX, W_RUN, W_SLEEPING, W_SLEEPS, WorkerInit } from '../shared/worker-protocol';
 import { DirtyLog } from './dirty-log';
 import { GuestMemory } from './guest-memory';
 import { MacTable } from './mac-table';
 import { PacketBatch, BURST } from './packet-batch';
 import { CopyQueue } from './bulk-copy';
+import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
 import { Virtqueue } from './virtqueue';
 import { TSO } from './ordering';
 
@@ -55,6 +56,17 @@ const dstOf = new Int32Array(BURST);
 /** packets of the burst bound for the port being delivered to (bridge) */
 const pick = new Uint16Array(BURST);
 const macScratch = new Uint8Array(12);
+/** flow hash of each packet of the burst (steering "hash"), computed at most once a burst */
+const flowOf = new Uint32Array(BURST);
+let flowsReady = false;
+const flowScratch = new Uint8Array(FLOW_HASH_BYTES);
+let flowBytes = 0;
+/** spread(): the packets still to place, their queues, and the ones going to one queue */
+const order = new Uint16Array(BURST);
+const queueOf = new Uint16Array(BURST);
+const qpick = new Uint16Array(BURST);
+/** ports steering by queue pair (config steering "pair"); the others by flow hash */
+const steerPair: number[] = [];
 
 let mode: 'xconnect' | 'bridge' | 'none' = 'none';
 let peer: number[] = [];
@@ -231,6 +243,9 @@ function drainMailbox(): void {
           macs = new MacTable(m.macTable, Math.round(m.plan.agingMs / 1000));
         }
         break;
+      case 'steering':
+        steerPair[m.port] = m.hash ? 0 : 1;
+        break;
       case 'coalesce':
         coalesce[m.port] = m.frames > 0 || m.usecs > 0 ? { frames: m.frames, usecs: m.usecs } : undefined;
         break;
@@ -283,14 +298,19 @@ function rxFor(dst: number, pair: number): Ring | undefined {
   return list[pair % list.length] ?? list[0];
 }
 
-/** Enqueue packets of the burst whose dstOf is `dst` (or flood, -1) into port dst. */
+/**
+ * Enqueue packets of the burst whose dstOf is `dst` (or flood, -1) into port dst: into the
+ * RX queue its flow hashes to when the port steers by hash and has several queues, else
+ * into the queue pair the burst came from (mod the port's queues).
+ */
 function deliver(src: Ring, n: number, dst: number, floodToo: boolean): void {
-  const rx = rxFor(dst, src.pair);
+  const rings = rxRings[dst];
+  const nq = rings ? rings.length : 0;
+  const rx = nq > 0 ? (rings[src.pair % nq] ?? rings[0]) : undefined;
   if (!rx) {
     if (!floodToo) src.stats[ST_DROP_NO_DEST] += mode === 'xconnect' ? n : countFor(n, dst, false);
     return;
   }
-  const vq = rx.vq;
   // xconnect: the whole burst; bridge: the packets for dst (and the flooded ones)
   let count = n;
   let list: Uint16Array | null = null;
@@ -303,7 +323,92 @@ function deliver(src: Ring, n: number, dst: number, floodToo: boolean): void {
     if (count === 0) return;
     list = pick;
   }
+  if (nq > 1 && steerPair[dst] !== 1) {
+    spread(src, n, list, count, rings, nq);
+    return;
+  }
+  enqueueTo(rx, src, n, list, count);
+}
+
+/**
+ * Steering by hash: each packet's queue is its flow hash mod the port's queues (a queue not
+ * running takes queue 0's share), and each queue gets its packets in burst order in one
+ * enqueue. The hashes are computed once per burst, whatever the number of destinations.
+ */
+function spread(src: Ring, n: number, list: Uint16Array | null, count: number, rings: Array<Ring | undefined>, nq: number): void {
+  if (!flowsReady) {
+    for (let i = 0; i < n; i++) flowOf[i] = flowHash(flowHeader(src.mem, i), flowBytes);
+    flowsReady = true;
+  }
+  let left = 0;
+  for (let j = 0; j < count; j++) {
+    const i = list === null ? j : list[j];
+    let q = flowOf[i] % nq;
+    if (!rings[q]) q = 0;
+    queueOf[j] = q;
+    order[left++] = i;
+  }
+  // one pass per distinct queue, in the order queues first appear; order[] keeps what is left
+  while (left > 0) {
+    const q = queueOf[0];
+    let sub = 0;
+    let keep = 0;
+    for (let j = 0; j < left; j++) {
+      if (queueOf[j] === q) qpick[sub++] = order[j];
+      else {
+        order[keep] = order[j];
+        queueOf[keep++] = queueOf[j];
+      }
+    }
+    left = keep;
+    const r = rings[q];
+    if (r) enqueueTo(r, src, n, qpick, sub);
+  }
+}
+
+/** The first FLOW_HASH_BYTES of packet i (fewer if it is shorter); flowBytes says how many. */
+function flowHeader(mem: GuestMemory, i: number): Uint8Array {
+  let got = 0;
+  const first = batch.segStart[i];
+  const end = first + batch.segCount[i];
+  for (let s = first; s < end && got < FLOW_HASH_BYTES; s++) {
+    const view = mem.u8[batch.segRegion[s]];
+    const off = batch.segOffset[s];
+    const len = Math.min(batch.segLen[s], FLOW_HASH_BYTES - got);
+    for (let k = 0; k < len; k++) flowScratch[got + k] = view[off + k];
+    got += len;
+  }
+  flowBytes = got;
+  return flowScratch;
+}
+
+/** Enqueue `count` packets of the burst (all n when list is null) into RX ring rx. */
+function enqueueTo(rx: Ring, src: Ring, n: number, list: Uint16Array | null, count: number): void {
+  const vq = rx.vq;
   vq.acquire();
+  // Frames over the port's MTU (+ header and one tag) are dropped and counted on its RX ring,
+  // under the ring's lock like its other counters. One compare per packet, only with an MTU.
+  const max = vq.ctrl[CTRL_MAX_FRAME];
+  if (max > 0) {
+    let kept = 0;
+    const len = batch.pktLen;
+    if (list === null) {
+      for (let i = 0; i < n; i++) if (len[i] <= max) pick[kept++] = i;
+      if (kept < n) {
+        rx.stats[ST_DROP_TOO_BIG] += n - kept;
+        list = pick;
+        count = kept;
+      }
+    } else {
+      for (let j = 0; j < count; j++) if (len[list[j]] <= max) list[kept++] = list[j];
+      rx.stats[ST_DROP_TOO_BIG] += count - kept;
+      count = kept;
+    }
+    if (count === 0) {
+      vq.release();
+      return;
+    }
+  }
   let notify = false;
   try {
     vq.enqueueBurst(src.mem, batch, list, count);
@@ -340,6 +445,7 @@ function headerOf(mem: GuestMemory, i: number): Uint8Array | null {
 }
 
 function forward(src: Ring, n: number): void {
+  flowsReady = false;
   if (mode === 'xconnect') {
     // the whole burst goes to one port: dstOf is not filled in (TypedArray.fill is a runtime
     // call, ~22 ns a burst); deliver() counts an xconnect burst it cannot place as n drops

@@ -118,7 +118,8 @@ t.test(`testpmd loops packets through vhostfwd for ${LOOP_SECONDS} s: no errors,
 });
 
 t.test('multi-queue: testpmd with 2 queue pairs per port loops packets through vhostfwd on both pairs', async (t) => {
-  const env = await startForwarder(['a', 'b'], {}, { queues: 2 });
+  // steering by queue pair: testpmd's txonly stream is one flow (a hash would keep it on one queue)
+  const env = await startForwarder(['a', 'b'], {}, { queues: 2, steering: 'pair' });
   const fe = new Testpmd({ role: 'frontend', sockets: [env.sock('a'), env.sock('b')], queues: 2, lcores: [1, 0], prefix: `vhostfwd-femq-${process.pid}`, txpkts: 64 });
   t.teardown(async () => {
     await fe.kill();

@@ -143,6 +143,8 @@ export interface GuestOptions {
   monitor?: string;
   incoming?: string;
   memMb?: number;
+  /** host_mtu=N on the virtio-net device (VIRTIO_NET_F_MTU, if the backend offers it) */
+  hostMtu?: number;
 }
 
 export class QemuGuest {
@@ -167,7 +169,7 @@ export class QemuGuest {
       '-kernel', img.kernel, '-initrd', img.initrd, '-append', append,
       '-chardev', chardev,
       '-netdev', `vhost-user,id=n0,chardev=c0${q > 1 ? `,queues=${q}` : ''}`,
-      '-device', `virtio-net-pci,netdev=n0,mac=${o.mac},vectors=0${q > 1 ? ',mq=on' : ''}`,
+      '-device', `virtio-net-pci,netdev=n0,mac=${o.mac},vectors=0${q > 1 ? ',mq=on' : ''}${o.hostMtu ? `,host_mtu=${o.hostMtu}` : ''}`,
       ...(o.monitor ? ['-monitor', `unix:${o.monitor},server=on,wait=off`] : []),
       ...(o.incoming ? ['-incoming', `unix:${o.incoming}`] : []),
     ];
