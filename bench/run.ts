@@ -172,7 +172,8 @@ class VhostfwdProc {
     const names = sockets.map((_, i) => `vm${i + 1}`);
     const cfg = {
       // steering by queue pair: testpmd's txonly stream is one flow, which a hash would put on one queue
-      interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, steering: 'pair' })),
+      // (only with several queues, so that builds from before steering existed run the 1-queue rows in --ab-cli)
+      interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, ...(queues > 1 ? { steering: 'pair' } : {}) })),
       forwarding: { mode: 'xconnect', pairs: [[names[0], names[1]]] },
       // every queue pair of both interfaces on one worker, pinned to the backend core
       workers: [{ cpus: [BACKEND_CPU], queues: Array.from({ length: queues }, (_, q) => names.map((n) => `${n}:${q}`)).flat() }],
