@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "args.h"
 #include "functions.h"
@@ -28,8 +29,11 @@ namespace vhostfwd {
 
 namespace {
 
-// waitAny keeps its pollfd array on the stack; a worker never watches more than this.
-constexpr uint32_t kMaxWaitFds = 64;
+// waitAny's pollfd array: on the stack up to this many fds (a worker with a few rings), in
+// a per-thread vector that grows once beyond it (128 queue pairs of several interfaces).
+constexpr uint32_t kStackWaitFds = 64;
+// poll(2) itself takes up to RLIMIT_NOFILE; a count past this is a caller's bug.
+constexpr uint64_t kMaxWaitFds = 65536;
 
 // POLL_* bits of src/native.ts.
 constexpr int kPollReadable = 1;
@@ -187,11 +191,17 @@ Napi::Value WaitAny(const Napi::CallbackInfo& info) {
                        Napi::Value());
   uint64_t count = ArgU64(info, 1, "count", "poll");
   if (count > length || count > kMaxWaitFds) {
-    ThrowErrno(env, "poll", EINVAL, "count " + std::to_string(count) + " exceeds the array or 64");
+    ThrowErrno(env, "poll", EINVAL, "count " + std::to_string(count) + " exceeds the array or " + std::to_string(kMaxWaitFds));
   }
   int timeout = ArgTimeout(info, 2);
 
-  pollfd pfds[kMaxWaitFds];
+  pollfd stack_pfds[kStackWaitFds];
+  thread_local std::vector<pollfd> heap_pfds;
+  pollfd* pfds = stack_pfds;
+  if (count > kStackWaitFds) {
+    if (heap_pfds.size() < count) heap_pfds.resize(count);
+    pfds = heap_pfds.data();
+  }
   const int32_t* src = static_cast<const int32_t*>(data);
   for (uint64_t i = 0; i < count; i++) {
     // poll(2) ignores negative fds, which is exactly the "slot unused" convention.

@@ -70,6 +70,9 @@ export function render(command: string, body: unknown): string {
       head.push(`${'protocol features:'.padEnd(20)}${((b.protocolFeatures as string[]) ?? []).join(' ') || '-'}`);
       const resets = (b.resets as string[]) ?? [];
       if (resets.length) head.push(`${'last reset:'.padEnd(20)}${resets[resets.length - 1]}`);
+      const memory = (b.memory as Array<{ gpa: number; size: number }>) ?? [];
+      const mib = memory.reduce((n, r) => n + r.size, 0) / 2 ** 20;
+      head.push(`${'memory:'.padEnd(20)}${memory.length ? `${memory.length} slot${memory.length > 1 ? 's' : ''}, ${mib} MiB: ${memory.slice(0, 8).map((r) => `0x${r.gpa.toString(16)}+0x${r.size.toString(16)}`).join(' ')}${memory.length > 8 ? ` ... (${memory.length - 8} more)` : ''}` : '-'}`);
       const rings = (b.rings as Row[]) ?? [];
       return head.join('\n') + '\n' + (rings.length ? '\n' + table(rings, ['index', 'queue', 'dir', 'enabled', 'started', 'size', 'lastAvailIdx', 'usedIdx', 'kick', 'call', 'worker', 'cpus', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'errors']) : '');
     }

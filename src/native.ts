@@ -142,12 +142,13 @@ export interface Native {
    */
   waitReadable(fd: number, timeoutMs: number): boolean;
   /**
-   * Block the calling thread in poll(2) on the first `count` fds of `fds` (at most 64;
+   * Block the calling thread in poll(2) on the first `count` fds of `fds` (up to 64 on the stack,
+   * more in a per-thread array that grows once;
    * negative entries are ignored) until one is readable or timeoutMs passes (negative:
    * forever). Returns the index of the first readable fd, or -1 on timeout or when a
    * signal interrupted the wait. An fd with an error/hangup also counts as ready. Throws
-   * EINVAL when count exceeds fds.length or 64, EBADF when an entry is not an open fd.
-   * Allocates nothing per call: how a worker sleeps on many kick eventfds plus its wake eventfd.
+   * EINVAL when count exceeds fds.length or 65536, EBADF when an entry is not an open fd.
+   * Allocates nothing per call at a steady count: how a worker sleeps on many kick eventfds plus its wake eventfd.
    */
   waitAny(fds: Int32Array, count: number, timeoutMs: number): number;
 

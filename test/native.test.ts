@@ -399,7 +399,16 @@ t.test('eventfd, waitReadable, waitAny', async (t) => {
   t.equal(native.waitAny(set, 4, 0), -1, 'fds past count are not watched');
   native.eventfdRead(e);
   expectCode(t, () => native.waitAny(set, 6, 0), 'EINVAL', 'poll', 'count past the array');
-  expectCode(t, () => native.waitAny(new Int32Array(65).fill(-1), 65, 0), 'EINVAL', 'poll', 'more than 64');
+  expectCode(t, () => native.waitAny(new Int32Array(65537).fill(-1), 65537, 0), 'EINVAL', 'poll', 'more than 65536');
+  // past the 64 kept on the stack (a worker with 128 queue pairs watches 129 fds and more)
+  const many = Array.from({ length: 300 }, () => native.eventfdCreate(0));
+  const big = Int32Array.from(many);
+  t.equal(native.waitAny(big, 300, 0), -1, '300 fds: none readable');
+  native.eventfdWrite(many[299], 1);
+  t.equal(native.waitAny(big, 300, 1000), 299, '300 fds: the last one readable is found');
+  native.eventfdWrite(many[64], 1);
+  t.equal(native.waitAny(big, 300, 1000), 64, '300 fds: the first readable past the stack array');
+  for (const f of many) native.close(f);
 
   // The real use: a worker sleeps in waitAny on kick + wake fds; the main thread wakes it.
   const sab = new SharedArrayBuffer(8);

@@ -31,6 +31,11 @@ export interface DriverRingOptions {
   /** canary bytes after every buffer (default 16) */
   guard?: number;
   /**
+   * alloc() never lets a buffer (with its guard) cross a multiple of this many bytes: guest
+   * memory passed as many memory slots, where a buffer may not span two regions.
+   */
+  boundary?: number;
+  /**
    * VIRTIO_F_IN_ORDER negotiated, TX side: the device may return a batch with one used entry
    * (its last chain's id), so collectUsed() takes the chains in posting order and reads only
    * the entry at used->idx - 1, which must name the last of them (lengths are 0 on TX).
@@ -109,6 +114,7 @@ export class DriverRing {
   private a16: Uint16Array;
   private u16: Uint16Array;
   private readonly bufEnd: number;
+  private readonly boundary: number;
   private bump: number;
   /** freed buffers by allocation size, reused first (steady-state benchmarks) */
   private readonly freeBufs = new Map<number, number[]>();
@@ -130,6 +136,7 @@ export class DriverRing {
     this.guard = o.guard ?? 16;
     this.inOrder = o.inOrder ?? false;
     this.bufEnd = o.bufEnd;
+    this.boundary = o.boundary ?? 0;
     this.bump = o.bufBase;
     this.dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
     this.a16 = new Uint16Array(mem.buffer, mem.byteOffset + this.at(o.availGpa), 3 + o.size);
@@ -173,7 +180,9 @@ export class DriverRing {
       this.live.set(g, key);
       return g;
     }
-    const gpa = Math.ceil(this.bump / align) * align;
+    let gpa = Math.ceil(this.bump / align) * align;
+    const b = this.boundary;
+    if (b > 0 && Math.floor(gpa / b) !== Math.floor((gpa + total - 1) / b)) gpa = Math.ceil(gpa / b) * b;
     if (gpa + total > this.bufEnd) throw new Error(`driver ring arena exhausted (${len} bytes)`);
     this.bump = gpa + total;
     this.mem.fill(CANARY, this.at(gpa + len), this.at(gpa + total));

@@ -27,6 +27,12 @@ export interface GuestOptions {
   protocol?: boolean;
   /** pass memory with ADD_MEM_REG instead of SET_MEM_TABLE (CONFIGURE_MEM_SLOTS) */
   memSlots?: boolean;
+  /**
+   * with memSlots: pass the memory as memSize / slotSize regions of slotSize bytes each (one
+   * ADD_MEM_REG per slot, all over the one memfd), as a guest with hot-plugged DIMMs or
+   * virtio-mem has many; rings and buffers are laid out so none spans two slots
+   */
+  slotSize?: number;
   rxBufLen?: number;
   /** RX chains kept posted per ring (default queueSize) */
   rxPosted?: number;
@@ -98,7 +104,15 @@ export class SyntheticGuest {
     return { desc: base, avail: base + 16 * n, used: base + 16 * n + ((6 + 2 * n + 4095) & ~4095) };
   }
 
-  private arena(i: number): { bufBase: number; bufEnd: number } {
+  /** The memory regions this guest passes with ADD_MEM_REG: one, or one per slotSize bytes. */
+  slots(): Array<{ gpa: number; size: number; uva: number; mmapOffset: number }> {
+    const size = this.opts.slotSize ?? this.memSize;
+    if (size % 4096 !== 0 || this.memSize % size !== 0) throw new Error(`slotSize ${size} must be whole pages dividing memSize ${this.memSize}`);
+    return Array.from({ length: this.memSize / size }, (_, k) => ({ gpa: k * size, size, uva: UVA_BASE + k * size, mmapOffset: k * size }));
+  }
+
+  /** Ring i's buffer arena [bufBase, bufEnd) in guest physical addresses. */
+  arena(i: number): { bufBase: number; bufEnd: number } {
     const start = RING_AREA + 2 * this.queuePairs * RING_STRIDE;
     const per = Math.floor((this.memSize - start) / (2 * this.queuePairs) / 4096) * 4096;
     return { bufBase: start + i * per, bufEnd: start + (i + 1) * per };
@@ -124,7 +138,7 @@ export class SyntheticGuest {
     this.features = offered & want;
     await this.ack(Req.SET_FEATURES, encodeU64(this.features));
     const region = { gpa: 0, size: this.memSize, uva: UVA_BASE, mmapOffset: 0 };
-    if (this.opts.memSlots) await this.ack(Req.ADD_MEM_REG, encodeSingleRegion(region), [this.memFd]);
+    if (this.opts.memSlots) for (const r of this.slots()) await this.ack(Req.ADD_MEM_REG, encodeSingleRegion(r), [this.memFd]);
     else await this.ack(Req.SET_MEM_TABLE, encodeMemoryTable([region]), [this.memFd]);
     const hdrLen = hasBit(this.features, F.VIRTIO_NET_F_MRG_RXBUF) || hasBit(this.features, F.VIRTIO_F_VERSION_1) ? 12 : 10;
     for (let i = 0; i < 2 * this.queuePairs; i++) {
@@ -136,7 +150,7 @@ export class SyntheticGuest {
       } else {
         ring = new DriverRing(this.mem, {
           size: this.queueSize, descGpa: g.desc, availGpa: g.avail, usedGpa: g.used, ...this.arena(i),
-          hdrLen, mrgRxbuf: hasBit(this.features, F.VIRTIO_NET_F_MRG_RXBUF),
+          hdrLen, mrgRxbuf: hasBit(this.features, F.VIRTIO_NET_F_MRG_RXBUF), boundary: this.opts.slotSize,
         });
         if ((i & 1) === 0) ring.postRx(this.opts.rxPosted ?? this.queueSize, this.rxBufLen);
       }

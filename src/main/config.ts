@@ -1,6 +1,6 @@
 /**
  * The forwarder's configuration (JSON) and its validation. Every error names the path of
- * the bad key and what was expected, e.g. `interfaces[1].queues: expected an integer 1..8, got 0`.
+ * the bad key and what was expected, e.g. `interfaces[1].queues: expected an integer 1..128, got 0`.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -105,7 +105,8 @@ function names<T extends string>(v: unknown, path: string, table: Readonly<Recor
   });
 }
 
-export const MAX_QUEUE_PAIRS = 8;
+/** queue pairs per interface: 128, as DPDK's vhost library (VHOST_MAX_QUEUE_PAIRS) and VPP allow */
+export const MAX_QUEUE_PAIRS = 128;
 
 /** Interface names: they appear in URLs of the control API, metrics labels and log lines. */
 const NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;

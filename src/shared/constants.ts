@@ -63,9 +63,14 @@ export const HEADER_SIZE = 12;
 /** Largest payload we accept (the memory table is 8 + 8*32 = 264; config space is 256 + 12). */
 export const MAX_PAYLOAD = 4096;
 export const MAX_FDS = 8;
-/** Regions in SET_MEM_TABLE (VHOST_MEMORY_BASELINE_NREGIONS) and slots with CONFIGURE_MEM_SLOTS. */
+/** Regions in one SET_MEM_TABLE (VHOST_MEMORY_BASELINE_NREGIONS: the wire struct holds 8). */
 export const MAX_REGIONS = 8;
-export const MAX_MEM_SLOTS = 8;
+/**
+ * Slots with CONFIGURE_MEM_SLOTS (GET_MAX_MEM_SLOTS, ADD_MEM_REG): 509, as libvhost-user
+ * (VHOST_USER_MAX_RAM_SLOTS) and rust-vmm offer, so memory hot-plug and virtio-mem find
+ * free slots; KVM's own limit is 509 user slots on x86 once its private slots are counted.
+ */
+export const MAX_MEM_SLOTS = 509;
 
 /** SET_VRING_KICK/CALL/ERR payload: bits 0-7 index, bit 8 = no fd (polling / no notification). */
 export const VRING_IDX_MASK = 0xff;

@@ -80,6 +80,13 @@ export class GuestMemory {
   readonly pageBase: Float64Array;
   readonly pageOff: Int32Array;
   private last = 0;
+  /**
+   * Region indices ordered by guest address, and their starts in that order: a miss of the
+   * last hit is a binary search, so a guest with hundreds of slots (memory hot-plug,
+   * virtio-mem: up to MAX_MEM_SLOTS) costs log2(n) compares per miss, not n.
+   */
+  private readonly byGpa: Int32Array;
+  private readonly sortedStart: Float64Array;
 
   constructor(regions: readonly RegionDesc[]) {
     this.regions = regions;
@@ -89,6 +96,8 @@ export class GuestMemory {
     this.gpaEnd = Float64Array.from(regions, (r) => r.gpa + r.size);
     this.pageBase = Float64Array.from(regions, (r) => Math.floor(r.gpa / LOG_PAGE));
     this.pageOff = Int32Array.from(regions, (r) => r.gpa % LOG_PAGE);
+    this.byGpa = Int32Array.from(regions.keys()).sort((a, b) => regions[a].gpa - regions[b].gpa);
+    this.sortedStart = Float64Array.from(this.byGpa, (i) => regions[i].gpa);
   }
 
   /**
@@ -104,14 +113,22 @@ export class GuestMemory {
       return r;
     }
     if (len < 0) return -1;
-    for (r = 0; r < this.gpaStart.length; r++) {
-      if (gpa >= this.gpaStart[r] && end <= this.gpaEnd[r]) {
-        this.last = r;
-        this.off = gpa - this.gpaStart[r];
-        return r;
-      }
+    // the last region starting at or below gpa is the only one that can hold it (regions
+    // never overlap: MemoryTable refuses that)
+    const starts = this.sortedStart;
+    let lo = 0;
+    let hi = starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (starts[mid] <= gpa) lo = mid + 1;
+      else hi = mid;
     }
-    return -1;
+    if (lo === 0) return -1;
+    r = this.byGpa[lo - 1];
+    if (end > this.gpaEnd[r]) return -1;
+    this.last = r;
+    this.off = gpa - this.gpaStart[r];
+    return r;
   }
 
   /**

@@ -25,8 +25,8 @@ export class PacketBatch {
 
   /** segments used */
   nSegs = 0;
-  /** region index in the source GuestMemory */
-  readonly segRegion: Uint8Array;
+  /** region index in the source GuestMemory (up to MAX_MEM_SLOTS = 509: 16 bits) */
+  readonly segRegion: Uint16Array;
   /** offset inside that region (double: regions may exceed 4 GiB) */
   readonly segOffset: Float64Array;
   readonly segLen: Uint32Array;
@@ -45,7 +45,7 @@ export class PacketBatch {
     this.pktLen = new Uint32Array(capacity);
     this.segStart = new Uint32Array(capacity);
     this.segCount = new Uint32Array(capacity);
-    this.segRegion = new Uint8Array(segCapacity);
+    this.segRegion = new Uint16Array(segCapacity);
     this.segOffset = new Float64Array(segCapacity);
     this.segLen = new Uint32Array(segCapacity);
     this.usedHead = new Uint16Array(capacity);

@@ -76,8 +76,9 @@ const coalesce: Array<{ frames: number; usecs: number } | undefined> = [];
 let seenMailbox = 0;
 let running = true;
 
-// Wait set for sleeping: the wake eventfd first, then every TX ring's kick fd.
-const waitFds = new Int32Array(64);
+// Wait set for sleeping: the wake eventfd first, then every TX ring's kick fd (grown when
+// rings are attached, never on the data path).
+let waitFds = new Int32Array(64);
 let waitCount = 0;
 let anyPolledRing = false;
 
@@ -86,12 +87,13 @@ function send(m: FromWorker): void {
 }
 
 function rebuildWaitSet(): void {
-  waitFds[0] = init.wakeFd;
   waitCount = 1;
   anyPolledRing = false;
+  if (waitFds.length < 1 + txRings.length) waitFds = new Int32Array(2 * (1 + txRings.length));
+  waitFds[0] = init.wakeFd;
   for (const r of txRings) {
     if (r.kickFd < 0) anyPolledRing = true;
-    else if (waitCount < waitFds.length) waitFds[waitCount++] = r.kickFd;
+    else waitFds[waitCount++] = r.kickFd;
   }
 }
 

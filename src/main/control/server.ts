@@ -63,7 +63,7 @@ function summary(i: Interface): Record<string, unknown> {
   return { name: i.name, port: i.port, socket: i.opts.socket, mode: i.opts.mode, queues: i.opts.queuePairs, connected: i.device !== null };
 }
 
-/** `show`: connection, negotiated features by name, every ring with its counters. */
+/** `show`: connection, negotiated features by name, every ring with its counters, the memory slots. */
 function describe(fwd: Forwarder, i: Interface): Record<string, unknown> {
   const d = i.device;
   const spec = fwd.spec(i.name);
@@ -85,6 +85,7 @@ function describe(fwd: Forwarder, i: Interface): Record<string, unknown> {
     features: d ? names(d.features, F) : [],
     protocolFeatures: d ? names(d.protocolFeatures, PF) : [],
     rings,
+    memory: d ? d.mem.list().map((r) => ({ gpa: r.gpa, size: r.size, refs: r.refs })) : [],
     resets: [...i.resets],
     spec: spec ? interfaceToRaw(spec) : {},
   };
