@@ -22,7 +22,7 @@ const ETHTOOL = '/usr/sbin/ethtool';
 const MAC_A = '52:54:00:00:00:01';
 const MAC_B = '52:54:00:00:00:02';
 
-async function until(cond: () => boolean, timeoutMs: number, what: string): Promise<boolean> {
+async function until(cond: () => boolean, timeoutMs: number): Promise<boolean> {
   const end = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > end) return false;
@@ -58,7 +58,7 @@ t.test('QEMU guests with 128 queue pairs: all 256 rings negotiated, enabled from
     const r = await g.sh(`${ETHTOOL} -L eth0 combined ${QP}`, 60000);
     t.equal(r.rc, 0, `${g.o.name}: ethtool -L eth0 combined 128`);
   }
-  const started = await until(() => env.fwd.interfaces.every((i) => i.device?.vrings.filter((v) => v.enabled && v.started).length === 2 * QP), 60000, 'all rings started');
+  const started = await until(() => env.fwd.interfaces.every((i) => i.device?.vrings.filter((v) => v.enabled && v.started).length === 2 * QP), 60000);
   t.ok(started, `all 256 rings of both devices enabled and started (${env.fwd.interfaces.map((i) => i.device?.vrings.filter((v) => v.started).length).join(', ')})`);
   const regions = da?.mem.list() ?? [];
   t.ok(regions.length > 0 && regions.every((r) => r.refs === QP), `each memory region added once per queue pair and mapped once (refs ${regions.map((r) => r.refs).join(', ')})`);
@@ -98,7 +98,7 @@ t.test('QEMU memory hot-plug while pinging: buffers in a new DIMM forwarded, a D
   const total0 = memTotal((await a.sh('grep MemTotal /proc/meminfo')).out);
   await a.monitor(`object_add memory-backend-file,id=hp1,size=128M,mem-path=${dimm1},share=on`);
   await a.monitor('device_add pc-dimm,id=dimm1,memdev=hp1');
-  const added = await until(() => gpas().length === before.length + 1, 30000, 'the DIMM region');
+  const added = await until(() => gpas().length === before.length + 1, 30000);
   const newGpa = gpas().find((g) => !before.includes(g)) ?? -1;
   const newRegion = dev()?.mem.list().find((r) => r.gpa === newGpa);
   t.ok(added && newRegion?.size === 128 << 20, `ADD_MEM_REG: a region of 128 MiB at 0x${newGpa.toString(16)} joined A's table`);
@@ -125,12 +125,12 @@ t.test('QEMU memory hot-plug while pinging: buffers in a new DIMM forwarded, a D
   // DIMM 2: memfd, onlined movable, then unplugged
   await a.monitor('object_add memory-backend-memfd,id=hp2,size=128M,share=on');
   await a.monitor('device_add pc-dimm,id=dimm2,memdev=hp2');
-  const added2 = await until(() => gpas().length === before.length + 2, 30000, 'the second DIMM region');
+  const added2 = await until(() => gpas().length === before.length + 2, 30000);
   t.ok(added2, `ADD_MEM_REG: DIMM 2 joined (${gpas().length} regions)`);
   const dimm2Gpa = gpas().find((g) => !before.includes(g) && g !== newGpa) ?? -1;
   t.equal((await a.sh('onl online_movable')).rc, 0, 'the guest onlined DIMM 2 movable');
   await a.monitor('device_del dimm2');
-  const removed = await until(() => !gpas().includes(dimm2Gpa), 60000, 'DIMM 2 leaving the table');
+  const removed = await until(() => !gpas().includes(dimm2Gpa), 60000);
   t.ok(removed, `device_del: REM_MEM_REG took DIMM 2 (0x${dimm2Gpa.toString(16)}) out of A's table (${gpas().length} regions)`);
   t.ok(gpas().includes(newGpa), 'DIMM 1 stays');
 
