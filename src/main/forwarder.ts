@@ -3,7 +3,7 @@
  * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
  */
 import os from 'node:os';
-import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
+import { ST_BYTES, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_GSO_PASSED, ST_GSO_SEGMENTED, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
 import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
@@ -23,6 +23,14 @@ export interface QueueStats {
   dropNoBuffer: number;
   dropNoDest: number;
   dropTooBig: number;
+  /** tx: frames whose virtio-net header failed validation (src/workers/offload.ts) */
+  dropBadOffload: number;
+  /** rx: TSO/UFO frames handed over whole with their header */
+  gsoPassed: number;
+  /** rx: TSO/UFO frames segmented by the worker for a guest without GUEST_TSO4/6 or GUEST_UFO */
+  gsoSegmented: number;
+  /** rx: partial checksums (NEEDS_CSUM) completed by the worker */
+  csumSoftware: number;
   errors: number;
   notifications: number;
   kicks: number;
@@ -116,7 +124,7 @@ export class Forwarder {
     if (port < 0) port = this.ports.length;
     const itf = new Interface(
       {
-        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu, forceLog: this.config.forceLog,
+        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, mtu: c.mtu, forceLog: this.config.forceLog,
         ownership: { owner: c.owner, group: c.group, permissions: c.permissions },
       },
       port,
@@ -305,6 +313,10 @@ export class Forwarder {
           dropNoBuffer: s[ST_DROP_NO_BUF],
           dropNoDest: s[ST_DROP_NO_DEST],
           dropTooBig: s[ST_DROP_TOO_BIG],
+          dropBadOffload: s[ST_DROP_BAD_OFFLOAD],
+          gsoPassed: s[ST_GSO_PASSED],
+          gsoSegmented: s[ST_GSO_SEGMENTED],
+          csumSoftware: s[ST_CSUM_SW],
           errors: s[ST_ERRORS],
           notifications: s[ST_NOTIFY],
           kicks: s[ST_KICKS],

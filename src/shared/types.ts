@@ -44,6 +44,11 @@ export interface QueueFeatures {
   inOrder: boolean;
   /** VHOST_F_LOG_ALL negotiated: log every guest write while a log is set. */
   logAll: boolean;
+  /**
+   * The negotiated feature bits 0..31 (the virtio-net device bits: CSUM, GUEST_*, HOST_*),
+   * for the offload paths (src/workers/offload.ts): one number, tested with a mask.
+   */
+  netBits: number;
 }
 
 /** Per-vring shared state: an Int32Array over `ctrl` (see CTRL_*; slot 0 is unused). */
@@ -73,6 +78,14 @@ export const ST_KICKS = 7;
 export const ST_DIRTY_PAGES = 8;
 /** non-empty bursts: dequeueBurst calls that took packets (tx), enqueueBurst calls that delivered (rx); packets / bursts = mean burst size */
 export const ST_BURSTS = 9;
+/** TX: frames dropped for a virtio-net header that does not hold up (src/workers/offload.ts) */
+export const ST_DROP_BAD_OFFLOAD = 10;
+/** RX: TSO/UFO frames handed over with their header (the guest took GUEST_TSO4/6 or GUEST_UFO) */
+export const ST_GSO_PASSED = 11;
+/** RX: TSO/UFO frames cut into segments by the worker (the guest did not take them) */
+export const ST_GSO_SEGMENTED = 12;
+/** RX: partial checksums (NEEDS_CSUM) completed by the worker */
+export const ST_CSUM_SW = 13;
 export const STATS_SLOTS = 16;
 
 /** A vring handed to a worker. */
