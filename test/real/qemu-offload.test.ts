@@ -98,8 +98,10 @@ t.test('offloads with QEMU guests: TSO and checksum offload on, TCP through pass
   const wantD = (await d.sh('sha256sum /tmp/f')).out.trim().split(/\s+/)[0];
   t.match(want, /^[0-9a-f]{64}$/);
   const send = async (from: QemuGuest, to: QemuGuest, ip: string, port: number, label: string, sha: string) => {
-    // stdin from /dev/null: the shell's stdin is the console, which the listener must not eat
-    await to.sh(`rm -f /tmp/r; ( nc -l -p ${port} < /dev/null > /tmp/r 2>/dev/null & ); sleep 1`);
+    // stdin from a pipe that stays open and silent: the console (the shell's stdin) must not
+    // be eaten, and busybox nc closes the connection when its stdin ends (/dev/null truncated
+    // the file); it exits at the sender's EOF
+    await to.sh(`rm -f /tmp/r; ( sleep 600 | nc -l -p ${port} > /tmp/r 2>/dev/null & ); sleep 1`);
     const s = await from.sh(`nc -w 10 ${ip} ${port} < /tmp/f`, 60000);
     t.equal(s.rc, 0, `${label}: sent`);
     // the listener finishes writing once it saw EOF: poll its size, bounded
