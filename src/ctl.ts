@@ -74,7 +74,7 @@ export function render(command: string, body: unknown): string {
       const mib = memory.reduce((n, r) => n + r.size, 0) / 2 ** 20;
       head.push(`${'memory:'.padEnd(20)}${memory.length ? `${memory.length} slot${memory.length > 1 ? 's' : ''}, ${mib} MiB: ${memory.slice(0, 8).map((r) => `0x${r.gpa.toString(16)}+0x${r.size.toString(16)}`).join(' ')}${memory.length > 8 ? ` ... (${memory.length - 8} more)` : ''}` : '-'}`);
       const rings = (b.rings as Row[]) ?? [];
-      return head.join('\n') + '\n' + (rings.length ? '\n' + table(rings, ['index', 'queue', 'dir', 'enabled', 'started', 'size', 'lastAvailIdx', 'usedIdx', 'kick', 'call', 'worker', 'cpus', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'errors']) : '');
+      return head.join('\n') + '\n' + (rings.length ? '\n' + table(rings, ['index', 'queue', 'dir', 'enabled', 'started', 'size', 'lastAvailIdx', 'usedIdx', 'kick', 'call', 'worker', 'cpus', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropVlan', 'errors']) : '');
     }
     case 'rm':
       return `removed ${String(b.removed)}\n`;
@@ -85,7 +85,7 @@ export function render(command: string, body: unknown): string {
     case 'move':
       return `worker ${String(b.worker)}\n`;
     case 'stats':
-      return table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'errors', 'notifications', 'kicks']);
+      return table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'dropVlan', 'errors', 'notifications', 'kicks']);
     case 'version':
       return `vhostfwd ${String(b.version)} (control API v${String(b.api)})\n`;
     default:

@@ -1,0 +1,140 @@
+/**
+ * The bridge's 802.1Q rules: which VLAN a frame entering a port belongs to (ingress
+ * classification), which ports are members of a VLAN, and what happens to the tag on the
+ * way out (the edit the copy applies: nothing, pop, push, or both for a priority tag).
+ *
+ * VLAN 0 is not a VLAN here: it is the domain of the ports without a `vlan` setting, which
+ * bridge among themselves as before (frames untouched, tags inside them not looked at) and
+ * never with a VLAN port. A VLAN port never classifies a frame into 0 (VIDs are 1..4094).
+ *
+ * Per port: a kind (none, access, trunk), its PVID (the VLAN of untagged and priority-tagged
+ * frames: the access tag or the trunk's native VLAN; 0 = such frames are dropped), and a
+ * 4096-entry membership row: NOT_MEMBER, UNTAGGED (egress pops / does not push) or TAGGED.
+ * Set from the main thread ('vlan' message) between bursts; read per packet only for
+ * frames from VLAN ports.
+ */
+import { PortVlan } from '../shared/worker-protocol';
+
+/** 802.1Q customer VLAN tag protocol identifier (C-TAG) */
+export const TPID_8021Q = 0x8100;
+/** 802.1ad service VLAN tag (S-TAG, QinQ outer): classified like a C-TAG, by its VID */
+export const TPID_8021AD = 0x88a8;
+/** VIDs 1..4094; 0 = priority tag (no VLAN), 4095 reserved (802.1Q table 9-2) */
+export const VID_MAX = 4094;
+
+/** Per-packet egress edits applied while copying (virtqueue.ts): 0 = copy the frame as is. */
+/** drop the 4 tag bytes at offset 12 of the source frame */
+export const EDIT_POP = 0x10000;
+/** write an 802.1Q tag (TPID 0x8100, TCI = edit & 0xffff) after the 12 MAC bytes */
+export const EDIT_PUSH = 0x20000;
+/** bytes the edit adds to the frame (-4, 0 or 4) */
+export const editDelta = (e: number): number => ((e & EDIT_PUSH) !== 0 ? 4 : 0) - ((e & EDIT_POP) !== 0 ? 4 : 0);
+
+export const KIND_NONE = 0;
+export const KIND_ACCESS = 1;
+export const KIND_TRUNK = 2;
+
+const NOT_MEMBER = 0;
+const UNTAGGED = 1;
+const TAGGED = 2;
+
+/** classify(): the frame is dropped (counted as drop_vlan). VIDs are > 0. */
+export const VLAN_DROP = -1;
+
+
+export class VlanPorts {
+  /** KIND_* per port (grown by set(), never on the data path) */
+  kind = new Uint8Array(64);
+  /** the VLAN of untagged / priority-tagged frames entering the port (0: dropped) */
+  private pvid = new Uint16Array(64);
+  /** membership rows, 4096 bytes per port; every port below the highest set() has one */
+  private readonly member: Uint8Array[] = [];
+  /** the source frame's tag of the packet classify() looked at last: -1 untagged, else its TCI */
+  srcTci = -1;
+
+  /** Room for ports 0..n-1 (kind[p] readable without a bounds test: the plan's port count). */
+  ensure(n: number): void {
+    if (n <= this.kind.length) return;
+    const len = Math.max(2 * this.kind.length, n);
+    const k = new Uint8Array(len);
+    const pv = new Uint16Array(len);
+    k.set(this.kind);
+    pv.set(this.pvid);
+    this.kind = k;
+    this.pvid = pv;
+  }
+
+  /** Set (or clear, v = null) port p's VLANs. Not on the data path: allocates a row once per port. */
+  set(p: number, v: PortVlan): void {
+    this.ensure(p + 1);
+    while (this.member.length <= p) this.member.push(new Uint8Array(4096));
+    const row = this.member[p];
+    row.fill(NOT_MEMBER);
+    if (v === null) {
+      this.kind[p] = KIND_NONE;
+      this.pvid[p] = 0;
+      return;
+    }
+    if (v.mode === 'access') {
+      this.kind[p] = KIND_ACCESS;
+      this.pvid[p] = v.tag;
+      row[v.tag] = UNTAGGED;
+      return;
+    }
+    this.kind[p] = KIND_TRUNK;
+    for (const id of v.allowed) row[id] = TAGGED;
+    // the native VLAN leaves untagged; tagged frames of it are accepted too (native-untagged)
+    this.pvid[p] = v.native ?? 0;
+    if (v.native !== null) row[v.native] = UNTAGGED;
+  }
+
+  /** Port p takes frames of VLAN vid (as a member, tagged or untagged). */
+  isMember(p: number, vid: number): boolean {
+    return p < this.kind.length && this.kind[p] !== KIND_NONE && this.member[p][vid] !== NOT_MEMBER;
+  }
+
+  /**
+   * The VLAN of a frame entering VLAN port p: `h` holds its first 16 bytes (12 MAC bytes,
+   * then the TPID/ethertype and TCI), `len` its length. VLAN_DROP for a tag-spoofing frame
+   * (tagged with a VID on an access port), a VID the trunk does not carry, an untagged frame
+   * with no PVID, or a frame too short for what it claims (a tag without its ethertype).
+   * Only the outer tag counts (QinQ: 0x88a8 or a stacked 0x8100): inner tags are payload.
+   * Sets srcTci for egress().
+   */
+  classify(p: number, h: Uint8Array, len: number): number {
+    this.srcTci = -1;
+    if (len < 14) return VLAN_DROP;
+    const tpid = (h[12] << 8) | h[13];
+    if (tpid === TPID_8021Q || tpid === TPID_8021AD) {
+      if (len < 18) return VLAN_DROP; // a tag needs its ethertype after it
+      const tci = (h[14] << 8) | h[15];
+      const vid = tci & 0xfff;
+      this.srcTci = tci;
+      if (vid !== 0) {
+        // access ports never take a VLAN from the guest; trunks only what they carry
+        if (this.kind[p] !== KIND_TRUNK || vid > VID_MAX || this.member[p][vid] === NOT_MEMBER) return VLAN_DROP;
+        return vid;
+      }
+      // priority-tagged (VID 0): the port's VLAN, as an untagged frame
+    }
+    const pvid = this.pvid[p];
+    return pvid === 0 ? VLAN_DROP : pvid;
+  }
+
+  /**
+   * What port p's member row says about a frame of `vid` whose source tag was `srcTci`
+   * (-1 untagged): -1 not a member (not delivered), else the edit (EDIT_*) for the copy.
+   * Untagged members get the frame without a tag; tagged members with one 0x8100 tag of
+   * `vid`: a frame tagged with that VID already is left as it is (its TPID too), a
+   * priority-tagged one gets the VID written in (pop and push, PCP and DEI kept).
+   */
+  egress(p: number, vid: number, srcTci: number): number {
+    if (p >= this.kind.length || this.kind[p] === KIND_NONE) return -1;
+    const m = this.member[p][vid];
+    if (m === NOT_MEMBER) return -1;
+    if (m === UNTAGGED) return srcTci < 0 ? 0 : EDIT_POP;
+    if (srcTci < 0) return EDIT_PUSH | vid;
+    if ((srcTci & 0xfff) === vid) return 0;
+    return EDIT_POP | EDIT_PUSH | (srcTci & 0xf000) | vid;
+  }
+}
