@@ -18,9 +18,9 @@ import { PortVlan } from '../shared/worker-protocol';
 /** 802.1Q customer VLAN tag protocol identifier (C-TAG) */
 export const TPID_8021Q = 0x8100;
 /** 802.1ad service VLAN tag (S-TAG, QinQ outer): classified like a C-TAG, by its VID */
-export const TPID_8021AD = 0x88a8;
+const TPID_8021AD = 0x88a8;
 /** VIDs 1..4094; 0 = priority tag (no VLAN), 4095 reserved (802.1Q table 9-2) */
-export const VID_MAX = 4094;
+const VID_MAX = 4094;
 
 /** Per-packet egress edits applied while copying (virtqueue.ts): 0 = copy the frame as is. */
 /** drop the 4 tag bytes at offset 12 of the source frame */
@@ -31,15 +31,15 @@ export const EDIT_PUSH = 0x20000;
 export const editDelta = (e: number): number => ((e & EDIT_PUSH) !== 0 ? 4 : 0) - ((e & EDIT_POP) !== 0 ? 4 : 0);
 
 export const KIND_NONE = 0;
-export const KIND_ACCESS = 1;
-export const KIND_TRUNK = 2;
+const KIND_ACCESS = 1;
+const KIND_TRUNK = 2;
 
 const NOT_MEMBER = 0;
 const UNTAGGED = 1;
 const TAGGED = 2;
 
 /** classify(): the frame is dropped (counted as drop_vlan). VIDs are > 0. */
-export const VLAN_DROP = -1;
+const VLAN_DROP = -1;
 
 
 export class VlanPorts {
