@@ -20,7 +20,7 @@ t.test('defaults are filled in', async (t) => {
 
 t.test('every bad key is named with what was expected', async (t) => {
   const cases: Array<[string, (c: Record<string, unknown>) => void, RegExp]> = [
-    ['queues 0', (c) => ((c.interfaces as Array<Record<string, unknown>>)[1].queues = 0), /^interfaces\[1\]\.queues: expected an integer 1\.\.8, got 0$/],
+    ['queues 0', (c) => ((c.interfaces as Array<Record<string, unknown>>)[1].queues = 0), /^interfaces\[1\]\.queues: expected an integer 1\.\.128, got 0$/],
     ['mode', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].mode = 'both'), /^interfaces\[0\]\.mode: expected "server" or "client"/],
     ['unknown key', (c) => ((c.interfaces as Array<Record<string, unknown>>)[0].sokcet = 'x'), /^interfaces\[0\]\.sokcet: expected one of the keys/],
     ['dup name', (c) => ((c.interfaces as Array<Record<string, unknown>>)[1].name = 'vm1'), /^interfaces\[1\]\.name: expected a name used once/],
