@@ -18,7 +18,7 @@ import { CopyQueue } from './bulk-copy';
 import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
 import { Virtqueue } from './virtqueue';
 import { TSO } from './ordering';
-import { EDIT_POP, EDIT_PUSH, KIND_NONE, TPID_8021Q, VlanPorts, editDelta } from './vlan';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, KIND_NONE, TPID_8021AD, TPID_8021Q, VlanPorts, editDelta, egressEdit } from './vlan';
 
 const { init, port } = workerData as { init: WorkerInit; port: MessagePort };
 const ctrl = new Int32Array(init.ctrl);
@@ -353,22 +353,31 @@ function deliverVlan(src: Ring, n: number, dst: number, flood: boolean): void {
   const rings = rxRings[dst];
   const nq = rings ? rings.length : 0;
   const rx = nq > 0 ? (rings[src.pair % nq] ?? rings[0]) : undefined;
+  const member = vlans.member;
+  const base = dst << 12;
   let count = 0;
+  let anyEdit = 0;
   for (let i = 0; i < n; i++) {
     const d = dstOf[i];
     if (d !== dst && (!flood || d !== -1)) continue;
-    const e = vlans.egress(dst, vidOf[i], tciOf[i]);
-    if (e < 0) continue;
+    const vid = vidOf[i];
+    const m = member[base | vid];
+    if (m === 0) continue; // not a member of the packet's VLAN
     if (!rx) {
       if (d === dst) src.stats[ST_DROP_NO_DEST]++;
       continue;
     }
+    const e = egressEdit(m, vid, tciOf[i]);
     editOf[i] = e;
+    anyEdit |= e;
     pick[count++] = i;
   }
   if (count === 0 || !rx) return;
-  if (nq > 1 && steerPair[dst] !== 1) spread(src, n, pick, count, rings, nq, editOf);
-  else enqueueTo(rx, src, n, pick, count, editOf);
+  // no edit for this port in the burst (access to access, a trunk's tags kept): the copy
+  // takes the same path as without VLANs
+  const edits = anyEdit === 0 ? null : editOf;
+  if (nq > 1 && steerPair[dst] !== 1) spread(src, n, pick, count, rings, nq, edits);
+  else enqueueTo(rx, src, n, pick, count, edits);
 }
 
 /**
@@ -547,10 +556,21 @@ function forward(src: Ring, n: number): void {
  */
 function forwardVlan(src: Ring, n: number, table: MacTable, now: number): void {
   const len = batch.pktLen;
+  const member = vlans.member;
   let flood = false;
+  const u8 = src.mem.u8;
   for (let i = 0; i < n; i++) {
-    const h = headerOf(src.mem, i, 16);
-    const vid = h === null ? -1 : vlans.classify(src.port, h, len[i]);
+    // the header in place when the first segment holds it (every real driver), else gathered
+    const s0 = batch.segStart[i];
+    let h: Uint8Array | null;
+    let o = 0;
+    if (batch.segLen[s0] >= 16) {
+      h = u8[batch.segRegion[s0]];
+      o = batch.segOffset[s0];
+    } else {
+      h = headerOf(src.mem, i, 16);
+    }
+    const vid = h === null ? -1 : vlans.classify(src.port, h, o, len[i]);
     if (h === null || vid < 0) {
       dstOf[i] = -2;
       src.stats[ST_DROP_VLAN]++;
@@ -558,14 +578,14 @@ function forwardVlan(src: Ring, n: number, table: MacTable, now: number): void {
     }
     vidOf[i] = vid;
     tciOf[i] = vlans.srcTci;
-    table.learn(h, 6, src.port, now, vid);
-    let d = table.lookup(h, 0, now, vid);
+    table.learn(h, o + 6, src.port, now, vid);
+    let d = table.lookup(h, o, now, vid);
     if (d === src.port) {
       dstOf[i] = -2;
       continue;
     }
     // an entry read while a racing learner rewrote it never sends a frame out of its VLAN
-    if (d >= 0 && !vlans.isMember(d, vid)) d = -1;
+    if (d >= 0 && member[(d << 12) | vid] === 0) d = -1;
     dstOf[i] = d;
     if (d < 0) flood = true;
   }
@@ -593,7 +613,7 @@ function inject(from: number, frame: Uint8Array): void {
     for (let p = 0; p < ports; p++) if (p !== from && vlans.kind[p] === KIND_NONE) sendFrame(p, frame);
     return;
   }
-  const vid = vlans.classify(from, frame, frame.length);
+  const vid = vlans.classify(from, frame, 0, frame.length);
   if (vid < 0) return;
   const tci = vlans.srcTci;
   if (macs) macs.learn(frame, 6, from, now, vid);
@@ -609,8 +629,9 @@ function edited(frame: Uint8Array, e: number): Uint8Array {
   out.set(frame.subarray(0, 12), 0);
   let at = 12;
   if ((e & EDIT_PUSH) !== 0) {
-    out[12] = TPID_8021Q >>> 8;
-    out[13] = TPID_8021Q & 0xff;
+    const tpid = (e & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+    out[12] = tpid >>> 8;
+    out[13] = tpid & 0xff;
     out[14] = (e >>> 8) & 0xff;
     out[15] = e & 0xff;
     at = 16;

@@ -24,7 +24,7 @@ import { GuestError } from './guest-error';
 import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
-import { EDIT_POP, EDIT_PUSH, TPID_8021Q, editDelta } from './vlan';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
 
 export { GuestError } from './guest-error';
 
@@ -805,8 +805,9 @@ export class Virtqueue {
       at = 24;
       if ((edit & EDIT_PUSH) !== 0) {
         const u8 = v.u8;
-        u8[off + 24] = TPID_8021Q >>> 8;
-        u8[off + 25] = TPID_8021Q & 0xff;
+        const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+        u8[off + 24] = tpid >>> 8;
+        u8[off + 25] = tpid & 0xff;
         u8[off + 26] = (edit >>> 8) & 0xff;
         u8[off + 27] = edit & 0xff;
         at = 28;
@@ -1185,10 +1186,11 @@ function sabOffset(off: number, align: number, name: string): number {
   return off;
 }
 
-/** The 802.1Q tag of an EDIT_PUSH edit (TPID 0x8100, then the TCI, big endian) into tagBytes. */
+/** The tag of an EDIT_PUSH edit (TPID, then the TCI, big endian) into tagBytes. */
 function setTag(edit: number): void {
-  tagBytes[0] = TPID_8021Q >>> 8;
-  tagBytes[1] = TPID_8021Q & 0xff;
+  const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+  tagBytes[0] = tpid >>> 8;
+  tagBytes[1] = tpid & 0xff;
   tagBytes[2] = (edit >>> 8) & 0xff;
   tagBytes[3] = edit & 0xff;
 }
