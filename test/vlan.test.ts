@@ -18,6 +18,8 @@ import { ConfigError, checkSchema, parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { startControl } from '../src/main/control/server';
 import { native } from '../src/native';
+import { MAC_TABLE_BYTES, MacTable } from '../src/workers/mac-table';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, VlanPorts, egressEdit } from '../src/workers/vlan';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { tmpDir, waitUntil } from './helpers/env';
 
@@ -206,6 +208,48 @@ t.test('VLAN bridge: access and trunk ports, push/pop in the copy, isolation, ho
     t.equal(drops('t3'), 0, 't3: nothing refused yet');
   });
 
+  await t.test('RARP from the backend (SEND_RARP) and MAC moves stay in their VLAN', async (t) => {
+    const rarp = (mac: Uint8Array): Uint8Array => {
+      const f = new Uint8Array(60);
+      f.set(BCAST, 0);
+      f.set(mac, 6);
+      f.set([0x80, 0x35, 0, 1, 8, 0, 6, 4, 0, 3], 12);
+      f.set(mac, 22);
+      f.set(mac, 32);
+      return f;
+    };
+    const got = fresh();
+    await g.a1.sendRarp();
+    await waitUntil(() => {
+      drainAll(got);
+      return got.a2.length + got.t1.length + got.t2.length + got.t3.length >= 4;
+    }, 5000, 'the RARP').catch(() => undefined);
+    await sleep(50);
+    drainAll(got);
+    const r = rarp(g.a1.mac);
+    t.same(
+      NAMES.map((n) => got[n].map(hex)),
+      NAMES.map((n) => (n === 'a2' || n === 't2' ? [hex(r)] : n === 't1' || n === 't3' ? [hex(tag(r, 10))] : [])),
+      "a1's RARP reached VLAN 10's ports only: untagged at a2 and t2 (native), tagged 10 at t1 and t3",
+    );
+    // a1's MAC turns up in VLAN 20 (from b1): VLAN 10 still sends it to a1
+    const moved = frame(BCAST, g.a1.mac, 64, 95);
+    await exchange(t, "a1's MAC from b1, in VLAN 20", 'b1', [moved], { t1: [tag(moved, 20)], t2: [tag(moved, 20)], t3: [tag(moved, 20)] });
+    const to10 = frame(g.a1.mac, g.t1.mac, 64, 96);
+    await exchange(t, 't1 -> a1 in VLAN 10: still a1', 't1', [tag(to10, 10)], { a1: [to10] });
+    const to20 = frame(g.a1.mac, g.t1.mac, 64, 97);
+    await exchange(t, 't1 -> that MAC in VLAN 20: b1', 't1', [tag(to20, 20)], { b1: [to20] });
+    // and a move inside VLAN 10 (a1's MAC now behind a2) moves the VLAN 10 entry only
+    const mv = frame(BCAST, g.a1.mac, 64, 98);
+    await exchange(t, "a1's MAC from a2 (a move in VLAN 10)", 'a2', [mv], { a1: [mv], t1: [tag(mv, 10)], t2: [mv], t3: [tag(mv, 10)] });
+    const again10 = frame(g.a1.mac, g.t1.mac, 64, 99);
+    await exchange(t, 't1 -> that MAC in VLAN 10: now a2', 't1', [tag(again10, 10)], { a2: [again10] });
+    const again20 = frame(g.a1.mac, g.t1.mac, 64, 100);
+    await exchange(t, 'in VLAN 20: still b1', 't1', [tag(again20, 20)], { b1: [again20] });
+    const back = frame(BCAST, g.a1.mac, 64, 101);
+    await exchange(t, 'a1 takes its MAC back', 'a1', [back], { a2: [back], t1: [tag(back, 10)], t2: [back], t3: [tag(back, 10)] });
+  });
+
   await t.test('a flood of 4094 VLANs x 4 MACs against the MAC table: nothing crosses a VLAN, the table keeps working', async (t) => {
     const srcs = [0, 1, 2, 3].map((k) => Uint8Array.from([0x02, 0, 0, 0, 0x10, k]));
     const flood: Uint8Array[] = [];
@@ -388,4 +432,45 @@ t.test('control API: add with vlan (replies valid against the OpenAPI document),
   t.same(Y.receive(0).map((p) => hex(p.data)), [], 'y got nothing of it');
   const stats = await request(ctl.socket, 'GET', '/v1/stats');
   t.equal(((stats.body.queues as Array<Record<string, unknown>>).find((q) => q.iface === 'x' && q.dir === 'tx') ?? {}).dropVlan, 1, 'stats: dropVlan 1');
+});
+
+t.test('the 802.1Q rules and the (VLAN, MAC) table, unit by unit', async (t) => {
+  const v = new VlanPorts();
+  v.set(0, { mode: 'access', tag: 10 });
+  v.set(1, { mode: 'trunk', allowed: [10, 20], native: 30 });
+  v.set(200, { mode: 'access', tag: 4094 }); // past the first allocation: grows
+  const h = (tpid: number, tci: number): Uint8Array => Uint8Array.from([...new Array<number>(12).fill(0), tpid >> 8, tpid & 0xff, tci >> 8, tci & 0xff]);
+  t.equal(v.classify(0, h(0x0800, 0), 0, 60), 10, 'access: untagged -> its tag');
+  t.equal(v.classify(0, h(0x8100, 0x2000), 0, 60), 10, 'access: priority-tagged -> its tag');
+  t.equal(v.classify(0, h(0x8100, 10), 0, 60), -1, 'access: tagged, even with its own VID -> dropped');
+  t.equal(v.classify(1, h(0x8100, 20), 0, 60), 20, 'trunk: allowed VID');
+  t.equal(v.classify(1, h(0x8100, 30), 0, 60), 30, 'trunk: its native VID tagged is taken too');
+  t.equal(v.classify(1, h(0x88a8, 20), 0, 60), 20, 'trunk: 802.1ad outer tag classified by its VID');
+  t.equal(v.classify(1, h(0x8100, 40), 0, 60), -1, 'trunk: VID not carried -> dropped');
+  t.equal(v.classify(1, h(0x0800, 0), 0, 60), 30, 'trunk: untagged -> native');
+  t.equal(v.classify(1, h(0x8100, 20), 0, 17), -1, 'a tag with no ethertype -> dropped');
+  t.equal(v.classify(200, h(0x0800, 0), 0, 60), 4094, 'a port past the first allocation');
+  t.equal(v.egress(0, 20, -1), -1, 'not a member: not delivered');
+  t.equal(v.egress(0, 10, 0x2000), EDIT_POP, 'a priority-tagged frame to an access port: the tag popped');
+  t.equal(v.egress(1, 30, -1), 0, 'to the native VLAN: untagged as it came');
+  t.equal(v.egress(1, 20, -1), EDIT_PUSH | 20, 'to a trunk: pushed');
+  // a tagged frame to a tagged member is always rewritten from what was classified, whatever its TCI
+  let notRewritten = 0;
+  for (let tci = 0; tci < 0x10000; tci++) {
+    const e = egressEdit(2, 20, tci);
+    if ((e & 0xffff) !== ((tci & 0xf000) | 20) || (e & (EDIT_POP | EDIT_PUSH | EDIT_TPID_AD)) !== (EDIT_POP | EDIT_PUSH)) notRewritten++;
+  }
+  t.equal(notRewritten, 0, 'every TCI: the tag rewritten (PCP and DEI kept, the VID written), never copied from the source');
+  t.equal(egressEdit(2, 20, 0x10000 | 20) & EDIT_TPID_AD, EDIT_TPID_AD, 'an 802.1ad tag stays 0x88a8');
+  v.set(0, null);
+  t.equal(v.egress(0, 10, -1), -1, 'cleared: no VLANs');
+
+  const table = new MacTable(new SharedArrayBuffer(MAC_TABLE_BYTES), 300);
+  const mac = macOf(7);
+  for (let vid = 1; vid <= 4094; vid++) table.learn(mac, 0, vid % 13, 1000, vid);
+  let found = 0;
+  for (let vid = 1; vid <= 4094; vid++) if (table.lookup(mac, 0, 1000, vid) === vid % 13) found++;
+  t.equal(found, 4094, 'one MAC in 4094 VLANs: 4094 entries, each found with its own port');
+  t.equal(table.lookup(mac, 0, 1000, 0), -1, 'not in VLAN 0 (the ports without VLANs)');
+  t.equal(table.lookup(mac, 0, 1301, 5), -1, 'aged out per VLAN entry');
 });
