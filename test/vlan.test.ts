@@ -18,6 +18,7 @@ import { ConfigError, checkSchema, parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { startControl } from '../src/main/control/server';
 import { native } from '../src/native';
+import { vlanArg } from '../src/ctl';
 import { MAC_TABLE_BYTES, MacTable } from '../src/workers/mac-table';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, VlanPorts, egressEdit } from '../src/workers/vlan';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
@@ -473,4 +474,12 @@ t.test('the 802.1Q rules and the (VLAN, MAC) table, unit by unit', async (t) => 
   t.equal(found, 4094, 'one MAC in 4094 VLANs: 4094 entries, each found with its own port');
   t.equal(table.lookup(mac, 0, 1000, 0), -1, 'not in VLAN 0 (the ports without VLANs)');
   t.equal(table.lookup(mac, 0, 1301, 5), -1, 'aged out per VLAN entry');
+});
+
+t.test('ctl add --vlan shapes the API body', async (t) => {
+  t.same(vlanArg('access:10'), { mode: 'access', tag: 10 });
+  t.same(vlanArg('trunk:10,20,100-103'), { mode: 'trunk', allowed: [10, 20, 100, 101, 102, 103] });
+  t.same(vlanArg('trunk::native=5'), { mode: 'trunk', allowed: [], native: 5 });
+  t.same(vlanArg('trunk:1-4094').allowed, Array.from({ length: 4094 }, (_, i) => i + 1));
+  t.throws(() => vlanArg('hybrid:1'), /expected access:TAG or trunk:/);
 });
