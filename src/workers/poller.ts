@@ -469,7 +469,8 @@ function enqueueTo(rx: Ring, src: Ring, n: number, list: Uint16Array | null, cou
   }
   let notify = false;
   try {
-    vq.enqueueBurst(src.mem, batch, list, count, edits);
+    if (edits === null || list === null) vq.enqueueBurst(src.mem, batch, list, count);
+    else vq.enqueueEdited(src.mem, batch, list, count, edits);
     notify = vq.flush();
   } catch (e) {
     vq.abandon();

@@ -428,12 +428,8 @@ export class Virtqueue {
    * in locals for the whole burst (bench/NOTES.md #8), and the common case (mergeable RX,
    * one writable descriptor per packet, one source segment) is handled inline; anything else
    * goes through enqueue(), which validates and names every guest error.
-   *
-   * `edits` (VLAN bridge, vlan.ts): per packet of the batch (indexed like the batch), the tag
-   * edit to make while copying (0 none, EDIT_POP, EDIT_PUSH | TCI); null: none at all (ports
-   * without VLANs: one test of a local per packet). Edited packets take enqueue().
    */
-  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number, edits: Int32Array | null = null): number {
+  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
     const t = this.desc32;
     const fastRing = t !== null && this.features.mrgRxbuf && this.features.hdrLen === 12;
     const avail16 = this.avail16;
@@ -497,7 +493,7 @@ export class Virtqueue {
     let lm = 0;
     for (let k = 0; k < count; k++) {
       const i = pick === null ? k : pick[k];
-      fast: if (fastRing && segCount[i] === 1 && (edits === null || edits[i] === 0)) {
+      fast: if (fastRing && segCount[i] === 1) {
         if (la === ai) {
           const a = tso ? avail16[1] : Atomics.load(avail16, 1);
           if (((a - la) & 0xffff) > size) break fast; // the general path raises the error
@@ -674,7 +670,7 @@ export class Virtqueue {
       this.nMarks = nm;
       this.nByteMarks = nb;
       if (fastPkts > 0) this.unpublished = true;
-      if (this.enqueue(srcMem, batch, i, edits === null ? 0 : edits[i])) done++;
+      if (this.enqueue(srcMem, batch, i)) done++;
       la = this.lastAvail;
       lu = this.lastUsed;
       ai = this.availIdx;
@@ -701,6 +697,22 @@ export class Virtqueue {
       this.unpublished = true;
       this.stats[ST_PACKETS] += fastPkts;
       this.stats[ST_BYTES] += fastBytes;
+    }
+    if (done > 0) this.stats[ST_BURSTS]++;
+    return done;
+  }
+
+  /**
+   * enqueueBurst() for packets with VLAN tag edits (vlan.ts): `edits[i]` (indexed like the
+   * batch) is made while packet i is copied: 0 none, EDIT_POP, EDIT_PUSH | TCI, or both. Its
+   * own loop, so that enqueueBurst's, tuned for the untagged case, stays as it was; each
+   * packet takes enqueue(), whose one-buffer fast path makes the edit with word copies.
+   */
+  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
+    let done = 0;
+    for (let k = 0; k < count; k++) {
+      const i = pick[k];
+      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
     }
     if (done > 0) this.stats[ST_BURSTS]++;
     return done;
