@@ -7,9 +7,9 @@
  * Keyed by (VLAN, MAC), so one MAC learned in two VLANs is two entries, and learning,
  * lookup, aging and moves stay inside a VLAN. VLAN 0 is the domain of ports without VLANs.
  *
- * Slot (4 x Int32): key0 = vid << 17 | 0x10000 | mac[0..1] (0 = free; the 12-bit VID sits
- * in bits 17..28, above the marker bit, so key0 stays a positive int32), key1 = mac[2..5],
- * port, seen (s).
+ * Slot (4 x Int32): key0 = (vid + 1) << 16 | mac[0..1] (0 = free: vid + 1 is never 0; for
+ * VLAN 0 it is the 0x10000 | mac[0..1] of the table before VLANs; VIDs up to 4094 keep it a
+ * positive int32), key1 = mac[2..5], port, seen (s).
  */
 const MAC_SLOTS = 16384;
 const WORDS = 4;
@@ -24,15 +24,15 @@ export class MacTable {
   }
 
   private static hash(k0: number, k1: number): number {
-    // k0 >>> 10 brings the VID's high bits down: k0 << 7 alone pushed VID bits 8..11 out of
-    // the word, and one MAC in VLANs 256 apart fell into one probe run
-    return (Math.imul(k1 ^ (k0 << 7) ^ (k0 >>> 10), 0x9e3779b1) >>> 18) & MASK;
+    // << 4 keeps all 28 bits of key0 (VID and MAC) in the word: the << 7 of the table before
+    // VLANs would drop VID bits 9..11 and put one MAC of VLANs 512 apart in one probe run
+    return (Math.imul(k1 ^ (k0 << 4), 0x9e3779b1) >>> 18) & MASK;
   }
 
   /** Learn that `mac` (6 bytes at b[off]) lives on `port` in VLAN `vid`; `now` in seconds. Returns true on a move. */
   learn(b: Uint8Array, off: number, port: number, now: number, vid: number): boolean {
     if (b[off] & 1) return false; // never learn a multicast source
-    const k0 = (vid << 17) | 0x10000 | (b[off] << 8) | b[off + 1];
+    const k0 = ((vid + 1) << 16) | (b[off] << 8) | b[off + 1];
     const k1 = (b[off + 2] << 24) | (b[off + 3] << 16) | (b[off + 4] << 8) | b[off + 5];
     const t = this.t;
     let i = MacTable.hash(k0, k1);
@@ -63,7 +63,7 @@ export class MacTable {
   /** Port of the destination MAC at b[off] in VLAN `vid`, or -1 (unknown, aged out, or multicast). */
   lookup(b: Uint8Array, off: number, now: number, vid: number): number {
     if (b[off] & 1) return -1;
-    const k0 = (vid << 17) | 0x10000 | (b[off] << 8) | b[off + 1];
+    const k0 = ((vid + 1) << 16) | (b[off] << 8) | b[off + 1];
     const k1 = (b[off + 2] << 24) | (b[off + 3] << 16) | (b[off + 4] << 8) | b[off + 5];
     const t = this.t;
     let i = MacTable.hash(k0, k1);
