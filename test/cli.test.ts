@@ -34,7 +34,7 @@ t.test('check-config passes on every shipped example', async (t) => {
 t.test('a bad config names the key, says what was expected, and exits 2', async (t) => {
   const d = tmpDir();
   const cases: Array<[unknown, RegExp]> = [
-    [{ interfaces: [{ name: 'a', socket: '/x', queues: 0 }] }, /interfaces\[0\]\.queues: expected an integer 1\.\.8, got 0/],
+    [{ interfaces: [{ name: 'a', socket: '/x', queues: 0 }] }, /interfaces\[0\]\.queues: expected an integer 1\.\.128, got 0/],
     [{ interfaces: [{ name: 'a', socket: '/x' }], forwarding: { mode: 'xconnect', pairs: [['a', 'zz']] } }, /forwarding\.pairs\[0\]\[1\]: expected an interface name/],
     [{ interfaces: [{ name: 'a', socket: '/x' }], metrics: { listen: 'nowhere' } }, /metrics\.listen: expected HOST:PORT/],
     [{ interfaces: [{ name: 'a', socket: '/x' }], log: { level: 'loud' } }, /log\.level: expected one of debug, info, warn, error/],

@@ -59,7 +59,7 @@ t.test('GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, S
   }
   for (const p of [PF.MQ, PF.LOG_SHMFD, PF.RARP, PF.REPLY_ACK, PF.NET_MTU, PF.CONFIGURE_MEM_SLOTS, PF.STATUS]) t.ok(hasBit(pf, p), `protocol feature ${p} offered`);
   t.equal(await c.callU64(Req.GET_QUEUE_NUM), 2n, 'queue pairs from config');
-  t.equal(await c.callU64(Req.GET_MAX_MEM_SLOTS), 8n);
+  t.equal(await c.callU64(Req.GET_MAX_MEM_SLOTS), 509n);
   t.equal(await c.callU64(Req.SET_STATUS, encodeU64(0x0f), [], true), 0n, 'REPLY_ACK: success is 0');
   t.equal(await c.callU64(Req.GET_STATUS), 0x0fn);
   t.equal(await c.callU64(Req.NET_SET_MTU, encodeU64(9000), [], true), 0n);

@@ -5,10 +5,17 @@
  * run ends the same way: testpmd's loop is stopped and drained (rxonly until nothing
  * moves), then on every port both ways testpmd's RX and TX counts equal exactly what
  * vhostfwd delivered and took, with no errors and no drops on either side.
+ * Hash steering: a 1-queue synthetic guest sends 64 UDP flows to a 4-queue testpmd port; testpmd
+ * (rxonly, verbose) reports the RX queue of every packet: all queues get a share, each flow one.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { Test } from 'tap';
-import { startForwarder, waitUntil } from '../helpers/env';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startForwarder, tmpDir, waitUntil } from '../helpers/env';
+import { parseConfig } from '../../src/main/config';
+import { SyntheticGuest, macOf } from '../../src/frontend/guest';
 import { BackendCounts, Testpmd, stopAndDrain } from '../kit/peers/testpmd';
 import { F, hasBit } from '../../src/shared/constants';
 import { Forwarder } from '../../src/main/forwarder';
@@ -135,5 +142,88 @@ t.test('multi-queue: testpmd with 2 queue pairs per port loops packets through v
   t.ok(both, `both queue pairs looped packets (${perPair(0)}, ${perPair(1)} delivered)`);
   await assertDrained(t, env.fwd, fe, ['a', 'b']);
   for (const q of [0, 1]) t.ok(perPair(q) > 0, `queue pair ${q} carried traffic (${perPair(q)} packets delivered)`);
+  t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
+});
+
+t.test('hash steering: 64 UDP flows from a 1-queue guest spread over the 4 RX queues of a testpmd port, each flow on one queue', async (t) => {
+  const dir = tmpDir();
+  const sock = (n: string) => path.join(dir, `${n}.sock`);
+  const fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b'), queues: 4 }] }, os.cpus().length));
+  await fwd.start();
+  const fe = new Testpmd({ role: 'frontend', sockets: [sock('b')], queues: 4, lcores: [1, 0], prefix: `vhostfwd-fehash-${process.pid}` });
+  let guest: SyntheticGuest | null = null;
+  t.teardown(async () => {
+    guest?.close();
+    await fe.kill();
+    await fwd.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await fe.ready();
+  await fe.cmd('set fwd rxonly');
+  await fe.cmd('set verbose 1');
+  await fe.cmd('start');
+  const g = (guest = await SyntheticGuest.start({ socket: sock('a'), mac: macOf(1) }));
+  // flow f: UDP source port 10000 + f, and frame length 100 + f, which testpmd prints per packet
+  const FLOWS = 64;
+  const PER = 4;
+  const frames: Uint8Array[] = [];
+  for (let k = 0; k < PER; k++) {
+    for (let f = 0; f < FLOWS; f++) {
+      const len = 100 + f;
+      const b = new Uint8Array(len);
+      const v = new DataView(b.buffer);
+      b.set([0x52, 0x54, 0, 0, 0, 2], 0);
+      b.set(g.mac, 6);
+      v.setUint16(12, 0x0800);
+      b[14] = 0x45;
+      v.setUint16(16, len - 14);
+      b[22] = 64;
+      b[23] = 17;
+      b.set([10, 0, 0, 1, 10, 0, 0, 2], 26);
+      v.setUint16(34, 10000 + f);
+      v.setUint16(36, 4789);
+      v.setUint16(38, len - 34);
+      frames.push(b);
+    }
+  }
+  const from = fe.output.length;
+  let sent = 0;
+  await waitUntil(() => {
+    if (sent < frames.length) sent += g.send(0, frames.slice(sent, sent + 32));
+    g.reclaim(0);
+    return sent === frames.length;
+  }, 10000, 'frames posted');
+  const rxPackets = () => fwd.stats().filter((s) => s.iface === 'b' && s.dir === 'rx').map((s) => s.packets);
+  await waitUntil(() => rxPackets().reduce((a, b) => a + b, 0) >= frames.length, 10000, 'delivered').catch(() => undefined);
+  const perQueue = rxPackets();
+  t.equal(perQueue.reduce((a, b) => a + b, 0), frames.length, `vhostfwd delivered all ${frames.length} frames to b (per RX queue ${perQueue.join(', ')})`);
+  t.ok(perQueue.length === 4 && perQueue.every((n) => n > 0), 'vhostfwd: every one of the 4 RX queues got a share');
+  // testpmd's own view: "port 0/queue Q: received N packets" then one line per packet with its length
+  const flowQueues = new Map<number, Set<number>>();
+  const seenPerQueue = [0, 0, 0, 0];
+  let seen = 0;
+  await waitUntil(() => {
+    flowQueues.clear();
+    seenPerQueue.fill(0);
+    seen = 0;
+    let q = -1;
+    for (const line of fe.output.slice(from).split('\n')) {
+      const h = line.match(/port 0\/queue (\d+): received \d+ packets/);
+      if (h) q = Number(h[1]);
+      const p = line.match(/ length=(\d+) /);
+      if (p && q >= 0) {
+        const f = Number(p[1]) - 100;
+        if (!flowQueues.has(f)) flowQueues.set(f, new Set());
+        flowQueues.get(f)?.add(q);
+        seenPerQueue[q]++;
+        seen++;
+      }
+    }
+    return seen >= frames.length;
+  }, 15000, 'testpmd printing every packet').catch(() => undefined);
+  t.equal(seen, frames.length, `testpmd received all ${frames.length} frames (per queue ${seenPerQueue.join(', ')})`);
+  t.same(seenPerQueue, perQueue, "testpmd's per-queue counts equal vhostfwd's");
+  t.equal(flowQueues.size, FLOWS, 'all 64 flows seen');
+  t.ok([...flowQueues.values()].every((s) => s.size === 1), 'each flow arrived on one queue only');
   t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
 });

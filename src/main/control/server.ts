@@ -23,6 +23,8 @@ import { OwnershipError } from './ownership';
 
 /** Request bodies are small JSON objects; anything bigger is refused before it is read. */
 const MAX_BODY = 64 * 1024;
+/** a refused body up to this size is read and dropped before the answer (see the error path) */
+const DRAIN_MAX = 16 * 1024 * 1024;
 const API_VERSION = 1;
 
 export class ControlSocketError extends Error {
@@ -299,8 +301,19 @@ export async function startControl(fwd: Forwarder, opts: ControlOptions): Promis
         } else log.error('control request failed', { method: req.method, url: req.url, error: (e as Error).stack ?? String(e) });
         const err: Record<string, unknown> = { code: CODE[status] ?? 'Internal', message: (e as Error).message };
         if (field !== undefined) err.field = field;
-        // a body refused before it was read is not drained: the connection ends after the answer
-        if (status === 413 || status === 415) res.setHeader('connection', 'close');
+        if (status === 413 || status === 415) {
+          // the connection ends after the answer. A body of declared length up to DRAIN_MAX
+          // is read and dropped first: a client still writing it to a closed socket would
+          // get EPIPE instead of this answer. Anything bigger, or sent in chunks past
+          // MAX_BODY, is cut off.
+          res.setHeader('connection', 'close');
+          const declared = Number(req.headers['content-length'] ?? Infinity);
+          if (!req.complete && !req.destroyed && declared <= DRAIN_MAX) {
+            req.on('end', () => reply(status, { error: err }));
+            req.resume();
+            return;
+          }
+        }
         reply(status, { error: err });
       },
     );

@@ -145,6 +145,10 @@ export interface GuestOptions {
   memMb?: number;
   /** host_mtu=N on the virtio-net device (VIRTIO_NET_F_MTU, if the backend offers it) */
   hostMtu?: number;
+  /** memory hot-plug: -m MEM,slots=N,maxmem=MAXM (DIMMs added through the monitor) */
+  hotplug?: { slots: number; maxMb: number };
+  /** more kernel command line arguments */
+  append?: string[];
 }
 
 export class QemuGuest {
@@ -162,9 +166,10 @@ export class QemuGuest {
     const append = [
       'console=ttyS0', 'quiet', 'panic=-1', 'loglevel=3',
       `vf.ip=${o.ip}`, `vf.peer=${o.peer}`, `vf.mode=${o.mode}`, `vf.count=${o.count ?? 10}`, `vf.interval=${o.interval ?? 0.2}`, `vf.stay=${o.stay ? 1 : 0}`,
+      ...(o.append ?? []),
     ].join(' ');
     this.args = [
-      '-accel', 'tcg', '-m', `${mem}`, '-smp', `${o.smp ?? 1}`, '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
+      '-accel', 'tcg', '-m', o.hotplug ? `${mem},slots=${o.hotplug.slots},maxmem=${o.hotplug.maxMb}M` : `${mem}`, '-smp', `${o.smp ?? 1}`, '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
       '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-numa', 'node,memdev=mem',
       '-kernel', img.kernel, '-initrd', img.initrd, '-append', append,
       '-chardev', chardev,
