@@ -95,7 +95,7 @@ export class Virtqueue {
   private usedLogFrom = 0;
 
   // RX scratch: the destination buffers reserved for the packet being enqueued.
-  private dSegRegion = new Uint8Array(64);
+  private dSegRegion = new Uint16Array(64); // region index: up to MAX_MEM_SLOTS (509)
   private dSegOff = new Float64Array(64);
   private dSegLen = new Uint32Array(64);
   private nDSeg = 0;
@@ -1170,7 +1170,7 @@ export class Virtqueue {
   /** Pathological guests (tiny buffers): grow the scratch, amortised, never per packet. */
   private growSegs(): void {
     const n = this.dSegLen.length * 2;
-    const r = new Uint8Array(n);
+    const r = new Uint16Array(n);
     const o = new Float64Array(n);
     const l = new Uint32Array(n);
     r.set(this.dSegRegion);
