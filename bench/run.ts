@@ -519,8 +519,12 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK; // fields 14 and 15
 }
 
+/** Idle CPU and ping are measured through vhostfwd (no forced log), DPDK and OVS (xconnect). */
+type IdlePingBackend = 'vf' | 'dpdk' | 'ovs';
+const XC: Topology = { mode: 'xconnect', ports: 2 };
+
 interface IdleResult {
-  backend: 'vf' | 'dpdk';
+  backend: IdlePingBackend;
   ok: boolean;
   error?: string;
   seconds?: number;
@@ -529,29 +533,32 @@ interface IdleResult {
   note: string;
 }
 
-async function idleCpu(backend: 'vf' | 'dpdk'): Promise<IdleResult> {
-  const note = backend === 'vf'
-    ? 'vhostfwd process (all threads), both interfaces connected by an idle testpmd frontend (not forwarding)'
-    : 'DPDK testpmd backend after `start` (forwarding lcore polls), frontend connected but not forwarding';
-  const r: IdleResult = { backend, ok: false, note };
+const IDLE_NOTE: Record<IdlePingBackend, string> = {
+  vf: 'vhostfwd process (all threads), both interfaces connected by an idle testpmd frontend (not forwarding)',
+  dpdk: 'DPDK testpmd backend after `start` (forwarding lcore polls), frontend connected but not forwarding',
+  ovs: 'ovs-vswitchd (all threads: PMD on the backend core, main, revalidators), ports up, frontend connected but not forwarding',
+};
+
+/** The process whose CPU time is the backend's. */
+function backendPid(s: Started): number {
+  const pid = s.vf?.pid ?? s.be?.proc.pid ?? s.ovs?.pid ?? null;
+  if (pid === null) throw new Error('backend has no process');
+  return pid;
+}
+
+async function idleCpu(backend: IdlePingBackend): Promise<IdleResult> {
+  const r: IdleResult = { backend, ok: false, note: IDLE_NOTE[backend] };
   const dir = fs.mkdtempSync(path.join(TMP, `idle-${backend}-`));
-  const sockets = [path.join(dir, 'a.sock'), path.join(dir, 'b.sock')];
-  let vf: VhostfwdProc | null = null;
-  let be: Testpmd | null = null;
+  let started: Started | null = null;
   let fe: Testpmd | null = null;
   try {
-    if (backend === 'vf') {
-      vf = new VhostfwdProc(sockets, 1, false);
-      await vf.ready();
-    } else {
-      be = testpmd('backend', sockets, 1);
-      await be.ready(60000);
-    }
-    fe = testpmd('frontend', sockets, 1, 64);
+    started = await startBackend(backend, XC, 1, dir);
+    fe = testpmd('frontend', started.sockets, 1, 64, { peerIsClient: started.ovs !== null && opts.ovsPortType === 'dpdkvhostuserclient' });
     await fe.ready(60000);
-    if (be) await startWhenUp(be, 2, 15000);
+    if (started.be) await startWhenUp(started.be, 2, 15000);
+    if (started.ovs) await started.ovs.waitLinksUp();
     await sleep(1000); // let start-up work settle
-    const pid = vf ? vf.pid : (be as Testpmd).proc.pid as number;
+    const pid = backendPid(started);
     const c0 = cpuSeconds(pid);
     const t0 = Date.now();
     await sleep(opts.idleSeconds * 1000);
@@ -564,8 +571,7 @@ async function idleCpu(backend: 'vf' | 'dpdk'): Promise<IdleResult> {
     r.error = errText(e);
   } finally {
     await quitTestpmd(fe);
-    await quitTestpmd(be);
-    if (vf) await vf.stop();
+    await stopBackend(started);
     fs.rmSync(dir, { recursive: true, force: true });
   }
   return r;
@@ -575,7 +581,7 @@ async function idleCpu(backend: 'vf' | 'dpdk'): Promise<IdleResult> {
 // Ping RTT between two QEMU guests
 
 interface PingResult {
-  backend: 'vf' | 'dpdk';
+  backend: IdlePingBackend;
   ok: boolean;
   error?: string;
   sent?: number;
@@ -585,28 +591,25 @@ interface PingResult {
   maxMs?: number;
 }
 
-async function pingRtt(backend: 'vf' | 'dpdk'): Promise<PingResult> {
+async function pingRtt(backend: IdlePingBackend): Promise<PingResult> {
   const r: PingResult = { backend, ok: false };
   const dir = fs.mkdtempSync(path.join(TMP, `ping-${backend}-`));
-  const sockets = [path.join(dir, 'a.sock'), path.join(dir, 'b.sock')];
-  let vf: VhostfwdProc | null = null;
-  let be: Testpmd | null = null;
+  let started: Started | null = null;
   const guests: QemuGuest[] = [];
   try {
-    if (backend === 'vf') {
-      vf = new VhostfwdProc(sockets, 1, false);
-      await vf.ready();
-    } else {
-      be = testpmd('backend', sockets, 1);
-      await be.ready(60000);
-    }
-    const g1 = new QemuGuest({ name: 'g1', socket: sockets[0], mac: '52:54:00:00:00:01', ip: '10.0.0.1/24', peer: '10.0.0.2', mode: 'ping', count: opts.pingCount, interval: opts.pingInterval });
+    started = await startBackend(backend, XC, 1, dir);
+    // QEMU is the socket client, except for OVS dpdkvhostuserclient ports (OVS connects, retrying until QEMU listens)
+    const server = started.ovs !== null && opts.ovsPortType === 'dpdkvhostuserclient';
+    const sockets = started.sockets;
+    const be = started.be;
+    const g1 = new QemuGuest({ name: 'g1', socket: sockets[0], mac: '52:54:00:00:00:01', ip: '10.0.0.1/24', peer: '10.0.0.2', mode: 'ping', count: opts.pingCount, interval: opts.pingInterval, server });
     track(g1.proc);
     guests.push(g1);
-    const g2 = new QemuGuest({ name: 'g2', socket: sockets[1], mac: '52:54:00:00:00:02', ip: '10.0.0.2/24', peer: '10.0.0.1', mode: 'serve' });
+    const g2 = new QemuGuest({ name: 'g2', socket: sockets[1], mac: '52:54:00:00:00:02', ip: '10.0.0.2/24', peer: '10.0.0.1', mode: 'serve', server });
     track(g2.proc);
     guests.push(g2);
     if (be) await startWhenUp(be, 2, 90000);
+    if (started.ovs) await started.ovs.waitLinksUp(90000);
     const done = await g1.waitFor(/VF:PING-DONE sent=(\d+) received=(\d*)/, 180000);
     r.sent = Number(done[1]);
     r.received = Number(done[2] || 0);
@@ -621,8 +624,7 @@ async function pingRtt(backend: 'vf' | 'dpdk'): Promise<PingResult> {
     r.error = errText(e);
   } finally {
     for (const g of guests) await g.kill();
-    await quitTestpmd(be);
-    if (vf) await vf.stop();
+    await stopBackend(started);
     fs.rmSync(dir, { recursive: true, force: true });
   }
   return r;
@@ -726,6 +728,8 @@ function summarize(trials: Trial[], backends: Backend[]): Row[] {
   return rows;
 }
 
+const IDLE_NAME: Record<IdlePingBackend, string> = { vf: 'vhostfwd', dpdk: 'DPDK    ', ovs: 'OVS-DPDK' };
+
 const f = (v: number | null | undefined, d = 2): string => (v === null || v === undefined ? 'n/a' : v.toFixed(d));
 
 /** One table column: its heading, and its cell for a row ('-' where the row does not measure it). */
@@ -785,10 +789,10 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   if (paired) out.push(`paired: median over the cell's log-off / log-on window pairs (${opts.logWindow} s each, adjacent in one vhostfwd+log trial, forced logging paused and resumed by SIGUSR2) of on / off; pair count in parentheses.`);
   out.push(...abLines(rows, has));
   for (const i of idle) {
-    out.push(`idle CPU ${i.backend === 'vf' ? 'vhostfwd' : 'DPDK    '}: ${i.ok ? `${f(i.cpuPercent, 2)} % of one core over ${f(i.seconds, 1)} s` : `FAILED (${i.error})`}  [${i.note}]`);
+    out.push(`idle CPU ${IDLE_NAME[i.backend]}: ${i.ok ? `${f(i.cpuPercent, 2)} % of one core over ${f(i.seconds, 1)} s` : `FAILED (${i.error})`}  [${i.note}]`);
   }
   for (const p of ping) {
-    out.push(`ping RTT ${p.backend === 'vf' ? 'vhostfwd' : 'DPDK    '}: ${p.ok ? `min/avg/max ${f(p.minMs, 3)}/${f(p.avgMs, 3)}/${f(p.maxMs, 3)} ms, ${p.received}/${p.sent} answered` : `FAILED (${p.error})`}`);
+    out.push(`ping RTT ${IDLE_NAME[p.backend]}: ${p.ok ? `min/avg/max ${f(p.minMs, 3)}/${f(p.avgMs, 3)}/${f(p.maxMs, 3)} ms, ${p.received}/${p.sent} answered` : `FAILED (${p.error})`}`);
   }
   return out.join('\n');
 }
@@ -919,9 +923,8 @@ async function throughputTrials(backends: Backend[]): Promise<Trial[]> {
   return trials;
 }
 
-/** Idle CPU and ping are measured for vhostfwd and DPDK (not yet for OVS: its PMD polls at 100 % like DPDK's). */
-function idlePingBackends(): Array<'vf' | 'dpdk'> {
-  return [...(opts.vhostfwd ? ['vf' as const] : []), ...(opts.dpdk ? ['dpdk' as const] : [])];
+function idlePingBackends(): IdlePingBackend[] {
+  return [...(opts.vhostfwd ? ['vf' as const] : []), ...(opts.dpdk ? ['dpdk' as const] : []), ...(opts.ovs ? ['ovs' as const] : [])];
 }
 
 async function main(): Promise<void> {
