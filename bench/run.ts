@@ -899,6 +899,8 @@ function version(cmd: string, args: string[], re: RegExp): string | null {
 async function throughputTrials(backends: Backend[]): Promise<Trial[]> {
   const plan = opts.topologies.map((t) => ({ t, bs: backendsFor(t, backends) }));
   const total = plan.reduce((s, p) => s + p.bs.length, 0) * opts.sizes.length * opts.queues.length * opts.rounds;
+  // e.g. --backends dpdk --modes bridge: DPDK is not a switch, so nothing would be measured
+  if (total === 0) throw new Error(`nothing to measure: no backend of ${backends.join(', ')} runs in the rows ${opts.topologies.map(topologyLabel).join(', ')} (bridge rows: vhostfwd and ovs)`);
   process.stderr.write(`bench: ${total} throughput trials (${plan.map((p) => `${topologyLabel(p.t)}: ${p.bs.join(', ')}`).join('; ')} alternating; sizes ${opts.sizes.join(',')}; queues ${opts.queues.join(',')}; ${opts.rounds} round(s) of ${opts.duration} s after ${opts.warmup} s warm-up)\n`);
   if (opts.ovsNote) process.stderr.write(`bench: ${opts.ovsNote}\n`);
   const trials: Trial[] = [];
@@ -1027,7 +1029,7 @@ async function main(): Promise<void> {
   process.stderr.write(`bench: wrote ${path.join(opts.out, `${base}.{json,svg,txt}`)}${opts.quick ? '' : ` and ${stamp}.json`}\n`);
   if (failures.length > 0) process.stderr.write(`bench: ${failures.length} failure(s):\n  ${failures.join('\n  ')}\n`);
   // Exit 1 when a number is missing from the report (a failure retried successfully is only listed).
-  const missing = rows.some((r) => backends.some((b) => (r[b]?.ok ?? 0) === 0)) || idle.some((i) => !i.ok) || ping.some((p) => !p.ok);
+  const missing = rows.some((r) => r.backends.some((b) => (r[b]?.ok ?? 0) === 0)) || idle.some((i) => !i.ok) || ping.some((p) => !p.ok);
   if (missing) process.exitCode = 1;
 }
 
