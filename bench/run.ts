@@ -95,9 +95,19 @@ function modeList(s: string): Mode[] {
   if (bad.length > 0 || out.length === 0) throw new Error(`--modes ${s}: expected a list of ${MODES.join(', ')}`);
   return out as Mode[];
 }
+/** A bad option (or OvsMissingError) ends the run before anything starts, by name, without a stack. */
+function orExit<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).name}: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+}
 const bridgePorts = argv.quick ? [2] : list(argv['bridge-ports']);
-checkBridgePorts(bridgePorts);
-const choice: BackendChoice = parseBackends(argv.backends, ovsMissing(), argv.dpdk);
+orExit(() => checkBridgePorts(bridgePorts));
+const choice: BackendChoice = orExit(() => parseBackends(argv.backends, ovsMissing(), argv.dpdk));
+const modes = orExit(() => modeList(argv.modes));
 const opts = {
   sizes: argv.quick ? [64] : list(argv.sizes),
   queues: argv.quick ? [1] : list(argv.queues),
@@ -111,7 +121,7 @@ const opts = {
   vhostfwd: choice.vhostfwd,
   ovs: choice.ovs,
   ovsNote: choice.ovsNote,
-  topologies: topologies(modeList(argv.modes), bridgePorts),
+  topologies: topologies(modes, bridgePorts),
   ovsPortType: argv['ovs-port-type'] as OvsPortType,
   ovsSocketMemMb: argv['ovs-socket-mem'],
   idle: argv.idle,
