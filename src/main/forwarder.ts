@@ -3,7 +3,7 @@
  * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
  */
 import os from 'node:os';
-import { ST_BYTES, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_GSO_PASSED, ST_GSO_SEGMENTED, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
+import { ST_BYTES, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_GSO_PASSED, ST_GSO_SEGMENTED, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
 import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
@@ -23,6 +23,8 @@ export interface QueueStats {
   dropNoBuffer: number;
   dropNoDest: number;
   dropTooBig: number;
+  /** tx: frames refused by the port's VLAN rules (tag spoofing, a VID not carried, no native VLAN, a cut tag) */
+  dropVlan: number;
   /** tx: frames whose virtio-net header failed validation (src/workers/offload.ts) */
   dropBadOffload: number;
   /** rx: TSO/UFO frames handed over whole with their header */
@@ -163,12 +165,16 @@ export class Forwarder {
     const clash = [...this.specs.values()].find((o) => o.socket === c.socket);
     if (clash) throw new ControlError(409, 'socket', `socket ${c.socket} is used by interface ${clash.name}`);
     if (c.mode === 'server' && socketIsLive(c.socket)) throw new ControlError(409, 'socket', `a live socket is at ${c.socket} (another process listens there)`);
+    if (c.vlan !== null && this.forwarding.mode !== 'bridge') throw new ControlError(400, 'vlan', 'no vlan with forwarding.mode "xconnect" (VLANs are a bridge feature)');
     const itf = this.place(c);
     if (this.started) {
+      // before its rings can attach: a frame from the port is never bridged without its VLANs
+      this.pool.setVlan(itf.port, c.vlan);
       try {
         itf.start();
       } catch (e) {
         this.ports[itf.port] = null;
+        this.pool.setVlan(itf.port, null);
         this.specs.delete(c.name);
         for (let q = 0; q < c.queues; q++) this.placement.delete(`${c.name}:${q}`);
         throw e;
@@ -194,6 +200,7 @@ export class Forwarder {
     this.forget(itf);
     this.pool.setCoalesce(itf.port, 0, 0);
     this.pool.setSteering(itf.port, true);
+    this.pool.setVlan(itf.port, null);
     this.pool.setPlan(this.plan(), this.macTable);
     // after the plan: no worker sends to the port any more, so no entry points at a reused number
     this.macs.forgetPort(itf.port);
@@ -268,6 +275,7 @@ export class Forwarder {
       const c = this.specs.get(i.name);
       if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
       if (c) this.pool.setSteering(i.port, c.steering === 'hash');
+      if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
     }
     for (const i of this.interfaces) {
       try {
@@ -313,6 +321,7 @@ export class Forwarder {
           dropNoBuffer: s[ST_DROP_NO_BUF],
           dropNoDest: s[ST_DROP_NO_DEST],
           dropTooBig: s[ST_DROP_TOO_BIG],
+          dropVlan: s[ST_DROP_VLAN],
           dropBadOffload: s[ST_DROP_BAD_OFFLOAD],
           gsoPassed: s[ST_GSO_PASSED],
           gsoSegmented: s[ST_GSO_SEGMENTED],

@@ -10,6 +10,11 @@
  * device goes on (the class of DPDK CVE-2024-11614). Writes into the destination go through
  * Virtqueue's reserve/put/commit, which stay inside the reserved buffers and log them.
  *
+ * VLAN bridge (vlan.ts): a frame whose tag is pushed (+4 bytes) or popped (-4) on the way to
+ * a destination is handled as delivered: a handed-over header's csum_start and hdr_len move by
+ * the same 4 bytes, and the software path builds its segments' headers from the edited
+ * headers. Checksums do not cover the Ethernet header, so the tag never changes one.
+ *
  * No allocation per packet: scratch buffers are module-level, sums are plain numbers.
  */
 import {
@@ -20,6 +25,7 @@ import { ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_GSO_PASSED, ST_GSO_
 import { GuestMemory, makeViews } from './guest-memory';
 import { PacketBatch } from './packet-batch';
 import type { Virtqueue } from './virtqueue';
+import { EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
 
 /** Largest frame with an offload: an IP packet of 64 KiB - 1 behind Ethernet and one VLAN tag. */
 export const MAX_OFFLOAD_FRAME = 65535 + 14 + 4;
@@ -60,6 +66,7 @@ export const BAD_OFFLOAD_REASONS: readonly string[] = [
   'headers do not match gso_type (Ethernet, IPv4/IPv6, TCP/UDP)',
   'csum_start/csum_offset not the TCP/UDP checksum',
   'GSO frame without payload',
+  'csum_start inside the Ethernet header',
 ];
 
 /** Headers are at most 14 + 4 + 60 + 60 (Ethernet, a tag, IPv4 and TCP with options) bytes. */
@@ -99,6 +106,8 @@ export function validate(mem: GuestMemory, b: PacketBatch, i: number, netBits: n
   if ((flags & NEEDS_CSUM) !== 0) {
     if ((netBits & CSUM) === 0) return 2;
     if (b.csumStart[i] + b.csumOffset[i] + 2 > len) return 3;
+    // no checksum covers the MACs; and a VLAN tag edit moves everything from byte 12 on
+    if (b.csumStart[i] < 14) return 16;
   }
   if (base === GSO_NONE) return (gt & GSO_ECN) !== 0 ? 7 : 0;
   if (base !== GSO_TCPV4 && base !== GSO_TCPV6 && base !== GSO_UDP) return 4;
@@ -201,9 +210,15 @@ function movePacket(b: PacketBatch, from: number, to: number): void {
   b.l4End[to] = b.l4End[from];
 }
 
-/** The largest frame packet i becomes on the wire (GSO: one segment), for the MTU check. */
+/**
+ * The largest frame packet i becomes on the wire (GSO: one segment, at most the frame), for
+ * the MTU check; before any tag edit.
+ */
 export function wireLen(b: PacketBatch, i: number): number {
-  return (b.gsoType[i] & ~GSO_ECN) === GSO_NONE ? b.pktLen[i] : b.l4End[i] + b.gsoSize[i];
+  const len = b.pktLen[i];
+  if ((b.gsoType[i] & ~GSO_ECN) === GSO_NONE) return len;
+  const seg = b.l4End[i] + b.gsoSize[i];
+  return seg < len ? seg : len;
 }
 
 // ---------------------------------------------------------------- ones' complement sums
@@ -278,51 +293,78 @@ function put16(u8: Uint8Array, off: number, v: number): void {
   u8[off + 1] = v & 0xff;
 }
 
+/**
+ * Make a VLAN tag edit (vlan.ts) on the headers in tmpl[0, hl): the source tag [12, 16)
+ * dropped (EDIT_POP), a tag written at 12 (EDIT_PUSH: TPID and TCI from the edit, never from
+ * the source), or both. Returns the bytes the headers moved by (-4, 0 or 4).
+ */
+function editTemplate(hl: number, edit: number): number {
+  const d = editDelta(edit);
+  if (d < 0) tmpl.copyWithin(12, 16, hl);
+  else if (d > 0) tmpl.copyWithin(16, 12, hl);
+  if ((edit & EDIT_PUSH) !== 0) {
+    const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+    tmpl[12] = tpid >>> 8;
+    tmpl[13] = tpid & 0xff;
+    tmpl[14] = (edit >>> 8) & 0xff;
+    tmpl[15] = edit & 0xff;
+  }
+  return d;
+}
+
 // ---------------------------------------------------------------- towards one destination
 
 /**
  * Enqueue packet i (flags or gso_type set, validated) into RX ring `vq`: handed over with its
  * header when the destination negotiated what it needs, else completed or segmented here.
- * Called under vq.acquire(). Returns false when nothing was delivered (no buffer).
+ * `edit`: the VLAN tag edit towards this destination (0: none). Called under vq.acquire().
+ * Returns false when nothing was delivered (no buffer).
  */
-export function enqueueOffload(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number): boolean {
+export function enqueueOffload(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): boolean {
   const nb = vq.features.netBits;
   const gt = b.gsoType[i];
   const base = gt & ~GSO_ECN;
   const stats = vq.stats;
   if (base === GSO_NONE) {
-    if ((nb & GUEST_CSUM) !== 0) return passThrough(vq, mem, b, i, b.hdrLen[i]);
-    if (!completeCsum(vq, mem, b, i)) return false;
+    if ((nb & GUEST_CSUM) !== 0) return passThrough(vq, mem, b, i, b.hdrLen[i], edit);
+    if (!completeCsum(vq, mem, b, i, edit)) return false;
     stats[ST_CSUM_SW]++;
     return true;
   }
   const want = base === GSO_TCPV4 ? GUEST_TSO4 : base === GSO_TCPV6 ? GUEST_TSO6 : GUEST_UFO;
   // GUEST_TSO*/UFO imply GUEST_CSUM (the spec requires it); ECN frames need GUEST_ECN too
   if ((nb & want) !== 0 && (nb & GUEST_CSUM) !== 0 && ((gt & GSO_ECN) === 0 || (nb & GUEST_ECN) !== 0)) {
-    if (!passThrough(vq, mem, b, i, b.l4End[i])) return false;
+    if (!passThrough(vq, mem, b, i, b.l4End[i], edit)) return false;
     stats[ST_GSO_PASSED]++;
     return true;
   }
-  const sent = base === GSO_UDP ? fragmentUdp(vq, mem, b, i) : segmentTcp(vq, mem, b, i);
+  const sent = base === GSO_UDP ? fragmentUdp(vq, mem, b, i, edit) : segmentTcp(vq, mem, b, i, edit);
   if (sent > 0) stats[ST_GSO_SEGMENTED]++;
   return sent > 0;
 }
 
-/** One copy of the whole frame, its virtio-net header handed over (hdr_len as parsed for GSO). */
-function passThrough(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, hdrLen: number): boolean {
-  const len = b.pktLen[i];
+/**
+ * One copy of the whole frame, its virtio-net header handed over (hdr_len as parsed for GSO).
+ * With a tag edit csum_start and a non-zero hdr_len move with the bytes behind the tag
+ * (csum_start >= 14, validated, so neither goes below 10).
+ */
+function passThrough(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, hl: number, edit: number): boolean {
+  const d = editDelta(edit);
+  const len = b.pktLen[i] + d;
+  const hdrLen = hl === 0 || hl + d < 0 ? 0 : hl + d;
+  const csumStart = b.csumStart[i] + d;
   netHdr[0] = b.flags[i];
   netHdr[1] = b.gsoType[i];
   netHdr[2] = hdrLen & 0xff;
   netHdr[3] = hdrLen >>> 8;
   netHdr[4] = b.gsoSize[i] & 0xff;
   netHdr[5] = b.gsoSize[i] >>> 8;
-  netHdr[6] = b.csumStart[i] & 0xff;
-  netHdr[7] = b.csumStart[i] >>> 8;
+  netHdr[6] = csumStart & 0xff;
+  netHdr[7] = csumStart >>> 8;
   netHdr[8] = b.csumOffset[i] & 0xff;
   netHdr[9] = b.csumOffset[i] >>> 8;
   if (!vq.rxReserve(len, netHdr)) return false;
-  putFrame(vq, mem, b, i, 0, len);
+  vq.rxPutPacket(mem, b, i, edit);
   vq.rxCommit(len);
   return true;
 }
@@ -330,20 +372,23 @@ function passThrough(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number,
 /**
  * NEEDS_CSUM towards a guest without GUEST_CSUM: the ones' complement sum from csum_start to
  * the end (the field holds the pseudo-header sum the guest put there), stored at csum_start +
- * csum_offset. As Linux's skb_checksum_help, a result of 0 is sent as 0xffff.
+ * csum_offset. As Linux's skb_checksum_help, a result of 0 is sent as 0xffff. With a tag edit
+ * the frame is delivered edited and the checksum stored where its field moved to; the bytes
+ * summed lie past the tag, the same in source and delivered frame.
  */
-function completeCsum(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number): boolean {
+function completeCsum(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): boolean {
   const len = b.pktLen[i];
   const start = b.csumStart[i];
+  const d = editDelta(edit);
   startSum();
   addFrame(mem, b, i, start, len - start);
   const c = finish() || 0xffff;
-  if (!vq.rxReserve(len, null)) return false;
-  putFrame(vq, mem, b, i, 0, len);
-  const at = start + b.csumOffset[i];
+  if (!vq.rxReserve(len + d, null)) return false;
+  vq.rxPutPacket(mem, b, i, edit);
+  const at = start + d + b.csumOffset[i];
   vq.rxPoke(at, c >>> 8);
   vq.rxPoke(at + 1, c & 0xff);
-  vq.rxCommit(len);
+  vq.rxCommit(len + d);
   return true;
 }
 
@@ -351,20 +396,24 @@ function completeCsum(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number
  * TCP segmentation (as Linux's tcp_gso_segment): gso_size bytes of payload per segment, the
  * headers copied from the frame with IPv4 id + k and total length, IPv6 payload length, TCP
  * sequence + k * gso_size, FIN and PSH only on the last segment, CWR only on the first, and
- * the IPv4 and TCP checksums computed. Returns the segments delivered.
+ * the IPv4 and TCP checksums computed. With a tag edit the template's headers are edited
+ * once, and its offsets move; the payload is read from the source as it is. Returns the
+ * segments delivered.
  */
-function segmentTcp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number): number {
+function segmentTcp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): number {
   const len = b.pktLen[i];
-  const l3 = b.l3Off[i];
-  const l4 = b.l4Off[i];
-  const hl = b.l4End[i];
+  const srcHl = b.l4End[i];
   const mss = b.gsoSize[i];
-  gather(mem, b, i, hl);
+  gather(mem, b, i, srcHl);
+  const d = edit === 0 ? 0 : editTemplate(srcHl, edit);
+  const l3 = b.l3Off[i] + d;
+  const l4 = b.l4Off[i] + d;
+  const hl = srcHl + d;
   const v4 = tmpl[l3] >> 4 === 4;
   const id0 = (tmpl[l3 + 4] << 8) | tmpl[l3 + 5];
   const seq0 = ((tmpl[l4 + 4] << 24) | (tmpl[l4 + 5] << 16) | (tmpl[l4 + 6] << 8) | tmpl[l4 + 7]) >>> 0;
   const tcpFlags = tmpl[l4 + 13];
-  const payload = len - hl;
+  const payload = len - srcHl;
   const nseg = Math.ceil(payload / mss);
   // the pseudo header's addresses, summed once
   startSum();
@@ -373,7 +422,7 @@ function segmentTcp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number):
   const addrSum = acc;
   let sent = 0;
   for (let k = 0; k < nseg; k++) {
-    const from = hl + k * mss;
+    const from = srcHl + k * mss;
     const segLen = payload - k * mss < mss ? payload - k * mss : mss;
     const tcpLen = hl - l4 + segLen;
     if (v4) {
@@ -417,20 +466,22 @@ function segmentTcp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number):
 /**
  * UFO towards a guest without GUEST_UFO: the UDP checksum completed over the whole datagram,
  * then IP fragments of gso_size bytes (rounded down to 8) of the IP payload; IPv4 fragments
- * share the frame's id, IPv6 ones get a fragment header with an id of ours.
- * Returns the fragments delivered.
+ * share the frame's id, IPv6 ones get a fragment header with an id of ours. With a tag edit
+ * the template's headers are edited once (as segmentTcp's). Returns the fragments delivered.
  */
-function fragmentUdp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number): number {
+function fragmentUdp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): number {
   const len = b.pktLen[i];
-  const l3 = b.l3Off[i];
-  const l4 = b.l4Off[i];
+  const srcL4 = b.l4Off[i];
   const fs = b.gsoSize[i] & ~7;
-  gather(mem, b, i, l4);
+  gather(mem, b, i, srcL4);
+  const d = edit === 0 ? 0 : editTemplate(srcL4, edit);
+  const l3 = b.l3Off[i] + d;
+  const l4 = srcL4 + d;
   const v4 = tmpl[l3] >> 4 === 4;
   startSum();
-  addFrame(mem, b, i, l4, len - l4);
+  addFrame(mem, b, i, srcL4, len - srcL4);
   const udpCsum = finish() || 0xffff;
-  const total = len - l4;
+  const total = len - srcL4;
   const nfrag = Math.ceil(total / fs);
   // IPv6: the fragment header goes between the fixed header and the datagram
   const hl = v4 ? l4 : l4 + 8;
@@ -467,7 +518,7 @@ function fragmentUdp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number)
       break;
     }
     vq.rxPut(tmplViews, 0, hl);
-    putFrame(vq, mem, b, i, l4 + off, n);
+    putFrame(vq, mem, b, i, srcL4 + off, n);
     if (k === 0) {
       vq.rxPoke(hl + 6, udpCsum >>> 8);
       vq.rxPoke(hl + 7, udpCsum & 0xff);
