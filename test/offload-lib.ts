@@ -160,3 +160,67 @@ export function forwardBurst(batch: PacketBatch, src: Guest, tx: Queue, rx: Queu
   }
   return n;
 }
+
+/**
+ * The segments Linux's tcp_gso_segment cuts a TSO frame into, byte for byte: the headers
+ * [0, hl) copied, then per segment IPv4 total length, id + k and header checksum, or the IPv6
+ * payload length; sequence + k * mss; CWR only on the first, FIN and PSH only on the last;
+ * the TCP checksum complete. `l3`, `l4`, `hl`: offsets in `frame` (tagged or not).
+ */
+export function refSegments(frame: Uint8Array, o: { l3: number; l4: number; hl: number; mss: number; v6: boolean }): Uint8Array[] {
+  const payload = frame.subarray(o.hl);
+  const n = Math.ceil(payload.length / o.mss);
+  const fdv = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  const id0 = o.v6 ? 0 : fdv.getUint16(o.l3 + 4);
+  const seq0 = fdv.getUint32(o.l4 + 4);
+  const flags0 = frame[o.l4 + 13];
+  const out: Uint8Array[] = [];
+  for (let k = 0; k < n; k++) {
+    const len = Math.min(o.mss, payload.length - k * o.mss);
+    const s = new Uint8Array(o.hl + len);
+    s.set(frame.subarray(0, o.hl));
+    s.set(payload.subarray(k * o.mss, k * o.mss + len), o.hl);
+    const dv = new DataView(s.buffer);
+    if (o.v6) dv.setUint16(o.l3 + 4, s.length - o.l4);
+    else {
+      dv.setUint16(o.l3 + 2, s.length - o.l3);
+      dv.setUint16(o.l3 + 4, (id0 + k) & 0xffff);
+      dv.setUint16(o.l3 + 10, 0);
+      dv.setUint16(o.l3 + 10, ~sum16([s.subarray(o.l3, o.l4)]) & 0xffff);
+    }
+    dv.setUint32(o.l4 + 4, (seq0 + k * o.mss) >>> 0);
+    let f = flags0;
+    if (k > 0) f &= ~0x80;
+    if (k < n - 1) f &= ~0x09;
+    s[o.l4 + 13] = f;
+    dv.setUint16(o.l4 + 16, 0);
+    dv.setUint16(o.l4 + 16, ~sum16([pseudo(o.v6, s, o.l3, 6, s.length - o.l4), s.subarray(o.l4)]) & 0xffff);
+    out.push(s);
+  }
+  return out;
+}
+
+/**
+ * `frame` with its partial transport checksum completed (RFC 793 / 768 over the pseudo header
+ * and the segment; 0 sent as 0xffff, as Linux's skb_checksum_help).
+ */
+export function refComplete(frame: Uint8Array, o: { l3: number; l4: number; v6: boolean; udp: boolean }): Uint8Array {
+  const s = Uint8Array.from(frame);
+  const dv = new DataView(s.buffer);
+  const at = o.l4 + (o.udp ? 6 : 16);
+  dv.setUint16(at, 0);
+  dv.setUint16(at, ~sum16([pseudo(o.v6, s, o.l3, o.udp ? 17 : 6, s.length - o.l4), s.subarray(o.l4)]) & 0xffff || 0xffff);
+  return s;
+}
+
+/** `f` with an 802.1Q/802.1ad tag (TPID, TCI) inserted after its MACs */
+export function withTag(f: Uint8Array, tci: number, tpid = 0x8100): Uint8Array {
+  const o = new Uint8Array(f.length + 4);
+  o.set(f.subarray(0, 12));
+  o[12] = tpid >> 8;
+  o[13] = tpid & 0xff;
+  o[14] = tci >> 8;
+  o[15] = tci & 0xff;
+  o.set(f.subarray(12), 16);
+  return o;
+}
