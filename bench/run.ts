@@ -31,7 +31,7 @@ import { PortStats, Testpmd } from '../test/kit/peers/testpmd';
 import { barChart } from './chart';
 import { OvsDpdk, ovsMissing, ovsVersion } from './ovs';
 import { BackendChoice, parseBackends } from './backends';
-import { Mode, OvsPortType, Topology, checkBridgePorts, frontendMacs, topologies, topologyLabel, vhostfwdConfig } from './topology';
+import { CpuPlan, Mode, OvsPortType, Topology, checkBridgePorts, cpuPlan, frontendMacs, topologies, topologyLabel, vhostfwdConfig } from './topology';
 
 /** vfB / vfLogB: the build given by --ab-cli, alternating with vf / vfLog inside each round */
 type Backend = 'dpdk' | 'ovs' | 'vf' | 'vfLog' | 'vfB' | 'vfLogB';
@@ -44,15 +44,9 @@ const isB = (b: Backend): boolean => b === 'vfB' || b === 'vfLogB';
 const ROOT = path.resolve(__dirname, '..', '..');
 // BENCH_VF_CLI: another build's dist/src/cli.js (A/B runs of two versions)
 const CLI = process.env.BENCH_VF_CLI ?? path.join(ROOT, 'dist', 'src', 'cli.js');
-/** lcores: frontend main 1 / forwarding 0; backend forwarding on 1 (DPDK lcore, vhostfwd poller). */
-const FE_LCORES = [1, 0];
-const BE_LCORES = [0, 1];
-const BACKEND_CPU = 1;
 /** hugepage memory per testpmd: mbufs are capped below, so 256 MiB is plenty. */
 const TESTPMD_MEM_MB = 256;
 const TESTPMD_EXTRA = ['--total-num-mbufs=32768'];
-/** OVS's main (non-PMD) threads share the frontend's forwarding core, as DPDK testpmd's main lcore does */
-const OVS_MAIN_CPU = 0;
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -83,6 +77,7 @@ const argv = yargs(hideBin(process.argv))
   .option('retries', { type: 'number', default: 1, describe: 'a failed trial is recorded and re-run up to this many times' })
   .option('ab-cli', { type: 'string', describe: "A/B of two builds: another build's dist/src/cli.js, run as 'vhostfwd B' in every round beside this one (trials interleave, so the VM's slow mode hits both alike)" })
   .option('ab-vlan', { type: 'boolean', default: false, describe: "A/B in this build: 'vhostfwd B' is the bridge with every port a VLAN access port of VLAN 10 (802.1Q classification and the (VLAN, MAC) table on every packet), A the same bridge without VLANs; bridge rows only (use with --modes bridge)" })
+  .option('scaling', { type: 'boolean', default: false, describe: 'one forwarding core per queue pair for every backend (vhostfwd a worker per pair, DPDK --nb-cores N, OVS N PMD threads) and N for the frontend; with --queues 1,2,4,8 the scaling rows. Without: all queues on one backend core' })
   .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
   .strict()
   .help()
@@ -136,7 +131,11 @@ const opts = {
   abCli: argv['ab-cli'] ? path.resolve(argv['ab-cli']) : null,
   abVlan: argv['ab-vlan'],
   retries: Math.max(0, argv.retries),
+  scaling: argv.scaling,
 };
+const NCPU = os.cpus().length;
+/** Cores of a trial with `queues` queue pairs (bench/topology.ts cpuPlan): the same for every backend. */
+const planFor = (queues: number): CpuPlan => cpuPlan(queues, opts.scaling, NCPU);
 
 // ---------------------------------------------------------------------------------------
 // Everything we start is tracked and killed on any exit (normal, failure, SIGINT/SIGTERM).
@@ -202,7 +201,7 @@ process.on('unhandledRejection', (e) => {
 // ---------------------------------------------------------------------------------------
 // Backends
 
-/** vhostfwd as a child process, from a generated config (poller pinned to BACKEND_CPU). */
+/** vhostfwd as a child process, from a generated config (workers pinned to the plan's backend cores). */
 class VhostfwdProc {
   readonly proc: ChildProcess;
   output = '';
@@ -213,7 +212,9 @@ class VhostfwdProc {
 
   /** mode: xconnect or bridge (bench/topology.ts); vlan: every port an access port of VLAN 10 (--ab-vlan's B) */
   constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI, mode: Mode = 'xconnect', vlan = false) {
-    const cfg = vhostfwdConfig(sockets, queues, mode, BACKEND_CPU, vlan);
+    const plan = planFor(queues);
+    // one worker for every queue (the layout before scaling), or one per queue pair
+    const cfg = vhostfwdConfig(sockets, queues, mode, opts.scaling && queues > 1 ? plan.backend : plan.backend[0], vlan);
     const file = path.join(path.dirname(sockets[0]), 'vhostfwd.json');
     fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
     const args = [cli, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];
@@ -284,7 +285,7 @@ function testpmd(role: 'frontend' | 'backend', sockets: string[], queues: number
   // bridge rows: mac forward with distinct port MACs, each port sending to its partner (bench/topology.ts)
   const macs = role === 'frontend' && fx.mode === 'bridge' ? frontendMacs(sockets.length) : null;
   const t = new Testpmd({
-    role, sockets, queues, lcores: role === 'frontend' ? FE_LCORES : BE_LCORES, prefix: newPrefix(role === 'frontend' ? 'fe' : 'be'),
+    role, sockets, queues, lcores: role === 'frontend' ? planFor(queues).frontend : planFor(queues).dpdkBackend, prefix: newPrefix(role === 'frontend' ? 'fe' : 'be'),
     memMb: TESTPMD_MEM_MB, txpkts: size, extraArgs: TESTPMD_EXTRA, peerIsClient: fx.peerIsClient,
     ...(macs ? { forwardMode: 'mac', macs: macs.macs, ethPeers: macs.peers } : {}),
   });
@@ -423,7 +424,7 @@ async function startBackend(backend: Backend, t: Topology, queues: number, dir: 
   }
   if (backend === 'ovs') {
     const ovs = await OvsDpdk.start({
-      dir: path.join(dir, 'ovs'), topology: t, portType: opts.ovsPortType, pmdCpu: BACKEND_CPU, mainCpu: OVS_MAIN_CPU,
+      dir: path.join(dir, 'ovs'), topology: t, portType: opts.ovsPortType, pmdCpus: planFor(queues).backend, mainCpu: planFor(queues).ovsMain,
       socketMemMb: opts.ovsSocketMemMb, filePrefix: newPrefix('ovs'), clientSockets: own, track,
     });
     return { vf: null, be: null, ovs, sockets: ovs.sockets };
@@ -797,6 +798,12 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   const out = [fmt(lines[0]), w.map((n) => '-'.repeat(n)).join('  '), ...lines.slice(1).map(fmt)];
   if (opts.ovsNote) out.push(`${opts.ovsNote}.`);
   out.push('Mpps: median over rounds of packets through the backend (both directions summed); Gbps = Mpps x size x 8 / 1000 (frame bytes, no 20-byte preamble/IFG).');
+  if (opts.scaling) {
+    const plans = opts.queues.map((q) => ({ q, p: planFor(q) }));
+    out.push(`scaling: one forwarding core per queue pair for every backend: ${plans.map(({ q, p }) => `${q} pair(s) on cores ${p.backend.join(',')}`).join('; ')}.`);
+    const over = plans.filter(({ p }) => p.oversubscribed).map(({ q }) => q);
+    if (over.length > 0) out.push(`OVERSUBSCRIBED (${NCPU} cores): ${over.join(', ')} pair(s) share cores with the frontend: a functional run, not a scaling measurement.`);
+  }
   if (opts.topologies.some((t) => t.mode === 'xconnect')) out.push(`xc: 2 ports cross-connected: vhostfwd xconnect, DPDK testpmd io forward${has('ovs') ? ', OVS-DPDK flows in_port=1,actions=output:2 and back' : ''}; frontend io forward.`);
   if (opts.topologies.some((t) => t.mode === 'bridge')) out.push(`brN: N ports on a learning switch: vhostfwd bridge${has('ovs') ? ' vs OVS-DPDK NORMAL' : ''}, unicast after learning (frontend mac forward, port i sends to its partner i^1; rxPerTx in the JSON ~1 = nothing flooded); '-': not measured in that row (DPDK is not a switch; forced log only on xc).`);
   out.push('best: ratio of the best rounds (noise on a shared machine only slows a trial down; every backend shows a slow mode at random, see bench/NOTES.md).');
@@ -1006,13 +1013,15 @@ async function main(): Promise<void> {
       node: process.version,
       dpdk: version('dpkg-query', ['-W', '-f', '${Version}', 'dpdk'], /(.+)/),
       qemu: version('qemu-system-x86_64', ['--version'], /version ([\d.]+)/),
-      ovs: opts.ovs ? { version: await ovsVersion(), portType: opts.ovsPortType, socketMemMb: opts.ovsSocketMemMb, pmdCpu: BACKEND_CPU, mainCpu: OVS_MAIN_CPU } : null,
+      ovs: opts.ovs ? { version: await ovsVersion(), portType: opts.ovsPortType, socketMemMb: opts.ovsSocketMemMb } : null,
       ovsNote: opts.ovsNote,
       loadAvgBefore: pre.load,
       loadAvgAfter: os.loadavg(),
       waitedForOtherProcessesS: pre.waitedForeignS,
       options: opts,
-      lcores: { frontend: { main: FE_LCORES[0], forwarding: FE_LCORES[1] }, dpdkBackend: { main: BE_LCORES[0], forwarding: BE_LCORES[1] }, vhostfwdPollerCpu: BACKEND_CPU, ovsPmdCpu: BACKEND_CPU, ovsMainCpu: OVS_MAIN_CPU },
+      // per queue count: frontend / DPDK backend testpmd [main, ...forwarding], the backend's
+      // forwarding cores (vhostfwd workers, DPDK lcores, OVS PMDs), OVS's other threads
+      cpuPlans: Object.fromEntries(opts.queues.map((q) => [q, planFor(q)])),
       definitions: {
         mpps: 'sum over both frontend ports of delta RX-packets / measured seconds, after the warm-up: packets that crossed the backend (both directions)',
         gbps: 'mpps * size * 8 / 1000: frame bytes only (size = frame without CRC), NOT counting the 20-byte Ethernet preamble + inter-frame gap',
