@@ -753,22 +753,34 @@ function main(): void {
   let idle = 0;
   let worked = false;
   let lastWork = performance.now();
+  // Packets per productive round, a moving average (1/8 weight a round). Full bursts mean a
+  // loaded ring: spin the whole idleUs before sleeping, as before. Small bursts mean a light
+  // load: the next packet is far off, and spinning for it would cost a core per light guest;
+  // the window shrinks with the square of the fill (1 packet a round: idleUs / 256, so the
+  // first clock check, ~256 empty rounds, already sleeps), and the guest's kick wakes us.
+  let fill = BURST;
+  const idleMs = init.idleUs / 1000;
+  let windowMs = idleMs;
   // W_RUN and W_MAILBOX only have to be seen eventually: plain loads on x86 (ordering.ts),
   // where each Atomics.load is a builtin call (~10 ns, two a round). drainMailbox() reads
   // the counter again with Atomics.load before it takes the messages.
   const tso = TSO;
   while (running && (tso ? ctrl[W_RUN] : Atomics.load(ctrl, W_RUN)) === 1) {
     if ((tso ? ctrl[W_MAILBOX] : Atomics.load(ctrl, W_MAILBOX)) !== seenMailbox) drainMailbox();
-    if (pollOnce() > 0) {
+    const moved = pollOnce();
+    if (moved > 0) {
       idle = 0;
       worked = true;
+      fill += ((moved < BURST ? moved : BURST) - fill) / 8;
     } else if (++idle >= init.idleSpins) {
       idle = 0;
       const now = performance.now();
       if (worked) {
         lastWork = now;
         worked = false;
-      } else if (now - lastWork >= init.idleUs / 1000) {
+        const f = fill * (2 / BURST); // 1 from half a burst up
+        windowMs = f >= 1 ? idleMs : idleMs * f * f;
+      } else if (now - lastWork >= windowMs) {
         sleep();
         lastWork = performance.now();
       }
