@@ -54,7 +54,8 @@ export interface OvsOptions {
   dir: string;
   topology: Topology;
   portType: OvsPortType;
-  pmdCpu: number;
+  /** PMD threads' cores (one per queue pair when scaling) */
+  pmdCpus: number[];
   mainCpu: number;
   socketMemMb: number;
   filePrefix: string;
@@ -190,11 +191,12 @@ export class OvsDpdk {
     for (const f of ovsFlows(this.o.topology)) await this.tool('ovs-ofctl', ['add-flow', mgmt, f]);
   }
 
-  /** The PMD thread must poll on the backend core, as DPDK's lcore and vhostfwd's worker do. */
+  /** The PMD threads must poll on the backend cores, as DPDK's lcores and vhostfwd's workers do. */
   private async checkPmdCore(): Promise<void> {
     const out = await this.appctl(['dpif-netdev/pmd-rxq-show']);
-    const cores = [...out.matchAll(/pmd thread numa_id \d+ core_id (\d+)/g)].map((m) => Number(m[1]));
-    if (cores.length !== 1 || cores[0] !== this.o.pmdCpu) throw new Error(`OVS PMD threads on cores [${cores.join(',')}], expected [${this.o.pmdCpu}]:\n${out}`);
+    const cores = [...out.matchAll(/pmd thread numa_id \d+ core_id (\d+)/g)].map((m) => Number(m[1])).sort((a, b) => a - b);
+    const want = [...this.o.pmdCpus].sort((a, b) => a - b);
+    if (cores.join(',') !== want.join(',')) throw new Error(`OVS PMD threads on cores [${cores.join(',')}], expected [${want.join(',')}]:\n${out}`);
   }
 
   private appctl(args: string[]): Promise<string> {

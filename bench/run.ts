@@ -31,7 +31,7 @@ import { PortStats, Testpmd } from '../test/kit/peers/testpmd';
 import { barChart } from './chart';
 import { OvsDpdk, ovsMissing, ovsVersion } from './ovs';
 import { BackendChoice, parseBackends } from './backends';
-import { Mode, OvsPortType, Topology, checkBridgePorts, frontendMacs, topologies, topologyLabel, vhostfwdConfig } from './topology';
+import { CpuPlan, Mode, OvsPortType, Topology, checkBridgePorts, cpuPlan, frontendMacs, topologies, topologyLabel, vhostfwdConfig } from './topology';
 
 /** vfB / vfLogB: the build given by --ab-cli, alternating with vf / vfLog inside each round */
 type Backend = 'dpdk' | 'ovs' | 'vf' | 'vfLog' | 'vfB' | 'vfLogB';
@@ -44,15 +44,9 @@ const isB = (b: Backend): boolean => b === 'vfB' || b === 'vfLogB';
 const ROOT = path.resolve(__dirname, '..', '..');
 // BENCH_VF_CLI: another build's dist/src/cli.js (A/B runs of two versions)
 const CLI = process.env.BENCH_VF_CLI ?? path.join(ROOT, 'dist', 'src', 'cli.js');
-/** lcores: frontend main 1 / forwarding 0; backend forwarding on 1 (DPDK lcore, vhostfwd poller). */
-const FE_LCORES = [1, 0];
-const BE_LCORES = [0, 1];
-const BACKEND_CPU = 1;
 /** hugepage memory per testpmd: mbufs are capped below, so 256 MiB is plenty. */
 const TESTPMD_MEM_MB = 256;
 const TESTPMD_EXTRA = ['--total-num-mbufs=32768'];
-/** OVS's main (non-PMD) threads share the frontend's forwarding core, as DPDK testpmd's main lcore does */
-const OVS_MAIN_CPU = 0;
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -75,6 +69,9 @@ const argv = yargs(hideBin(process.argv))
   .option('ovs-socket-mem', { type: 'number', default: 512, describe: 'OVS dpdk-socket-mem, MiB of hugepages' })
   .option('idle', { type: 'boolean', default: true, describe: 'measure idle CPU (--no-idle to skip)' })
   .option('idle-seconds', { type: 'number', default: 10 })
+  .option('load', { type: 'boolean', default: true, describe: "CPU at partial load: bench/gen.js (a paced frontend of our own) offers --load-rates through each backend's xconnect, after its own peak; the backend's CPU time per million packets (--no-load to skip)" })
+  .option('load-rates', { type: 'string', default: '10000,50000,100000', describe: 'offered loads in frames per second (the same for every backend)' })
+  .option('load-seconds', { type: 'number', default: 5, describe: 'seconds per load level (and for the peak)' })
   .option('ping', { type: 'boolean', describe: 'ping RTT between two QEMU guests (default on; off with --quick)' })
   .option('ping-count', { type: 'number', default: 20 })
   .option('ping-interval', { type: 'number', default: 0.2 })
@@ -83,6 +80,8 @@ const argv = yargs(hideBin(process.argv))
   .option('retries', { type: 'number', default: 1, describe: 'a failed trial is recorded and re-run up to this many times' })
   .option('ab-cli', { type: 'string', describe: "A/B of two builds: another build's dist/src/cli.js, run as 'vhostfwd B' in every round beside this one (trials interleave, so the VM's slow mode hits both alike)" })
   .option('ab-vlan', { type: 'boolean', default: false, describe: "A/B in this build: 'vhostfwd B' is the bridge with every port a VLAN access port of VLAN 10 (802.1Q classification and the (VLAN, MAC) table on every packet), A the same bridge without VLANs; bridge rows only (use with --modes bridge)" })
+  .option('virtio-user', { type: 'string', describe: "more devargs for the frontend's virtio-user ports, e.g. mrg_rxbuf=0 or packed_vq=1,in_order=1 (every backend gets the same frontend)" })
+  .option('scaling', { type: 'boolean', default: false, describe: 'one forwarding core per queue pair for every backend (vhostfwd a worker per pair, DPDK --nb-cores N, OVS N PMD threads) and N for the frontend; with --queues 1,2,4,8 the scaling rows. Without: all queues on one backend core' })
   .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
   .strict()
   .help()
@@ -127,6 +126,9 @@ const opts = {
   ovsSocketMemMb: argv['ovs-socket-mem'],
   idle: argv.idle,
   idleSeconds: argv.quick ? 3 : argv['idle-seconds'],
+  load: argv.load,
+  loadSeconds: argv.quick ? 2 : argv['load-seconds'],
+  loadRates: list(argv['load-rates']),
   ping: argv.ping ?? !argv.quick,
   pingCount: argv['ping-count'],
   pingInterval: argv['ping-interval'],
@@ -136,7 +138,12 @@ const opts = {
   abCli: argv['ab-cli'] ? path.resolve(argv['ab-cli']) : null,
   abVlan: argv['ab-vlan'],
   retries: Math.max(0, argv.retries),
+  scaling: argv.scaling,
+  virtioUser: argv['virtio-user'] ?? null,
 };
+const NCPU = os.cpus().length;
+/** Cores of a trial with `queues` queue pairs (bench/topology.ts cpuPlan): the same for every backend. */
+const planFor = (queues: number): CpuPlan => cpuPlan(queues, opts.scaling, NCPU);
 
 // ---------------------------------------------------------------------------------------
 // Everything we start is tracked and killed on any exit (normal, failure, SIGINT/SIGTERM).
@@ -202,7 +209,7 @@ process.on('unhandledRejection', (e) => {
 // ---------------------------------------------------------------------------------------
 // Backends
 
-/** vhostfwd as a child process, from a generated config (poller pinned to BACKEND_CPU). */
+/** vhostfwd as a child process, from a generated config (workers pinned to the plan's backend cores). */
 class VhostfwdProc {
   readonly proc: ChildProcess;
   output = '';
@@ -213,7 +220,9 @@ class VhostfwdProc {
 
   /** mode: xconnect or bridge (bench/topology.ts); vlan: every port an access port of VLAN 10 (--ab-vlan's B) */
   constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI, mode: Mode = 'xconnect', vlan = false) {
-    const cfg = vhostfwdConfig(sockets, queues, mode, BACKEND_CPU, vlan);
+    const plan = planFor(queues);
+    // one worker for every queue (the layout before scaling), or one per queue pair
+    const cfg = vhostfwdConfig(sockets, queues, mode, opts.scaling && queues > 1 ? plan.backend : plan.backend[0], vlan);
     const file = path.join(path.dirname(sockets[0]), 'vhostfwd.json');
     fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
     const args = [cli, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];
@@ -284,8 +293,9 @@ function testpmd(role: 'frontend' | 'backend', sockets: string[], queues: number
   // bridge rows: mac forward with distinct port MACs, each port sending to its partner (bench/topology.ts)
   const macs = role === 'frontend' && fx.mode === 'bridge' ? frontendMacs(sockets.length) : null;
   const t = new Testpmd({
-    role, sockets, queues, lcores: role === 'frontend' ? FE_LCORES : BE_LCORES, prefix: newPrefix(role === 'frontend' ? 'fe' : 'be'),
+    role, sockets, queues, lcores: role === 'frontend' ? planFor(queues).frontend : planFor(queues).dpdkBackend, prefix: newPrefix(role === 'frontend' ? 'fe' : 'be'),
     memMb: TESTPMD_MEM_MB, txpkts: size, extraArgs: TESTPMD_EXTRA, peerIsClient: fx.peerIsClient,
+    ...(role === 'frontend' && opts.virtioUser ? { devargs: opts.virtioUser } : {}),
     ...(macs ? { forwardMode: 'mac', macs: macs.macs, ethPeers: macs.peers } : {}),
   });
   track(t.proc);
@@ -423,7 +433,7 @@ async function startBackend(backend: Backend, t: Topology, queues: number, dir: 
   }
   if (backend === 'ovs') {
     const ovs = await OvsDpdk.start({
-      dir: path.join(dir, 'ovs'), topology: t, portType: opts.ovsPortType, pmdCpu: BACKEND_CPU, mainCpu: OVS_MAIN_CPU,
+      dir: path.join(dir, 'ovs'), topology: t, portType: opts.ovsPortType, pmdCpus: planFor(queues).backend, mainCpu: planFor(queues).ovsMain,
       socketMemMb: opts.ovsSocketMemMb, filePrefix: newPrefix('ovs'), clientSockets: own, track,
     });
     return { vf: null, be: null, ovs, sockets: ovs.sockets };
@@ -584,6 +594,102 @@ async function idleCpu(backend: IdlePingBackend): Promise<IdleResult> {
     r.error = errText(e);
   } finally {
     await quitTestpmd(fe);
+    await stopBackend(started);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU at partial load
+
+const GEN = path.join(ROOT, 'dist', 'bench', 'gen.js');
+
+interface LoadLevel {
+  /** offered frames per second; 0 = the peak phase (as fast as the generator goes) */
+  rate: number;
+  targetPps: number;
+  pps: number;
+  sent: number;
+  received: number;
+  seconds: number;
+  /** the backend process's CPU over the phase, % of one core */
+  cpuPercent: number;
+  /** backend CPU seconds per million packets received (null when none were) */
+  cpuSecPerMpkt: number | null;
+}
+
+interface LoadResult {
+  backend: IdlePingBackend;
+  ok: boolean;
+  error?: string;
+  levels: LoadLevel[];
+}
+
+/**
+ * One backend's xconnect, bench/gen.js on its two sockets (pinned to the frontend's core):
+ * the peak, then each level. The backend's CPU time is read at each phase's start and end
+ * line, so setup and teardown are not in it.
+ */
+async function partialLoad(backend: IdlePingBackend): Promise<LoadResult> {
+  const r: LoadResult = { backend, ok: false, levels: [] };
+  const dir = fs.mkdtempSync(path.join(TMP, `load-${backend}-`));
+  let started: Started | null = null;
+  let gen: ChildProcess | null = null;
+  try {
+    if (backend === 'ovs' && opts.ovsPortType === 'dpdkvhostuserclient') throw new Error('the generator is a socket client: needs --ovs-port-type dpdkvhostuser');
+    started = await startBackend(backend, XC, 1, dir);
+    const pid = backendPid(started);
+    const fe = planFor(1).frontend[1];
+    const args = [GEN, '--a', started.sockets[0], '--b', started.sockets[1], '--seconds', String(opts.loadSeconds), '--rates', opts.loadRates.join(',')];
+    const g = (gen = track(spawn('taskset', ['-c', String(fe), process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })));
+    let err = '';
+    g.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
+    const exited = new Promise<number | null>((resolve) => g.on('exit', (code) => resolve(code)));
+    const lines: string[] = [];
+    let wake: (() => void) | null = null;
+    let partial = '';
+    g.stdout?.on('data', (d: Buffer) => {
+      partial += d.toString();
+      const parts = partial.split('\n');
+      partial = parts.pop() ?? '';
+      lines.push(...parts);
+      wake?.();
+    });
+    const next = async (timeoutMs: number): Promise<string> => {
+      const end = Date.now() + timeoutMs;
+      while (lines.length === 0) {
+        if (g.exitCode !== null) throw new Error(`generator exited (${g.exitCode}): ${err.trim().split('\n').slice(-3).join(' | ')}`);
+        if (Date.now() > end) throw new Error('generator: no output in time');
+        await Promise.race([new Promise<void>((res) => (wake = res)), sleep(200)]);
+      }
+      return lines.shift() as string;
+    };
+    if ((await next(30000)) !== 'ready') throw new Error('generator: expected ready');
+    if (started.be) await startWhenUp(started.be, 2, 15000);
+    if (started.ovs) await started.ovs.waitLinksUp();
+    g.stdin?.write('go\n');
+    const phaseMs = opts.loadSeconds * 1000 + 30000;
+    for (let i = 0; i <= opts.loadRates.length; i++) {
+      const s = /^phase (\S+) start$/.exec(await next(phaseMs));
+      if (!s) throw new Error('generator: expected a phase start');
+      const c0 = cpuSeconds(pid);
+      const e = /^phase (\S+) end (\{.*\})$/.exec(await next(phaseMs));
+      if (!e) throw new Error('generator: expected a phase end');
+      const c1 = cpuSeconds(pid);
+      const p = JSON.parse(e[2]) as { targetPps: number; sent: number; received: number; seconds: number; pps: number };
+      const cpu = c1 - c0;
+      r.levels.push({
+        rate: s[1] === 'peak' ? 0 : Number(s[1]), targetPps: p.targetPps, pps: p.pps, sent: p.sent, received: p.received, seconds: p.seconds,
+        cpuPercent: (100 * cpu) / p.seconds, cpuSecPerMpkt: p.received > 0 ? cpu / (p.received / 1e6) : null,
+      });
+    }
+    await Promise.race([exited, sleep(5000)]);
+    r.ok = true;
+  } catch (e) {
+    r.error = errText(e);
+  } finally {
+    if (gen && gen.exitCode === null) gen.kill('SIGKILL');
     await stopBackend(started);
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -780,7 +886,39 @@ function columns(paired: boolean): Column[] {
   ];
 }
 
-function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingResult[]): string {
+/** CPU at partial load: per level, each backend's rate, CPU % and CPU per Mpkt, and vhostfwd's CPU per packet over each other backend's. */
+function loadTable(load: LoadResult[]): string[] {
+  const ok = load.filter((l) => l.ok);
+  const levels = ok[0]?.levels.map((l) => l.rate) ?? [];
+  const head = ['offered pps', ...ok.flatMap((l) => [`${IDLE_NAME[l.backend].trim()} kpps`, 'CPU %', 'CPU ms/Mpkt']), ...ok.filter((l) => l.backend !== 'vf').map((l) => `vf/${IDLE_NAME[l.backend].trim()} CPU/pkt`)];
+  const vf = ok.find((l) => l.backend === 'vf');
+  const lines = [head];
+  for (const [i, lv] of levels.entries()) {
+    const row = [lv === 0 ? 'peak' : `${lv / 1000}k`];
+    for (const l of ok) {
+      const x = l.levels[i];
+      row.push(f(x.pps / 1000, 1), f(x.cpuPercent, 1), x.cpuSecPerMpkt === null ? '-' : f(x.cpuSecPerMpkt * 1000, 0));
+    }
+    for (const l of ok.filter((b) => b.backend !== 'vf')) {
+      const a = vf?.levels[i]?.cpuSecPerMpkt ?? null;
+      const b = l.levels[i]?.cpuSecPerMpkt ?? null;
+      row.push(a !== null && b !== null && b > 0 ? f(a / b, 2) : '-');
+    }
+    lines.push(row);
+  }
+  const w = head.map((_, i) => Math.max(...lines.map((l) => l[i].length)));
+  const fmt = (l: string[]): string => l.map((c, i) => c.padStart(w[i])).join('  ');
+  const peak = ok.map((l) => `${IDLE_NAME[l.backend].trim()} ${f((l.levels[0]?.pps ?? 0) / 1000, 1)}`).join(', ');
+  return [
+    '',
+    `CPU at partial load (xconnect, 64 B, one way; bench/gen.js, our paced TypeScript frontend, on core ${planFor(1).frontend[1]}; ${opts.loadSeconds} s a level):`,
+    fmt(lines[0]), w.map((n) => '-'.repeat(n)).join('  '), ...lines.slice(1).map(fmt),
+    `offered: frames per second from the generator, the same for every backend; peak: as fast as the generator goes through that backend (kpps received: ${peak}): the generator, a JavaScript frontend, sets that peak, far below the testpmd loop's rates above, so these are partial loads in absolute terms, not percentages of a backend's peak. CPU %: the backend process, % of one core; ms/Mpkt: its CPU time per million packets received; vf/X: vhostfwd's CPU per packet over X's.`,
+    ...load.filter((l) => !l.ok).map((l) => `load ${IDLE_NAME[l.backend].trim()}: FAILED (${l.error})`),
+  ];
+}
+
+function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingResult[], load: LoadResult[]): string {
   const has = (b: Backend): boolean => backends.includes(b);
   const paired = has('vfLog') && opts.logPairs > 0;
   const cols = columns(paired).filter((c) => c.needs.every(has));
@@ -797,12 +935,19 @@ function table(rows: Row[], backends: Backend[], idle: IdleResult[], ping: PingR
   const out = [fmt(lines[0]), w.map((n) => '-'.repeat(n)).join('  '), ...lines.slice(1).map(fmt)];
   if (opts.ovsNote) out.push(`${opts.ovsNote}.`);
   out.push('Mpps: median over rounds of packets through the backend (both directions summed); Gbps = Mpps x size x 8 / 1000 (frame bytes, no 20-byte preamble/IFG).');
+  if (opts.scaling) {
+    const plans = opts.queues.map((q) => ({ q, p: planFor(q) }));
+    out.push(`scaling: one forwarding core per queue pair for every backend: ${plans.map(({ q, p }) => `${q} pair(s) on cores ${p.backend.join(',')}`).join('; ')}.`);
+    const over = plans.filter(({ p }) => p.oversubscribed).map(({ q }) => q);
+    if (over.length > 0) out.push(`OVERSUBSCRIBED (${NCPU} cores): ${over.join(', ')} pair(s) share cores with the frontend: a functional run, not a scaling measurement.`);
+  }
   if (opts.topologies.some((t) => t.mode === 'xconnect')) out.push(`xc: 2 ports cross-connected: vhostfwd xconnect, DPDK testpmd io forward${has('ovs') ? ', OVS-DPDK flows in_port=1,actions=output:2 and back' : ''}; frontend io forward.`);
   if (opts.topologies.some((t) => t.mode === 'bridge')) out.push(`brN: N ports on a learning switch: vhostfwd bridge${has('ovs') ? ' vs OVS-DPDK NORMAL' : ''}, unicast after learning (frontend mac forward, port i sends to its partner i^1; rxPerTx in the JSON ~1 = nothing flooded); '-': not measured in that row (DPDK is not a switch; forced log only on xc).`);
   out.push('best: ratio of the best rounds (noise on a shared machine only slows a trial down; every backend shows a slow mode at random, see bench/NOTES.md).');
   out.push(`fast: ratio of the medians of each backend's fast-mode rounds (>= ${FAST_FRACTION} x its best; their count in parentheses under "rounds ok").`);
   if (paired) out.push(`paired: median over the cell's log-off / log-on window pairs (${opts.logWindow} s each, adjacent in one vhostfwd+log trial, forced logging paused and resumed by SIGUSR2) of on / off; pair count in parentheses.`);
   out.push(...abLines(rows, has));
+  if (load.length > 0) out.push(...loadTable(load));
   for (const i of idle) {
     out.push(`idle CPU ${IDLE_NAME[i.backend]}: ${i.ok ? `${f(i.cpuPercent, 2)} % of one core over ${f(i.seconds, 1)} s` : `FAILED (${i.error})`}  [${i.note}]`);
   }
@@ -972,6 +1117,19 @@ async function main(): Promise<void> {
       process.stderr.write(`  idle CPU ${b}: ${r.ok ? `${f(r.cpuPercent, 2)} %` : `FAILED: ${r.error}`}\n`);
     }
   }
+  const load: LoadResult[] = [];
+  if (opts.load) {
+    for (const b of idlePingBackends()) {
+      let r = await partialLoad(b);
+      for (let a = 1; !r.ok && a <= opts.retries; a++) {
+        process.stderr.write(`  load ${b}: FAILED (${r.error}); retrying\n`);
+        failedOnce.push(`load ${b} (retried): ${r.error}`);
+        r = await partialLoad(b);
+      }
+      load.push(r);
+      process.stderr.write(`  load ${b}: ${r.ok ? r.levels.map((l) => `${l.rate ? `${l.rate / 1000}k` : 'peak'}: ${f(l.pps / 1000, 1)} kpps ${f(l.cpuPercent, 1)} %`).join(', ') : `FAILED: ${r.error}`}\n`);
+    }
+  }
   const ping: PingResult[] = [];
   if (opts.ping) {
     for (const b of idlePingBackends()) {
@@ -987,13 +1145,14 @@ async function main(): Promise<void> {
   }
 
   const rows = summarize(trials, backends);
-  const text = table(rows, backends, idle, ping);
+  const text = table(rows, backends, idle, ping, load);
   process.stdout.write('\n' + text + '\n');
 
   const failures = [
     ...trials.filter((t) => !t.ok).map((t) => `throughput ${t.backend} ${t.mode}${t.mode === 'bridge' ? t.ports : ''} ${t.size} B q${t.queues} round ${t.round} attempt ${t.attempt}: ${t.error}`),
     ...failedOnce,
     ...idle.filter((i) => !i.ok).map((i) => `idle ${i.backend}: ${i.error}`),
+    ...load.filter((l) => !l.ok).map((l) => `load ${l.backend}: ${l.error}`),
     ...ping.filter((p) => !p.ok).map((p) => `ping ${p.backend}: ${p.error}`),
   ];
   const result = {
@@ -1006,13 +1165,15 @@ async function main(): Promise<void> {
       node: process.version,
       dpdk: version('dpkg-query', ['-W', '-f', '${Version}', 'dpdk'], /(.+)/),
       qemu: version('qemu-system-x86_64', ['--version'], /version ([\d.]+)/),
-      ovs: opts.ovs ? { version: await ovsVersion(), portType: opts.ovsPortType, socketMemMb: opts.ovsSocketMemMb, pmdCpu: BACKEND_CPU, mainCpu: OVS_MAIN_CPU } : null,
+      ovs: opts.ovs ? { version: await ovsVersion(), portType: opts.ovsPortType, socketMemMb: opts.ovsSocketMemMb } : null,
       ovsNote: opts.ovsNote,
       loadAvgBefore: pre.load,
       loadAvgAfter: os.loadavg(),
       waitedForOtherProcessesS: pre.waitedForeignS,
       options: opts,
-      lcores: { frontend: { main: FE_LCORES[0], forwarding: FE_LCORES[1] }, dpdkBackend: { main: BE_LCORES[0], forwarding: BE_LCORES[1] }, vhostfwdPollerCpu: BACKEND_CPU, ovsPmdCpu: BACKEND_CPU, ovsMainCpu: OVS_MAIN_CPU },
+      // per queue count: frontend / DPDK backend testpmd [main, ...forwarding], the backend's
+      // forwarding cores (vhostfwd workers, DPDK lcores, OVS PMDs), OVS's other threads
+      cpuPlans: Object.fromEntries(opts.queues.map((q) => [q, planFor(q)])),
       definitions: {
         mpps: 'sum over both frontend ports of delta RX-packets / measured seconds, after the warm-up: packets that crossed the backend (both directions)',
         gbps: 'mpps * size * 8 / 1000: frame bytes only (size = frame without CRC), NOT counting the 20-byte Ethernet preamble + inter-frame gap',
@@ -1029,6 +1190,7 @@ async function main(): Promise<void> {
     throughput: rows,
     trials,
     idleCpu: idle,
+    partialLoad: load,
     ping,
     failures,
     table: text,
@@ -1044,7 +1206,7 @@ async function main(): Promise<void> {
   process.stderr.write(`bench: wrote ${path.join(opts.out, `${base}.{json,svg,txt}`)}${opts.quick ? '' : ` and ${stamp}.json`}\n`);
   if (failures.length > 0) process.stderr.write(`bench: ${failures.length} failure(s):\n  ${failures.join('\n  ')}\n`);
   // Exit 1 when a number is missing from the report (a failure retried successfully is only listed).
-  const missing = rows.some((r) => r.backends.some((b) => (r[b]?.ok ?? 0) === 0)) || idle.some((i) => !i.ok) || ping.some((p) => !p.ok);
+  const missing = rows.some((r) => r.backends.some((b) => (r[b]?.ok ?? 0) === 0)) || idle.some((i) => !i.ok) || load.some((l) => !l.ok) || ping.some((p) => !p.ok);
   if (missing) process.exitCode = 1;
 }
 

@@ -57,7 +57,7 @@ export function frontendMacs(ports: number): { macs: string[]; peers: string[] }
  * interface on one worker pinned to `cpu` (the backend core of every backend); `vlan`: every
  * interface an access port of VLAN 10 (the B side of --ab-vlan, bridge only).
  */
-export function vhostfwdConfig(sockets: readonly string[], queues: number, mode: Mode, cpu: number, vlan = false): Record<string, unknown> {
+export function vhostfwdConfig(sockets: readonly string[], queues: number, mode: Mode, cpu: number | readonly number[], vlan = false): Record<string, unknown> {
   if (vlan && mode !== 'bridge') throw new Error('VLAN access ports need the bridge (xconnect does not take vlan)');
   if (mode === 'xconnect' && sockets.length !== 2) throw new Error(`xconnect needs 2 sockets, got ${sockets.length}`);
   const names = sockets.map((_, i) => `vm${i + 1}`);
@@ -66,8 +66,55 @@ export function vhostfwdConfig(sockets: readonly string[], queues: number, mode:
     // (only with several queues, so that builds from before steering existed run the 1-queue rows in --ab-cli)
     interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, ...(queues > 1 ? { steering: 'pair' } : {}), ...(vlan ? { vlan: { mode: 'access', tag: 10 } } : {}) })),
     forwarding: mode === 'xconnect' ? { mode: 'xconnect', pairs: [[names[0], names[1]]] } : { mode: 'bridge' },
-    workers: [{ cpus: [cpu], queues: Array.from({ length: queues }, (_, q) => names.map((n) => `${n}:${q}`)).flat() }],
+    workers: typeof cpu === 'number'
+      ? [{ cpus: [cpu], queues: Array.from({ length: queues }, (_, q) => names.map((n) => `${n}:${q}`)).flat() }]
+      // scaling: one worker per queue pair, each on its own core (cpu[q], wrapping when fewer)
+      : Array.from({ length: queues }, (_, q) => ({ cpus: [cpu[q % cpu.length]], queues: names.map((n) => `${n}:${q}`) })),
   };
+}
+
+/**
+ * Which core does what in a trial. Every backend gets the same forwarding cores (`backend`:
+ * vhostfwd's workers, DPDK testpmd's forwarding lcores, OVS's PMD threads), the frontend its
+ * own. testpmd's main lcore never forwards, so it is listed first and apart.
+ */
+export interface CpuPlan {
+  /** frontend testpmd: [main, ...forwarding] */
+  frontend: number[];
+  /** DPDK backend testpmd: [main, ...forwarding] (forwarding = `backend`) */
+  dpdkBackend: number[];
+  /** forwarding cores of the backend under test */
+  backend: number[];
+  /** OVS's non-PMD threads */
+  ovsMain: number;
+  /** fewer cores than 2 x queues + 1: frontend and backend share cores, a functional run only */
+  oversubscribed: boolean;
+}
+
+/**
+ * The cores of a trial with `queues` queue pairs on a machine of `ncpu` cores.
+ * Without scaling (and with one queue pair): core 1 forwards for the backend (all its queues),
+ * core 0 for the frontend, each testpmd's main lcore on the other one (the layout of every
+ * run before scaling). Scaling: one backend core per queue pair (1..N), as many for the
+ * frontend (N+1..2N), both mains and OVS's other threads on core 0. With fewer than 2N + 1
+ * cores the lists wrap (each still distinct) and the plan says so.
+ */
+export function cpuPlan(queues: number, scaling: boolean, ncpu: number): CpuPlan {
+  if (!Number.isInteger(queues) || queues < 1) throw new Error(`queues ${queues}: an integer >= 1`);
+  if (!Number.isInteger(ncpu) || ncpu < 2) throw new Error(`${ncpu} cores: the bench needs 2 at least (frontend and backend apart)`);
+  if (!scaling || queues === 1) return { frontend: [1, 0], dpdkBackend: [0, 1], backend: [1], ovsMain: 0, oversubscribed: false };
+  const range = (from: number, n: number): number[] => [...new Set(Array.from({ length: n }, (_, i) => (from + i) % ncpu))];
+  if (2 * queues + 1 <= ncpu) {
+    const backend = range(1, queues);
+    return { frontend: [0, ...range(queues + 1, queues)], dpdkBackend: [0, ...backend], backend, ovsMain: 0, oversubscribed: false };
+  }
+  // too few cores: the backend's workers / PMDs still one per pair where cores allow, the
+  // frontend forwarding on the cores other than its main, DPDK's backend main on core 0
+  const backend = range(1, queues);
+  const feMain = 1 % ncpu;
+  const feFwd = range(0, ncpu).filter((c) => c !== feMain).slice(0, queues);
+  const beFwd = backend.filter((c) => c !== 0);
+  return { frontend: [feMain, ...feFwd], dpdkBackend: [0, ...(beFwd.length > 0 ? beFwd : [1])], backend, ovsMain: 0, oversubscribed: true };
 }
 
 /** OVS interface names of the bench's ports (OpenFlow port numbers 1..n, asked for by ofport_request). */
@@ -110,13 +157,16 @@ export function ovsFlows(t: Topology): string[] {
  * probing, a --file-prefix of our own (OVS 3.1 adds --in-memory, so no hugepage files are
  * left; the prefix keeps its runtime state apart from every other DPDK process anyway).
  */
-export function ovsOtherConfig(o: { pmdCpu: number; mainCpu: number; socketMemMb: number; filePrefix: string }): string[] {
-  const mask = (cpu: number): string => `0x${(1n << BigInt(cpu)).toString(16)}`;
+export function ovsOtherConfig(o: { pmdCpus: readonly number[]; mainCpu: number; socketMemMb: number; filePrefix: string }): string[] {
+  const mask = (cpus: readonly number[]): string => `0x${cpus.reduce((m, c) => m | (1n << BigInt(c)), 0n).toString(16)}`;
   return [
     'other_config:dpdk-init=true',
     `other_config:dpdk-socket-mem=${o.socketMemMb}`,
-    `other_config:pmd-cpu-mask=${mask(o.pmdCpu)}`,
-    `other_config:dpdk-lcore-mask=${mask(o.mainCpu)}`,
+    `other_config:pmd-cpu-mask=${mask(o.pmdCpus)}`,
+    `other_config:dpdk-lcore-mask=${mask([o.mainCpu])}`,
     `other_config:dpdk-extra=--no-pci --file-prefix=${o.filePrefix}`,
+    // several PMDs (scaling): queues dealt round robin, one per PMD in turn, as vhostfwd's
+    // workers and DPDK's lcores get them, not by measured cycles (which moves them mid-trial)
+    ...(o.pmdCpus.length > 1 ? ['other_config:pmd-rxq-assign=roundrobin'] : []),
   ];
 }

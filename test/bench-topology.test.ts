@@ -6,7 +6,7 @@ import t from 'tap';
 import { parseBackends } from '../bench/backends';
 import { OvsMissingError } from '../bench/ovs';
 import {
-  checkBridgePorts, frontendMacs, ovsBridgeArgs, ovsFlows, ovsOtherConfig, portMac, topologies, topologyLabel, vhostfwdConfig,
+  checkBridgePorts, cpuPlan, frontendMacs, ovsBridgeArgs, ovsFlows, ovsOtherConfig, portMac, topologies, topologyLabel, vhostfwdConfig,
 } from '../bench/topology';
 import { parseConfig } from '../src/main/config';
 
@@ -48,14 +48,14 @@ t.test('OVS bridge: a userspace bridge, ports in OpenFlow order 1..n, client por
 });
 
 t.test('OVS other_config: PMD mask of the backend core, main threads elsewhere, a private file prefix', async (t) => {
-  t.same(ovsOtherConfig({ pmdCpu: 1, mainCpu: 0, socketMemMb: 512, filePrefix: 'p1' }), [
+  t.same(ovsOtherConfig({ pmdCpus: [1], mainCpu: 0, socketMemMb: 512, filePrefix: 'p1' }), [
     'other_config:dpdk-init=true',
     'other_config:dpdk-socket-mem=512',
     'other_config:pmd-cpu-mask=0x2',
     'other_config:dpdk-lcore-mask=0x1',
     'other_config:dpdk-extra=--no-pci --file-prefix=p1',
   ]);
-  t.match(ovsOtherConfig({ pmdCpu: 9, mainCpu: 0, socketMemMb: 1, filePrefix: 'p' })[2], /=0x200$/);
+  t.match(ovsOtherConfig({ pmdCpus: [9], mainCpu: 0, socketMemMb: 1, filePrefix: 'p' })[2], /=0x200$/);
 });
 
 t.test('frontend MACs for the bridge rows: distinct unicast addresses, each port sending to its partner', async (t) => {
@@ -88,4 +88,42 @@ t.test('backends: OVS by default when installed, a note when not, a named error 
   t.throws(() => parseBackends('ovs', ['ovs-vsctl'], true), { name: 'OvsMissingError', message: /missing: ovs-vsctl/ });
   t.throws(() => parseBackends('vhostfwd,vpp', [], true), /unknown: vpp/);
   t.throws(() => parseBackends(' , ', [], true), /expected a comma-separated list/);
+});
+
+t.test('OVS other_config with several PMDs: one mask of all their cores, queues dealt round robin', async (t) => {
+  const c = ovsOtherConfig({ pmdCpus: [1, 2, 3, 4], mainCpu: 0, socketMemMb: 512, filePrefix: 'p' });
+  t.equal(c[2], 'other_config:pmd-cpu-mask=0x1e');
+  t.equal(c[3], 'other_config:dpdk-lcore-mask=0x1');
+  t.ok(c.includes('other_config:pmd-rxq-assign=roundrobin'));
+});
+
+t.test('cpu plan: one queue or no scaling keeps the 2-core layout; scaling gives each pair its own cores', async (t) => {
+  const base = { frontend: [1, 0], dpdkBackend: [0, 1], backend: [1], ovsMain: 0, oversubscribed: false };
+  t.same(cpuPlan(1, false, 2), base);
+  t.same(cpuPlan(1, true, 16), base, 'one pair scales to the same layout');
+  t.same(cpuPlan(8, false, 16), base, 'without scaling every queue stays on one backend core');
+  for (const q of [2, 4, 8]) {
+    const p = cpuPlan(q, true, 17);
+    t.equal(p.oversubscribed, false, `${q} pairs on 17 cores`);
+    t.same(p.backend, Array.from({ length: q }, (_, i) => 1 + i), `${q} pairs: backend cores 1..${q}`);
+    t.same(p.dpdkBackend, [0, ...p.backend], 'DPDK forwards on the same cores, main on 0');
+    t.equal(p.frontend[0], 0, 'frontend main on 0');
+    t.same(p.frontend.slice(1), Array.from({ length: q }, (_, i) => q + 1 + i), 'frontend forwarding on cores of its own');
+    t.equal(p.frontend.slice(1).filter((c) => p.backend.includes(c)).length, 0, 'no core both frontend and backend forwards on');
+  }
+  const small = cpuPlan(2, true, 2);
+  t.equal(small.oversubscribed, true, '2 pairs on 2 cores: said so');
+  t.same(small.backend, [1, 0]);
+  for (const l of [small.frontend, small.dpdkBackend]) t.equal(new Set(l).size, l.length, `testpmd lcores distinct: ${l}`);
+  t.notOk(small.dpdkBackend.slice(1).includes(small.dpdkBackend[0]), 'the main lcore never forwards');
+  t.same(cpuPlan(8, true, 16).oversubscribed, true, '8 pairs need 17 cores');
+  t.throws(() => cpuPlan(0, true, 4));
+  t.throws(() => cpuPlan(2, true, 1));
+});
+
+t.test('vhostfwd config when scaling: one worker per queue pair, each pinned to its core', async (t) => {
+  const c = vhostfwdConfig(['/a', '/b'], 4, 'xconnect', [1, 2, 3, 4]) as { workers: Array<{ cpus: number[]; queues: string[] }> };
+  t.same(c.workers, [1, 2, 3, 4].map((cpu, q) => ({ cpus: [cpu], queues: [`vm1:${q}`, `vm2:${q}`] })));
+  const one = vhostfwdConfig(['/a', '/b'], 2, 'xconnect', 1) as { workers: Array<{ cpus: number[]; queues: string[] }> };
+  t.same(one.workers, [{ cpus: [1], queues: ['vm1:0', 'vm2:0', 'vm1:1', 'vm2:1'] }], 'a number: every queue on one worker');
 });

@@ -471,13 +471,16 @@ export class Virtqueue {
    * Copy `count` packets of `batch` into this ring: packets pick[0..count) or, with pick
    * null, packets 0..count-1. Returns how many were enqueued (the rest counted as
    * ST_DROP_NO_BUF). The per-burst form of enqueue(): ring views, features and counters live
-   * in locals for the whole burst (bench/NOTES.md #8), and the common case (mergeable RX,
+   * in locals for the whole burst (bench/NOTES.md #8), and the common case (12-byte header,
    * one writable descriptor per packet, one source segment) is handled inline; anything else
    * goes through enqueue(), which validates and names every guest error.
    */
   enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
     const t = this.desc32;
-    const fastRing = t !== null && this.features.mrgRxbuf && this.features.hdrLen === 12;
+    // With or without MRG_RXBUF: a packet that fits one descriptor is written the same way
+    // (num_buffers = 1, which a device without MRG_RXBUF must write too); the 10-byte header
+    // of legacy drivers without either feature takes the general path
+    const fastRing = t !== null && this.features.hdrLen === 12;
     const avail16 = this.avail16;
     const used32 = this.used32;
     const mask = this.mask;
@@ -825,14 +828,14 @@ export class Virtqueue {
   }
 
   /**
-   * Fast path for the common case (bench/NOTES.md): mergeable RX, the next avail chain is
-   * one writable descriptor big enough for header + packet, the packet is one segment,
+   * Fast path for the common case (bench/NOTES.md): a 12-byte header (mergeable RX or
+   * VERSION_1), the next avail chain is one writable descriptor big enough for header + packet, the packet is one segment,
    * offsets 4-aligned. Word loads and stores, no cursor. Anything else (including every
    * malformed case) returns false untouched, and the general path validates and names it.
    */
   private enqueueOne(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): boolean {
     const t = this.desc32;
-    if (t === null || !this.features.mrgRxbuf || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
+    if (t === null || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
     const idx = this.lastAvail;
     if (idx === this.availIdx) {
       const a = TSO ? this.avail16[1] : Atomics.load(this.avail16, 1);
