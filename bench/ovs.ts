@@ -61,6 +61,8 @@ export interface OvsOptions {
   filePrefix: string;
   /** sockets for dpdkvhostuserclient (the frontend is the server there) */
   clientSockets?: string[];
+  /** other_config:userspace-tso-enable=true (bench/tcp.ts) */
+  tso?: boolean;
   /** called with every long-lived child, so the bench kills it on any exit */
   track: (p: ChildProcess) => void;
 }

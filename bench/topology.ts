@@ -156,8 +156,9 @@ export function ovsFlows(t: Topology): string[] {
  * alone (`pmdCpu`), its main/non-PMD threads on `mainCpu`, `socketMemMb` of hugepages, no PCI
  * probing, a --file-prefix of our own (OVS 3.1 adds --in-memory, so no hugepage files are
  * left; the prefix keeps its runtime state apart from every other DPDK process anyway).
+ * `tso`: userspace TSO on.
  */
-export function ovsOtherConfig(o: { pmdCpus: readonly number[]; mainCpu: number; socketMemMb: number; filePrefix: string }): string[] {
+export function ovsOtherConfig(o: { pmdCpus: readonly number[]; mainCpu: number; socketMemMb: number; filePrefix: string; tso?: boolean }): string[] {
   const mask = (cpus: readonly number[]): string => `0x${cpus.reduce((m, c) => m | (1n << BigInt(c)), 0n).toString(16)}`;
   return [
     'other_config:dpdk-init=true',
@@ -168,5 +169,8 @@ export function ovsOtherConfig(o: { pmdCpus: readonly number[]; mainCpu: number;
     // several PMDs (scaling): queues dealt round robin, one per PMD in turn, as vhostfwd's
     // workers and DPDK's lcores get them, not by measured cycles (which moves them mid-trial)
     ...(o.pmdCpus.length > 1 ? ['other_config:pmd-rxq-assign=roundrobin'] : []),
+    // guest TSO and checksum offload (bench/tcp.ts); OVS 3.1 reads it only at start, and
+    // gives guests TSO only on dpdkvhostuserclient ports (../shared/PEERS.md)
+    ...(o.tso ? ['other_config:userspace-tso-enable=true'] : []),
   ];
 }

@@ -56,6 +56,9 @@ t.test('OVS other_config: PMD mask of the backend core, main threads elsewhere, 
     'other_config:dpdk-extra=--no-pci --file-prefix=p1',
   ]);
   t.match(ovsOtherConfig({ pmdCpus: [9], mainCpu: 0, socketMemMb: 1, filePrefix: 'p' })[2], /=0x200$/);
+  const tso = ovsOtherConfig({ pmdCpus: [1], mainCpu: 0, socketMemMb: 512, filePrefix: 'p1', tso: true });
+  t.equal(tso[tso.length - 1], 'other_config:userspace-tso-enable=true', 'tso: userspace TSO on (bench/tcp.ts)');
+  t.notOk(ovsOtherConfig({ pmdCpus: [1], mainCpu: 0, socketMemMb: 512, filePrefix: 'p1' }).some((c) => c.includes('tso')), 'off by default');
 });
 
 t.test('frontend MACs for the bridge rows: distinct unicast addresses, each port sending to its partner', async (t) => {
