@@ -42,7 +42,10 @@ function hdrWithNum(hdrLen: number, n: number): Uint8Array {
 t.test('single descriptor, 12-byte header, one RX buffer', async (t) => {
   const { a, b, tx, rx } = pair();
   const pkt = pattern(300, 1);
-  const txHdr = new Uint8Array(12).fill(0x77); // whatever the sender puts there is not forwarded
+  // flags and gso_type 0 (no offload): whatever the sender puts in the other fields is not forwarded
+  const txHdr = new Uint8Array(12).fill(0x77);
+  txHdr[0] = 0;
+  txHdr[1] = 0;
   const head = tx.drv.postTx(pkt, { hdr: txHdr });
   rx.drv.postRx(2, 2048);
   const r = forward(a, tx, rx);

@@ -17,6 +17,7 @@ import { PacketBatch, BURST } from './packet-batch';
 import { CopyQueue } from './bulk-copy';
 import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
 import { Virtqueue } from './virtqueue';
+import { wireLen } from './offload';
 import { TSO } from './ordering';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, KIND_NONE, TPID_8021AD, TPID_8021Q, VlanPorts, editDelta, egressEdit } from './vlan';
 
@@ -114,6 +115,8 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
   mem.enableBulk(native);
   const vq = new Virtqueue(ring, mem, log);
   vq.bulk = bulk;
+  // offloads: a frame dropped for its header is logged by the main thread (rate-limited in vq)
+  vq.onBadOffload = (reason, suppressed) => send({ op: 'bad-offload', device: m.ring.device, index: m.ring.index, reason, suppressed });
   return {
     device: m.ring.device,
     index: m.ring.index,
@@ -446,19 +449,24 @@ function enqueueTo(rx: Ring, src: Ring, n: number, list: Uint16Array | null, cou
   if (max > 0) {
     let kept = 0;
     const len = batch.pktLen;
+    // offloads: a GSO frame leaves as segments of its headers + gso_size (offload.ts)
+    const gso = batch.nOffload > 0;
     if (edits !== null && list !== null) {
-      for (let j = 0; j < count; j++) if (len[list[j]] + editDelta(edits[list[j]]) <= max) list[kept++] = list[j];
+      for (let j = 0; j < count; j++) {
+        const i = list[j];
+        if ((gso ? wireLen(batch, i) : len[i]) + editDelta(edits[i]) <= max) list[kept++] = i;
+      }
       rx.stats[ST_DROP_TOO_BIG] += count - kept;
       count = kept;
     } else if (list === null) {
-      for (let i = 0; i < n; i++) if (len[i] <= max) pick[kept++] = i;
+      for (let i = 0; i < n; i++) if (len[i] <= max || (gso && wireLen(batch, i) <= max)) pick[kept++] = i;
       if (kept < n) {
         rx.stats[ST_DROP_TOO_BIG] += n - kept;
         list = pick;
         count = kept;
       }
     } else {
-      for (let j = 0; j < count; j++) if (len[list[j]] <= max) list[kept++] = list[j];
+      for (let j = 0; j < count; j++) if (len[list[j]] <= max || (gso && wireLen(batch, list[j]) <= max)) list[kept++] = list[j];
       rx.stats[ST_DROP_TOO_BIG] += count - kept;
       count = kept;
     }
