@@ -9,6 +9,7 @@ import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
 import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
+import { DeviceSnapshot, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
 import { MetricsServer, startMetrics } from './metrics';
@@ -49,6 +50,14 @@ export interface ForwarderState {
   forwarding: Forwarding;
   /** TX polling worker of each queue pair, by "iface:queue" */
   placement: Record<string, number>;
+}
+
+/** Everything a takeover hands to the next process besides the fds (handover/). */
+export interface ForwarderSnapshot {
+  state: ForwarderState;
+  /** the bridge's MAC table, base64 (learned entries survive the takeover) */
+  macTable: string;
+  interfaces: Array<{ name: string; listen: number; conn: number; device: DeviceSnapshot | null }>;
 }
 
 export class Forwarder {
@@ -253,8 +262,18 @@ export class Forwarder {
     }
   }
 
-  async start(): Promise<void> {
+  private poolStarted = false;
+
+  /** Start the workers ahead of start() (a takeover: before the old process stops its rings). */
+  async prestart(): Promise<void> {
+    if (this.poolStarted) return;
+    this.poolStarted = true;
     await this.pool.start();
+  }
+
+  /** `adopt`: a takeover's way to start an interface (true: done; false: start it as usual) */
+  async start(adopt?: (i: Interface) => Promise<boolean>): Promise<void> {
+    await this.prestart();
     this.pool.setPlan(this.plan(), this.macTable);
     for (const i of this.interfaces) {
       const c = this.specs.get(i.name);
@@ -262,6 +281,7 @@ export class Forwarder {
       if (c) this.pool.setSteering(i.port, c.steering === 'hash');
     }
     for (const i of this.interfaces) {
+      if (adopt && (await adopt(i))) continue;
       try {
         i.start();
       } catch (e) {
@@ -286,6 +306,80 @@ export class Forwarder {
       }, this.config.statsInterval * 1000);
     }
     log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), workers: this.pool.size, mode: this.forwarding.mode, cpus: os.cpus().length });
+  }
+
+  // ---- takeover (handover/) ----
+
+  /** rings this process stopped for a takeover, by device id: restarted if it fails */
+  private handedRings = new Map<number, Vring[]>();
+
+  /**
+   * Old side, step 1: wait (bounded) until no connection is inside a message, stop taking
+   * anything in, stop every ring at a burst boundary (as GET_VRING_BASE does) and describe
+   * it all. `fd` numbers one of our fds for the message. Nothing is closed: resumeAfterHandover()
+   * undoes this, abandon() ends it.
+   */
+  async handoverOut(fd: (n: number) => number, idleWaitMs = 2000): Promise<ForwarderSnapshot> {
+    const end = Date.now() + idleWaitMs;
+    while (!this.interfaces.every((i) => i.idle)) {
+      if (Date.now() > end) throw new Error(`a frontend stayed inside a request for ${idleWaitMs} ms (${this.interfaces.filter((i) => !i.idle).map((i) => i.name).join(', ')})`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    for (const i of this.interfaces) i.quiesce();
+    await this.metrics?.close();
+    this.metrics = null;
+    this.handedRings.clear();
+    await Promise.all(this.interfaces.map(async (i) => {
+      const d = i.device;
+      if (d) this.handedRings.set(d.id, await d.pauseRings());
+    }));
+    return {
+      state: this.state(),
+      macTable: Buffer.from(this.macTable).toString('base64'),
+      interfaces: this.interfaces.map((i) => {
+        const h = i.handoverFds;
+        const d = i.device;
+        return {
+          name: i.name,
+          listen: h.listen >= 0 ? fd(h.listen) : -1,
+          conn: h.conn >= 0 && d ? fd(h.conn) : -1,
+          device: d && h.conn >= 0 ? d.snapshot(this.handedRings.get(d.id) ?? [], fd) : null,
+        };
+      }),
+    };
+  }
+
+  /** Old side, the takeover failed: restart the rings and take things in again. */
+  async resumeAfterHandover(): Promise<void> {
+    for (const i of this.interfaces) i.resumeAfterHandover();
+    await Promise.all(this.interfaces.map((i) => i.device?.resumeRings('TAKEOVER')));
+    this.handedRings.clear();
+    if (this.config.metrics && !this.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
+  }
+
+  /** Old side, the takeover succeeded: let go of everything without a word to anyone, stop the workers. */
+  async abandon(): Promise<void> {
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    for (const i of this.interfaces) i.abandon();
+    await this.pool.stop();
+  }
+
+  /**
+   * New side: start from the previous process's snapshot instead of binding and waiting
+   * for frontends: its MAC table, its listening sockets and connections, each device with
+   * its rings running from where they stopped. The Forwarder was built with the snapshot's
+   * interfaces, forwarding and placement.
+   */
+  async startFromHandover(snap: ForwarderSnapshot, fds: readonly number[]): Promise<void> {
+    Buffer.from(snap.macTable, 'base64').copy(Buffer.from(this.macTable));
+    const byName = new Map(snap.interfaces.map((h) => [h.name, h]));
+    const fdAt = (i: number): number => (i >= 0 && i < fds.length ? fds[i] : -1);
+    await this.start(async (i) => {
+      const h = byName.get(i.name);
+      if (!h) return false;
+      await i.adopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
+      return true;
+    });
   }
 
   /** Counters of every running queue, read without stopping the workers. */
