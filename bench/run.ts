@@ -67,6 +67,8 @@ const argv = yargs(hideBin(process.argv))
   .option('out', { type: 'string', default: path.join(ROOT, 'bench', 'results'), describe: 'results directory' })
   .option('retries', { type: 'number', default: 1, describe: 'a failed trial is recorded and re-run up to this many times' })
   .option('ab-cli', { type: 'string', describe: "A/B of two builds: another build's dist/src/cli.js, run as 'vhostfwd B' in every round beside this one (trials interleave, so the VM's slow mode hits both alike)" })
+  .option('forward', { choices: ['xconnect', 'bridge'] as const, default: 'xconnect' as const, describe: 'how vhostfwd forwards between the two ports' })
+  .option('ab-vlan', { type: 'boolean', default: false, describe: "A/B in this build: 'vhostfwd B' is the bridge with both ports VLAN access ports of VLAN 10 (802.1Q classification and the (VLAN, MAC) table on every packet), A the same bridge without VLANs; implies --forward bridge" })
   .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
   .strict()
   .help()
@@ -92,6 +94,8 @@ const opts = {
   out: argv.out,
   waitForeign: argv['wait-foreign'],
   abCli: argv['ab-cli'] ? path.resolve(argv['ab-cli']) : null,
+  abVlan: argv['ab-vlan'],
+  bridge: argv['ab-vlan'] || argv.forward === 'bridge',
   retries: Math.max(0, argv.retries),
 };
 
@@ -168,13 +172,14 @@ class VhostfwdProc {
   private partial = '';
   private exited: Promise<void>;
 
-  constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI) {
+  /** bridge: a learning bridge instead of the cross-connect; vlan: both ports access ports of VLAN 10 in it */
+  constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI, sw: { bridge: boolean; vlan: boolean } = { bridge: false, vlan: false }) {
     const names = sockets.map((_, i) => `vm${i + 1}`);
     const cfg = {
       // steering by queue pair: testpmd's txonly stream is one flow, which a hash would put on one queue
       // (only with several queues, so that builds from before steering existed run the 1-queue rows in --ab-cli)
-      interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, ...(queues > 1 ? { steering: 'pair' } : {}) })),
-      forwarding: { mode: 'xconnect', pairs: [[names[0], names[1]]] },
+      interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, ...(queues > 1 ? { steering: 'pair' } : {}), ...(sw.vlan ? { vlan: { mode: 'access', tag: 10 } } : {}) })),
+      forwarding: sw.bridge || sw.vlan ? { mode: 'bridge' } : { mode: 'xconnect', pairs: [[names[0], names[1]]] },
       // every queue pair of both interfaces on one worker, pinned to the backend core
       workers: [{ cpus: [BACKEND_CPU], queues: Array.from({ length: queues }, (_, q) => names.map((n) => `${n}:${q}`)).flat() }],
     };
@@ -361,7 +366,7 @@ async function throughputTrial(backend: Backend, size: number, queues: number, r
       be = testpmd('backend', sockets, queues);
       await be.ready(60000);
     } else {
-      vf = new VhostfwdProc(sockets, queues, isLogged(backend), isB(backend) ? (opts.abCli ?? CLI) : CLI);
+      vf = new VhostfwdProc(sockets, queues, isLogged(backend), isB(backend) ? (opts.abCli ?? CLI) : CLI, { bridge: opts.bridge, vlan: opts.abVlan && isB(backend) });
       await vf.ready();
     }
     fe = testpmd('frontend', sockets, queues, size);
@@ -751,9 +756,9 @@ async function main(): Promise<void> {
   const pre = await preflight();
   const backends: Backend[] = [];
   if (opts.log !== 'on') backends.push('vf');
-  if (opts.log !== 'on' && opts.abCli) backends.push('vfB');
+  if (opts.log !== 'on' && (opts.abCli || opts.abVlan)) backends.push('vfB');
   if (opts.log !== 'off') backends.push('vfLog');
-  if (opts.log !== 'off' && opts.abCli) backends.push('vfLogB');
+  if (opts.log !== 'off' && (opts.abCli || opts.abVlan)) backends.push('vfLogB');
   if (opts.dpdk) backends.push('dpdk');
   const total = opts.sizes.length * opts.queues.length * opts.rounds * backends.length;
   process.stderr.write(`bench: ${total} throughput trials (${backends.join(', ')} alternating; sizes ${opts.sizes.join(',')}; queues ${opts.queues.join(',')}; ${opts.rounds} round(s) of ${opts.duration} s after ${opts.warmup} s warm-up)\n`);

@@ -13,7 +13,7 @@ import { SocketPathError } from './main/interface';
 import { ControlServer, ControlSocketError, startControl } from './main/control/server';
 import { OwnershipError } from './main/control/ownership';
 import { StateFileError, readState, writeState } from './main/control/state';
-import { ApiUnreachable, api, render } from './ctl';
+import { ApiUnreachable, api, render, vlanArg } from './ctl';
 import { log, setJson, setLevel, Level } from './main/log';
 
 const EXIT_USAGE = 2;
@@ -136,12 +136,22 @@ function ctlCommands(y: ReturnType<typeof yargs>) {
           .option('group', { type: 'string', describe: 'group (name or gid) given the server socket' })
           .option('permissions', { type: 'string', describe: 'octal mode of the server socket, e.g. 0660' })
           .option('mask-features', { type: 'string', array: true, describe: 'feature names removed from the offer' })
-          .example('$0 ctl add vm3 --socket /run/vhostfwd/vm3.sock --mode client --queues 2', ''),
+          .option('vlan', { type: 'string', describe: '802.1Q (bridge mode): access:TAG, or trunk:ID,ID,FROM-TO[:native=ID]' })
+          .example('$0 ctl add vm3 --socket /run/vhostfwd/vm3.sock --mode client --queues 2', '')
+          .example('$0 ctl add vm5 --socket /run/vhostfwd/vm5.sock --vlan trunk:100-199:native=10', ''),
       (a) => {
         const body: Record<string, unknown> = { name: a.name, socket: a.socket, mode: a.mode, queues: a.queues };
         if (a.mtu !== undefined) body.mtu = a.mtu;
         for (const k of ['owner', 'group', 'permissions'] as const) if (a[k] !== undefined) body[k] = a[k];
         if (a['mask-features']) body.maskFeatures = a['mask-features'];
+        if (a.vlan !== undefined) {
+          try {
+            body.vlan = vlanArg(a.vlan);
+          } catch (e) {
+            process.stderr.write(`vhostfwd: ${(e as Error).message}\n`);
+            process.exit(2);
+          }
+        }
         void ctl(sock(a), a.json === true, 'add', 'POST', '/v1/interfaces', body);
       },
     )

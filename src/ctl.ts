@@ -57,6 +57,22 @@ function table(rows: Row[], cols: string[]): string {
   return [line(cols.map((c) => c.toUpperCase())), ...rows.map((r) => line(cols.map((c) => cell(r[c]))))].join('\n') + '\n';
 }
 
+/**
+ * `ctl add --vlan`: "access:10", "trunk:10,20,100-199" or "trunk:10,20:native=5" as the API's
+ * `vlan` object; the numbers are checked by the API (errors named by path), only the shape here.
+ */
+export function vlanArg(s: string): Record<string, unknown> {
+  const access = /^access:(\d+)$/.exec(s);
+  if (access) return { mode: 'access', tag: Number(access[1]) };
+  const trunk = /^trunk:([\d,-]*)(?::native=(\d+))?$/.exec(s);
+  if (!trunk) throw new Error(`--vlan ${s}: expected access:TAG or trunk:ID,ID,FROM-TO[:native=ID]`);
+  const allowed = trunk[1].split(',').filter((x) => x !== '').flatMap((r) => {
+    const [lo, hi] = r.split('-').map(Number);
+    return hi === undefined ? [lo] : Array.from({ length: Math.max(0, Math.min(hi, 4095) - lo + 1) }, (_, i) => lo + i);
+  });
+  return trunk[2] === undefined ? { mode: 'trunk', allowed } : { mode: 'trunk', allowed, native: Number(trunk[2]) };
+}
+
 /** The human form of a successful reply, by command. */
 export function render(command: string, body: unknown): string {
   const b = body as Row;
@@ -74,7 +90,7 @@ export function render(command: string, body: unknown): string {
       const mib = memory.reduce((n, r) => n + r.size, 0) / 2 ** 20;
       head.push(`${'memory:'.padEnd(20)}${memory.length ? `${memory.length} slot${memory.length > 1 ? 's' : ''}, ${mib} MiB: ${memory.slice(0, 8).map((r) => `0x${r.gpa.toString(16)}+0x${r.size.toString(16)}`).join(' ')}${memory.length > 8 ? ` ... (${memory.length - 8} more)` : ''}` : '-'}`);
       const rings = (b.rings as Row[]) ?? [];
-      return head.join('\n') + '\n' + (rings.length ? '\n' + table(rings, ['index', 'queue', 'dir', 'enabled', 'started', 'size', 'lastAvailIdx', 'usedIdx', 'kick', 'call', 'worker', 'cpus', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'errors']) : '');
+      return head.join('\n') + '\n' + (rings.length ? '\n' + table(rings, ['index', 'queue', 'dir', 'enabled', 'started', 'size', 'lastAvailIdx', 'usedIdx', 'kick', 'call', 'worker', 'cpus', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropVlan', 'errors']) : '');
     }
     case 'rm':
       return `removed ${String(b.removed)}\n`;
@@ -85,7 +101,7 @@ export function render(command: string, body: unknown): string {
     case 'move':
       return `worker ${String(b.worker)}\n`;
     case 'stats':
-      return table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'errors', 'notifications', 'kicks']);
+      return table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'dropVlan', 'errors', 'notifications', 'kicks']);
     case 'version':
       return `vhostfwd ${String(b.version)} (control API v${String(b.api)})\n`;
     default:

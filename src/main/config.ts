@@ -7,6 +7,7 @@ import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020';
 import type { ErrorObject } from 'ajv';
 import { F, FeatureName, PF, ProtocolFeatureName } from '../shared/constants';
+import { PortVlan } from '../shared/worker-protocol';
 
 export interface InterfaceConfig {
   name: string;
@@ -30,6 +31,12 @@ export interface InterfaceConfig {
    * came from, mod the port's queues)
    */
   steering: 'hash' | 'pair';
+  /**
+   * 802.1Q (bridge only): an access port (untagged frames of VLAN `tag`) or a trunk (tagged
+   * frames of the `allowed` VLANs, untagged ones of `native`); null = no VLANs: the port
+   * bridges with the other ports without VLANs, frames untouched, as before
+   */
+  vlan: PortVlan;
   /** owner (user name or uid) of the server socket vhostfwd creates; null = as created */
   owner: string | number | null;
   /** group (name or gid) of the server socket; null = as created */
@@ -129,7 +136,7 @@ function permissions(v: unknown, path: string): number | null {
 /** One interface as the config file and the control API's add request give it. */
 export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce', 'steering', 'owner', 'group', 'permissions']);
+  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
   const steering = v.steering ?? 'hash';
   if (steering !== 'hash' && steering !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
   if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
@@ -149,8 +156,35 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
     coalesceFrames: int(co.frames, `${path}.coalesce.frames`, 0, 4096, 0),
     coalesceUsecs: int(co.usecs, `${path}.coalesce.usecs`, 0, 1_000_000, 0),
     steering,
+    vlan: parseVlan(v.vlan, `${path}.vlan`),
     ...ownership(v, path, mode),
   };
+}
+
+/** VIDs 1..4094 (0 is the priority tag, 4095 reserved: 802.1Q) */
+const vid = (v: unknown, path: string): number => int(v, path, 1, 4094);
+
+/** `vlan`: {mode: "access", tag} or {mode: "trunk", allowed: [...], native?}. */
+function parseVlan(v: unknown, path: string): PortVlan {
+  if (v === undefined) return null;
+  if (!isObj(v)) throw new ConfigError(path, 'an object {mode: "access", tag} or {mode: "trunk", allowed, native}', v);
+  if (v.mode === 'access') {
+    checkKeys(v, path, ['mode', 'tag']);
+    return { mode: 'access', tag: vid(v.tag, `${path}.tag`) };
+  }
+  if (v.mode !== 'trunk') throw new ConfigError(`${path}.mode`, '"access" or "trunk"', v.mode);
+  checkKeys(v, path, ['mode', 'allowed', 'native']);
+  if (!Array.isArray(v.allowed) || (v.allowed.length === 0 && v.native === undefined)) {
+    throw new ConfigError(`${path}.allowed`, 'an array of VLAN ids 1..4094 (empty only with a native VLAN)', v.allowed);
+  }
+  const seen = new Set<number>();
+  const allowed = v.allowed.map((x, i) => {
+    const id = vid(x, `${path}.allowed[${i}]`);
+    if (seen.has(id)) throw new ConfigError(`${path}.allowed[${i}]`, 'a VLAN id listed once', x);
+    seen.add(id);
+    return id;
+  });
+  return { mode: 'trunk', allowed, native: v.native === undefined ? null : vid(v.native, `${path}.native`) };
 }
 
 function ownership(v: Obj, path: string, mode: string): Pick<InterfaceConfig, 'owner' | 'group' | 'permissions'> {
@@ -171,6 +205,9 @@ export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
   if (c.maskProtocolFeatures.length) o.maskProtocolFeatures = c.maskProtocolFeatures;
   if (c.coalesceFrames || c.coalesceUsecs) o.coalesce = { frames: c.coalesceFrames, usecs: c.coalesceUsecs };
   if (c.steering !== 'hash') o.steering = c.steering;
+  const v = c.vlan;
+  if (v?.mode === 'access') o.vlan = { mode: 'access', tag: v.tag };
+  if (v?.mode === 'trunk') o.vlan = v.native === null ? { mode: 'trunk', allowed: [...v.allowed] } : { mode: 'trunk', allowed: [...v.allowed], native: v.native };
   if (c.owner !== null) o.owner = c.owner;
   if (c.group !== null) o.group = c.group;
   if (c.permissions !== null) o.permissions = '0' + c.permissions.toString(8);
@@ -192,6 +229,11 @@ export function parseConfig(raw: unknown, cpuCount: number): Config {
     sockets.add(itf.socket);
   });
   const forwarding = parseForwarding(raw.forwarding, seen, interfaces);
+  // VLANs are a bridge's: a cross-connect passes frames as they are, tags included
+  const tagged = interfaces.findIndex((i) => i.vlan !== null);
+  if (forwarding.mode === 'xconnect' && tagged >= 0) {
+    throw new ConfigError(`interfaces[${tagged}].vlan`, 'no vlan with forwarding.mode "xconnect" (VLANs are a bridge feature)', (raw.interfaces as Obj[])[tagged].vlan);
+  }
   const workers = parseWorkers(raw.workers, interfaces, cpuCount);
   const statsInterval = int(raw.statsInterval, 'statsInterval', 0, 3600, 0);
   if (raw.forceLog !== undefined && typeof raw.forceLog !== 'boolean') throw new ConfigError('forceLog', 'a boolean', raw.forceLog);
@@ -272,8 +314,9 @@ function getAt(raw: unknown, pointer: string): unknown {
 
 function parseForwarding(v: unknown, names: Set<string>, itfs: InterfaceConfig[]): Forwarding {
   if (v === undefined) {
-    // Two interfaces: a cross-connect is what an operator means; more: a learning bridge.
-    return itfs.length === 2 ? { mode: 'xconnect', pairs: [[itfs[0].name, itfs[1].name]] } : { mode: 'bridge', agingSeconds: 300 };
+    // Two interfaces: a cross-connect is what an operator means (unless they have VLANs,
+    // which only a bridge has); more: a learning bridge.
+    return itfs.length === 2 && itfs.every((i) => i.vlan === null) ? { mode: 'xconnect', pairs: [[itfs[0].name, itfs[1].name]] } : { mode: 'bridge', agingSeconds: 300 };
   }
   if (!isObj(v)) throw new ConfigError('forwarding', 'an object', v);
   if (v.mode === 'bridge') {

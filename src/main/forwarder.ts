@@ -3,7 +3,7 @@
  * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
  */
 import os from 'node:os';
-import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
+import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
 import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
@@ -24,6 +24,8 @@ export interface QueueStats {
   dropNoBuffer: number;
   dropNoDest: number;
   dropTooBig: number;
+  /** tx: frames refused by the port's VLAN rules (tag spoofing, a VID not carried, no native VLAN, a cut tag) */
+  dropVlan: number;
   errors: number;
   notifications: number;
   kicks: number;
@@ -164,12 +166,16 @@ export class Forwarder {
     const clash = [...this.specs.values()].find((o) => o.socket === c.socket);
     if (clash) throw new ControlError(409, 'socket', `socket ${c.socket} is used by interface ${clash.name}`);
     if (c.mode === 'server' && socketIsLive(c.socket)) throw new ControlError(409, 'socket', `a live socket is at ${c.socket} (another process listens there)`);
+    if (c.vlan !== null && this.forwarding.mode !== 'bridge') throw new ControlError(400, 'vlan', 'no vlan with forwarding.mode "xconnect" (VLANs are a bridge feature)');
     const itf = this.place(c);
     if (this.started) {
+      // before its rings can attach: a frame from the port is never bridged without its VLANs
+      this.pool.setVlan(itf.port, c.vlan);
       try {
         itf.start();
       } catch (e) {
         this.ports[itf.port] = null;
+        this.pool.setVlan(itf.port, null);
         this.specs.delete(c.name);
         for (let q = 0; q < c.queues; q++) this.placement.delete(`${c.name}:${q}`);
         throw e;
@@ -195,6 +201,7 @@ export class Forwarder {
     this.forget(itf);
     this.pool.setCoalesce(itf.port, 0, 0);
     this.pool.setSteering(itf.port, true);
+    this.pool.setVlan(itf.port, null);
     this.pool.setPlan(this.plan(), this.macTable);
     // after the plan: no worker sends to the port any more, so no entry points at a reused number
     this.macs.forgetPort(itf.port);
@@ -279,6 +286,7 @@ export class Forwarder {
       const c = this.specs.get(i.name);
       if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
       if (c) this.pool.setSteering(i.port, c.steering === 'hash');
+      if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
     }
     for (const i of this.interfaces) {
       if (adopt && (await adopt(i))) continue;
@@ -399,6 +407,7 @@ export class Forwarder {
           dropNoBuffer: s[ST_DROP_NO_BUF],
           dropNoDest: s[ST_DROP_NO_DEST],
           dropTooBig: s[ST_DROP_TOO_BIG],
+          dropVlan: s[ST_DROP_VLAN],
           errors: s[ST_ERRORS],
           notifications: s[ST_NOTIFY],
           kicks: s[ST_KICKS],

@@ -58,7 +58,7 @@ function registry(fwd: Forwarder): Registry {
   counter('vhostfwd_errors_total', 'Guest errors per queue', (s) => s.errors);
   new Counter({
     name: 'vhostfwd_drops_total',
-    help: 'Dropped packets by cause: no_buffer (guest posted none), no_destination, too_big',
+    help: 'Dropped packets by cause: no_buffer (guest posted none), no_destination, too_big, vlan (refused by the port\'s VLAN rules)',
     labelNames: [...q, 'cause'],
     registers: [reg],
     collect() {
@@ -68,6 +68,7 @@ function registry(fwd: Forwarder): Registry {
         this.inc({ ...l, cause: 'no_buffer' }, s.dropNoBuffer);
         this.inc({ ...l, cause: 'no_destination' }, s.dropNoDest);
         this.inc({ ...l, cause: 'too_big' }, s.dropTooBig);
+        this.inc({ ...l, cause: 'vlan' }, s.dropVlan);
       }
     },
   });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { native } from '../native';
 import { LogDesc, RegionDesc, VringDesc } from '../shared/types';
-import { ForwardingPlan, FromWorker, ToWorker, W_INTS, W_MAILBOX, W_EMPTY_WAKES, W_RUN, W_SLEEPING, W_SLEEPS, WorkerInit } from '../shared/worker-protocol';
+import { ForwardingPlan, FromWorker, PortVlan, ToWorker, W_INTS, W_MAILBOX, W_EMPTY_WAKES, W_RUN, W_SLEEPING, W_SLEEPS, WorkerInit } from '../shared/worker-protocol';
 import { Dataplane } from './device';
 import { log } from './log';
 
@@ -67,6 +67,7 @@ export class WorkerPool implements Dataplane {
   private plan: ToWorker | null = null;
   private readonly coalesce = new Map<number, ToWorker>();
   private readonly steering = new Map<number, ToWorker>();
+  private readonly vlans = new Map<number, ToWorker>();
   private closing = false;
   /** forced logging in force: config forceLog, unless paused with setForceLog(false) */
   private forceLogOn: boolean;
@@ -132,6 +133,7 @@ export class WorkerPool implements Dataplane {
     if (this.plan) this.post(slot, this.plan);
     for (const c of this.coalesce.values()) this.post(slot, c);
     for (const c of this.steering.values()) this.post(slot, c);
+    for (const c of this.vlans.values()) this.post(slot, c);
     for (const m of slot.rings.values()) this.post(slot, m);
   }
 
@@ -196,6 +198,14 @@ export class WorkerPool implements Dataplane {
   setSteering(port: number, hash: boolean): void {
     const m: ToWorker = { op: 'steering', port, hash };
     this.steering.set(port, m);
+    for (const s of this.slots) this.post(s, m);
+  }
+
+  /** The port's 802.1Q membership (bridge); null: none (the untagged domain, as without VLANs) */
+  setVlan(port: number, vlan: PortVlan): void {
+    const m: ToWorker = { op: 'vlan', port, vlan };
+    if (vlan === null) this.vlans.delete(port);
+    else this.vlans.set(port, m);
     for (const s of this.slots) this.post(s, m);
   }
 

@@ -73,6 +73,8 @@ export const ST_KICKS = 7;
 export const ST_DIRTY_PAGES = 8;
 /** non-empty bursts: dequeueBurst calls that took packets (tx), enqueueBurst calls that delivered (rx); packets / bursts = mean burst size */
 export const ST_BURSTS = 9;
+/** tx: frames the VLAN bridge dropped at ingress (tag spoofing on an access port, a VID the trunk does not carry, untagged without a native VLAN, a tag cut short) */
+export const ST_DROP_VLAN = 10;
 export const STATS_SLOTS = 16;
 
 /** A vring handed to a worker. */

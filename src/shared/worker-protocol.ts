@@ -6,6 +6,9 @@
  */
 import { LogDesc, RegionDesc, VringDesc } from './types';
 
+/** A port's VLANs (config `vlan`; null: none, the port bridges in the untagged domain as before). */
+export type PortVlan = { mode: 'access'; tag: number } | { mode: 'trunk'; allowed: number[]; native: number | null } | null;
+
 export type ForwardingPlan =
   | { mode: 'xconnect'; peer: number[] } // peer[port] = destination port, -1 none
   | { mode: 'bridge'; ports: number; agingMs: number };
@@ -27,6 +30,8 @@ export type ToWorker =
   | { op: 'coalesce'; port: number; frames: number; usecs: number }
   /** how packets towards `port` pick its RX queue: flow hash (true) or the source's queue pair */
   | { op: 'steering'; port: number; hash: boolean }
+  /** the port's 802.1Q membership (bridge): applied between bursts */
+  | { op: 'vlan'; port: number; vlan: PortVlan }
   | { op: 'exit' };
 
 export type FromWorker =

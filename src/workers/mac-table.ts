@@ -4,7 +4,12 @@
  * learning at once never corrupt it. A racing reader can at worst miss an entry being
  * written (it floods that one frame), never read a half-written port.
  *
- * Slot (4 x Int32): key0 = 0x10000 | mac[0..1] (0 = free), key1 = mac[2..5], port, seen (s).
+ * Keyed by (VLAN, MAC), so one MAC learned in two VLANs is two entries, and learning,
+ * lookup, aging and moves stay inside a VLAN. VLAN 0 is the domain of ports without VLANs.
+ *
+ * Slot (4 x Int32): key0 = (vid + 1) << 16 | mac[0..1] (0 = free: vid + 1 is never 0; for
+ * VLAN 0 it is the 0x10000 | mac[0..1] of the table before VLANs; VIDs up to 4094 keep it a
+ * positive int32), key1 = mac[2..5], port, seen (s).
  */
 const MAC_SLOTS = 16384;
 const WORDS = 4;
@@ -19,13 +24,15 @@ export class MacTable {
   }
 
   private static hash(k0: number, k1: number): number {
-    return (Math.imul(k1 ^ (k0 << 7), 0x9e3779b1) >>> 18) & MASK;
+    // << 4 keeps all 28 bits of key0 (VID and MAC) in the word: the << 7 of the table before
+    // VLANs would drop VID bits 9..11 and put one MAC of VLANs 512 apart in one probe run
+    return (Math.imul(k1 ^ (k0 << 4), 0x9e3779b1) >>> 18) & MASK;
   }
 
-  /** Learn that `mac` (6 bytes at b[off]) lives on `port`; `now` in seconds. Returns true on a move. */
-  learn(b: Uint8Array, off: number, port: number, now: number): boolean {
+  /** Learn that `mac` (6 bytes at b[off]) lives on `port` in VLAN `vid`; `now` in seconds. Returns true on a move. */
+  learn(b: Uint8Array, off: number, port: number, now: number, vid: number): boolean {
     if (b[off] & 1) return false; // never learn a multicast source
-    const k0 = 0x10000 | (b[off] << 8) | b[off + 1];
+    const k0 = ((vid + 1) << 16) | (b[off] << 8) | b[off + 1];
     const k1 = (b[off + 2] << 24) | (b[off + 3] << 16) | (b[off + 4] << 8) | b[off + 5];
     const t = this.t;
     let i = MacTable.hash(k0, k1);
@@ -53,10 +60,10 @@ export class MacTable {
     return false; // table full along this probe run: the frame still floods correctly
   }
 
-  /** Port of the destination MAC at b[off], or -1 (unknown, aged out, or multicast). */
-  lookup(b: Uint8Array, off: number, now: number): number {
+  /** Port of the destination MAC at b[off] in VLAN `vid`, or -1 (unknown, aged out, or multicast). */
+  lookup(b: Uint8Array, off: number, now: number, vid: number): number {
     if (b[off] & 1) return -1;
-    const k0 = 0x10000 | (b[off] << 8) | b[off + 1];
+    const k0 = ((vid + 1) << 16) | (b[off] << 8) | b[off + 1];
     const k1 = (b[off + 2] << 24) | (b[off + 3] << 16) | (b[off + 4] << 8) | b[off + 5];
     const t = this.t;
     let i = MacTable.hash(k0, k1);

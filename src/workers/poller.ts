@@ -8,7 +8,7 @@
  */
 import { MessagePort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { native } from '../native';
-import { CTRL_MAX_FRAME, LogDesc, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_NOTIFY, ST_KICKS } from '../shared/types';
+import { CTRL_MAX_FRAME, LogDesc, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_NOTIFY, ST_KICKS } from '../shared/types';
 import { FromWorker, ToWorker, W_EMPTY_WAKES, W_MAILBOX, W_RUN, W_SLEEPING, W_SLEEPS, WorkerInit } from '../shared/worker-protocol';
 import { DirtyLog } from './dirty-log';
 import { GuestMemory } from './guest-memory';
@@ -18,6 +18,7 @@ import { CopyQueue } from './bulk-copy';
 import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
 import { Virtqueue } from './virtqueue';
 import { TSO } from './ordering';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, KIND_NONE, TPID_8021AD, TPID_8021Q, VlanPorts, editDelta, egressEdit } from './vlan';
 
 const { init, port } = workerData as { init: WorkerInit; port: MessagePort };
 const ctrl = new Int32Array(init.ctrl);
@@ -55,7 +56,14 @@ const bulk = new CopyQueue(native);
 const dstOf = new Int32Array(BURST);
 /** packets of the burst bound for the port being delivered to (bridge) */
 const pick = new Uint16Array(BURST);
-const macScratch = new Uint8Array(12);
+const macScratch = new Uint8Array(16);
+/** VLAN bridge: each packet's VLAN, its source tag (-1 untagged, else the TCI), and its tag
+ *  edit towards the port being delivered to (vlan.ts EDIT_*) */
+const vidOf = new Uint16Array(BURST);
+const tciOf = new Int32Array(BURST);
+const editOf = new Int32Array(BURST);
+/** the 802.1Q membership of every port (set by 'vlan' messages) */
+const vlans = new VlanPorts();
 /** flow hash of each packet of the burst (steering "hash"), computed at most once a burst */
 const flowOf = new Uint32Array(BURST);
 let flowsReady = false;
@@ -136,6 +144,7 @@ function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
   }
   if (m.op === 'attach-tx') {
     detach(ring.device, ring.index);
+    vlans.ensure(ring.port + 1); // forward() reads kind[src.port] without a bounds test
     txRings.push(ring);
     ring.vq.disableNotify();
     rebuildWaitSet();
@@ -242,11 +251,15 @@ function drainMailbox(): void {
         if (m.plan.mode === 'xconnect') peer = m.plan.peer;
         else {
           ports = m.plan.ports;
+          vlans.ensure(ports);
           macs = new MacTable(m.macTable, Math.round(m.plan.agingMs / 1000));
         }
         break;
       case 'steering':
         steerPair[m.port] = m.hash ? 0 : 1;
+        break;
+      case 'vlan':
+        vlans.set(m.port, m.vlan);
         break;
       case 'coalesce':
         coalesce[m.port] = m.frames > 0 || m.usecs > 0 ? { frames: m.frames, usecs: m.usecs } : undefined;
@@ -326,10 +339,45 @@ function deliver(src: Ring, n: number, dst: number, floodToo: boolean): void {
     list = pick;
   }
   if (nq > 1 && steerPair[dst] !== 1) {
-    spread(src, n, list, count, rings, nq);
+    spread(src, n, list, count, rings, nq, null);
     return;
   }
-  enqueueTo(rx, src, n, list, count);
+  enqueueTo(rx, src, n, list, count, null);
+}
+
+/**
+ * deliver() for a burst from a VLAN port: the packets for `dst` (and, with `flood`, the
+ * flooded ones) that are of a VLAN `dst` is a member of, each with its tag edit for `dst`.
+ */
+function deliverVlan(src: Ring, n: number, dst: number, flood: boolean): void {
+  const rings = rxRings[dst];
+  const nq = rings ? rings.length : 0;
+  const rx = nq > 0 ? (rings[src.pair % nq] ?? rings[0]) : undefined;
+  const member = vlans.member;
+  const base = dst << 12;
+  let count = 0;
+  let anyEdit = 0;
+  for (let i = 0; i < n; i++) {
+    const d = dstOf[i];
+    if (d !== dst && (!flood || d !== -1)) continue;
+    const vid = vidOf[i];
+    const m = member[base | vid];
+    if (m === 0) continue; // not a member of the packet's VLAN
+    if (!rx) {
+      if (d === dst) src.stats[ST_DROP_NO_DEST]++;
+      continue;
+    }
+    const e = egressEdit(m, vid, tciOf[i]);
+    editOf[i] = e;
+    anyEdit |= e;
+    pick[count++] = i;
+  }
+  if (count === 0 || !rx) return;
+  // no edit for this port in the burst (access to access, a trunk's tags kept): the copy
+  // takes the same path as without VLANs
+  const edits = anyEdit === 0 ? null : editOf;
+  if (nq > 1 && steerPair[dst] !== 1) spread(src, n, pick, count, rings, nq, edits);
+  else enqueueTo(rx, src, n, pick, count, edits);
 }
 
 /**
@@ -337,7 +385,7 @@ function deliver(src: Ring, n: number, dst: number, floodToo: boolean): void {
  * running takes queue 0's share), and each queue gets its packets in burst order in one
  * enqueue. The hashes are computed once per burst, whatever the number of destinations.
  */
-function spread(src: Ring, n: number, list: Uint16Array | null, count: number, rings: Array<Ring | undefined>, nq: number): void {
+function spread(src: Ring, n: number, list: Uint16Array | null, count: number, rings: Array<Ring | undefined>, nq: number, edits: Int32Array | null): void {
   if (!flowsReady) {
     for (let i = 0; i < n; i++) flowOf[i] = flowHash(flowHeader(src.mem, i), flowBytes);
     flowsReady = true;
@@ -364,7 +412,7 @@ function spread(src: Ring, n: number, list: Uint16Array | null, count: number, r
     }
     left = keep;
     const r = rings[q];
-    if (r) enqueueTo(r, src, n, qpick, sub);
+    if (r) enqueueTo(r, src, n, qpick, sub, edits);
   }
 }
 
@@ -384,17 +432,25 @@ function flowHeader(mem: GuestMemory, i: number): Uint8Array {
   return flowScratch;
 }
 
-/** Enqueue `count` packets of the burst (all n when list is null) into RX ring rx. */
-function enqueueTo(rx: Ring, src: Ring, n: number, list: Uint16Array | null, count: number): void {
+/**
+ * Enqueue `count` packets of the burst (all n when list is null) into RX ring rx, with their
+ * tag edits (`edits`, indexed by packet; only with a list) made while copying.
+ */
+function enqueueTo(rx: Ring, src: Ring, n: number, list: Uint16Array | null, count: number, edits: Int32Array | null): void {
   const vq = rx.vq;
   vq.acquire();
   // Frames over the port's MTU (+ header and one tag) are dropped and counted on its RX ring,
   // under the ring's lock like its other counters. One compare per packet, only with an MTU.
+  // The length compared is the frame as delivered: with the tag pushed or popped.
   const max = vq.ctrl[CTRL_MAX_FRAME];
   if (max > 0) {
     let kept = 0;
     const len = batch.pktLen;
-    if (list === null) {
+    if (edits !== null && list !== null) {
+      for (let j = 0; j < count; j++) if (len[list[j]] + editDelta(edits[list[j]]) <= max) list[kept++] = list[j];
+      rx.stats[ST_DROP_TOO_BIG] += count - kept;
+      count = kept;
+    } else if (list === null) {
       for (let i = 0; i < n; i++) if (len[i] <= max) pick[kept++] = i;
       if (kept < n) {
         rx.stats[ST_DROP_TOO_BIG] += n - kept;
@@ -413,7 +469,8 @@ function enqueueTo(rx: Ring, src: Ring, n: number, list: Uint16Array | null, cou
   }
   let notify = false;
   try {
-    vq.enqueueBurst(src.mem, batch, list, count);
+    if (edits === null || list === null) vq.enqueueBurst(src.mem, batch, list, count);
+    else vq.enqueueEdited(src.mem, batch, list, count, edits);
     notify = vq.flush();
   } catch (e) {
     vq.abandon();
@@ -430,9 +487,12 @@ function countFor(n: number, dst: number, flood: boolean): number {
   return c;
 }
 
-/** The first 12 bytes (dst + src MAC) of packet i, wherever its segments are. */
-function headerOf(mem: GuestMemory, i: number): Uint8Array | null {
-  const need = 12;
+/**
+ * The first `need` bytes of packet i (12: dst + src MAC; 16: and a tag's TPID and TCI),
+ * wherever its segments are; null when it is shorter (need 12) or fewer were there (16:
+ * classify() looks at the packet's length before it reads past what is there).
+ */
+function headerOf(mem: GuestMemory, i: number, need = 12): Uint8Array | null {
   let got = 0;
   const first = batch.segStart[i];
   const end = first + batch.segCount[i];
@@ -443,7 +503,7 @@ function headerOf(mem: GuestMemory, i: number): Uint8Array | null {
     for (let k = 0; k < len; k++) macScratch[got + k] = view[off + k];
     got += len;
   }
-  return got === need ? macScratch : null;
+  return got >= 12 ? macScratch : null;
 }
 
 function forward(src: Ring, n: number): void {
@@ -461,6 +521,10 @@ function forward(src: Ring, n: number): void {
     return;
   }
   const now = (Date.now() / 1000) | 0;
+  if (vlans.kind[src.port] !== KIND_NONE) {
+    forwardVlan(src, n, macs, now);
+    return;
+  }
   let flood = false;
   for (let i = 0; i < n; i++) {
     const h = headerOf(src.mem, i);
@@ -469,8 +533,8 @@ function forward(src: Ring, n: number): void {
       src.stats[ST_DROP_NO_DEST]++;
       continue;
     }
-    macs.learn(h, 6, src.port, now);
-    const d = macs.lookup(h, 0, now);
+    macs.learn(h, 6, src.port, now, 0);
+    const d = macs.lookup(h, 0, now, 0);
     if (d === src.port) {
       dstOf[i] = -2; // the destination is behind the port it came from: filter
       continue;
@@ -478,33 +542,121 @@ function forward(src: Ring, n: number): void {
     dstOf[i] = d;
     if (d < 0) flood = true;
   }
+  // ports without VLANs bridge among themselves only (VLAN 0 of the MAC table)
+  const kind = vlans.kind;
   for (let p = 0; p < ports; p++) {
-    if (p === src.port) continue;
+    if (p === src.port || kind[p] !== KIND_NONE) continue;
     deliver(src, n, p, flood);
   }
 }
 
-/** A frame from the backend itself (RARP after migration) enters as if `from` sent it. */
-function inject(from: number, frame: Uint8Array): void {
-  const now = (Date.now() / 1000) | 0;
-  if (macs) macs.learn(frame, 6, from, now);
-  const targets = mode === 'xconnect' ? [peer[from] ?? -1] : Array.from({ length: ports }, (_, p) => p).filter((p) => p !== from);
-  for (const p of targets) {
-    const rx = p >= 0 ? rxFor(p, 0) : undefined;
-    if (!rx) continue;
-    rx.vq.acquire();
-    let notify = false;
-    try {
-      rx.vq.enqueueBytes(frame, 0, frame.length);
-      notify = rx.vq.flush();
-    } catch (e) {
-      rx.vq.abandon();
-      broken(rx.device, rx.index, e);
+/**
+ * A burst from a VLAN port: each frame classified (vlan.ts; dropped and counted when the
+ * port's rules refuse it), learned and looked up in its VLAN, then delivered to that VLAN's
+ * members only, with the tag pushed or popped in the copy.
+ */
+function forwardVlan(src: Ring, n: number, table: MacTable, now: number): void {
+  const len = batch.pktLen;
+  const member = vlans.member;
+  let flood = false;
+  const u8 = src.mem.u8;
+  for (let i = 0; i < n; i++) {
+    // the header in place when the first segment holds it (every real driver), else gathered
+    const s0 = batch.segStart[i];
+    let h: Uint8Array | null;
+    let o = 0;
+    if (batch.segLen[s0] >= 16) {
+      h = u8[batch.segRegion[s0]];
+      o = batch.segOffset[s0];
+    } else {
+      h = headerOf(src.mem, i, 16);
+    }
+    const vid = h === null ? -1 : vlans.classify(src.port, h, o, len[i]);
+    if (h === null || vid < 0) {
+      dstOf[i] = -2;
+      src.stats[ST_DROP_VLAN]++;
       continue;
     }
-    rx.vq.release();
-    if (notify) notifyRx(rx);
+    vidOf[i] = vid;
+    tciOf[i] = vlans.srcTci;
+    table.learn(h, o + 6, src.port, now, vid);
+    let d = table.lookup(h, o, now, vid);
+    if (d === src.port) {
+      dstOf[i] = -2;
+      continue;
+    }
+    // an entry read while a racing learner rewrote it never sends a frame out of its VLAN
+    if (d >= 0 && member[(d << 12) | vid] === 0) d = -1;
+    dstOf[i] = d;
+    if (d < 0) flood = true;
   }
+  const kind = vlans.kind;
+  for (let p = 0; p < ports; p++) {
+    if (p === src.port || kind[p] === KIND_NONE) continue;
+    deliverVlan(src, n, p, flood);
+  }
+}
+
+/**
+ * A frame from the backend itself (RARP after migration) enters as if `from` sent it: on a
+ * VLAN port it is classified, learned and flooded in its VLAN as a guest's frame would be.
+ * Rare: allocates (the tagged copies).
+ */
+function inject(from: number, frame: Uint8Array): void {
+  const now = (Date.now() / 1000) | 0;
+  if (mode === 'xconnect') {
+    sendFrame(peer[from] ?? -1, frame);
+    return;
+  }
+  vlans.ensure(from + 1);
+  if (vlans.kind[from] === KIND_NONE) {
+    if (macs) macs.learn(frame, 6, from, now, 0);
+    for (let p = 0; p < ports; p++) if (p !== from && vlans.kind[p] === KIND_NONE) sendFrame(p, frame);
+    return;
+  }
+  const vid = vlans.classify(from, frame, 0, frame.length);
+  if (vid < 0) return;
+  const tci = vlans.srcTci;
+  if (macs) macs.learn(frame, 6, from, now, vid);
+  for (let p = 0; p < ports; p++) {
+    const e = p === from ? -1 : vlans.egress(p, vid, tci);
+    if (e >= 0) sendFrame(p, e === 0 ? frame : edited(frame, e));
+  }
+}
+
+/** `frame` with a tag edit made (a new array: the inject path only). */
+function edited(frame: Uint8Array, e: number): Uint8Array {
+  const out = new Uint8Array(frame.length + editDelta(e));
+  out.set(frame.subarray(0, 12), 0);
+  let at = 12;
+  if ((e & EDIT_PUSH) !== 0) {
+    const tpid = (e & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+    out[12] = tpid >>> 8;
+    out[13] = tpid & 0xff;
+    out[14] = (e >>> 8) & 0xff;
+    out[15] = e & 0xff;
+    at = 16;
+  }
+  out.set(frame.subarray((e & EDIT_POP) !== 0 ? 16 : 12), at);
+  return out;
+}
+
+/** Enqueue a backend-made frame into port p's first RX queue. */
+function sendFrame(p: number, frame: Uint8Array): void {
+  const rx = p >= 0 ? rxFor(p, 0) : undefined;
+  if (!rx) return;
+  rx.vq.acquire();
+  let notify = false;
+  try {
+    rx.vq.enqueueBytes(frame, 0, frame.length);
+    notify = rx.vq.flush();
+  } catch (e) {
+    rx.vq.abandon();
+    broken(rx.device, rx.index, e);
+    return;
+  }
+  rx.vq.release();
+  if (notify) notifyRx(rx);
 }
 
 /** One pass over every TX ring; returns packets moved. */

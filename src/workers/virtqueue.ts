@@ -24,11 +24,16 @@ import { GuestError } from './guest-error';
 import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
 
 export { GuestError } from './guest-error';
 
 /** 1 / LOG_PAGE: page numbers by an exact multiplication (a power of two), not a division */
 const PAGE_INV = 1 / LOG_PAGE;
+
+/** The 4 bytes of a pushed 802.1Q tag, written here then copied like any source piece (general path). */
+const tagBytes = new Uint8Array(8);
+const tagViews = makeViews(tagBytes.buffer, 0, 8);
 
 export class Virtqueue {
   readonly index: number;
@@ -90,7 +95,7 @@ export class Virtqueue {
   private usedLogFrom = 0;
 
   // RX scratch: the destination buffers reserved for the packet being enqueued.
-  private dSegRegion = new Uint8Array(64);
+  private dSegRegion = new Uint16Array(64); // region index: up to MAX_MEM_SLOTS (509)
   private dSegOff = new Float64Array(64);
   private dSegLen = new Uint32Array(64);
   private nDSeg = 0;
@@ -698,17 +703,64 @@ export class Virtqueue {
   }
 
   /**
+   * enqueueBurst() for packets with VLAN tag edits (vlan.ts): `edits[i]` (indexed like the
+   * batch) is made while packet i is copied: 0 none, EDIT_POP, EDIT_PUSH | TCI, or both. Its
+   * own loop, so that enqueueBurst's, tuned for the untagged case, stays as it was; each
+   * packet takes enqueue(), whose one-buffer fast path makes the edit with word copies.
+   */
+  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
+    let done = 0;
+    for (let k = 0; k < count; k++) {
+      const i = pick[k];
+      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
+    }
+    if (done > 0) this.stats[ST_BURSTS]++;
+    return done;
+  }
+
+  /**
    * Copy packet i of `batch` (dequeued from a ring of `srcMem`) into this ring. False, and
    * ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is consumed then.
    */
-  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number): boolean {
-    if (this.enqueueOne(srcMem, batch, i)) return true;
-    const len = batch.pktLen[i];
+  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
+    if (this.enqueueOne(srcMem, batch, i, edit)) return true;
+    const len = batch.pktLen[i] + editDelta(edit);
     if (!this.reserve(len)) return false;
     const views = srcMem.views;
     const end = batch.segStart[i] + batch.segCount[i];
-    for (let s = batch.segStart[i]; s < end; s++) {
-      this.put(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
+    if (edit === 0) {
+      for (let s = batch.segStart[i]; s < end; s++) {
+        this.put(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
+      }
+    } else {
+      // The tag edit in the same pass, over any segmentation of the source: bytes [0, 12)
+      // (the MACs), then the pushed tag, then the rest past a popped source tag [12, 16).
+      const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
+      let pos = 0;
+      if ((edit & EDIT_PUSH) !== 0) setTag(edit);
+      for (let s = batch.segStart[i]; s < end; s++) {
+        const v = views[batch.segRegion[s]];
+        let off = batch.segOffset[s];
+        let n = batch.segLen[s];
+        if (pos < 12) {
+          const k = n < 12 - pos ? n : 12 - pos;
+          this.put(v, off, k);
+          pos += k;
+          off += k;
+          n -= k;
+          if (pos === 12 && (edit & EDIT_PUSH) !== 0) this.put(tagViews, 0, 4);
+        }
+        if (n > 0 && pos < skipEnd) {
+          const k = n < skipEnd - pos ? n : skipEnd - pos;
+          pos += k;
+          off += k;
+          n -= k;
+        }
+        if (n > 0) {
+          this.put(v, off, n);
+          pos += n;
+        }
+      }
     }
     this.commit(len);
     return true;
@@ -720,7 +772,7 @@ export class Virtqueue {
    * offsets 4-aligned. Word loads and stores, no cursor. Anything else (including every
    * malformed case) returns false untouched, and the general path validates and names it.
    */
-  private enqueueOne(srcMem: GuestMemory, batch: PacketBatch, i: number): boolean {
+  private enqueueOne(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): boolean {
     const t = this.desc32;
     if (t === null || !this.features.mrgRxbuf || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
     const idx = this.lastAvail;
@@ -735,7 +787,7 @@ export class Virtqueue {
     const w = head * 4;
     const flags = t[w + 3] & 0xffff;
     if (flags !== VRING_DESC_F_WRITE) return false;
-    const len = batch.pktLen[i];
+    const len = batch.pktLen[i] + editDelta(edit);
     const dlen = t[w + 2];
     if (dlen < len + 12) return false;
     const mem = this.mem;
@@ -753,13 +805,34 @@ export class Virtqueue {
     const srcIds = srcMem.bulkIds;
     const dstIds = mem.bulkIds;
     const logging = this.logging;
-    if (this.bulk !== null && len >= BULK_MIN && srcIds !== null && dstIds !== null) {
-      const sr = batch.segRegion[s];
-      this.bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + batch.segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
+    const sr = batch.segRegion[s];
+    const so = batch.segOffset[s];
+    const sv = srcMem.views[sr];
+    // the VLAN tag edit in the copy: the 12 MAC bytes, the pushed tag, then the rest of the
+    // frame from past a popped tag; `from` / `at`: where the rest starts in source / buffer
+    let from = 0;
+    let at = 12;
+    if (edit !== 0) {
+      copyBytes(v, off + 12, sv, so, 12);
+      at = 24;
+      if ((edit & EDIT_PUSH) !== 0) {
+        const u8 = v.u8;
+        const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+        u8[off + 24] = tpid >>> 8;
+        u8[off + 25] = tpid & 0xff;
+        u8[off + 26] = (edit >>> 8) & 0xff;
+        u8[off + 27] = edit & 0xff;
+        at = 28;
+      }
+      from = (edit & EDIT_POP) !== 0 ? 16 : 12;
+    }
+    const rest = len + 12 - at;
+    if (this.bulk !== null && rest >= BULK_MIN && srcIds !== null && dstIds !== null) {
+      this.bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + so + from, dstIds[r], mem.regions[r].sabOffset + off + at, rest);
       // Bits must follow the bytes: this buffer is marked in publish(), after the bulk run.
       if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
     } else {
-      copyBytes(v, off + 12, srcMem.views[batch.segRegion[s]], batch.segOffset[s], len);
+      copyBytes(v, off + at, sv, so + from, rest);
       if (logging) this.log.markRange(mem.gpaOf(r, off), len + 12);
     }
     const first = this.lastUsed;
@@ -1097,7 +1170,7 @@ export class Virtqueue {
   /** Pathological guests (tiny buffers): grow the scratch, amortised, never per packet. */
   private growSegs(): void {
     const n = this.dSegLen.length * 2;
-    const r = new Uint8Array(n);
+    const r = new Uint16Array(n);
     const o = new Float64Array(n);
     const l = new Uint32Array(n);
     r.set(this.dSegRegion);
@@ -1123,4 +1196,13 @@ function checkRing(mem: GuestMemory, name: string, loc: RingLocation, bytes: num
 function sabOffset(off: number, align: number, name: string): number {
   if (off % align !== 0) throw new Error(`${name} ring not ${align}-aligned inside its mapping`);
   return off;
+}
+
+/** The tag of an EDIT_PUSH edit (TPID, then the TCI, big endian) into tagBytes. */
+function setTag(edit: number): void {
+  const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+  tagBytes[0] = tpid >>> 8;
+  tagBytes[1] = tpid & 0xff;
+  tagBytes[2] = (edit >>> 8) & 0xff;
+  tagBytes[3] = edit & 0xff;
 }
