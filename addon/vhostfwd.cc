@@ -57,6 +57,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static const Entry kEntries[] = {
       {"listen", Listen},
       {"accept", Accept},
+      {"peerCred", PeerCred},
       {"connect", Connect},
       {"close", Close},
       {"sendmsg", Sendmsg},

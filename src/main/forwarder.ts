@@ -82,7 +82,8 @@ export class Forwarder {
   /** ackDeadlineMs: how long a worker may take to acknowledge a ring change (worker-pool.ts) */
   /** placement: TX polling workers by "iface:queue" from a state file (else the config's) */
   /** leaveOutFailed: start() leaves out an interface whose socket cannot be made instead of failing (a restore from the state file) */
-  constructor(readonly config: Config, private readonly opts: { ackDeadlineMs?: number; placement?: Record<string, number>; leaveOutFailed?: boolean } = {}) {
+  /** ports: port numbers by interface name (a takeover keeps the previous process's: the MAC table holds them) */
+  constructor(readonly config: Config, private readonly opts: { ackDeadlineMs?: number; placement?: Record<string, number>; leaveOutFailed?: boolean; ports?: Record<string, number> } = {}) {
     config.workers.forEach((w, i) => w.queues.forEach((q) => this.placement.set(q, i)));
     for (const [k, w] of Object.entries(opts.placement ?? {})) if (w < Math.max(1, config.workers.length)) this.placement.set(k, w);
     this.forwarding = config.forwarding.mode === 'xconnect' ? { mode: 'xconnect', pairs: config.forwarding.pairs.map(([a, b]) => [a, b]) } : { ...config.forwarding };
@@ -123,8 +124,10 @@ export class Forwarder {
 
   /** A port number for a new interface and the Interface itself (not started). */
   private place(c: InterfaceConfig): Interface {
-    let port = this.ports.indexOf(null);
+    const kept = this.opts.ports?.[c.name];
+    let port = kept !== undefined && Number.isInteger(kept) && kept >= 0 && kept < 4096 && !this.ports[kept] ? kept : this.ports.indexOf(null);
     if (port < 0) port = this.ports.length;
+    while (this.ports.length < port) this.ports.push(null);
     const itf = new Interface(
       {
         name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu, forceLog: this.config.forceLog,
@@ -251,6 +254,11 @@ export class Forwarder {
     this.changed();
   }
 
+  /** Port numbers by interface name (a takeover keeps them: the MAC table and the plan hold them). */
+  portMap(): Record<string, number> {
+    return Object.fromEntries(this.interfaces.map((i) => [i.name, i.port]));
+  }
+
   /** Interfaces, forwarding and placement as plain data (the state file, `show`). */
   state(): ForwarderState {
     return {
@@ -337,10 +345,14 @@ export class Forwarder {
     await this.metrics?.close();
     this.metrics = null;
     this.handedRings.clear();
-    await Promise.all(this.interfaces.map(async (i) => {
-      const d = i.device;
-      if (d) this.handedRings.set(d.id, await d.pauseRings());
-    }));
+    // Every TX ring first: once their workers acknowledge, no frame is taken from a guest any
+    // more and each burst taken is delivered. Only then the RX rings (a burst finding its
+    // destination stopped would be dropped).
+    const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
+    for (const d of devices) this.handedRings.set(d.id, d.vrings.filter((v) => v.started));
+    for (const parity of [1, 0]) {
+      await Promise.all(devices.flatMap((d) => d.vrings.filter((v) => v.started && (v.index & 1) === parity).map((v) => d.stopRing(v))));
+    }
     return {
       state: this.state(),
       macTable: Buffer.from(this.macTable).toString('base64'),
@@ -359,8 +371,8 @@ export class Forwarder {
 
   /** Old side, the takeover failed: restart the rings and take things in again. */
   async resumeAfterHandover(): Promise<void> {
+    await this.startRingsRxFirst();
     for (const i of this.interfaces) i.resumeAfterHandover();
-    await Promise.all(this.interfaces.map((i) => i.device?.resumeRings('TAKEOVER')));
     this.handedRings.clear();
     if (this.config.metrics && !this.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
   }
@@ -388,6 +400,19 @@ export class Forwarder {
       await i.adopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
       return true;
     });
+    await this.startRingsRxFirst();
+  }
+
+  /**
+   * Start every ring that may run, all RX rings (towards the guests) before any TX ring: a
+   * frame taken from a guest right after its TX ring starts must find its destination's RX
+   * ring attached, or it would be dropped as having no destination.
+   */
+  private async startRingsRxFirst(): Promise<void> {
+    const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
+    for (const parity of [0, 1]) {
+      await Promise.all(devices.flatMap((d) => d.vrings.filter((v) => (v.index & 1) === parity).map((v) => d.maybeStart(v, 'TAKEOVER')).filter((p): p is Promise<void> => p !== null)));
+    }
   }
 
   /** Counters of every running queue, read without stopping the workers. */

@@ -234,8 +234,8 @@ export class Interface {
 
   /**
    * Start from what the previous process handed over (instead of start()): its listening
-   * socket, and its frontend's connection with the device state. Resolves once the
-   * device's rings run here.
+   * socket, and its frontend's connection with the device state. The rings are started by
+   * the caller (Forwarder.startFromHandover).
    */
   async adopt(listenFd: number, connFd: number, snap: DeviceSnapshot | null, fds: readonly number[]): Promise<void> {
     if (listenFd >= 0) {
@@ -244,8 +244,7 @@ export class Interface {
       log.info('listening (taken over)', { iface: this.name, socket: this.opts.socket });
     }
     if (connFd >= 0 && snap) {
-      const device = this.attach(connFd, snap, fds);
-      await device.resumeRings('TAKEOVER');
+      this.attach(connFd, snap, fds); // the forwarder starts the rings: every RX ring before any TX ring
     } else if (connFd >= 0) {
       safeClose(connFd);
     }

@@ -12,7 +12,7 @@
  * rings stand still, and nothing else of the process may run in between (no vhost-user
  * request, no control request); every wait is bounded, a peer that hangs is a named error.
  */
-import { native } from '../../native';
+import { native, PollHandle } from '../../native';
 import { safeClose } from '../connection';
 
 const MAX_FDS_PER_FRAME = 8;
@@ -53,6 +53,26 @@ export class HandoverChannel {
       throw e;
     }
     return { msg: first.msg, fds };
+  }
+
+  /**
+   * Like recv(), but waits for the first byte on the event loop instead of blocking the
+   * thread: the running process serves its frontends while its successor starts up.
+   */
+  async recvLater(timeoutMs = this.timeoutMs): Promise<{ msg: Record<string, unknown>; fds: number[] }> {
+    await new Promise<void>((resolve, reject) => {
+      let handle: PollHandle | null = null;
+      const timer = setTimeout(() => {
+        handle?.close();
+        reject(new HandoverError(`the other process sent nothing for ${timeoutMs} ms`));
+      }, timeoutMs);
+      handle = native.poll(this.fd, () => {
+        handle?.close();
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return this.recv();
   }
 
   close(): void {
