@@ -58,6 +58,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"listen", Listen},
       {"accept", Accept},
       {"peerCred", PeerCred},
+      {"sdNotify", SdNotify},
       {"connect", Connect},
       {"close", Close},
       {"sendmsg", Sendmsg},

@@ -15,6 +15,8 @@ import { OwnershipError } from './main/control/ownership';
 import { StateFileError, readState, writeState } from './main/control/state';
 import { ApiUnreachable, api, render, vlanArg } from './ctl';
 import { log, setJson, setLevel, Level } from './main/log';
+import { spawn } from 'node:child_process';
+import { native } from './native';
 import { HandoverServer, HandoverSocketError, TakeoverError, configFor, takeOver } from './main/handover/handover';
 
 const EXIT_USAGE = 2;
@@ -32,6 +34,36 @@ export function configFromFlags(sockets: string[], forward: string | undefined, 
     interfaces: sockets.map((s, i) => ({ name: `vm${i + 1}`, socket: s, mode, queues })),
     forwarding: forward === undefined ? undefined : forward === 'bridge' ? { mode: 'bridge' } : { mode: forward, pairs: sockets.length === 2 ? [['vm1', 'vm2']] : [] },
   };
+}
+
+/**
+ * sd_notify (systemd Type=notify): READY=1 once serving; a takeover's successor also says
+ * MAINPID=<its pid> before the old process may exit, and a failed takeover gives the main
+ * pid back. No-op outside systemd (no $NOTIFY_SOCKET).
+ */
+function sdNotify(msg: string): void {
+  const sock = process.env.NOTIFY_SOCKET;
+  if (!sock) return;
+  try {
+    native.sdNotify(sock, msg);
+  } catch (e) {
+    log.warn('sd_notify failed', { socket: sock, error: (e as Error).message });
+  }
+}
+
+/**
+ * SIGHUP (systemd ExecReload): start a successor, the same command line with --takeover,
+ * from the files on disk now (an upgraded install); it takes the dataplane over and this
+ * process exits. A successor that fails leaves this process forwarding.
+ */
+function spawnSuccessor(): void {
+  const argv = process.argv.slice(2);
+  if (!argv.includes('--takeover')) argv.push('--takeover');
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...argv], { stdio: 'inherit' });
+  child.on('error', (e) => log.error('takeover: the successor could not be started', { error: e.message }));
+  child.on('exit', (code, signal) => log.info('takeover: the successor exited', { pid: child.pid, code, signal }));
+  child.unref();
+  log.info('takeover: successor started (SIGHUP)', { pid: child.pid });
 }
 
 /** Where the handover socket is: `--handover PATH`, or beside the control socket. */
@@ -58,7 +90,10 @@ async function run(cfg: Config, o: RunOptions): Promise<void> {
   let fwd: Forwarder;
   if (o.takeover) {
     if (!o.handover.path) throw new TakeoverError('--takeover needs a handover socket (not --handover off)', 'USAGE');
-    const took = await takeOver(o.handover.path, version(), cpus, (state, ports) => new Forwarder(configFor(cfg, state), { placement: state.placement, ports }));
+    const took = await takeOver(o.handover.path, version(), cpus, (state, ports) => new Forwarder(configFor(cfg, state), { placement: state.placement, ports }), () =>
+      // before the old process may exit: systemd must know the service's new main process
+      sdNotify(`MAINPID=${process.pid}\nREADY=1`),
+    );
     fwd = took.fwd;
   } else {
     const state = o.stateFile ? readState(o.stateFile, cpus) : null;
@@ -124,6 +159,7 @@ async function run(cfg: Config, o: RunOptions): Promise<void> {
         svc.control = null;
       },
       afterFailure: async (): Promise<void> => {
+        sdNotify(`MAINPID=${process.pid}\nREADY=1`);
         try {
           await openControl();
         } catch (e) {
@@ -146,6 +182,14 @@ async function run(cfg: Config, o: RunOptions): Promise<void> {
       log.warn('running without takeovers (hitless restart)', { error: (e as Error).message });
     }
   }
+  process.on('SIGHUP', () => {
+    if (!svc.handover) {
+      log.warn('SIGHUP ignored: no handover socket (--handover off, or it could not be made)');
+      return;
+    }
+    spawnSuccessor();
+  });
+  if (!o.takeover) sdNotify('READY=1'); // a successor said MAINPID and READY before the old process let go
   if (o.takeover) return;
   for (const i of cfg.interfaces) {
     if (i.mode === 'server') {
@@ -356,7 +400,7 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command('ctl', 'talk to a running vhostfwd through its control API', (y) => ctlCommands(y))
     .demandCommand(1, 'give a command: run, ctl, check-config, demo, bench')
-    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure (also a stop that took over 5 s), 2 bad usage, config or socket path. SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
+    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM, and after a takeover by a successor), 1 runtime failure (also a stop that took over 5 s, a takeover that failed midway), 2 bad usage, config or socket path, a takeover refused. SIGHUP starts a successor with --takeover (hitless restart). SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
     .strict()
     .help()
     .fail((msg, err, y) => {

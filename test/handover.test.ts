@@ -7,7 +7,9 @@
  * a dirty log in progress come along.
  */
 import t, { Test } from 'tap';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import readline from 'node:readline';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
@@ -221,4 +223,52 @@ t.test('bridge: MAC table, a port added at run time and a dirty log in progress 
   t.same(await cur.waitExit(), { code: 0, signal: null }, 'the new process exits 0 on SIGTERM');
   await sleep(10);
   t.notOk(fs.existsSync(s.sock('handover')), 'its handover socket is unlinked');
+});
+
+t.test('SIGHUP (systemd ExecReload): the process starts its successor, which tells systemd MAINPID before the old one exits', async (t) => {
+  const s = setup(t, (sock) => ({ interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') }], forwarding: { mode: 'xconnect', pairs: [['a', 'b']] } }));
+  // systemd's notify socket, played by a python datagram listener printing each message
+  const notifySock = path.join(s.dir, 'notify.sock');
+  const py = spawn('python3', ['-u', '-c', 'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound")\nwhile True: print(s.recv(4096).decode().replace("\\n"," "))', notifySock], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => {
+    py.kill('SIGKILL');
+  });
+  const notes: string[] = [];
+  readline.createInterface({ input: py.stdout }).on('line', (l) => notes.push(l));
+  await waitUntil(() => notes.includes('bound'), 10_000, 'the notify listener');
+  const old = start(s, [], { NOTIFY_SOCKET: notifySock });
+  await old.waitFor('takeovers accepted');
+  await waitUntil(() => notes.includes('READY=1'), 5000, 'READY=1 from the first process');
+  const a = await SyntheticGuest.start({ socket: s.sock('a'), mac: macOf(1) });
+  s.guests.push(a);
+  const b = await SyntheticGuest.start({ socket: s.sock('b'), mac: macOf(2) });
+  s.guests.push(b);
+  const tr = new Traffic(a, b, { sizes: SIZES, seqBaseBA: 1 << 30 });
+  tr.start();
+  let succ = -1;
+  try {
+    await flowFor(tr, 1000, 'before SIGHUP');
+    old.child.kill('SIGHUP');
+    const spawned = await old.waitFor('takeover: successor started (SIGHUP)');
+    succ = Number(spawned.pid);
+    t.teardown(() => {
+      try {
+        process.kill(succ, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    });
+    t.same(await old.waitExit(), { code: 0, signal: null }, 'the old process exits 0 once its successor polls');
+    t.ok(notes.includes(`MAINPID=${succ} READY=1`), `systemd was told MAINPID=${succ} (${notes.join(' | ')})`);
+    await flowFor(tr, 2000, 'after the reload');
+  } finally {
+    await tr.stop(10_000);
+  }
+  t.equal(tr.ab.received, tr.ab.sent, `A->B: received ${tr.ab.received} == sent ${tr.ab.sent}`);
+  t.equal(tr.ba.received, tr.ba.sent, `B->A: received ${tr.ba.received} == sent ${tr.ba.sent}`);
+  t.equal(tr.ab.mismatched + tr.ba.mismatched, 0, 'every frame byte-exact');
+  // the successor is not our child: stop it as systemd would, and see it go
+  process.kill(succ, 'SIGTERM');
+  await waitUntil(() => !fs.existsSync(`/proc/${succ}`) || fs.readFileSync(`/proc/${succ}/stat`, 'utf8').includes(') Z'), 10_000, 'the successor to exit on SIGTERM');
+  t.notOk(fs.existsSync(s.sock('a')), 'it unlinked the sockets on SIGTERM');
 });

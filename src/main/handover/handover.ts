@@ -297,10 +297,16 @@ function die(step: string): void {
  * New side: take the dataplane over from the process serving `path`. `build` makes this
  * process's forwarder for the state the old one runs (its interfaces, forwarding, placement
  * and port numbers, with this config's workers). Resolves with the started forwarder once
- * the old process knows this one polls. On a failure the caller must exit without stopping
+ * the old process knows this one polls (`beforeConfirm` runs just before it is told). On a failure the caller must exit without stopping
  * the forwarder (its sockets are the old process's again: nothing may be unlinked).
  */
-export async function takeOver(path: string, version: string, cpuCount: number, build: (state: ForwarderState, ports: Record<string, number>) => Forwarder): Promise<{ fwd: Forwarder; blackoutMs: number }> {
+export async function takeOver(
+  path: string,
+  version: string,
+  cpuCount: number,
+  build: (state: ForwarderState, ports: Record<string, number>) => Forwarder,
+  beforeConfirm: () => void = () => undefined,
+): Promise<{ fwd: Forwarder; blackoutMs: number }> {
   let fd: number;
   try {
     fd = native.connect(path);
@@ -346,6 +352,7 @@ export async function takeOver(path: string, version: string, cpuCount: number, 
     await fwd.startFromHandover(snap, st.fds);
     const blackoutMs = Number((clock() - stoppedAt).toFixed(2));
     die('started');
+    beforeConfirm();
     ch.send({ polling: true, blackoutMs });
     log.info('takeover step 5/5: polling', { blackoutMs, totalMs: Number((performance.now() - t0).toFixed(1)) });
     return { fwd, blackoutMs };
