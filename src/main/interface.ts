@@ -157,7 +157,8 @@ export class Interface {
         throw e;
       }
     }
-    log.info(snap ? 'frontend connection taken over' : 'frontend connected', { iface: this.name, device: device.id });
+    if (snap) log.info('frontend connection taken over', { iface: this.name, device: device.id, regions: snap.regions.length, dirtyLog: snap.log !== null, rings: snap.rings.filter((r) => r.started).length });
+    else log.info('frontend connected', { iface: this.name, device: device.id });
     for (const l of this.listeners) l('connected', device);
     conn.start();
     return device;

@@ -348,13 +348,15 @@ export async function takeOver(
       throw e;
     }
     const stoppedAt = typeof st.msg.stoppedAt === 'number' ? st.msg.stoppedAt : clock();
-    log.info('takeover step 4/5: rings and fds received', { interfaces: snap.interfaces.length, fds: st.fds.length });
+    const received = clock();
+    log.info('takeover step 4/5: rings and fds received', { interfaces: snap.interfaces.length, fds: st.fds.length, sinceStopMs: Number((received - stoppedAt).toFixed(2)) });
     await fwd.startFromHandover(snap, st.fds);
     const blackoutMs = Number((clock() - stoppedAt).toFixed(2));
+    const startMs = Number((clock() - received).toFixed(2));
     die('started');
     beforeConfirm();
     ch.send({ polling: true, blackoutMs });
-    log.info('takeover step 5/5: polling', { blackoutMs, totalMs: Number((performance.now() - t0).toFixed(1)) });
+    log.info('takeover step 5/5: polling', { blackoutMs, startMs, totalMs: Number((performance.now() - t0).toFixed(1)) });
     return { fwd, blackoutMs };
   } catch (e) {
     if (e instanceof HandoverError) throw new TakeoverError(`takeover failed: ${e.message}`);
