@@ -9,6 +9,7 @@ import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
 import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
+import { safeClose } from './connection';
 import { DeviceSnapshot, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
@@ -57,8 +58,8 @@ export interface ForwarderState {
 /** Everything a takeover hands to the next process besides the fds (handover/). */
 export interface ForwarderSnapshot {
   state: ForwarderState;
-  /** the bridge's MAC table, base64 (learned entries survive the takeover) */
-  macTable: string;
+  /** the bridge's MAC table: index of a memfd holding its bytes (learned entries survive the takeover) */
+  macTable: number;
   interfaces: Array<{ name: string; listen: number; conn: number; device: DeviceSnapshot | null }>;
 }
 
@@ -286,8 +287,11 @@ export class Forwarder {
     await this.pool.start();
   }
 
-  /** `adopt`: a takeover's way to start an interface (true: done; false: start it as usual) */
-  async start(adopt?: (i: Interface) => Promise<boolean>): Promise<void> {
+  /**
+   * `adopt`: a takeover's way to start an interface (true: done; false: start it as usual);
+   * `adopted`: runs once every interface is there, before anything slower (the metrics server)
+   */
+  async start(adopt?: (i: Interface) => Promise<boolean>, adopted?: () => Promise<void>): Promise<void> {
     await this.prestart();
     this.pool.setPlan(this.plan(), this.macTable);
     for (const i of this.interfaces) {
@@ -309,6 +313,7 @@ export class Forwarder {
       }
     }
     this.started = true;
+    if (adopted) await adopted();
     if (this.config.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
     if (this.config.statsInterval > 0) {
       let last = this.stats();
@@ -345,17 +350,18 @@ export class Forwarder {
     await this.metrics?.close();
     this.metrics = null;
     this.handedRings.clear();
-    // Every TX ring first: once their workers acknowledge, no frame is taken from a guest any
-    // more and each burst taken is delivered. Only then the RX rings (a burst finding its
-    // destination stopped would be dropped).
+    // Every TX ring before any RX ring: a burst taken from a guest is delivered before its
+    // destination stops (one finding it stopped would be dropped as having no destination).
+    // Posting the stops in that order is enough: a worker delivers only into its own RX ring
+    // entries and reads its mailbox in order, so it leaves its TX rings before its RX rings.
     const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
     for (const d of devices) this.handedRings.set(d.id, d.vrings.filter((v) => v.started));
-    for (const parity of [1, 0]) {
-      await Promise.all(devices.flatMap((d) => d.vrings.filter((v) => v.started && (v.index & 1) === parity).map((v) => d.stopRing(v))));
-    }
+    const stops: Promise<void>[] = [];
+    for (const parity of [1, 0]) for (const d of devices) for (const v of d.vrings) if (v.started && (v.index & 1) === parity) stops.push(d.stopRing(v));
+    await Promise.all(stops);
     return {
       state: this.state(),
-      macTable: Buffer.from(this.macTable).toString('base64'),
+      macTable: fd(this.macTableFile()),
       interfaces: this.interfaces.map((i) => {
         const h = i.handoverFds;
         const d = i.device;
@@ -369,8 +375,23 @@ export class Forwarder {
     };
   }
 
+  /** a copy of the MAC table in a memfd for a takeover (closed when it ends either way) */
+  private macFd = -1;
+
+  /** The MAC table's bytes in a new memfd (a copy at this instant: the workers are stopped). */
+  private macTableFile(): number {
+    safeClose(this.macFd);
+    this.macFd = native.memfdCreate('vhostfwd-mac-table', MAC_TABLE_BYTES);
+    const sab = native.mmap(this.macFd, MAC_TABLE_BYTES, 0);
+    new Uint8Array(sab).set(new Uint8Array(this.macTable));
+    native.retire(sab);
+    return this.macFd;
+  }
+
   /** Old side, the takeover failed: restart the rings and take things in again. */
   async resumeAfterHandover(): Promise<void> {
+    safeClose(this.macFd);
+    this.macFd = -1;
     await this.startRingsRxFirst();
     for (const i of this.interfaces) i.resumeAfterHandover();
     this.handedRings.clear();
@@ -379,6 +400,8 @@ export class Forwarder {
 
   /** Old side, the takeover succeeded: let go of everything without a word to anyone, stop the workers. */
   async abandon(): Promise<void> {
+    safeClose(this.macFd);
+    this.macFd = -1;
     if (this.statsTimer) clearInterval(this.statsTimer);
     for (const i of this.interfaces) i.abandon();
     await this.pool.stop();
@@ -391,16 +414,21 @@ export class Forwarder {
    * interfaces, forwarding and placement.
    */
   async startFromHandover(snap: ForwarderSnapshot, fds: readonly number[]): Promise<void> {
-    Buffer.from(snap.macTable, 'base64').copy(Buffer.from(this.macTable));
+    const fdAt = (i: number): number => (Number.isInteger(i) && i >= 0 && i < fds.length ? fds[i] : -1);
+    const mac = fdAt(snap.macTable);
+    if (mac < 0) throw new Error('the MAC table was not handed over');
+    if (native.fdStat(mac).size < MAC_TABLE_BYTES) throw new Error(`the MAC table handed over is ${native.fdStat(mac).size} bytes, not ${MAC_TABLE_BYTES}`);
+    const sab = native.mmap(mac, MAC_TABLE_BYTES, 0);
+    new Uint8Array(this.macTable).set(new Uint8Array(sab));
+    native.retire(sab);
+    safeClose(mac);
     const byName = new Map(snap.interfaces.map((h) => [h.name, h]));
-    const fdAt = (i: number): number => (i >= 0 && i < fds.length ? fds[i] : -1);
     await this.start(async (i) => {
       const h = byName.get(i.name);
       if (!h) return false;
       await i.adopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
       return true;
-    });
-    await this.startRingsRxFirst();
+    }, () => this.startRingsRxFirst());
   }
 
   /**
@@ -409,10 +437,20 @@ export class Forwarder {
    * ring attached, or it would be dropped as having no destination.
    */
   private async startRingsRxFirst(): Promise<void> {
+    // Posted in that order, which is enough (handoverOut): each worker attaches its RX ring
+    // entries before any TX ring it polls.
     const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
+    const starts: Promise<void>[] = [];
     for (const parity of [0, 1]) {
-      await Promise.all(devices.flatMap((d) => d.vrings.filter((v) => (v.index & 1) === parity).map((v) => d.maybeStart(v, 'TAKEOVER')).filter((p): p is Promise<void> => p !== null)));
+      for (const d of devices) {
+        for (const v of d.vrings) {
+          if ((v.index & 1) !== parity) continue;
+          const p = d.maybeStart(v, 'TAKEOVER');
+          if (p) starts.push(p);
+        }
+      }
     }
+    await Promise.all(starts);
   }
 
   /** Counters of every running queue, read without stopping the workers. */

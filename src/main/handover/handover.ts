@@ -271,7 +271,7 @@ function portsFrom(v: unknown): Record<string, number> {
 function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
   if (typeof v !== 'object' || v === null) throw new TakeoverError('the running process sent no snapshot');
   const s = v as Partial<ForwarderSnapshot>;
-  if (typeof s.macTable !== 'string' || !Array.isArray(s.interfaces)) throw new TakeoverError('the snapshot lacks the MAC table or the interfaces');
+  if (typeof s.macTable !== 'number' || !Array.isArray(s.interfaces)) throw new TakeoverError('the snapshot lacks the MAC table or the interfaces');
   const names = new Set(want.interfaces.map((i) => i.name));
   for (const i of s.interfaces) {
     if (typeof i !== 'object' || i === null || typeof i.name !== 'string' || !names.has(i.name)) throw new TakeoverError(`the snapshot names an interface that was not announced: ${JSON.stringify(i).slice(0, 100)}`);
