@@ -31,6 +31,7 @@ import { StateFormatError, stateFromJson, stateToJson } from '../control/state';
 import { Forwarder, ForwarderSnapshot, ForwarderState } from '../forwarder';
 import { log } from '../log';
 import { HandoverChannel, HandoverError } from './channel';
+import { SnapshotError, checkDeviceSnapshot } from './snapshot';
 
 /** The handover format: a process refuses a peer that speaks another one, before anything stops. */
 const HANDOVER_FORMAT = 1;
@@ -273,12 +274,18 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
   const s = v as Partial<ForwarderSnapshot>;
   if (typeof s.macTable !== 'number' || !Array.isArray(s.interfaces)) throw new TakeoverError('the snapshot lacks the MAC table or the interfaces');
   const names = new Set(want.interfaces.map((i) => i.name));
-  for (const i of s.interfaces) {
-    if (typeof i !== 'object' || i === null || typeof i.name !== 'string' || !names.has(i.name)) throw new TakeoverError(`the snapshot names an interface that was not announced: ${JSON.stringify(i).slice(0, 100)}`);
-    if (!Number.isInteger(i.listen) || !Number.isInteger(i.conn)) throw new TakeoverError(`interface ${i.name}: fd indices`);
-    if (i.device !== null && (typeof i.device !== 'object' || !Array.isArray(i.device.rings) || !Array.isArray(i.device.regions))) throw new TakeoverError(`interface ${i.name}: a device record without rings or regions`);
-  }
-  return s as ForwarderSnapshot;
+  const interfaces = s.interfaces.map((i: unknown, k) => {
+    const r = (typeof i === 'object' && i !== null ? i : {}) as Record<string, unknown>;
+    if (typeof r.name !== 'string' || !names.has(r.name)) throw new TakeoverError(`the snapshot names an interface that was not announced: ${JSON.stringify(i).slice(0, 100)}`);
+    if (typeof r.listen !== 'number' || !Number.isInteger(r.listen) || typeof r.conn !== 'number' || !Number.isInteger(r.conn)) throw new TakeoverError(`interface ${r.name}: fd indices`);
+    try {
+      return { name: r.name, listen: r.listen, conn: r.conn, device: r.device === null ? null : checkDeviceSnapshot(r.device, `interfaces[${k}].device`) };
+    } catch (e) {
+      if (e instanceof SnapshotError) throw new TakeoverError(`interface ${r.name}: ${e.message}`);
+      throw e;
+    }
+  });
+  return { state: want, macTable: s.macTable, interfaces };
 }
 
 function die(step: string): void {
