@@ -25,3 +25,19 @@ export function fastMode(xs: readonly number[], fraction = FAST_FRACTION): { med
 }
 
 export const ratio = (a: number | null, b: number | null): number | null => (a !== null && b !== null && b > 0 ? a / b : null);
+
+/** The three statistics of one backend's cell that the table compares between backends. */
+export interface CellStats {
+  medianMpps: number | null;
+  bestMpps: number | null;
+  fastMpps: number | null;
+}
+
+/** a / b by medians of all rounds, by best rounds and by fast-mode medians (null where a side is missing). */
+export function compareCells(a: CellStats | undefined, b: CellStats | undefined): { median: number | null; best: number | null; fast: number | null } {
+  return {
+    median: ratio(a?.medianMpps ?? null, b?.medianMpps ?? null),
+    best: ratio(a?.bestMpps ?? null, b?.bestMpps ?? null),
+    fast: ratio(a?.fastMpps ?? null, b?.fastMpps ?? null),
+  };
+}

@@ -1,6 +1,6 @@
 /** bench/stats.ts: the statistics the benchmark table is made of. */
 import t from 'tap';
-import { FAST_FRACTION, fastMode, median, ratio } from '../bench/stats';
+import { FAST_FRACTION, compareCells, fastMode, median, ratio } from '../bench/stats';
 
 t.test('median of odd, even and empty round lists; input not reordered', async (t) => {
   const xs = [5, 1, 4];
@@ -25,4 +25,12 @@ t.test('ratio: null when either side is missing or the divisor is zero', async (
   t.equal(ratio(null, 4), null);
   t.equal(ratio(3, null), null);
   t.equal(ratio(3, 0), null);
+});
+
+t.test('compareCells: a / b by medians, best rounds and fast-mode medians, as the vf/DPDK and vf/OVS columns', async (t) => {
+  const vf = { medianMpps: 6, bestMpps: 12, fastMpps: 10 };
+  const ovs = { medianMpps: 8, bestMpps: 10, fastMpps: 10 };
+  t.same(compareCells(vf, ovs), { median: 0.75, best: 1.2, fast: 1 });
+  t.same(compareCells(vf, undefined), { median: null, best: null, fast: null }, 'a backend not measured in the row');
+  t.same(compareCells({ medianMpps: null, bestMpps: null, fastMpps: null }, ovs), { median: null, best: null, fast: null }, 'every round failed');
 });

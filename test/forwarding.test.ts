@@ -152,6 +152,41 @@ t.test('bridge: flood unknown and broadcast, learn, then unicast to one port onl
   t.equal((await collect(b, 0, 0, 5000, a)).length, 0, 'and no longer to B');
 });
 
+t.test('bridge: one burst of interleaved flows, and a MAC that moves inside the burst', async (t) => {
+  // the poller remembers the previous frame's learn and lookup within a burst: frames whose
+  // MACs change from one to the next, and a move in the middle, must still go where the table says
+  const env = await startForwarder(['a', 'b', 'c'], { forwarding: { mode: 'bridge' } });
+  t.teardown(env.stop);
+  const g = await Promise.all([1, 2, 3].map((n, i) => SyntheticGuest.start({ socket: env.sock('abc'[i]), mac: macOf(n) })));
+  t.teardown(() => g.forEach((x) => x.close()));
+  const [a, b, c] = g;
+  // learn 2 on b, 3 and 5 on c (each flooded once to the others, drained here)
+  b.send(0, [frame(BROADCAST, macOf(2), 60, 1)]);
+  await collect(a, 0, 1);
+  await collect(c, 0, 1);
+  c.send(0, [frame(BROADCAST, macOf(3), 60, 2), frame(BROADCAST, macOf(5), 60, 3)]);
+  await collect(a, 0, 2);
+  await collect(b, 0, 2);
+  const burst = [
+    frame(macOf(2), macOf(1), 80, 10), // -> b
+    frame(macOf(3), macOf(1), 81, 11), // -> c
+    frame(macOf(2), macOf(1), 82, 12), // -> b
+    frame(macOf(2), macOf(9), 83, 13), // -> b (a new source in the middle)
+    frame(macOf(5), macOf(1), 84, 14), // -> c (5 is on c)
+    frame(macOf(5), macOf(5), 85, 15), // 5 moves to a, and is its own destination: filtered
+    frame(macOf(5), macOf(1), 86, 16), // 5 is now behind a: filtered
+    frame(macOf(3), macOf(1), 87, 17), // -> c
+  ];
+  a.send(0, burst);
+  same(t, await collect(b, 0, 3, 5000, a), [burst[0], burst[2], burst[3]], 'b gets exactly the frames for MAC 2, in order');
+  same(t, await collect(c, 0, 3, 5000, a), [burst[1], burst[4], burst[7]], 'c gets the frames for 3 and the one for 5 sent before it moved');
+  // 5 and 9 were learned on a: frames to them from b reach a only
+  const back = [frame(macOf(5), macOf(2), 90, 20), frame(macOf(9), macOf(2), 91, 21)];
+  b.send(0, back);
+  same(t, await collect(a, 0, 2), back, 'the MACs learned in the burst are on a');
+  t.equal((await collect(c, 0, 0, 5000, b)).length, 0, 'and c is not flooded with them');
+});
+
 t.test('multi-queue: two queue pairs on two pinned workers, each pair forwards to its own queue', async (t) => {
   const env = await startForwarder(['a', 'b'], {
     workers: [

@@ -10,6 +10,9 @@ import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVrin
 import { DriverRing, RxPacket } from './driver-ring';
 import { VhostUserClient } from './vhost-user-client';
 
+/** virtio device status after a driver came up: ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK (virtio 1.x 2.1) */
+const VIRTIO_STATUS_DRIVER_UP = 0x01 | 0x02 | 0x04 | 0x08;
+
 /** Frontend virtual address of gpa 0 (any value works: the backend only translates it). */
 export const UVA_BASE = 0x7f0000000000;
 const RING_AREA = 0x100000;
@@ -159,6 +162,9 @@ export class SyntheticGuest {
       this.callFds.push(native.eventfdCreate(0));
       await this.setupRing(i, resume ? resume.bases[i] : 0);
     }
+    // with STATUS negotiated a backend may wait for DRIVER_OK before it starts (DPDK's vhost
+    // library does: virtio_is_ready), as QEMU sends it once the guest driver is up
+    if (hasBit(this.protocolFeatures, PF.STATUS)) await this.ack(Req.SET_STATUS, encodeU64(BigInt(VIRTIO_STATUS_DRIVER_UP)));
   }
 
   /** REPLY_ACK when negotiated (so failures surface as errors here), a plain send otherwise. */

@@ -34,6 +34,12 @@ export interface TestpmdOptions {
   burst?: number;
   /** extra testpmd application arguments (after `--`), e.g. --total-num-mbufs (bench/) */
   extraArgs?: string[];
+  /** testpmd forward mode (default io; bench/'s bridge rows use mac) */
+  forwardMode?: string;
+  /** frontend: each virtio-user port's MAC (`mac=` devarg), port order */
+  macs?: string[];
+  /** destination MAC per port (`--eth-peer`), used by the mac and txonly modes, port order */
+  ethPeers?: string[];
 }
 
 export class Testpmd {
@@ -46,7 +52,7 @@ export class Testpmd {
     const q = o.queues ?? 1;
     const vdevs = o.sockets.flatMap((s, i) =>
       o.role === 'frontend'
-        ? ['--vdev', `net_virtio_user${i},path=${s},queues=${q}${o.peerIsClient ? ',server=1' : ''}`]
+        ? ['--vdev', `net_virtio_user${i},path=${s},queues=${q}${o.peerIsClient ? ',server=1' : ''}${o.macs?.[i] ? `,mac=${o.macs[i]}` : ''}`]
         : ['--vdev', `net_vhost${i},iface=${s},queues=${q}${o.weAreClient ? ',client=1' : ''}`],
     );
     this.args = [
@@ -54,10 +60,11 @@ export class Testpmd {
       `--file-prefix=${o.prefix}`, '-m', String(o.memMb ?? 512),
       ...(o.role === 'frontend' ? ['--single-file-segments'] : []),
       ...vdevs,
-      '--', '-i', '--forward-mode=io', `--nb-cores=${Math.max(1, o.lcores.length - 1)}`,
+      '--', '-i', `--forward-mode=${o.forwardMode ?? 'io'}`, `--nb-cores=${Math.max(1, o.lcores.length - 1)}`,
       `--rxq=${q}`, `--txq=${q}`,
       ...(o.txpkts ? [`--txpkts=${o.txpkts}`] : []),
       ...(o.burst ? [`--burst=${o.burst}`] : []),
+      ...(o.ethPeers ?? []).map((m, i) => `--eth-peer=${i},${m}`),
       ...(o.extraArgs ?? []),
     ];
     // Line-buffered stdout: testpmd's printf output to a pipe would otherwise sit in a
