@@ -9,6 +9,7 @@
 import t, { Test } from 'tap';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import readline from 'node:readline';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -127,11 +128,19 @@ t.test('xconnect: 3 takeovers during traffic; every frame byte-exact, counters g
 });
 
 t.test('bridge: MAC table, a port added at run time and a dirty log in progress carried across a takeover', async (t) => {
-  const s = setup(t, (sock) => ({ interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') }], forwarding: { mode: 'bridge' } }));
+  const cpu1 = os.cpus().length > 1 ? 1 : 0;
+  const s = setup(t, (sock) => ({
+    interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') }],
+    forwarding: { mode: 'bridge' },
+    workers: [{ cpus: [0], queues: ['a:0', 'b:0'] }, { cpus: [cpu1], queues: [] }],
+  }));
   let cur = start(s);
   await cur.waitFor('takeovers accepted');
   const add = await api(s.control, 'POST', '/v1/interfaces', { name: 'c', socket: s.sock('c') });
   t.equal(add.status, 201, 'port c added at run time');
+  // placement changed at run time: a's TX ring polled by worker 1 (the config says 0)
+  const move = await api(s.control, 'PUT', '/v1/interfaces/a/queues/0', { worker: 1 });
+  t.equal(move.status, 200, "a's queue pair 0 moved to worker 1");
   const a = await SyntheticGuest.start({ socket: s.sock('a'), mac: macOf(1) });
   s.guests.push(a);
   const b = await SyntheticGuest.start({ socket: s.sock('b'), mac: macOf(2) });
@@ -202,6 +211,9 @@ t.test('bridge: MAC table, a port added at run time and a dirty log in progress 
   const list = await api(s.control, 'GET', '/v1/interfaces');
   const names = (list.body as { interfaces: Array<{ name: string; connected: boolean }> }).interfaces;
   t.same(names.map((i) => [i.name, i.connected]), [['a', true], ['b', true], ['c', true]], 'the new process lists a, b and c (added at run time), all connected');
+  const showA = await api(s.control, 'GET', '/v1/interfaces/a');
+  const txA = (showA.body as { rings: Array<{ dir: string; worker: number | null; started: boolean }> }).rings.find((r) => r.dir === 'tx');
+  t.same([txA?.worker, txA?.started], [1, true], "a's TX ring runs on worker 1 in the new process: the run-time placement came along");
   const f = new Uint8Array(100);
   f.set(a.mac, 0);
   f.set(c.mac, 6);
