@@ -14,6 +14,8 @@ import readline from 'node:readline';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
+import { VhostUserClient } from '../src/frontend/vhost-user-client';
+import { native } from '../src/native';
 import { Traffic } from '../src/frontend/traffic';
 import { api } from '../src/ctl';
 import { QueueStats } from '../src/main/forwarder';
@@ -83,12 +85,17 @@ async function flowFor(tr: Traffic, more: number, what: string): Promise<void> {
 const SIZES = [60, 1514, 256, 4000, 128, 9000, 64];
 
 t.test('xconnect: 3 takeovers during traffic; every frame byte-exact, counters go on, no disconnect', async (t) => {
-  const s = setup(t, (sock) => ({ interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') }], forwarding: { mode: 'xconnect', pairs: [['a', 'b']] } }));
+  // b in client mode: vhostfwd connected to the frontend, and the connection is handed over too
+  const s = setup(t, (sock) => ({ interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b'), mode: 'client' }], forwarding: { mode: 'xconnect', pairs: [['a', 'b']] } }));
+  const lfd = native.listen(s.sock('b'), 4);
+  t.teardown(() => native.close(lfd));
   let cur = start(s);
   await cur.waitFor('takeovers accepted');
   const a = await SyntheticGuest.start({ socket: s.sock('a'), mac: macOf(1) });
   s.guests.push(a);
-  const b = await SyntheticGuest.start({ socket: s.sock('b'), mac: macOf(2) });
+  let bfd = -1;
+  await waitUntil(() => (bfd = native.accept(lfd)) >= 0, 10_000, 'vhostfwd to connect to frontend b');
+  const b = await SyntheticGuest.start({ socket: s.sock('b'), mac: macOf(2), client: VhostUserClient.fromFd(bfd) });
   s.guests.push(b);
   const tr = new Traffic(a, b, { sizes: SIZES, seqBaseBA: 1 << 30 });
   tr.start();
@@ -122,6 +129,7 @@ t.test('xconnect: 3 takeovers during traffic; every frame byte-exact, counters g
   t.equal(counter(st, 'b', 'tx'), tr.ba.sent, `b's TX counter == frames b sent (${tr.ba.sent})`);
   t.equal(a.client.closed, null, 'frontend a never saw its connection close');
   t.equal(b.client.closed, null, 'frontend b never saw its connection close');
+  t.equal(native.accept(lfd), -1, 'no vhostfwd connected to frontend b again (its connection was handed over, client mode)');
   t.equal(a.brokenGuards().length + b.brokenGuards().length, 0, 'no write outside the posted buffers');
   t.ok(blackouts.every((ms) => Number.isFinite(ms) && ms >= 0 && ms < 1000), `blackouts ${blackouts.join(', ')} ms (each under 1 s on this shared machine)`);
   t.comment(`blackout per takeover (ms): ${blackouts.join(', ')}`);
