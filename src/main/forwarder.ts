@@ -57,7 +57,6 @@ export interface ForwarderState {
 
 /** Everything a takeover hands to the next process besides the fds (handover/). */
 export interface ForwarderSnapshot {
-  state: ForwarderState;
   /** the bridge's MAC table: index of a memfd holding its bytes (learned entries survive the takeover) */
   macTable: number;
   interfaces: Array<{ name: string; listen: number; conn: number; device: DeviceSnapshot | null }>;
@@ -360,7 +359,6 @@ export class Forwarder {
     for (const parity of [1, 0]) for (const d of devices) for (const v of d.vrings) if (v.started && (v.index & 1) === parity) stops.push(d.stopRing(v));
     await Promise.all(stops);
     return {
-      state: this.state(),
       macTable: fd(this.macTableFile()),
       interfaces: this.interfaces.map((i) => {
         const h = i.handoverFds;

@@ -285,7 +285,7 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
       throw e;
     }
   });
-  return { state: want, macTable: s.macTable, interfaces };
+  return { macTable: s.macTable, interfaces };
 }
 
 function die(step: string): void {
