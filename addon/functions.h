@@ -10,6 +10,8 @@ namespace vhostfwd {
 // sockets.cc: unix sockets and fd passing
 Napi::Value Listen(const Napi::CallbackInfo& info);
 Napi::Value Accept(const Napi::CallbackInfo& info);
+Napi::Value PeerCred(const Napi::CallbackInfo& info);
+Napi::Value SdNotify(const Napi::CallbackInfo& info);
 Napi::Value Connect(const Napi::CallbackInfo& info);
 Napi::Value Close(const Napi::CallbackInfo& info);
 Napi::Value Sendmsg(const Napi::CallbackInfo& info);

@@ -57,6 +57,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static const Entry kEntries[] = {
       {"listen", Listen},
       {"accept", Accept},
+      {"peerCred", PeerCred},
+      {"sdNotify", SdNotify},
       {"connect", Connect},
       {"close", Close},
       {"sendmsg", Sendmsg},

@@ -15,6 +15,9 @@ import { OwnershipError } from './main/control/ownership';
 import { StateFileError, readState, writeState } from './main/control/state';
 import { ApiUnreachable, api, render, vlanArg } from './ctl';
 import { log, setJson, setLevel, Level } from './main/log';
+import { spawn } from 'node:child_process';
+import { native } from './native';
+import { HandoverServer, HandoverSocketError, TakeoverError, configFor, takeOver } from './main/handover/handover';
 
 const EXIT_USAGE = 2;
 /** SIGINT/SIGTERM: the most a clean stop may take before the process exits with status 1 */
@@ -34,21 +37,77 @@ export function configFromFlags(sockets: string[], forward: string | undefined, 
 }
 
 /**
- * Run the forwarder. `stateFile`: restore interfaces, forwarding and placement from it when it
- * exists, and write it after every change. `controlExplicit`: the control socket was asked
- * for by name (a failure to serve it is then fatal; the default path is best effort, so a
- * second vhostfwd on the host still runs, without an API).
+ * sd_notify (systemd Type=notify): READY=1 once serving; a takeover's successor also says
+ * MAINPID=<its pid> before the old process may exit, and a failed takeover gives the main
+ * pid back. No-op outside systemd (no $NOTIFY_SOCKET).
  */
-async function run(cfg: Config, stateFile: string | null, controlExplicit: boolean): Promise<void> {
-  const state = stateFile ? readState(stateFile, os.cpus().length) : null;
-  if (state) {
-    cfg.interfaces = state.interfaces;
-    cfg.forwarding = state.forwarding;
-    log.info('state restored', { file: stateFile, interfaces: state.interfaces.map((i) => i.name) });
+function sdNotify(msg: string): void {
+  const sock = process.env.NOTIFY_SOCKET;
+  if (!sock) return;
+  try {
+    native.sdNotify(sock, msg);
+  } catch (e) {
+    log.warn('sd_notify failed', { socket: sock, error: (e as Error).message });
   }
-  const fwd = new Forwarder(cfg, { placement: state?.placement, leaveOutFailed: state !== null });
+}
+
+/**
+ * SIGHUP (systemd ExecReload): start a successor, the same command line with --takeover,
+ * from the files on disk now (an upgraded install); it takes the dataplane over and this
+ * process exits. A successor that fails leaves this process forwarding.
+ */
+function spawnSuccessor(): void {
+  const argv = process.argv.slice(2);
+  if (!argv.includes('--takeover')) argv.push('--takeover');
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1], ...argv], { stdio: 'inherit' });
+  child.on('error', (e) => log.error('takeover: the successor could not be started', { error: e.message }));
+  child.on('exit', (code, signal) => log.info('takeover: the successor exited', { pid: child.pid, code, signal }));
+  child.unref();
+  log.info('takeover: successor started (SIGHUP)', { pid: child.pid });
+}
+
+/** Where the handover socket is: `--handover PATH`, or beside the control socket. */
+function handoverPath(cfg: Config, flag: string | undefined): { path: string | null; explicit: boolean } {
+  if (flag === 'off') return { path: null, explicit: false };
+  if (flag !== undefined) return { path: flag, explicit: true };
+  return { path: path.join(path.dirname(cfg.control ? cfg.control.socket : DEFAULT_CONTROL_SOCKET), 'handover.sock'), explicit: false };
+}
+
+interface RunOptions {
+  /** restore interfaces, forwarding and placement from it when it exists, and write it after every change */
+  stateFile: string | null;
+  /** the control socket was asked for by name (a failure to serve it is then fatal; the default path is best effort) */
+  controlExplicit: boolean;
+  /** the handover socket: this process listens there for a successor (null: none) */
+  handover: { path: string | null; explicit: boolean };
+  /** take the dataplane over from the vhostfwd listening at handover.path instead of starting fresh */
+  takeover: boolean;
+}
+
+/** Run the forwarder (fresh, or taken over from a running one). */
+async function run(cfg: Config, o: RunOptions): Promise<void> {
+  const cpus = os.cpus().length;
+  let fwd: Forwarder;
+  if (o.takeover) {
+    if (!o.handover.path) throw new TakeoverError('--takeover needs a handover socket (not --handover off)', 'USAGE');
+    const took = await takeOver(o.handover.path, version(), cpus, (state, ports) => new Forwarder(configFor(cfg, state), { placement: state.placement, ports }), () =>
+      // before the old process may exit: systemd must know the service's new main process
+      sdNotify(`MAINPID=${process.pid}\nREADY=1`),
+    );
+    fwd = took.fwd;
+  } else {
+    const state = o.stateFile ? readState(o.stateFile, cpus) : null;
+    if (state) {
+      cfg.interfaces = state.interfaces;
+      cfg.forwarding = state.forwarding;
+      log.info('state restored', { file: o.stateFile, interfaces: state.interfaces.map((i) => i.name) });
+    }
+    fwd = new Forwarder(cfg, { placement: state?.placement, leaveOutFailed: state !== null });
+  }
+  const stateFile = o.stateFile;
   if (stateFile) fwd.onChange = () => writeState(stateFile, fwd.state());
-  let control: ControlServer | null = null;
+  // set in closures (the handover hooks): held in one object so the compiler sees them change
+  const svc: { control: ControlServer | null; handover: HandoverServer | null } = { control: null, handover: null };
   let stopping = false;
   const stop = async (sig: string): Promise<void> => {
     if (stopping) return;
@@ -60,7 +119,8 @@ async function run(cfg: Config, stateFile: string | null, controlExplicit: boole
       log.error('shutdown did not finish in time; exiting anyway', { boundMs: SHUTDOWN_BOUND_MS });
       process.exit(1);
     }, SHUTDOWN_BOUND_MS).unref();
-    await control?.close();
+    svc.handover?.close();
+    await svc.control?.close();
     await fwd.stop();
     process.exit(0);
   };
@@ -74,19 +134,63 @@ async function run(cfg: Config, stateFile: string | null, controlExplicit: boole
     }
     fwd.setForceLog(!fwd.pool.forceLogging).catch((e: unknown) => log.error('forced logging switch failed', { error: (e as Error).message }));
   });
-  await fwd.start();
+  if (!o.takeover) await fwd.start();
   if (stateFile) writeState(stateFile, fwd.state());
-  if (cfg.control) {
+  const openControl = async (): Promise<void> => {
+    if (!cfg.control) return;
     try {
-      control = await startControl(fwd, { socket: cfg.control.socket, socketDir: cfg.control.socketDir, version: version() });
+      svc.control = await startControl(fwd, { socket: cfg.control.socket, socketDir: cfg.control.socketDir, version: version() });
     } catch (e) {
-      if (controlExplicit || !(e instanceof ControlSocketError)) {
-        await fwd.stop();
-        throw e;
-      }
+      if (o.controlExplicit || !(e instanceof ControlSocketError)) throw e;
       log.warn('running without the control API', { error: (e as Error).message });
     }
+  };
+  try {
+    await openControl();
+  } catch (e) {
+    if (!o.takeover) await fwd.stop();
+    throw e;
   }
+  if (o.handover.path) {
+    const hooks = {
+      beforeStop: async (): Promise<void> => {
+        // the successor opens the control API on the same path once it polls
+        await svc.control?.close();
+        svc.control = null;
+      },
+      afterFailure: async (): Promise<void> => {
+        sdNotify(`MAINPID=${process.pid}\nREADY=1`);
+        try {
+          await openControl();
+        } catch (e) {
+          log.error('the control API could not be reopened after the failed takeover', { error: (e as Error).message });
+        }
+      },
+      done: (): void => {
+        stopping = true;
+        process.exit(0);
+      },
+    };
+    try {
+      svc.handover = HandoverServer.listen(o.handover.path, fwd, hooks, version(), o.takeover);
+    } catch (e) {
+      if (o.handover.explicit || !(e instanceof HandoverSocketError)) {
+        await svc.control?.close();
+        if (!o.takeover) await fwd.stop();
+        throw e;
+      }
+      log.warn('running without takeovers (hitless restart)', { error: (e as Error).message });
+    }
+  }
+  process.on('SIGHUP', () => {
+    if (!svc.handover) {
+      log.warn('SIGHUP ignored: no handover socket (--handover off, or it could not be made)');
+      return;
+    }
+    spawnSuccessor();
+  });
+  if (!o.takeover) sdNotify('READY=1'); // a successor said MAINPID and READY before the old process let go
+  if (o.takeover) return;
   for (const i of cfg.interfaces) {
     if (i.mode === 'server') {
       process.stdout.write(
@@ -180,7 +284,12 @@ function fail(e: unknown): never {
     process.stderr.write(`vhostfwd: bad config: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }
-  if (e instanceof SocketPathError || e instanceof StateFileError || e instanceof ControlSocketError || e instanceof OwnershipError) {
+  if (e instanceof TakeoverError) {
+    // refused before anything stopped (format, no peer, usage): 2; failed midway: 1 (the running process resumed)
+    process.stderr.write(`vhostfwd: ${e.code}: ${e.message}\n`);
+    process.exit(e.code === 'TAKEOVER_FAILED' ? 1 : EXIT_USAGE);
+  }
+  if (e instanceof SocketPathError || e instanceof StateFileError || e instanceof ControlSocketError || e instanceof OwnershipError || e instanceof HandoverSocketError) {
     process.stderr.write(`vhostfwd: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }
@@ -213,8 +322,10 @@ export async function main(argv: string[]): Promise<void> {
           .option('metrics', { type: 'string', describe: 'HTTP endpoint HOST:PORT for /stats (JSON), /metrics (Prometheus), /healthz' })
           .option('control', { type: 'string', describe: `control API socket (default ${DEFAULT_CONTROL_SOCKET}; "off" for none)` })
           .option('state', { type: 'string', describe: 'state file: restored at start, written after every change made through the control API' })
+          .option('handover', { type: 'string', describe: 'handover socket for hitless restarts (default: handover.sock beside the control socket; "off" for none)' })
+          .option('takeover', { type: 'boolean', default: false, describe: 'take the dataplane over from the vhostfwd listening on the handover socket (hitless restart)' })
           .check((a) => {
-            if (!a.config && !(a.socket && a.socket.length > 0) && a.control === undefined && a.state === undefined) throw new Error('give --config FILE, at least one --socket PATH, or --control PATH / --state FILE to take interfaces at run time');
+            if (!a.config && !(a.socket && a.socket.length > 0) && a.control === undefined && a.state === undefined && !a.takeover) throw new Error('give --config FILE, at least one --socket PATH, or --control PATH / --state FILE to take interfaces at run time');
             return true;
           })
           .example('$0 run --config examples/xconnect.json', 'start the interfaces of a config file')
@@ -231,7 +342,12 @@ export async function main(argv: string[]): Promise<void> {
           // command-line log flags win over the config file's "log" section
           if (!process.argv.some((x) => x.startsWith('--log-level'))) setLevel(cfg.log.level);
           if (!process.argv.some((x) => x.startsWith('--log-json'))) setJson(cfg.log.json);
-          await run(cfg, a.state ?? null, a.control !== undefined || (a.config !== undefined && cfg.control !== false && cfg.control.socket !== DEFAULT_CONTROL_SOCKET));
+          await run(cfg, {
+            stateFile: a.state ?? null,
+            controlExplicit: a.control !== undefined || (a.config !== undefined && cfg.control !== false && cfg.control.socket !== DEFAULT_CONTROL_SOCKET),
+            handover: handoverPath(cfg, a.handover),
+            takeover: a.takeover === true,
+          });
         } catch (e) {
           fail(e);
         }
@@ -284,7 +400,7 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command('ctl', 'talk to a running vhostfwd through its control API', (y) => ctlCommands(y))
     .demandCommand(1, 'give a command: run, ctl, check-config, demo, bench')
-    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM), 1 runtime failure (also a stop that took over 5 s), 2 bad usage, config or socket path. SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
+    .epilog('Exit codes: 0 ok (also after SIGINT/SIGTERM, and after a takeover by a successor), 1 runtime failure (also a stop that took over 5 s, a takeover that failed midway), 2 bad usage, config or socket path, a takeover refused. SIGHUP starts a successor with --takeover (hitless restart). SIGUSR2 pauses / resumes forced dirty logging (--force-log).')
     .strict()
     .help()
     .fail((msg, err, y) => {

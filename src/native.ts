@@ -67,6 +67,10 @@ export interface Native {
   accept(fd: number): number;
   /** socket + connect (blocking connect on a unix socket completes at once), then set NONBLOCK. Throws (ENOENT, ECONNREFUSED...) on failure. */
   connect(path: string): number;
+  /** SO_PEERCRED of a connected unix socket: the peer's pid, uid and gid. */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** sd_notify: one datagram `message` to the unix socket `path` ($NOTIFY_SOCKET; "@name": abstract). */
+  sdNotify(path: string, message: string): void;
   /** close(2). Throws EBADF on a bad fd. */
   close(fd: number): void;
   /**

@@ -32,6 +32,31 @@ export class Connection {
     return this.closed;
   }
 
+  /** No message partly read, queued or being handled: a takeover may take the socket now. */
+  get idle(): boolean {
+    return !this.busy && this.queue.length === 0 && !this.framer.partial;
+  }
+
+  /** Stop reading (a takeover is handing the socket on); requests wait in the socket. */
+  pause(): void {
+    this.poll?.close();
+    this.poll = null;
+  }
+
+  /** Read again after a takeover that failed (what arrived meanwhile is read at once). */
+  resume(): void {
+    if (!this.closed && !this.poll) this.start();
+  }
+
+  /** The takeover succeeded: the next process reads this socket; close our copy, report nothing. */
+  abandon(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.poll?.close();
+    this.poll = null;
+    safeClose(this.fd);
+  }
+
   /** Send one message (header + payload already encoded) with optional fds. */
   send(bytes: Uint8Array, fds: readonly number[] = []): void {
     if (this.closed) return;

@@ -61,6 +61,30 @@ export interface DeviceOptions {
   forceLog?: boolean;
 }
 
+/**
+ * A device's negotiated state as a takeover hands it to the next process (handover/): all
+ * plain data, fds as indices into the message's fd list. Taken with every ring stopped.
+ */
+export interface DeviceSnapshot {
+  /** bigints as hex strings */
+  features: string;
+  protocolFeatures: string;
+  lastLogAllFeatures: string | null;
+  owner: boolean;
+  status: number;
+  mtu: number | null;
+  regions: Array<MemoryRegion & { refs: number; fd: number }>;
+  log: { mmapSize: number; mmapOffset: number; fd: number } | null;
+  rings: Array<{
+    index: number; num: number; addr: VringAddr | null; lastAvailIdx: number; hasKick: boolean; enabled: boolean;
+    kick: number; call: number; err: number;
+    /** the ring's counters (STATS_SLOTS doubles): they continue in the next process */
+    stats: number[];
+    /** whether the ring was running (it restarts in the next process) */
+    started: boolean;
+  }>;
+}
+
 /** Reply sender (the connection) and resetter. */
 export interface DeviceLink {
   send(bytes: Uint8Array, fds?: readonly number[]): void;
@@ -119,6 +143,8 @@ export class Device implements BackendRequests {
   private ownLog = false;
   /** the file of the last log from SET_LOG_BASE: a repeat of the log in use (one per queue pair) is not mapped again. */
   private logFile: { dev: number; ino: number } | null = null;
+  /** the frontend's log file (SET_LOG_BASE), kept open for a takeover; -1 without one */
+  private logFd = -1;
   readonly vrings: Vring[];
   /** requests seen, by name (for logs and tests: e.g. migration shows SET_LOG_BASE). */
   readonly seen = new Map<string, number>();
@@ -408,6 +434,90 @@ export class Device implements BackendRequests {
     this.mem.clear();
     this.log = null;
     this.ownLog = false;
+    safeClose(this.logFd);
+    this.logFd = -1;
+    this.logFile = null;
+  }
+
+  /**
+   * The takeover's view of this device (rings must be stopped: pauseRings). `fd` turns
+   * one of our fds into its index in the message; the fds stay ours until abandon().
+   */
+  snapshot(running: readonly Vring[], fd: (n: number) => number): DeviceSnapshot {
+    return {
+      features: this.features.toString(16),
+      protocolFeatures: this.protocolFeatures.toString(16),
+      lastLogAllFeatures: this.lastLogAllFeatures === null ? null : this.lastLogAllFeatures.toString(16),
+      owner: this.owner,
+      status: this.status,
+      mtu: this.mtu,
+      regions: this.mem.list().map((r) => ({ gpa: r.gpa, size: r.size, uva: r.uva, mmapOffset: r.mmapOffset, refs: r.refs, fd: fd(r.fd) })),
+      // a backend-owned log (forceLog) is not the frontend's: the next process makes its own
+      log: this.log && !this.ownLog && this.logFd >= 0 ? { mmapSize: this.log.mmapSize, mmapOffset: this.log.mmapOffset, fd: fd(this.logFd) } : null,
+      rings: this.vrings.map((v) => ({
+        index: v.index, num: v.num, addr: v.addr, lastAvailIdx: v.lastAvailIdx, hasKick: v.hasKick, enabled: v.enabled,
+        kick: v.kickFd >= 0 ? fd(v.kickFd) : -1, call: v.callFd >= 0 ? fd(v.callFd) : -1, err: v.errFd >= 0 ? fd(v.errFd) : -1,
+        stats: [...new Float64Array(v.stats)],
+        started: running.includes(v),
+      })),
+    };
+  }
+
+  /**
+   * Take over a device from the previous process's snapshot: the same negotiated state,
+   * memory mapped from the handed fds, the rings' positions and counters. The fds in `fds`
+   * named by the snapshot become ours. The caller starts the rings (resumeRings).
+   * Throws when this build cannot stand behind what was negotiated.
+   */
+  adopt(s: DeviceSnapshot, fds: readonly number[]): void {
+    const req = 'TAKEOVER';
+    const take = (i: number): number => {
+      if (!Number.isInteger(i) || i < 0 || i >= fds.length) throw new ProtocolError(req, `fd index ${i} outside the ${fds.length} handed over`);
+      return fds[i];
+    };
+    const features = BigInt(`0x${s.features}`);
+    const missing = features & ~this.offered;
+    if (missing !== 0n) throw new ProtocolError(req, `the frontend acked features 0x${missing.toString(16)} that this build does not offer`);
+    const pf = BigInt(`0x${s.protocolFeatures}`);
+    if ((pf & ~this.offeredProtocol) !== 0n) throw new ProtocolError(req, `protocol features 0x${(pf & ~this.offeredProtocol).toString(16)} are not offered by this build`);
+    if (s.rings.length !== this.vrings.length) throw new ProtocolError(req, `${s.rings.length} rings handed over, this interface has ${this.vrings.length}`);
+    this.features = features;
+    this.protocolFeatures = pf;
+    this.lastLogAllFeatures = s.lastLogAllFeatures === null ? null : BigInt(`0x${s.lastLogAllFeatures}`);
+    this.owner = s.owner;
+    this.status = s.status;
+    this.mtu = s.mtu;
+    for (const r of s.regions) this.mem.adopt({ gpa: r.gpa, size: r.size, uva: r.uva, mmapOffset: r.mmapOffset }, r.refs, take(r.fd), req);
+    if (s.log) {
+      const fd = take(s.log.fd);
+      const st = statFd(fd, req);
+      const m = mapRegion({ gpa: 0, size: s.log.mmapSize, uva: 0, mmapOffset: s.log.mmapOffset }, fd, req, st);
+      this.log = { sab: m.sab, offset: m.sabOffset, size: s.log.mmapSize, mmapSize: s.log.mmapSize, mmapOffset: s.log.mmapOffset };
+      this.logFd = m.fd;
+      this.logFile = { dev: st.dev, ino: st.ino };
+    }
+    for (const r of s.rings) {
+      const v = this.vring(r.index, req);
+      v.num = r.num;
+      v.addr = r.addr;
+      v.lastAvailIdx = r.lastAvailIdx;
+      v.hasKick = r.hasKick;
+      v.enabled = r.enabled;
+      v.kickFd = r.kick >= 0 ? take(r.kick) : -1;
+      v.callFd = r.call >= 0 ? take(r.call) : -1;
+      v.errFd = r.err >= 0 ? take(r.err) : -1;
+      new Float64Array(v.stats).set(r.stats.slice(0, STATS_SLOTS));
+    }
+  }
+
+  /**
+   * The takeover succeeded: the next process holds this device. Close our copies of its
+   * fds and drop our mappings, saying nothing to the frontend (its connection lives on).
+   */
+  abandon(): void {
+    this.broken = true;
+    for (const v of this.vrings) v.closeFds();
+    this.dropMemory();
   }
 
   /** RESET_OWNER / RESET_DEVICE: back to the state of a new connection. */
@@ -511,8 +621,11 @@ export class Device implements BackendRequests {
     } catch (e) {
       this.log = previous;
       this.ownLog = previousOwn;
+      safeClose(mapped.fd);
       throw e;
     }
+    safeClose(this.logFd);
+    this.logFd = mapped.fd; // kept for a takeover (handover.ts)
     this.logFile = { dev: st.dev, ino: st.ino };
     log.info('dirty log set', { dev: this.opts.name, size: area.mmapSize, offset: area.mmapOffset });
     // Workers switch to the new log before we answer: QEMU reads the log from then on.

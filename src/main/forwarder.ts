@@ -9,6 +9,8 @@ import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
 import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
+import { safeClose } from './connection';
+import { DeviceSnapshot, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
 import { MetricsServer, startMetrics } from './metrics';
@@ -61,6 +63,13 @@ export interface ForwarderState {
   placement: Record<string, number>;
 }
 
+/** Everything a takeover hands to the next process besides the fds (handover/). */
+export interface ForwarderSnapshot {
+  /** the bridge's MAC table: index of a memfd holding its bytes (learned entries survive the takeover) */
+  macTable: number;
+  interfaces: Array<{ name: string; listen: number; conn: number; device: DeviceSnapshot | null }>;
+}
+
 export class Forwarder {
   /** interfaces by port number; a removed interface leaves a hole that the next add reuses */
   private readonly ports: Array<Interface | null> = [];
@@ -81,7 +90,8 @@ export class Forwarder {
   /** ackDeadlineMs: how long a worker may take to acknowledge a ring change (worker-pool.ts) */
   /** placement: TX polling workers by "iface:queue" from a state file (else the config's) */
   /** leaveOutFailed: start() leaves out an interface whose socket cannot be made instead of failing (a restore from the state file) */
-  constructor(readonly config: Config, private readonly opts: { ackDeadlineMs?: number; placement?: Record<string, number>; leaveOutFailed?: boolean } = {}) {
+  /** ports: port numbers by interface name (a takeover keeps the previous process's: the MAC table holds them) */
+  constructor(readonly config: Config, private readonly opts: { ackDeadlineMs?: number; placement?: Record<string, number>; leaveOutFailed?: boolean; ports?: Record<string, number> } = {}) {
     config.workers.forEach((w, i) => w.queues.forEach((q) => this.placement.set(q, i)));
     for (const [k, w] of Object.entries(opts.placement ?? {})) if (w < Math.max(1, config.workers.length)) this.placement.set(k, w);
     this.forwarding = config.forwarding.mode === 'xconnect' ? { mode: 'xconnect', pairs: config.forwarding.pairs.map(([a, b]) => [a, b]) } : { ...config.forwarding };
@@ -122,8 +132,10 @@ export class Forwarder {
 
   /** A port number for a new interface and the Interface itself (not started). */
   private place(c: InterfaceConfig): Interface {
-    let port = this.ports.indexOf(null);
+    const kept = this.opts.ports?.[c.name];
+    let port = kept !== undefined && Number.isInteger(kept) && kept >= 0 && kept < 4096 && !this.ports[kept] ? kept : this.ports.indexOf(null);
     if (port < 0) port = this.ports.length;
+    while (this.ports.length < port) this.ports.push(null);
     const itf = new Interface(
       {
         name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, mtu: c.mtu, forceLog: this.config.forceLog,
@@ -250,6 +262,11 @@ export class Forwarder {
     this.changed();
   }
 
+  /** Port numbers by interface name (a takeover keeps them: the MAC table and the plan hold them). */
+  portMap(): Record<string, number> {
+    return Object.fromEntries(this.interfaces.map((i) => [i.name, i.port]));
+  }
+
   /** Interfaces, forwarding and placement as plain data (the state file, `show`). */
   state(): ForwarderState {
     return {
@@ -268,8 +285,21 @@ export class Forwarder {
     }
   }
 
-  async start(): Promise<void> {
+  private poolStarted = false;
+
+  /** Start the workers ahead of start() (a takeover: before the old process stops its rings). */
+  async prestart(): Promise<void> {
+    if (this.poolStarted) return;
+    this.poolStarted = true;
     await this.pool.start();
+  }
+
+  /**
+   * `adopt`: a takeover's way to start an interface (true: done; false: start it as usual);
+   * `adopted`: runs once every interface is there, before anything slower (the metrics server)
+   */
+  async start(adopt?: (i: Interface) => Promise<boolean>, adopted?: () => Promise<void>): Promise<void> {
+    await this.prestart();
     this.pool.setPlan(this.plan(), this.macTable);
     for (const i of this.interfaces) {
       const c = this.specs.get(i.name);
@@ -278,6 +308,7 @@ export class Forwarder {
       if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
     }
     for (const i of this.interfaces) {
+      if (adopt && (await adopt(i))) continue;
       try {
         i.start();
       } catch (e) {
@@ -289,6 +320,7 @@ export class Forwarder {
       }
     }
     this.started = true;
+    if (adopted) await adopted();
     if (this.config.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
     if (this.config.statsInterval > 0) {
       let last = this.stats();
@@ -302,6 +334,129 @@ export class Forwarder {
       }, this.config.statsInterval * 1000);
     }
     log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), workers: this.pool.size, mode: this.forwarding.mode, cpus: os.cpus().length });
+  }
+
+  // ---- takeover (handover/) ----
+
+  /** rings this process stopped for a takeover, by device id: restarted if it fails */
+  private handedRings = new Map<number, Vring[]>();
+
+  /**
+   * Old side, step 1: wait (bounded) until no connection is inside a message, stop taking
+   * anything in, stop every ring at a burst boundary (as GET_VRING_BASE does) and describe
+   * it all. `fd` numbers one of our fds for the message. Nothing is closed: resumeAfterHandover()
+   * undoes this, abandon() ends it.
+   */
+  async handoverOut(fd: (n: number) => number, idleWaitMs = 2000): Promise<ForwarderSnapshot> {
+    const end = Date.now() + idleWaitMs;
+    while (!this.interfaces.every((i) => i.idle)) {
+      if (Date.now() > end) throw new Error(`a frontend stayed inside a request for ${idleWaitMs} ms (${this.interfaces.filter((i) => !i.idle).map((i) => i.name).join(', ')})`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    for (const i of this.interfaces) i.quiesce();
+    await this.metrics?.close();
+    this.metrics = null;
+    this.handedRings.clear();
+    // Every TX ring before any RX ring: a burst taken from a guest is delivered before its
+    // destination stops (one finding it stopped would be dropped as having no destination).
+    // Posting the stops in that order is enough: a worker delivers only into its own RX ring
+    // entries and reads its mailbox in order, so it leaves its TX rings before its RX rings.
+    const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
+    for (const d of devices) this.handedRings.set(d.id, d.vrings.filter((v) => v.started));
+    const stops: Promise<void>[] = [];
+    for (const parity of [1, 0]) for (const d of devices) for (const v of d.vrings) if (v.started && (v.index & 1) === parity) stops.push(d.stopRing(v));
+    await Promise.all(stops);
+    return {
+      macTable: fd(this.macTableFile()),
+      interfaces: this.interfaces.map((i) => {
+        const h = i.handoverFds;
+        const d = i.device;
+        return {
+          name: i.name,
+          listen: h.listen >= 0 ? fd(h.listen) : -1,
+          conn: h.conn >= 0 && d ? fd(h.conn) : -1,
+          device: d && h.conn >= 0 ? d.snapshot(this.handedRings.get(d.id) ?? [], fd) : null,
+        };
+      }),
+    };
+  }
+
+  /** a copy of the MAC table in a memfd for a takeover (closed when it ends either way) */
+  private macFd = -1;
+
+  /** The MAC table's bytes in a new memfd (a copy at this instant: the workers are stopped). */
+  private macTableFile(): number {
+    safeClose(this.macFd);
+    this.macFd = native.memfdCreate('vhostfwd-mac-table', MAC_TABLE_BYTES);
+    const sab = native.mmap(this.macFd, MAC_TABLE_BYTES, 0);
+    new Uint8Array(sab).set(new Uint8Array(this.macTable));
+    native.retire(sab);
+    return this.macFd;
+  }
+
+  /** Old side, the takeover failed: restart the rings and take things in again. */
+  async resumeAfterHandover(): Promise<void> {
+    safeClose(this.macFd);
+    this.macFd = -1;
+    await this.startRingsRxFirst();
+    for (const i of this.interfaces) i.resumeAfterHandover();
+    this.handedRings.clear();
+    if (this.config.metrics && !this.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
+  }
+
+  /** Old side, the takeover succeeded: let go of everything without a word to anyone, stop the workers. */
+  async abandon(): Promise<void> {
+    safeClose(this.macFd);
+    this.macFd = -1;
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    for (const i of this.interfaces) i.abandon();
+    await this.pool.stop();
+  }
+
+  /**
+   * New side: start from the previous process's snapshot instead of binding and waiting
+   * for frontends: its MAC table, its listening sockets and connections, each device with
+   * its rings running from where they stopped. The Forwarder was built with the snapshot's
+   * interfaces, forwarding and placement.
+   */
+  async startFromHandover(snap: ForwarderSnapshot, fds: readonly number[]): Promise<void> {
+    const fdAt = (i: number): number => (Number.isInteger(i) && i >= 0 && i < fds.length ? fds[i] : -1);
+    const mac = fdAt(snap.macTable);
+    if (mac < 0) throw new Error('the MAC table was not handed over');
+    if (native.fdStat(mac).size < MAC_TABLE_BYTES) throw new Error(`the MAC table handed over is ${native.fdStat(mac).size} bytes, not ${MAC_TABLE_BYTES}`);
+    const sab = native.mmap(mac, MAC_TABLE_BYTES, 0);
+    new Uint8Array(this.macTable).set(new Uint8Array(sab));
+    native.retire(sab);
+    safeClose(mac);
+    const byName = new Map(snap.interfaces.map((h) => [h.name, h]));
+    await this.start(async (i) => {
+      const h = byName.get(i.name);
+      if (!h) return false;
+      await i.adopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
+      return true;
+    }, () => this.startRingsRxFirst());
+  }
+
+  /**
+   * Start every ring that may run, all RX rings (towards the guests) before any TX ring: a
+   * frame taken from a guest right after its TX ring starts must find its destination's RX
+   * ring attached, or it would be dropped as having no destination.
+   */
+  private async startRingsRxFirst(): Promise<void> {
+    // Posted in that order, which is enough (handoverOut): each worker attaches its RX ring
+    // entries before any TX ring it polls.
+    const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
+    const starts: Promise<void>[] = [];
+    for (const parity of [0, 1]) {
+      for (const d of devices) {
+        for (const v of d.vrings) {
+          if ((v.index & 1) !== parity) continue;
+          const p = d.maybeStart(v, 'TAKEOVER');
+          if (p) starts.push(p);
+        }
+      }
+    }
+    await Promise.all(starts);
   }
 
   /** Counters of every running queue, read without stopping the workers. */

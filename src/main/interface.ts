@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import { native, PollHandle } from '../native';
 import { Connection, safeClose } from './connection';
 import { OwnershipError, SocketOwnership, listenOwned } from './control/ownership';
-import { Dataplane, Device, DeviceOptions } from './device';
+import { Dataplane, Device, DeviceOptions, DeviceSnapshot } from './device';
 import { log } from './log';
 
 export interface InterfaceOptions extends Omit<DeviceOptions, 'port'> {
@@ -132,7 +132,7 @@ export class Interface {
     this.attach(fd);
   }
 
-  private attach(fd: number): void {
+  private attach(fd: number, snap: DeviceSnapshot | null = null, fds: readonly number[] = []): Device {
     this.connections++;
     let device: Device | null = null;
     const conn = new Connection(
@@ -146,9 +146,22 @@ export class Interface {
     });
     this.conn = conn;
     this.device = device;
-    log.info('frontend connected', { iface: this.name, device: device.id });
+    if (snap) {
+      try {
+        device.adopt(snap, fds);
+      } catch (e) {
+        this.conn = null;
+        this.device = null;
+        conn.abandon();
+        device.abandon();
+        throw e;
+      }
+    }
+    if (snap) log.info('frontend connection taken over', { iface: this.name, device: device.id, regions: snap.regions.length, dirtyLog: snap.log !== null, rings: snap.rings.filter((r) => r.started).length });
+    else log.info('frontend connected', { iface: this.name, device: device.id });
     for (const l of this.listeners) l('connected', device);
     conn.start();
+    return device;
   }
 
   private async detached(device: Device, reason: string): Promise<void> {
@@ -169,6 +182,74 @@ export class Interface {
     if (this.opts.mode === 'client' && !this.stopped && !this.retryTimer) {
       this.retryTimer = setTimeout(() => this.tryConnect(), this.backoff);
     }
+  }
+
+  // ---- takeover (handover/): this process hands the interface to the next one ----
+
+  /** Whether the connection (if any) is between messages: quiesce() may run now. */
+  get idle(): boolean {
+    return this.conn === null || this.conn.idle;
+  }
+
+  /**
+   * Stop taking anything in: no accept, no read, no reconnect. A frontend waiting to be
+   * accepted is refused (it connects again, to whichever process then listens).
+   */
+  quiesce(): void {
+    this.refuseWaiting('a takeover is in progress');
+    this.listenPoll?.close();
+    this.listenPoll = null;
+    this.conn?.pause();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+  }
+
+  /** The takeover failed: accept, read and reconnect again as before. */
+  resumeAfterHandover(): void {
+    if (this.stopped) return;
+    if (this.listenFd >= 0 && !this.listenPoll) this.listenPoll = native.poll(this.listenFd, () => this.acceptPending());
+    this.conn?.resume();
+    if (this.opts.mode === 'client' && !this.conn && !this.retryTimer) this.retryTimer = setTimeout(() => this.tryConnect(), BACKOFF_MIN_MS);
+  }
+
+  /** The fds the next process needs: the listening socket and the frontend's connection. */
+  get handoverFds(): { listen: number; conn: number } {
+    return { listen: this.listenFd, conn: this.conn && !this.conn.isClosed ? this.conn.fd : -1 };
+  }
+
+  /**
+   * The takeover succeeded: close our copies of everything without a word to the frontend
+   * and without unlinking the socket path (the next process listens on it now).
+   */
+  abandon(): void {
+    this.stopped = true;
+    this.listenPoll?.close();
+    this.listenPoll = null;
+    safeClose(this.listenFd);
+    this.listenFd = -1;
+    this.conn?.abandon();
+    this.conn = null;
+    this.device?.abandon();
+    this.device = null;
+  }
+
+  /**
+   * Start from what the previous process handed over (instead of start()): its listening
+   * socket, and its frontend's connection with the device state. The rings are started by
+   * the caller (Forwarder.startFromHandover).
+   */
+  async adopt(listenFd: number, connFd: number, snap: DeviceSnapshot | null, fds: readonly number[]): Promise<void> {
+    if (listenFd >= 0) {
+      this.listenFd = listenFd;
+      this.listenPoll = native.poll(this.listenFd, () => this.acceptPending());
+      log.info('listening (taken over)', { iface: this.name, socket: this.opts.socket });
+    }
+    if (connFd >= 0 && snap) {
+      this.attach(connFd, snap, fds); // the forwarder starts the rings: every RX ring before any TX ring
+    } else if (connFd >= 0) {
+      safeClose(connFd);
+    }
+    if (this.opts.mode === 'client' && !this.conn) this.tryConnect();
   }
 
   /** Close the connection and the listening socket; unlink the socket path we created. */

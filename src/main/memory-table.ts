@@ -4,9 +4,10 @@
  * Translates both guest-physical addresses (descriptors) and frontend-virtual addresses
  * (ring addresses from SET_VRING_ADDR).
  *
- * Lifetime: the fd is closed right after mmap (the mapping keeps the memory alive). The
- * mapping is unmapped by the SAB's deleter once no thread references it any more, so a
- * worker that still holds views after a reset can never touch unmapped memory.
+ * Lifetime: the fd stays open with its region (a takeover hands it to the next process,
+ * handover.ts) and is closed when the region leaves the table. The mapping is unmapped by
+ * the SAB's deleter once no thread references it any more, so a worker that still holds
+ * views after a reset can never touch unmapped memory.
  *
  * Repeats: QEMU 7.2 keeps one vhost_dev per queue pair on one socket and each of them
  * sends its own ADD_MEM_REG for every region (and REM_MEM_REG when it goes); newer QEMU
@@ -30,6 +31,8 @@ export interface MappedRegion extends MemoryRegion {
   ino: number;
   /** the ADD_MEM_REGs this mapping stands for (one per QEMU 7.2 queue pair); 1 from SET_MEM_TABLE */
   refs: number;
+  /** the backing file, kept open for a takeover (closed when the region leaves the table) */
+  fd: number;
 }
 
 /** What `add` did: a new mapping, or one more reference on an identical mapped region. */
@@ -57,7 +60,10 @@ export function statFd(fd: number, req: string): FdStat {
   }
 }
 
-/** Map one region from its fd; the fd is always closed, success or not. `stat`: fdStat(fd) if already taken. */
+/**
+ * Map one region from its fd. The fd is kept by the returned region on success and closed
+ * on failure. `stat`: fdStat(fd) if already taken.
+ */
 export function mapRegion(r: MemoryRegion, fd: number, req: string, stat?: FdStat): MappedRegion {
   try {
     const st = stat ?? native.fdStat(fd);
@@ -76,9 +82,10 @@ export function mapRegion(r: MemoryRegion, fd: number, req: string, stat?: FdSta
     } catch (e) {
       throw new ProtocolError(req, `mmap of region gpa 0x${r.gpa.toString(16)} failed: ${(e as Error).message}`);
     }
-    return { gpa: r.gpa, size: r.size, uva: r.uva, mmapOffset: r.mmapOffset, sab, sabOffset: lead, dev: st.dev, ino: st.ino, refs: 1 };
-  } finally {
+    return { gpa: r.gpa, size: r.size, uva: r.uva, mmapOffset: r.mmapOffset, sab, sabOffset: lead, dev: st.dev, ino: st.ino, refs: 1, fd };
+  } catch (e) {
     safeClose(fd);
+    throw e;
   }
 }
 
@@ -100,8 +107,10 @@ export class MemoryTable {
       defs.forEach((d, i) => mapped.push(mapRegion(d, fds[i], req)));
     } catch (e) {
       for (let i = mapped.length + 1; i < fds.length; i++) safeClose(fds[i]);
+      for (const m of mapped) safeClose(m.fd);
       throw e;
     }
+    for (const r of this.regions) safeClose(r.fd);
     this.regions = mapped;
   }
 
@@ -162,12 +171,23 @@ export class MemoryTable {
     if (i < 0) throw new ProtocolError(req, `no region at gpa ${hex(def.gpa)} size ${hex(def.size)} uva ${hex(def.uva)}`);
     const r = this.regions[i];
     r.refs--;
-    if (r.refs === 0) this.regions = this.regions.filter((_, j) => j !== i);
+    if (r.refs === 0) {
+      this.regions = this.regions.filter((_, j) => j !== i);
+      safeClose(r.fd);
+    }
     return r.refs;
   }
 
   clear(): void {
+    for (const r of this.regions) safeClose(r.fd);
     this.regions = [];
+  }
+
+  /** A region handed over by the previous process (a takeover): mapped from `fd` with its references. */
+  adopt(def: MemoryRegion, refs: number, fd: number, req: string): void {
+    const m = mapRegion(def, fd, req);
+    m.refs = refs;
+    this.regions = [...this.regions, m];
   }
 
   /** Location of [uva, uva+len) inside one region, or null. */

@@ -601,6 +601,15 @@ function forwardVlan(src: Ring, n: number, table: MacTable, now: number): void {
   const member = vlans.member;
   let flood = false;
   const u8 = src.mem.u8;
+  // as in forward(): learn and look up again only when (VLAN, MAC) differs from the previous
+  // frame's; any learn forgets the kept lookup
+  let srcVid = -1;
+  let src0 = 0;
+  let src1 = 0;
+  let dstVid = -1;
+  let dst0 = 0;
+  let dst1 = 0;
+  let dstPort = -1;
   for (let i = 0; i < n; i++) {
     // the header in place when the first segment holds it (every real driver), else gathered
     const s0 = batch.segStart[i];
@@ -620,8 +629,24 @@ function forwardVlan(src: Ring, n: number, table: MacTable, now: number): void {
     }
     vidOf[i] = vid;
     tciOf[i] = vlans.srcTci;
-    table.learn(h, o + 6, src.port, now, vid);
-    let d = table.lookup(h, o, now, vid);
+    const a0 = (h[o + 6] << 8) | h[o + 7];
+    const a1 = (h[o + 8] << 24) | (h[o + 9] << 16) | (h[o + 10] << 8) | h[o + 11];
+    if (vid !== srcVid || a0 !== src0 || a1 !== src1) {
+      table.learn(h, o + 6, src.port, now, vid);
+      srcVid = vid;
+      src0 = a0;
+      src1 = a1;
+      dstVid = -1;
+    }
+    const b0 = (h[o] << 8) | h[o + 1];
+    const b1 = (h[o + 2] << 24) | (h[o + 3] << 16) | (h[o + 4] << 8) | h[o + 5];
+    if (vid !== dstVid || b0 !== dst0 || b1 !== dst1) {
+      dstPort = table.lookup(h, o, now, vid);
+      dstVid = vid;
+      dst0 = b0;
+      dst1 = b1;
+    }
+    let d = dstPort;
     if (d === src.port) {
       dstOf[i] = -2;
       continue;

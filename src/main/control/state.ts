@@ -21,8 +21,8 @@ export class StateFileError extends Error {
   }
 }
 
-/** The file's JSON: the config file's own form for interfaces and forwarding. */
-function toJson(s: ForwarderState): unknown {
+/** The file's JSON: the config file's own form for interfaces and forwarding (also what a takeover sends, handover/). */
+export function stateToJson(s: ForwarderState): unknown {
   return { version: STATE_VERSION, interfaces: s.interfaces.map(interfaceToRaw), forwarding: s.forwarding, placement: s.placement };
 }
 
@@ -31,7 +31,7 @@ export function writeState(file: string, s: ForwarderState): void {
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
   const fd = fs.openSync(tmp, 'w', 0o600);
   try {
-    fs.writeSync(fd, JSON.stringify(toJson(s), null, 2) + '\n');
+    fs.writeSync(fd, JSON.stringify(stateToJson(s), null, 2) + '\n');
     fs.fsyncSync(fd);
   } catch (e) {
     fs.closeSync(fd);
@@ -66,10 +66,28 @@ export function readState(file: string, cpuCount: number): ForwarderState | null
   } catch (e) {
     throw new StateFileError(file, `is not valid JSON (${(e as Error).message})`);
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new StateFileError(file, 'is not a JSON object');
+  try {
+    return stateFromJson(raw, cpuCount);
+  } catch (e) {
+    if (e instanceof StateFormatError) throw new StateFileError(file, e.message);
+    throw e;
+  }
+}
+
+/** A state record that is not valid: what is wrong, as a state file's refusal says it. */
+export class StateFormatError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StateFormatError';
+  }
+}
+
+/** Validate a state record (stateToJson's form) from a file or a takeover peer. */
+export function stateFromJson(raw: unknown, cpuCount: number): ForwarderState {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new StateFormatError('is not a JSON object');
   const o = raw as Record<string, unknown>;
-  if (typeof o.version !== 'number' || !Number.isInteger(o.version) || o.version < 1) throw new StateFileError(file, `has no valid version (got ${JSON.stringify(o.version)})`);
-  if (o.version > STATE_VERSION) throw new StateFileError(file, `is from a newer vhostfwd (format version ${o.version}; this one reads up to ${STATE_VERSION})`);
+  if (typeof o.version !== 'number' || !Number.isInteger(o.version) || o.version < 1) throw new StateFormatError(`has no valid version (got ${JSON.stringify(o.version)})`);
+  if (o.version > STATE_VERSION) throw new StateFormatError(`is from a newer vhostfwd (format version ${o.version}; this one reads up to ${STATE_VERSION})`);
   let interfaces: InterfaceConfig[];
   let forwarding: Forwarding;
   try {
@@ -77,14 +95,14 @@ export function readState(file: string, cpuCount: number): ForwarderState | null
     interfaces = cfg.interfaces;
     forwarding = cfg.forwarding;
   } catch (e) {
-    if (e instanceof ConfigError) throw new StateFileError(file, `is invalid: ${e.message}`);
+    if (e instanceof ConfigError) throw new StateFormatError(`is invalid: ${e.message}`);
     throw e;
   }
   const placement: Record<string, number> = {};
   const p = o.placement ?? {};
-  if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new StateFileError(file, 'is invalid: placement: expected an object');
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new StateFormatError('is invalid: placement: expected an object');
   for (const [k, v] of Object.entries(p as Record<string, unknown>)) {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new StateFileError(file, `is invalid: placement.${k}: expected a worker number`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new StateFormatError(`is invalid: placement.${k}: expected a worker number`);
     placement[k] = v;
   }
   return { interfaces, forwarding, placement };
