@@ -58,7 +58,7 @@ function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen
     device: 1, port: 0, index, size: Q,
     desc: { region: 0, offset: DESC }, avail: { region: 0, offset: AVAIL }, used: { region: 0, offset: USED },
     logUsedGpa: LOG ? USED : -1, kickFd: -1, callFd: -1,
-    features: { hdrLen: 12, mrgRxbuf: true, eventIdx: true, indirect: true, inOrder: IN_ORDER, logAll: LOG },
+    features: { hdrLen: 12, mrgRxbuf: true, eventIdx: true, indirect: true, inOrder: IN_ORDER, logAll: LOG, netBits: 0 },
     ctrl: new SharedArrayBuffer(CTRL_INTS * 4), stats: new SharedArrayBuffer(STATS_SLOTS * 8),
   };
   const log = new DirtyLog();

@@ -80,6 +80,7 @@ const argv = yargs(hideBin(process.argv))
   .option('retries', { type: 'number', default: 1, describe: 'a failed trial is recorded and re-run up to this many times' })
   .option('ab-cli', { type: 'string', describe: "A/B of two builds: another build's dist/src/cli.js, run as 'vhostfwd B' in every round beside this one (trials interleave, so the VM's slow mode hits both alike)" })
   .option('ab-vlan', { type: 'boolean', default: false, describe: "A/B in this build: 'vhostfwd B' is the bridge with every port a VLAN access port of VLAN 10 (802.1Q classification and the (VLAN, MAC) table on every packet), A the same bridge without VLANs; bridge rows only (use with --modes bridge)" })
+  .option('virtio-user', { type: 'string', describe: "more devargs for the frontend's virtio-user ports, e.g. mrg_rxbuf=0 or packed_vq=1,in_order=1 (every backend gets the same frontend)" })
   .option('scaling', { type: 'boolean', default: false, describe: 'one forwarding core per queue pair for every backend (vhostfwd a worker per pair, DPDK --nb-cores N, OVS N PMD threads) and N for the frontend; with --queues 1,2,4,8 the scaling rows. Without: all queues on one backend core' })
   .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
   .strict()
@@ -138,6 +139,7 @@ const opts = {
   abVlan: argv['ab-vlan'],
   retries: Math.max(0, argv.retries),
   scaling: argv.scaling,
+  virtioUser: argv['virtio-user'] ?? null,
 };
 const NCPU = os.cpus().length;
 /** Cores of a trial with `queues` queue pairs (bench/topology.ts cpuPlan): the same for every backend. */
@@ -293,6 +295,7 @@ function testpmd(role: 'frontend' | 'backend', sockets: string[], queues: number
   const t = new Testpmd({
     role, sockets, queues, lcores: role === 'frontend' ? planFor(queues).frontend : planFor(queues).dpdkBackend, prefix: newPrefix(role === 'frontend' ? 'fe' : 'be'),
     memMb: TESTPMD_MEM_MB, txpkts: size, extraArgs: TESTPMD_EXTRA, peerIsClient: fx.peerIsClient,
+    ...(role === 'frontend' && opts.virtioUser ? { devargs: opts.virtioUser } : {}),
     ...(macs ? { forwardMode: 'mac', macs: macs.macs, ethPeers: macs.peers } : {}),
   });
   track(t.proc);

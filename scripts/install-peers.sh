@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the real vhost-user peers the tests and benchmarks drive (QEMU 7.2, DPDK 22.11
-# testpmd, a Debian kernel + busybox for tiny guests, ethtool copied into them; python3 for the
+# testpmd, a Debian kernel + busybox for tiny guests, ethtool and iperf3 copied into them; python3 for the
 # independent frontend, setpriv for frontends run as another user; OVS-DPDK 3.1, the bench's
 # third backend) and set up hugepages for DPDK.
 # Idempotent and fast when everything is present. Root (apt) needed only to install.
@@ -10,7 +10,7 @@ set -euo pipefail
 have_all() {
   command -v qemu-system-x86_64 >/dev/null && command -v dpdk-testpmd >/dev/null &&
     command -v busybox >/dev/null && command -v cpio >/dev/null && command -v socat >/dev/null &&
-    command -v ethtool >/dev/null && [ -x /usr/bin/python3 ] && command -v setpriv >/dev/null &&
+    command -v ethtool >/dev/null && command -v iperf3 >/dev/null && [ -x /usr/bin/python3 ] && command -v setpriv >/dev/null &&
     ls /boot/vmlinuz-* >/dev/null 2>&1 &&
     ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_vhost.so* >/dev/null 2>&1 &&
     ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_virtio.so* >/dev/null 2>&1 &&
@@ -39,7 +39,7 @@ if ! have_all; then
   no_service_starts
   apt-get update -q
   apt-get install -y -q --no-install-recommends qemu-system-x86 dpdk dpdk-dev librte-net-vhost23 \
-    librte-net-virtio23 librte-mempool-ring23 linux-image-amd64 busybox-static cpio socat ethtool \
+    librte-net-virtio23 librte-mempool-ring23 linux-image-amd64 busybox-static cpio socat ethtool iperf3 \
     python3 util-linux openvswitch-switch-dpdk
   have_all || { echo "install-peers: packages installed but a tool is still missing" >&2; exit 1; }
 fi

@@ -101,7 +101,7 @@ export function render(command: string, body: unknown): string {
     case 'move':
       return `worker ${String(b.worker)}\n`;
     case 'stats':
-      return table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'dropVlan', 'errors', 'notifications', 'kicks']);
+      return table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'dropVlan', 'dropBadOffload', 'errors', 'notifications', 'kicks']);
     case 'version':
       return `vhostfwd ${String(b.version)} (control API v${String(b.api)})\n`;
     default:

@@ -8,7 +8,7 @@ import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, QueueFeatures,
 } from '../src/shared/types';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY } from '../src/shared/constants';
-import { eq, FEAT_MRG, Guest, makeGuest, makeQueue, pattern, Queue, R0_SIZE, R1_SIZE, vringDesc } from './vq-harness';
+import { eq, FEAT_MRG, Guest, layout, makeGuest, makeQueue, pattern, Queue, R0_SIZE, R1_SIZE, vringDesc } from './vq-harness';
 
 const batch = new PacketBatch(32);
 
@@ -42,7 +42,10 @@ function hdrWithNum(hdrLen: number, n: number): Uint8Array {
 t.test('single descriptor, 12-byte header, one RX buffer', async (t) => {
   const { a, b, tx, rx } = pair();
   const pkt = pattern(300, 1);
-  const txHdr = new Uint8Array(12).fill(0x77); // whatever the sender puts there is not forwarded
+  // flags and gso_type 0 (no offload): whatever the sender puts in the other fields is not forwarded
+  const txHdr = new Uint8Array(12).fill(0x77);
+  txHdr[0] = 0;
+  txHdr[1] = 0;
   const head = tx.drv.postTx(pkt, { hdr: txHdr });
   rx.drv.postRx(2, 2048);
   const r = forward(a, tx, rx);
@@ -195,6 +198,34 @@ t.test('non-mergeable RX with a multi-descriptor chain', async (t) => {
   t.equal(got[0].used.length, 1, 'one chain');
   t.equal(got[0].used[0].len, 1412);
   t.ok(eq(got[0].data, pkt));
+  t.same(rx.drv.brokenGuards(), []);
+});
+
+t.test('burst RX without MRG_RXBUF (12-byte header): one buffer a packet, num_buffers 1, whatever the buffer held before', async (t) => {
+  const { a, b, tx, rx } = pair({ size: 64, rx: { hdrLen: 12, mrgRxbuf: false } });
+  // garbage where headers and packets will land: the fast path writes header words only where
+  // they differ, so each one must still read 0 ... 0, num_buffers 1
+  const arena = layout(0);
+  b.mem8.fill(0xa5, arena.bufBase, arena.bufEnd);
+  rx.drv.postRx(8, 2048);
+  const sent = [pattern(60, 1), pattern(64, 2), pattern(129, 3), pattern(1514, 4), pattern(2036, 5), pattern(2037, 6)];
+  for (const p of sent) tx.drv.postTx(p);
+  const n = tx.vq.dequeueBurst(batch, 32);
+  t.equal(n, sent.length);
+  rx.vq.acquire();
+  const got = rx.vq.enqueueBurst(a.gm, batch, null, n);
+  rx.vq.flush();
+  rx.vq.release();
+  tx.vq.completeBurst(batch);
+  t.equal(got, 5, 'all but the frame one byte too big for a 2048-byte buffer (2037 + 12)');
+  t.equal(rx.stats[ST_DROP_NO_BUF], 1, 'that one is a drop: without MRG_RXBUF a packet never spans buffers');
+  const out = rx.drv.readRx();
+  t.equal(out.length, 5);
+  for (let i = 0; i < 5; i++) {
+    t.ok(eq(out[i].data, sent[i]), `packet ${i} (${sent[i].length} B) byte-exact`);
+    t.ok(eq(out[i].hdr, hdrWithNum(12, 1)), `packet ${i}: header zero, num_buffers 1`);
+    t.same(out[i].used.map((e) => e.len), [sent[i].length + 12], `packet ${i}: one buffer`);
+  }
   t.same(rx.drv.brokenGuards(), []);
 });
 

@@ -163,6 +163,14 @@ t.test('VLAN bridge: access and trunk ports, push/pop in the copy, isolation, ho
     const to20 = frame(m, g.t1.mac, 64, 73);
     await exchange(t, 't1 -> M in VLAN 10 reaches a2 only', 't1', [tag(to10, 10)], { a2: [to10] });
     await exchange(t, 't1 -> M in VLAN 20 reaches b1 only', 't1', [tag(to20, 20)], { b1: [to20] });
+    // one burst alternating the VLAN with the same MACs: the poller's kept lookup is per
+    // (VLAN, MAC), so each frame still goes to its own VLAN's port
+    const mixed = [74, 75, 76, 77, 78].map((seq, k) => frame(m, g.t1.mac, 64 + k, seq));
+    const vids = [10, 20, 20, 10, 20];
+    await exchange(t, 't1 -> M, one burst alternating VLANs 10 and 20', 't1', mixed.map((f, k) => tag(f, vids[k])), {
+      a2: mixed.filter((_, k) => vids[k] === 10),
+      b1: mixed.filter((_, k) => vids[k] === 20),
+    });
   });
 
   await t.test('hostile frames: spoofed tags, double tags, QinQ, VIDs not carried, short tags', async (t) => {

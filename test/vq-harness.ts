@@ -36,7 +36,7 @@ export function makeGuest(): Guest {
   return { sab, mem8, regions, gm: new GuestMemory(regions) };
 }
 
-export const FEAT_MRG: QueueFeatures = { hdrLen: 12, mrgRxbuf: true, eventIdx: false, indirect: true, inOrder: false, logAll: false };
+export const FEAT_MRG: QueueFeatures = { hdrLen: 12, mrgRxbuf: true, eventIdx: false, indirect: true, inOrder: false, logAll: false, netBits: 0 };
 
 /**
  * Ring placements per queue slot q (0..3): desc, avail, used each in its own page from 0x1000,

@@ -18,6 +18,11 @@ export interface InterfaceConfig {
   maskFeatures: FeatureName[];
   maskProtocolFeatures: ProtocolFeatureName[];
   /**
+   * checksum and segmentation offloads offered (CSUM, GUEST_CSUM, HOST_/GUEST_ TSO4, TSO6,
+   * ECN, UFO); false masks them all, as listing each in maskFeatures would. Default true.
+   */
+  offloads: boolean;
+  /**
    * the port's MTU: offered to the guest (VIRTIO_NET_F_MTU; QEMU needs host_mtu=N) and
    * enforced on frames towards it; null = not set (no VIRTIO_NET_F_MTU, no limit)
    */
@@ -103,6 +108,11 @@ function str(v: unknown, path: string, dflt?: string): string {
   if (typeof v !== 'string' || v.length === 0) throw new ConfigError(path, 'a non-empty string', v);
   return v;
 }
+function bool(v: unknown, path: string, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') throw new ConfigError(path, 'a boolean', v);
+  return v;
+}
 function names<T extends string>(v: unknown, path: string, table: Readonly<Record<string, number>>): T[] {
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw new ConfigError(path, 'an array of feature names', v);
@@ -136,7 +146,7 @@ function permissions(v: unknown, path: string): number | null {
 /** One interface as the config file and the control API's add request give it. */
 export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
+  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
   const steering = v.steering ?? 'hash';
   if (steering !== 'hash' && steering !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
   if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
@@ -152,6 +162,7 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
     queues: int(v.queues, `${path}.queues`, 1, MAX_QUEUE_PAIRS, 1),
     maskFeatures: names<FeatureName>(v.maskFeatures, `${path}.maskFeatures`, F),
     maskProtocolFeatures: names<ProtocolFeatureName>(v.maskProtocolFeatures, `${path}.maskProtocolFeatures`, PF),
+    offloads: bool(v.offloads, `${path}.offloads`, true),
     mtu: v.mtu === undefined ? null : int(v.mtu, `${path}.mtu`, 68, 65535),
     coalesceFrames: int(co.frames, `${path}.coalesce.frames`, 0, 4096, 0),
     coalesceUsecs: int(co.usecs, `${path}.coalesce.usecs`, 0, 1_000_000, 0),
@@ -202,6 +213,7 @@ export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
   const o: Record<string, unknown> = { name: c.name, socket: c.socket, mode: c.mode, queues: c.queues };
   if (c.mtu !== null) o.mtu = c.mtu;
   if (c.maskFeatures.length) o.maskFeatures = c.maskFeatures;
+  if (!c.offloads) o.offloads = false;
   if (c.maskProtocolFeatures.length) o.maskProtocolFeatures = c.maskProtocolFeatures;
   if (c.coalesceFrames || c.coalesceUsecs) o.coalesce = { frames: c.coalesceFrames, usecs: c.coalesceUsecs };
   if (c.steering !== 'hash') o.steering = c.steering;

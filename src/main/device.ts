@@ -14,7 +14,7 @@
  *  - a ring (re)starting resynchronises from used->idx (SET_VRING_ADDR resumes there).
  */
 import {
-  DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, FeatureName, MAX_MEM_SLOTS,
+  DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, OFFLOAD_FEATURES, FeatureName, MAX_MEM_SLOTS,
   MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
 } from '../shared/constants';
 import {
@@ -49,6 +49,8 @@ export interface DeviceOptions {
   queuePairs: number;
   /** features removed from the default offer. */
   maskFeatures?: readonly FeatureName[];
+  /** false: none of OFFLOAD_FEATURES is offered (config `offloads`; default true) */
+  offloads?: boolean;
   maskProtocolFeatures?: readonly ProtocolFeatureName[];
   mtu?: number | null;
   /**
@@ -151,7 +153,9 @@ export class Device implements BackendRequests {
   private broken = false;
 
   constructor(readonly opts: DeviceOptions, private readonly dp: Dataplane, private readonly link: DeviceLink) {
-    const mask = featureMask(opts.maskFeatures ?? [], F);
+    // The offer is a function of the config alone: QEMU refuses to reconnect to a backend
+    // that offers fewer features than its guest acked (test/offloads-config.test.ts).
+    const mask = featureMask(opts.maskFeatures ?? [], F) | (opts.offloads === false ? featureMask(OFFLOAD_FEATURES, F) : 0n);
     // VIRTIO_NET_F_MTU only with an MTU to stand behind (QEMU passes it to the guest only
     // with host_mtu set, and then sends NET_SET_MTU)
     this.offered = (featureMask(DEFAULT_FEATURES, F) | (opts.mtu != null ? bit(F.VIRTIO_NET_F_MTU) : 0n)) & ~mask;
@@ -401,6 +405,7 @@ export class Device implements BackendRequests {
       indirect: hasBit(f, F.VIRTIO_RING_F_INDIRECT_DESC),
       inOrder: hasBit(f, F.VIRTIO_F_IN_ORDER),
       logAll: hasBit(f, F.VHOST_F_LOG_ALL),
+      netBits: Number(f & 0xffff_ffffn),
     };
   }
 

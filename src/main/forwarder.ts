@@ -3,7 +3,7 @@
  * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
  */
 import os from 'node:os';
-import { ST_BYTES, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
+import { ST_BYTES, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_GSO_PASSED, ST_GSO_SEGMENTED, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
 import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
@@ -27,6 +27,14 @@ export interface QueueStats {
   dropTooBig: number;
   /** tx: frames refused by the port's VLAN rules (tag spoofing, a VID not carried, no native VLAN, a cut tag) */
   dropVlan: number;
+  /** tx: frames whose virtio-net header failed validation (src/workers/offload.ts) */
+  dropBadOffload: number;
+  /** rx: TSO/UFO frames handed over whole with their header */
+  gsoPassed: number;
+  /** rx: TSO/UFO frames segmented by the worker for a guest without GUEST_TSO4/6 or GUEST_UFO */
+  gsoSegmented: number;
+  /** rx: partial checksums (NEEDS_CSUM) completed by the worker */
+  csumSoftware: number;
   errors: number;
   notifications: number;
   kicks: number;
@@ -130,7 +138,7 @@ export class Forwarder {
     while (this.ports.length < port) this.ports.push(null);
     const itf = new Interface(
       {
-        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, mtu: c.mtu, forceLog: this.config.forceLog,
+        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, mtu: c.mtu, forceLog: this.config.forceLog,
         ownership: { owner: c.owner, group: c.group, permissions: c.permissions },
       },
       port,
@@ -469,6 +477,10 @@ export class Forwarder {
           dropNoDest: s[ST_DROP_NO_DEST],
           dropTooBig: s[ST_DROP_TOO_BIG],
           dropVlan: s[ST_DROP_VLAN],
+          dropBadOffload: s[ST_DROP_BAD_OFFLOAD],
+          gsoPassed: s[ST_GSO_PASSED],
+          gsoSegmented: s[ST_GSO_SEGMENTED],
+          csumSoftware: s[ST_CSUM_SW],
           errors: s[ST_ERRORS],
           notifications: s[ST_NOTIFY],
           kicks: s[ST_KICKS],

@@ -55,10 +55,13 @@ function registry(fwd: Forwarder): Registry {
   counter('vhostfwd_kicks_total', 'Kicks read while the poller slept', (s) => s.kicks);
   counter('vhostfwd_bursts_total', 'Non-empty bursts per queue (packets_total / bursts_total = mean burst size, at most 32)', (s) => s.bursts);
   counter('vhostfwd_dirty_page_marks_total', 'Dirty-log page marks (live migration)', (s) => s.dirtyPages);
+  counter('vhostfwd_gso_passed_total', 'TSO/UFO frames handed to the guest whole, with their virtio-net header (rx)', (s) => s.gsoPassed);
+  counter('vhostfwd_gso_segmented_total', 'TSO/UFO frames segmented by vhostfwd for a guest without GUEST_TSO4/6 or GUEST_UFO (rx)', (s) => s.gsoSegmented);
+  counter('vhostfwd_csum_software_total', 'Partial checksums (NEEDS_CSUM) completed by vhostfwd (rx)', (s) => s.csumSoftware);
   counter('vhostfwd_errors_total', 'Guest errors per queue', (s) => s.errors);
   new Counter({
     name: 'vhostfwd_drops_total',
-    help: 'Dropped packets by cause: no_buffer (guest posted none), no_destination, too_big, vlan (refused by the port\'s VLAN rules)',
+    help: 'Dropped packets by cause: no_buffer (guest posted none), no_destination, too_big, vlan (refused by the port\'s VLAN rules), bad_offload (a virtio-net header that does not hold up)',
     labelNames: [...q, 'cause'],
     registers: [reg],
     collect() {
@@ -69,6 +72,7 @@ function registry(fwd: Forwarder): Registry {
         this.inc({ ...l, cause: 'no_destination' }, s.dropNoDest);
         this.inc({ ...l, cause: 'too_big' }, s.dropTooBig);
         this.inc({ ...l, cause: 'vlan' }, s.dropVlan);
+        this.inc({ ...l, cause: 'bad_offload' }, s.dropBadOffload);
       }
     },
   });

@@ -166,6 +166,10 @@ export class WorkerPool implements Dataplane {
         for (const s of this.slots) s.rings.delete(ringKey(m.device, m.index));
         this.onBroken(m.device, m.index, m.reason);
         break;
+      case 'bad-offload':
+        // the frame was dropped and counted (bad_offload); the device goes on
+        log.warn('frame dropped: bad virtio-net header', { device: m.device, ring: m.index, reason: m.reason, suppressed: m.suppressed });
+        break;
       case 'error':
         log.error('worker error', { worker: m.worker, error: m.error });
         break;

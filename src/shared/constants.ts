@@ -87,6 +87,14 @@ export const F = {
   VIRTIO_NET_F_GUEST_CSUM: 1,
   VIRTIO_NET_F_MTU: 3,
   VIRTIO_NET_F_MAC: 5,
+  VIRTIO_NET_F_GUEST_TSO4: 7,
+  VIRTIO_NET_F_GUEST_TSO6: 8,
+  VIRTIO_NET_F_GUEST_ECN: 9,
+  VIRTIO_NET_F_GUEST_UFO: 10,
+  VIRTIO_NET_F_HOST_TSO4: 11,
+  VIRTIO_NET_F_HOST_TSO6: 12,
+  VIRTIO_NET_F_HOST_ECN: 13,
+  VIRTIO_NET_F_HOST_UFO: 14,
   VIRTIO_NET_F_MRG_RXBUF: 15,
   VIRTIO_NET_F_STATUS: 16,
   VIRTIO_NET_F_CTRL_VQ: 17,
@@ -143,7 +151,28 @@ export function hasBit(mask: bigint, n: number): boolean {
  * descriptors come four to a cache line instead of scattered, +10-16 % at 64 B in the
  * testpmd loop (bench/NOTES.md #24). DPDK's vhost library offers it too.
  */
+/**
+ * Checksum and segmentation offloads (issue 18), offered by default; config `offloads: false`
+ * masks them all. HOST_*: the guest may send frames with a partial checksum (NEEDS_CSUM) or
+ * up to 64 KiB with gso_type set (src/workers/offload.ts validates every field). GUEST_*: we
+ * may hand such frames over as they are; towards a port that did not take them the worker
+ * completes the checksum and cuts TCP into gso_size segments itself.
+ */
+export const OFFLOAD_FEATURES: readonly FeatureName[] = [
+  'VIRTIO_NET_F_CSUM',
+  'VIRTIO_NET_F_GUEST_CSUM',
+  'VIRTIO_NET_F_HOST_TSO4',
+  'VIRTIO_NET_F_HOST_TSO6',
+  'VIRTIO_NET_F_HOST_ECN',
+  'VIRTIO_NET_F_HOST_UFO',
+  'VIRTIO_NET_F_GUEST_TSO4',
+  'VIRTIO_NET_F_GUEST_TSO6',
+  'VIRTIO_NET_F_GUEST_ECN',
+  'VIRTIO_NET_F_GUEST_UFO',
+];
+
 export const DEFAULT_FEATURES: readonly FeatureName[] = [
+  ...OFFLOAD_FEATURES,
   'VIRTIO_NET_F_MRG_RXBUF',
   'VIRTIO_F_ANY_LAYOUT',
   'VIRTIO_F_VERSION_1',
@@ -173,3 +202,11 @@ export const LOG_PAGE = 4096;
 /** virtio-net header sizes: legacy without MRG_RXBUF is 10, otherwise 12 (num_buffers). */
 export const NET_HDR_LEGACY = 10;
 export const NET_HDR_MRG = 12;
+
+/** struct virtio_net_hdr (virtio 1.x 5.1.6): flags and gso_type values. */
+export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+export const VIRTIO_NET_HDR_GSO_NONE = 0;
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+export const VIRTIO_NET_HDR_GSO_UDP = 3;
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+export const VIRTIO_NET_HDR_GSO_ECN = 0x80;

@@ -44,6 +44,11 @@ export interface QueueFeatures {
   inOrder: boolean;
   /** VHOST_F_LOG_ALL negotiated: log every guest write while a log is set. */
   logAll: boolean;
+  /**
+   * The negotiated feature bits 0..31 (the virtio-net device bits: CSUM, GUEST_*, HOST_*),
+   * for the offload paths (src/workers/offload.ts): one number, tested with a mask.
+   */
+  netBits: number;
 }
 
 /** Per-vring shared state: an Int32Array over `ctrl` (see CTRL_*; slot 0 is unused). */
@@ -75,6 +80,14 @@ export const ST_DIRTY_PAGES = 8;
 export const ST_BURSTS = 9;
 /** tx: frames the VLAN bridge dropped at ingress (tag spoofing on an access port, a VID the trunk does not carry, untagged without a native VLAN, a tag cut short) */
 export const ST_DROP_VLAN = 10;
+/** TX: frames dropped for a virtio-net header that does not hold up (src/workers/offload.ts) */
+export const ST_DROP_BAD_OFFLOAD = 11;
+/** RX: TSO/UFO frames handed over with their header (the guest took GUEST_TSO4/6 or GUEST_UFO) */
+export const ST_GSO_PASSED = 12;
+/** RX: TSO/UFO frames cut into segments by the worker (the guest did not take them) */
+export const ST_GSO_SEGMENTED = 13;
+/** RX: partial checksums (NEEDS_CSUM) completed by the worker */
+export const ST_CSUM_SW = 14;
 export const STATS_SLOTS = 16;
 
 /** A vring handed to a worker. */

@@ -38,6 +38,8 @@ export type FromWorker =
   | { op: 'ready'; worker: number; tid: number; cpus: number[] }
   | { op: 'ack'; seq: number }
   | { op: 'broken'; device: number; index: number; reason: string }
+  /** frames dropped for a bad virtio-net header (one report a second at most; `suppressed` since the last) */
+  | { op: 'bad-offload'; device: number; index: number; reason: string; suppressed: number }
   | { op: 'error'; worker: number; error: string };
 
 /** Worker control words (Int32Array over WorkerInit.ctrl). */

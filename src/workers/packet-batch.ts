@@ -38,6 +38,25 @@ export class PacketBatch {
   nUsed = 0;
   readonly usedHead: Uint16Array;
 
+  /**
+   * The virtio-net header of each packet as the guest wrote it (struct virtio_net_hdr, virtio
+   * 1.x 5.1.6), read at dequeue: flags and gso_type always; hdr_len, gso_size, csum_start and
+   * csum_offset only when flags or gso_type is non-zero (else stale). src/workers/offload.ts
+   * validates them before any is used.
+   */
+  readonly flags: Uint8Array;
+  readonly gsoType: Uint8Array;
+  readonly hdrLen: Uint16Array;
+  readonly gsoSize: Uint16Array;
+  readonly csumStart: Uint16Array;
+  readonly csumOffset: Uint16Array;
+  /** GSO frames, set by validation: where the IP header, the TCP/UDP header and the headers end */
+  readonly l3Off: Uint8Array;
+  readonly l4Off: Uint16Array;
+  readonly l4End: Uint16Array;
+  /** packets of the burst with a non-zero flags or gso_type (0: no offload work at all) */
+  nOffload = 0;
+
   constructor(capacity = BURST, segCapacity = capacity * SEGS_PER_PACKET) {
     this.capacity = capacity;
     this.segCapacity = segCapacity;
@@ -49,11 +68,21 @@ export class PacketBatch {
     this.segOffset = new Float64Array(segCapacity);
     this.segLen = new Uint32Array(segCapacity);
     this.usedHead = new Uint16Array(capacity);
+    this.flags = new Uint8Array(capacity);
+    this.gsoType = new Uint8Array(capacity);
+    this.hdrLen = new Uint16Array(capacity);
+    this.gsoSize = new Uint16Array(capacity);
+    this.csumStart = new Uint16Array(capacity);
+    this.csumOffset = new Uint16Array(capacity);
+    this.l3Off = new Uint8Array(capacity);
+    this.l4Off = new Uint16Array(capacity);
+    this.l4End = new Uint16Array(capacity);
   }
 
   reset(): void {
     this.count = 0;
     this.nSegs = 0;
     this.nUsed = 0;
+    this.nOffload = 0;
   }
 }

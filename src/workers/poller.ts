@@ -17,6 +17,7 @@ import { PacketBatch, BURST } from './packet-batch';
 import { CopyQueue } from './bulk-copy';
 import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
 import { Virtqueue } from './virtqueue';
+import { wireLen } from './offload';
 import { TSO } from './ordering';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, KIND_NONE, TPID_8021AD, TPID_8021Q, VlanPorts, editDelta, egressEdit } from './vlan';
 
@@ -114,6 +115,8 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
   mem.enableBulk(native);
   const vq = new Virtqueue(ring, mem, log);
   vq.bulk = bulk;
+  // offloads: a frame dropped for its header is logged by the main thread (rate-limited in vq)
+  vq.onBadOffload = (reason, suppressed) => send({ op: 'bad-offload', device: m.ring.device, index: m.ring.index, reason, suppressed });
   return {
     device: m.ring.device,
     index: m.ring.index,
@@ -446,19 +449,24 @@ function enqueueTo(rx: Ring, src: Ring, n: number, list: Uint16Array | null, cou
   if (max > 0) {
     let kept = 0;
     const len = batch.pktLen;
+    // offloads: a GSO frame leaves as segments of its headers + gso_size (offload.ts)
+    const gso = batch.nOffload > 0;
     if (edits !== null && list !== null) {
-      for (let j = 0; j < count; j++) if (len[list[j]] + editDelta(edits[list[j]]) <= max) list[kept++] = list[j];
+      for (let j = 0; j < count; j++) {
+        const i = list[j];
+        if ((gso ? wireLen(batch, i) : len[i]) + editDelta(edits[i]) <= max) list[kept++] = i;
+      }
       rx.stats[ST_DROP_TOO_BIG] += count - kept;
       count = kept;
     } else if (list === null) {
-      for (let i = 0; i < n; i++) if (len[i] <= max) pick[kept++] = i;
+      for (let i = 0; i < n; i++) if (len[i] <= max || (gso && wireLen(batch, i) <= max)) pick[kept++] = i;
       if (kept < n) {
         rx.stats[ST_DROP_TOO_BIG] += n - kept;
         list = pick;
         count = kept;
       }
     } else {
-      for (let j = 0; j < count; j++) if (len[list[j]] <= max) list[kept++] = list[j];
+      for (let j = 0; j < count; j++) if (len[list[j]] <= max || (gso && wireLen(batch, list[j]) <= max)) list[kept++] = list[j];
       rx.stats[ST_DROP_TOO_BIG] += count - kept;
       count = kept;
     }
@@ -593,6 +601,15 @@ function forwardVlan(src: Ring, n: number, table: MacTable, now: number): void {
   const member = vlans.member;
   let flood = false;
   const u8 = src.mem.u8;
+  // as in forward(): learn and look up again only when (VLAN, MAC) differs from the previous
+  // frame's; any learn forgets the kept lookup
+  let srcVid = -1;
+  let src0 = 0;
+  let src1 = 0;
+  let dstVid = -1;
+  let dst0 = 0;
+  let dst1 = 0;
+  let dstPort = -1;
   for (let i = 0; i < n; i++) {
     // the header in place when the first segment holds it (every real driver), else gathered
     const s0 = batch.segStart[i];
@@ -612,8 +629,24 @@ function forwardVlan(src: Ring, n: number, table: MacTable, now: number): void {
     }
     vidOf[i] = vid;
     tciOf[i] = vlans.srcTci;
-    table.learn(h, o + 6, src.port, now, vid);
-    let d = table.lookup(h, o, now, vid);
+    const a0 = (h[o + 6] << 8) | h[o + 7];
+    const a1 = (h[o + 8] << 24) | (h[o + 9] << 16) | (h[o + 10] << 8) | h[o + 11];
+    if (vid !== srcVid || a0 !== src0 || a1 !== src1) {
+      table.learn(h, o + 6, src.port, now, vid);
+      srcVid = vid;
+      src0 = a0;
+      src1 = a1;
+      dstVid = -1;
+    }
+    const b0 = (h[o] << 8) | h[o + 1];
+    const b1 = (h[o + 2] << 24) | (h[o + 3] << 16) | (h[o + 4] << 8) | h[o + 5];
+    if (vid !== dstVid || b0 !== dst0 || b1 !== dst1) {
+      dstPort = table.lookup(h, o, now, vid);
+      dstVid = vid;
+      dst0 = b0;
+      dst1 = b1;
+    }
+    let d = dstPort;
     if (d === src.port) {
       dstOf[i] = -2;
       continue;

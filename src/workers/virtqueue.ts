@@ -24,6 +24,7 @@ import { GuestError } from './guest-error';
 import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
+import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
 
 export { GuestError } from './guest-error';
@@ -105,6 +106,16 @@ export class Virtqueue {
   // write cursor into the reserved segments
   private wSeg = 0;
   private wPos = 0;
+
+  // ---- offloads (src/workers/offload.ts)
+  /** the virtio-net header's first 10 bytes for the next reserve() (null: zeros) */
+  private rxHdr: Uint8Array | null = null;
+  /** TX: the header of a chain, gathered while its descriptors are walked */
+  private readonly txHdr = new Uint8Array(12);
+  /** TX: frames dropped for a bad header are reported (worker log) at most once a second */
+  onBadOffload: ((reason: string, suppressed: number) => void) | null = null;
+  private badReportAt = -Infinity;
+  private badSuppressed = 0;
 
   constructor(vd: VringDesc, mem: GuestMemory, log: DirtyLog) {
     const size = vd.size;
@@ -203,6 +214,10 @@ export class Virtqueue {
     let cLo = 0;
     let cSpan = 0;
     let cOff = 0;
+    let cU8: Uint8Array | null = null;
+    // offloads: each packet's flags and gso_type (the rest of the header only when non-zero)
+    const hFlags = batch.flags;
+    const hGso = batch.gsoType;
     // The batch's arrays and counters in locals (written back before dequeueChain and at the
     // end): in the loop TurboFan reloaded each array from `batch` with its map check and
     // bounds for every store, nine a packet (annotation, NOTES.md #23).
@@ -245,12 +260,21 @@ export class Virtqueue {
               cSpan = win[WIN_SPAN];
               cOff = win[WIN_OFF];
               d = (lo - cLo) | 0;
+              cU8 = mem.views[cr].u8;
             } else {
               cSpan = 0;
             }
           }
           if (cr >= 0) {
             const len = dlen - hdrLen;
+            // the virtio-net header: flags and gso_type, zero unless the guest asks for an
+            // offload; then the rest of it (offload.ts validates it after the loop)
+            const ho = cOff + d;
+            const fl = cU8![ho];
+            const gt = cU8![ho + 1];
+            hFlags[count] = fl;
+            hGso[count] = gt;
+            if ((fl | gt) !== 0) readNetHdr(batch, count, cU8!, ho);
             segRegion[nSegs] = cr;
             segOffset[nSegs] = cOff + d + hdrLen;
             segLen[nSegs] = len;
@@ -282,6 +306,8 @@ export class Virtqueue {
     batch.nSegs = nSegs;
     batch.count = count;
     batch.nUsed = nUsed;
+    // offloads: frames whose header does not hold up leave the batch (their heads are returned)
+    if (batch.nOffload > 0) this.checkOffloads(batch);
     this.lastAvail = idx;
     // The main thread reads it for GET_VRING_BASE after this worker stopped.
     this.ctrl[CTRL_LAST_AVAIL] = idx;
@@ -316,6 +342,9 @@ export class Virtqueue {
       if (hdrLeft > 0) {
         // ANY_LAYOUT: the header may share a buffer with data or span several.
         const skip = len < hdrLeft ? len : hdrLeft;
+        const u8 = this.mem.views[w.region].u8;
+        const at = this.features.hdrLen - hdrLeft;
+        for (let k = 0; k < skip; k++) this.txHdr[at + k] = u8[off + k];
         hdrLeft -= skip;
         off += skip;
         len -= skip;
@@ -342,12 +371,29 @@ export class Virtqueue {
     }
     if (hdrLeft > 0) throw new GuestError('TX chain shorter than the virtio-net header', `head ${head}`);
     const p = batch.count++;
+    batch.flags[p] = this.txHdr[0];
+    batch.gsoType[p] = this.txHdr[1];
+    if ((this.txHdr[0] | this.txHdr[1]) !== 0) readNetHdr(batch, p, this.txHdr, 0);
     batch.head[p] = head;
     batch.pktLen[p] = total;
     batch.segStart[p] = segMark;
     batch.segCount[p] = batch.nSegs - segMark;
     batch.usedHead[batch.nUsed++] = head;
     return total;
+  }
+
+  /** Validate the burst's offload headers; drop, count and (rate-limited) report the bad ones. */
+  private checkOffloads(batch: PacketBatch): void {
+    const bad = validateBurst(this.mem, batch, this.features.netBits, this.stats);
+    if (bad === 0) return;
+    const now = performance.now();
+    if (now - this.badReportAt < 1000) {
+      this.badSuppressed++;
+      return;
+    }
+    this.badReportAt = now;
+    this.onBadOffload?.(BAD_OFFLOAD_REASONS[bad], this.badSuppressed);
+    this.badSuppressed = 0;
   }
 
   /** Return every head of the burst (used len 0), publish used->idx. True: notify the guest. */
@@ -425,13 +471,16 @@ export class Virtqueue {
    * Copy `count` packets of `batch` into this ring: packets pick[0..count) or, with pick
    * null, packets 0..count-1. Returns how many were enqueued (the rest counted as
    * ST_DROP_NO_BUF). The per-burst form of enqueue(): ring views, features and counters live
-   * in locals for the whole burst (bench/NOTES.md #8), and the common case (mergeable RX,
+   * in locals for the whole burst (bench/NOTES.md #8), and the common case (12-byte header,
    * one writable descriptor per packet, one source segment) is handled inline; anything else
    * goes through enqueue(), which validates and names every guest error.
    */
   enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
     const t = this.desc32;
-    const fastRing = t !== null && this.features.mrgRxbuf && this.features.hdrLen === 12;
+    // With or without MRG_RXBUF: a packet that fits one descriptor is written the same way
+    // (num_buffers = 1, which a device without MRG_RXBUF must write too); the 10-byte header
+    // of legacy drivers without either feature takes the general path
+    const fastRing = t !== null && this.features.hdrLen === 12;
     const avail16 = this.avail16;
     const used32 = this.used32;
     const mask = this.mask;
@@ -478,6 +527,7 @@ export class Virtqueue {
     const segRegion = batch.segRegion;
     const segOffset = batch.segOffset;
     const pktLen = batch.pktLen;
+    const hFlags = batch.flags;
     let done = 0;
     let fastPkts = 0;
     let fastBytes = 0;
@@ -493,7 +543,8 @@ export class Virtqueue {
     let lm = 0;
     for (let k = 0; k < count; k++) {
       const i = pick === null ? k : pick[k];
-      fast: if (fastRing && segCount[i] === 1) {
+      // a frame with an offload (NEEDS_CSUM; every GSO frame has it) takes enqueue()
+      fast: if (fastRing && segCount[i] === 1 && hFlags[i] === 0) {
         if (la === ai) {
           const a = tso ? avail16[1] : Atomics.load(avail16, 1);
           if (((a - la) & 0xffff) > size) break fast; // the general path raises the error
@@ -723,58 +774,68 @@ export class Virtqueue {
    * ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is consumed then.
    */
   enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
+    // offloads: handed over or done in software, per this ring's features (offload.ts); the
+    // tag edit shifts the header's offsets there
+    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
     if (this.enqueueOne(srcMem, batch, i, edit)) return true;
     const len = batch.pktLen[i] + editDelta(edit);
     if (!this.reserve(len)) return false;
+    this.putPacket(srcMem, batch, i, edit);
+    this.commit(len);
+    return true;
+  }
+
+  /**
+   * Packet i of `batch` to the write cursor (reserve()d for its length as delivered), with its
+   * tag edit made in the same pass over any segmentation of the source: bytes [0, 12) (the
+   * MACs), then the pushed tag, then the rest past a popped source tag [12, 16).
+   */
+  private putPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
     const views = srcMem.views;
     const end = batch.segStart[i] + batch.segCount[i];
     if (edit === 0) {
       for (let s = batch.segStart[i]; s < end; s++) {
         this.put(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
       }
-    } else {
-      // The tag edit in the same pass, over any segmentation of the source: bytes [0, 12)
-      // (the MACs), then the pushed tag, then the rest past a popped source tag [12, 16).
-      const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
-      let pos = 0;
-      if ((edit & EDIT_PUSH) !== 0) setTag(edit);
-      for (let s = batch.segStart[i]; s < end; s++) {
-        const v = views[batch.segRegion[s]];
-        let off = batch.segOffset[s];
-        let n = batch.segLen[s];
-        if (pos < 12) {
-          const k = n < 12 - pos ? n : 12 - pos;
-          this.put(v, off, k);
-          pos += k;
-          off += k;
-          n -= k;
-          if (pos === 12 && (edit & EDIT_PUSH) !== 0) this.put(tagViews, 0, 4);
-        }
-        if (n > 0 && pos < skipEnd) {
-          const k = n < skipEnd - pos ? n : skipEnd - pos;
-          pos += k;
-          off += k;
-          n -= k;
-        }
-        if (n > 0) {
-          this.put(v, off, n);
-          pos += n;
-        }
+      return;
+    }
+    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
+    let pos = 0;
+    if ((edit & EDIT_PUSH) !== 0) setTag(edit);
+    for (let s = batch.segStart[i]; s < end; s++) {
+      const v = views[batch.segRegion[s]];
+      let off = batch.segOffset[s];
+      let n = batch.segLen[s];
+      if (pos < 12) {
+        const k = n < 12 - pos ? n : 12 - pos;
+        this.put(v, off, k);
+        pos += k;
+        off += k;
+        n -= k;
+        if (pos === 12 && (edit & EDIT_PUSH) !== 0) this.put(tagViews, 0, 4);
+      }
+      if (n > 0 && pos < skipEnd) {
+        const k = n < skipEnd - pos ? n : skipEnd - pos;
+        pos += k;
+        off += k;
+        n -= k;
+      }
+      if (n > 0) {
+        this.put(v, off, n);
+        pos += n;
       }
     }
-    this.commit(len);
-    return true;
   }
 
   /**
-   * Fast path for the common case (bench/NOTES.md): mergeable RX, the next avail chain is
-   * one writable descriptor big enough for header + packet, the packet is one segment,
+   * Fast path for the common case (bench/NOTES.md): a 12-byte header (mergeable RX or
+   * VERSION_1), the next avail chain is one writable descriptor big enough for header + packet, the packet is one segment,
    * offsets 4-aligned. Word loads and stores, no cursor. Anything else (including every
    * malformed case) returns false untouched, and the general path validates and names it.
    */
   private enqueueOne(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): boolean {
     const t = this.desc32;
-    if (t === null || !this.features.mrgRxbuf || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
+    if (t === null || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
     const idx = this.lastAvail;
     if (idx === this.availIdx) {
       const a = TSO ? this.avail16[1] : Atomics.load(this.avail16, 1);
@@ -854,6 +915,43 @@ export class Virtqueue {
     this.put(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
     this.commit(len);
     return true;
+  }
+
+  // ---- offload hooks (src/workers/offload.ts): reserve, fill, commit one frame under acquire()
+
+  /** reserve() with the virtio-net header's first 10 bytes taken from `hdr` (null: zeros) */
+  rxReserve(len: number, hdr: Uint8Array | null): boolean {
+    this.rxHdr = hdr;
+    try {
+      return this.reserve(len);
+    } finally {
+      this.rxHdr = null;
+    }
+  }
+
+  rxPut(src: RegionViews, off: number, len: number): void {
+    this.put(src, off, len);
+  }
+
+  /** The whole of packet i to the write cursor, with its VLAN tag edit (vlan.ts) made. */
+  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
+    this.putPacket(srcMem, batch, i, edit);
+  }
+
+  /** Overwrite frame byte `pos` (0 = first byte after the header) of the reserved buffers. */
+  rxPoke(pos: number, value: number): void {
+    let p = pos + this.features.hdrLen;
+    for (let s = 0; s < this.nDSeg; s++) {
+      if (p < this.dSegLen[s]) {
+        this.mem.views[this.dSegRegion[s]].u8[this.dSegOff[s] + p] = value;
+        return;
+      }
+      p -= this.dSegLen[s];
+    }
+  }
+
+  rxCommit(len: number): void {
+    this.commit(len);
   }
 
   /** Publish used->idx (after the entries and the log). True: notify the guest. */
@@ -981,7 +1079,8 @@ export class Virtqueue {
     const hdrLen = this.features.hdrLen;
     // Fast path: the first buffer holds the whole header at a 4-aligned offset (every real
     // driver): three word stores instead of twelve byte stores through the cursor.
-    if (hdrLen === 12 && this.dSegLen[0] >= 12 && this.wPos === 0 && this.wSeg === 0) {
+    const rxHdr = this.rxHdr;
+    if (rxHdr === null && hdrLen === 12 && this.dSegLen[0] >= 12 && this.wPos === 0 && this.wSeg === 0) {
       const v = this.mem.views[this.dSegRegion[0]];
       const off = this.dSegOff[0];
       if (v.u32 !== null && (off & 3) === 0) {
@@ -994,7 +1093,7 @@ export class Virtqueue {
       }
     }
     for (let b = 0; b < hdrLen; b++) {
-      const v = b === 10 ? numBuffers & 0xff : b === 11 ? numBuffers >>> 8 : 0;
+      const v = b === 10 ? numBuffers & 0xff : b === 11 ? numBuffers >>> 8 : rxHdr !== null ? rxHdr[b] : 0;
       while (this.wPos === this.dSegLen[this.wSeg]) {
         this.wSeg++;
         this.wPos = 0;
@@ -1196,6 +1295,15 @@ function checkRing(mem: GuestMemory, name: string, loc: RingLocation, bytes: num
 function sabOffset(off: number, align: number, name: string): number {
   if (off % align !== 0) throw new Error(`${name} ring not ${align}-aligned inside its mapping`);
   return off;
+}
+
+/** The rest of a TX packet's virtio-net header (little endian), once flags or gso_type is set. */
+function readNetHdr(batch: PacketBatch, p: number, u8: Uint8Array, o: number): void {
+  batch.hdrLen[p] = u8[o + 2] | (u8[o + 3] << 8);
+  batch.gsoSize[p] = u8[o + 4] | (u8[o + 5] << 8);
+  batch.csumStart[p] = u8[o + 6] | (u8[o + 7] << 8);
+  batch.csumOffset[p] = u8[o + 8] | (u8[o + 9] << 8);
+  batch.nOffload++;
 }
 
 /** The tag of an EDIT_PUSH edit (TPID, then the TCI, big endian) into tagBytes. */

@@ -11,7 +11,11 @@ import { GuestError } from '../../src/workers/guest-error';
 import { Virtqueue } from '../../src/workers/virtqueue';
 import { DirtyLog } from '../../src/workers/dirty-log';
 import { PacketBatch, BURST } from '../../src/workers/packet-batch';
+import { validate } from '../../src/workers/offload';
+import { ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_GSO_PASSED, ST_GSO_SEGMENTED, ST_PACKETS } from '../../src/shared/types';
+import { EDIT_POP, EDIT_PUSH } from '../../src/workers/vlan';
 import { makeGuest, vringDesc, layout, R0_SIZE, R1_SIZE } from '../vq-harness';
+import { GUEST_ALL, HOST_ALL, build } from '../offload-lib';
 
 const CORPUS_DIR = path.join(__dirname, '..', '..', '..', 'test', 'hostile', 'corpus');
 export const FUZZ_SEED = Number(process.env.HOSTILE_FUZZ_SEED ?? 20240611);
@@ -34,6 +38,17 @@ export interface WalkerInput {
   /** up to two indirect tables, at TABLE_GPA[i] */
   tables: RawDesc[][];
   pktLen: number;
+  /**
+   * Offloads (absent in older corpus inputs: none). TX: the ring negotiated HOST_* and every
+   * descriptor in the buffer area starts with `hdr` (a virtio-net header, by field), so the
+   * walked chains carry it into validation. RX: the packet enqueued is a frame with an offload
+   * (1 checksum, 2 TSO, 3 UFO, each with an IPv6 or VLAN variant by `pktLen`), handed over
+   * (the ring took GUEST_*) or segmented into the hostile buffers, with tag edit `edit`.
+   */
+  hdr?: number[];
+  offload?: number;
+  guest?: boolean;
+  edit?: number;
 }
 
 const TABLE_GPA = [0x18000, 0x18400];
@@ -72,12 +87,88 @@ export const walkerInputArb: fc.Arbitrary<WalkerInput> = fc.integer({ min: 0, ma
     descs: fc.array(descArb(size), { minLength: size, maxLength: size }),
     tables: fc.array(fc.array(descArb(6), { minLength: 1, maxLength: 6 }), { minLength: 0, maxLength: 2 }),
     pktLen: fc.integer({ min: 1, max: 3000 }),
+    hdr: fc.option(hdrArb, { nil: undefined }),
+    offload: fc.option(fc.integer({ min: 1, max: 3 }), { nil: undefined }),
+    guest: fc.boolean(),
+    edit: fc.constantFrom(0, EDIT_PUSH | 10, EDIT_POP, EDIT_POP | EDIT_PUSH | 10),
   });
 });
+
+/**
+ * walkerInputArb bent towards rings that hold up, so that offloads get far: a header and an
+ * offload frame always, 3 in 4 descriptors in the buffer area, avail idx within the ring,
+ * half the short descriptors lengthened (a header needs a frame behind it).
+ * Hostile enough still (lengths, flags, next, tables stay random).
+ */
+export const offloadWalkerInputArb: fc.Arbitrary<WalkerInput> = fc
+  .tuple(walkerInputArb, hdrArbLazy(), fc.integer({ min: 1, max: 3 }))
+  .map(([inp, hdr, offload]) => ({
+    ...inp,
+    hdr,
+    offload,
+    availDelta: inp.availDelta % ((1 << inp.sizeLog) + 1),
+    descs: inp.descs.map((d): RawDesc => [(d[0] & 3) !== 0 ? 0 : d[0], d[1], d[2] > 0x10000 ? d[2] & 0xfff : d[2] < 100 && (d[1] & 1) === 1 ? d[2] + 100 : d[2], d[3], d[4]]),
+  }));
+
+function hdrArbLazy(): fc.Arbitrary<number[]> {
+  return fc.constant(null).chain(() => hdrArb);
+}
+
+const u16Arb = fc.oneof(fc.constantFrom(0, 1, 10, 12, 14, 16, 20, 34, 50, 54, 1448, 0xffff), fc.integer({ min: 0, max: 0xffff }));
+const hdrBytes = ([fl, gt, hl, gs, cs, co]: number[]): number[] => [fl, gt, hl & 0xff, hl >> 8, gs & 0xff, gs >> 8, cs & 0xff, cs >> 8, co & 0xff, co >> 8, 0, 0];
+/**
+ * A virtio-net header by field (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset;
+ * num_buffers 0): mostly plausible ones (NEEDS_CSUM, offsets where IPv4/IPv6 headers end,
+ * with and without a tag), which reach deep into validation, and some noise.
+ */
+const hdrArb: fc.Arbitrary<number[]> = fc.oneof(
+  {
+    weight: 3,
+    arbitrary: fc
+      .tuple(fc.constantFrom(1, 1, 1, 0, 3), fc.constantFrom(0, 0, 1, 3, 4, 0x81), fc.constantFrom(0, 54, 58, 74), fc.constantFrom(0, 8, 64, 1448, 0xffff),
+        fc.constantFrom(34, 38, 54, 58, 14, 10, 0, 0xfff0), fc.constantFrom(16, 6, 0, 1))
+      .map(hdrBytes),
+  },
+  { weight: 1, arbitrary: fc.tuple(fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 255 }), u16Arb, u16Arb, u16Arb, u16Arb).map(hdrBytes) },
+);
+
+/** The offload source of an RX run: a frame with its header in a guest of its own, in a batch as dequeue leaves it. */
+function offloadSource(kind: number, variant: number): { gm: ReturnType<typeof makeGuest>['gm']; batch: PacketBatch } | null {
+  const src = makeGuest();
+  const v6 = (variant & 1) !== 0;
+  const f = build({ v6, udp: kind === 3, vlan: (variant & 2) !== 0, optLen: kind === 2 ? 12 : 0, payload: new Uint8Array(200 + (variant % 1800)).fill(0xa5), gsoSize: kind === 1 ? undefined : 64 + (variant % 700) });
+  const at = 0x8000;
+  src.mem8.set(f.frame, at);
+  const b = new PacketBatch(1);
+  const h = new DataView(f.hdr.buffer);
+  b.count = 1;
+  b.nSegs = 2;
+  // the frame in two segments, split at an odd byte
+  const cut = 7 + (variant % 61);
+  b.segRegion[0] = 0;
+  b.segOffset[0] = at;
+  b.segLen[0] = cut;
+  b.segRegion[1] = 0;
+  b.segOffset[1] = at + cut;
+  b.segLen[1] = f.frame.length - cut;
+  b.segStart[0] = 0;
+  b.segCount[0] = 2;
+  b.pktLen[0] = f.frame.length;
+  b.flags[0] = f.hdr[0];
+  b.gsoType[0] = f.hdr[1];
+  b.hdrLen[0] = h.getUint16(2, true);
+  b.gsoSize[0] = h.getUint16(4, true);
+  b.csumStart[0] = h.getUint16(6, true);
+  b.csumOffset[0] = h.getUint16(8, true);
+  b.nOffload = 1;
+  return validate(src.gm, b, 0, HOST_ALL) === 0 ? { gm: src.gm, batch: b } : null;
+}
 
 export interface WalkerOutcome {
   /** GuestError reason, or 'ok' */
   outcome: string;
+  /** what became of the offload (none, refused, accepted, handed over, segmented, checksum completed) */
+  offload: string;
 }
 
 /**
@@ -103,6 +194,13 @@ export function runWalker(inp: WalkerInput): WalkerOutcome {
     dv.setUint16(at + 14, d[4] & 0xffff, true);
   };
   inp.descs.forEach((d, i) => writeDesc(l.desc + 16 * i, d));
+  // TX offloads: the header at every buffer-area address a descriptor points at (the rings,
+  // the tables and the region edges are left as they are)
+  if (!inp.rx && inp.hdr) {
+    for (const d of [...inp.descs, ...inp.tables.flat()]) {
+      if (d[0] % 8 === 0) g.mem8.set(inp.hdr, resolveAddr(d[0], d[1], l.desc));
+    }
+  }
   inp.tables.forEach((tbl, k) => tbl.forEach((d, i) => writeDesc(TABLE_GPA[k] + 16 * i, d)));
   const start = inp.startIdx & 0xffff;
   dv.setUint16(l.avail, 0, true);
@@ -110,23 +208,28 @@ export function runWalker(inp: WalkerInput): WalkerOutcome {
   for (let i = 0; i < size; i++) dv.setUint16(l.avail + 4 + 2 * ((start + i) & (size - 1)), inp.heads[i] & 0xffff, true);
   dv.setUint16(l.used, 0, true);
   dv.setUint16(l.used + 2, start, true);
-  const vd = vringDesc(g, { index, size, startIdx: start, features: { indirect: inp.indirect, mrgRxbuf: inp.mrg, hdrLen: inp.mrg ? 12 : 10 } });
+  const netBits = inp.rx ? (inp.guest ? GUEST_ALL : 0) : inp.hdr ? HOST_ALL : 0;
+  const vd = vringDesc(g, { index, size, startIdx: start, features: { indirect: inp.indirect, mrgRxbuf: inp.mrg, hdrLen: inp.mrg ? 12 : 10, netBits } });
+  const source = inp.rx && inp.offload ? offloadSource(inp.offload, inp.pktLen) : null;
   const vq = new Virtqueue(vd, g.gm, new DirtyLog());
   const snapshot = g.mem8.slice();
   let outcome = 'ok';
+  let offload = 'none';
   const batch = new PacketBatch(BURST);
   try {
     if (inp.rx) {
       const pkt = new Uint8Array(inp.pktLen).fill(0xee);
       vq.acquire();
       try {
-        vq.enqueueBytes(pkt, 0, pkt.length);
+        if (source) vq.enqueue(source.gm, source.batch, 0, inp.edit ?? 0);
+        else vq.enqueueBytes(pkt, 0, pkt.length);
         vq.flush();
       } finally {
         vq.release();
       }
     } else {
       vq.dequeueBurst(batch, BURST);
+      if (batch.nOffload > 0) offload = vq.stats[ST_DROP_BAD_OFFLOAD] > 0 ? 'refused' : 'accepted';
       for (let s = 0; s < batch.nSegs; s++) {
         const r = g.regions[batch.segRegion[s]];
         if (!r || batch.segOffset[s] < 0 || batch.segOffset[s] + batch.segLen[s] > r.size) {
@@ -168,7 +271,10 @@ export function runWalker(inp: WalkerInput): WalkerOutcome {
     from = Math.max(from, b);
   }
   gap(from, g.mem8.length);
-  return { outcome };
+  if (inp.rx && source) {
+    offload = vq.stats[ST_GSO_PASSED] > 0 || (inp.guest && vq.stats[ST_PACKETS] > 0) ? 'handed over' : vq.stats[ST_GSO_SEGMENTED] > 0 ? 'segmented' : vq.stats[ST_CSUM_SW] > 0 ? 'checksum completed' : 'not delivered';
+  }
+  return { outcome, offload };
 }
 
 // ------------------------------------------------------------------ corpus

@@ -82,6 +82,23 @@ t.test('testpmd virtio_user connects in server mode (vhostfwd listens), starts i
   t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
 });
 
+t.test('testpmd virtio_user without MRG_RXBUF (mrg_rxbuf=0): one RX buffer a packet, the loop exact', async (t) => {
+  const env = await startForwarder(['a', 'b']);
+  const fe = new Testpmd({ role: 'frontend', sockets: [env.sock('a'), env.sock('b')], lcores: [1, 0], prefix: `vhostfwd-fenm-${process.pid}`, devargs: 'mrg_rxbuf=0', txpkts: 1024 });
+  t.teardown(async () => {
+    await fe.kill();
+    await env.stop();
+  });
+  await fe.ready();
+  t.notMatch(fe.output, /Fail to start port|Failed to setup|Cannot/i, 'no port failed to start');
+  t.same(env.fwd.interfaces.map((i) => hasBit(i.device?.features ?? 0n, F.VIRTIO_NET_F_MRG_RXBUF)), [false, false], 'MRG_RXBUF not negotiated on either port');
+  t.same(env.fwd.interfaces.map((i) => hasBit(i.device?.features ?? 0n, F.VIRTIO_F_VERSION_1)), [true, true], 'VERSION_1: the 12-byte header');
+  await fe.cmd('start tx_first 1');
+  await waitLooped(t, env.fwd, ['a', 'b'], 320);
+  await assertDrained(t, env.fwd, fe, ['a', 'b']);
+  t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
+});
+
 t.test('testpmd virtio_user in server mode, vhostfwd connects as the client', async (t) => {
   const { tmpDir } = await import('../helpers/env');
   const dir = tmpDir();

@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { native } from '../../native';
-import { CTRL_LAST_AVAIL, CTRL_LAST_USED, ST_DROP_VLAN } from '../../shared/types';
+import { CTRL_LAST_AVAIL, CTRL_LAST_USED, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_VLAN, ST_GSO_PASSED, ST_GSO_SEGMENTED } from '../../shared/types';
 import { F, PF } from '../../shared/constants';
 import { ConfigError, interfaceToRaw, parseInterface } from '../config';
 import { ControlError, Forwarder } from '../forwarder';
@@ -78,7 +78,7 @@ function describe(fwd: Forwarder, i: Interface): Record<string, unknown> {
       index: v.index, queue: v.index >> 1, dir: tx ? 'tx' : 'rx', enabled: v.enabled, started: v.started, size: v.num,
       lastAvailIdx: v.started ? ctrl[CTRL_LAST_AVAIL] & 0xffff : v.lastAvailIdx, usedIdx: ctrl[CTRL_LAST_USED] & 0xffff,
       kick: v.hasKick, call: v.callFd >= 0, worker, cpus: worker === null ? [] : fwd.config.workers[worker]?.cpus ?? [],
-      packets: st[0], bytes: st[1], dropNoBuffer: st[2], dropNoDest: st[3], dropVlan: st[ST_DROP_VLAN], errors: st[5],
+      packets: st[0], bytes: st[1], dropNoBuffer: st[2], dropNoDest: st[3], dropVlan: st[ST_DROP_VLAN], dropBadOffload: st[ST_DROP_BAD_OFFLOAD], gsoPassed: st[ST_GSO_PASSED], gsoSegmented: st[ST_GSO_SEGMENTED], csumSoftware: st[ST_CSUM_SW], errors: st[5],
     };
   });
   return {

@@ -74,9 +74,10 @@ poweroff -f
 
 /**
  * Host binaries copied into the guest with every library ldd lists (PEERS.md: Debian's
- * ethtool runs in the busybox initramfs that way): ethtool -L / -l / -S for multi-queue.
+ * ethtool runs in the busybox initramfs that way): ethtool -L / -l / -S for multi-queue and
+ * -k for offloads, iperf3 for TCP throughput (test/real/qemu-offload.test.ts).
  */
-const GUEST_TOOLS = ['/usr/sbin/ethtool'];
+const GUEST_TOOLS = ['/usr/sbin/ethtool', '/usr/bin/iperf3'];
 
 function toolFiles(): string[] {
   const files = new Set<string>();

@@ -36,6 +36,8 @@ export interface TestpmdOptions {
   extraArgs?: string[];
   /** testpmd forward mode (default io; bench/'s bridge rows use mac) */
   forwardMode?: string;
+  /** frontend: more virtio-user devargs for every port, e.g. `mrg_rxbuf=0,in_order=0` (bench --virtio-user) */
+  devargs?: string;
   /** frontend: each virtio-user port's MAC (`mac=` devarg), port order */
   macs?: string[];
   /** destination MAC per port (`--eth-peer`), used by the mac and txonly modes, port order */
@@ -52,7 +54,7 @@ export class Testpmd {
     const q = o.queues ?? 1;
     const vdevs = o.sockets.flatMap((s, i) =>
       o.role === 'frontend'
-        ? ['--vdev', `net_virtio_user${i},path=${s},queues=${q}${o.peerIsClient ? ',server=1' : ''}${o.macs?.[i] ? `,mac=${o.macs[i]}` : ''}`]
+        ? ['--vdev', `net_virtio_user${i},path=${s},queues=${q}${o.peerIsClient ? ',server=1' : ''}${o.macs?.[i] ? `,mac=${o.macs[i]}` : ''}${o.devargs ? `,${o.devargs}` : ''}`]
         : ['--vdev', `net_vhost${i},iface=${s},queues=${q}${o.weAreClient ? ',client=1' : ''}`],
     );
     this.args = [
