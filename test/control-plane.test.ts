@@ -7,8 +7,8 @@
 import t from 'tap';
 import { native } from '../src/native';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
-import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/shared/constants';
-import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/main/messages';
+import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/protocol/constants';
+import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/protocol/messages';
 import { captureLogs, fdCount, startForwarder, waitUntil } from './helpers/env';
 
 const MEM = 4 << 20;

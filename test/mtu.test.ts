@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
-import { F } from '../src/shared/constants';
+import { F } from '../src/protocol/constants';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { tmpDir, waitUntil } from './helpers/env';
 

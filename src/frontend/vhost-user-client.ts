@@ -4,8 +4,8 @@
  * Used by the test driver, the benchmark and the demo; reuses the backend's codec.
  */
 import { native, PollHandle } from '../native';
-import { Framer, Message, encodeMessage } from '../main/codec';
-import { FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, reqName } from '../shared/constants';
+import { Framer, Message, encodeMessage } from '../protocol/codec';
+import { FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, reqName } from '../protocol/constants';
 
 interface Pending {
   request: number;

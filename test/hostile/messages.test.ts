@@ -8,9 +8,9 @@
 import t from 'tap';
 import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
-import { FLAG_NEED_REPLY, FLAG_VERSION, Req, VRING_NOFD_MASK } from '../../src/shared/constants';
-import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../../src/main/messages';
-import { encodeMessage } from '../../src/main/codec';
+import { FLAG_NEED_REPLY, FLAG_VERSION, Req, VRING_NOFD_MASK } from '../../src/protocol/constants';
+import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../../src/protocol/messages';
+import { encodeMessage } from '../../src/protocol/codec';
 import { Case, Ctx, UVA, negotiate, runCase, setMem, startArena } from './harness';
 
 const MEM = 4 << 20;

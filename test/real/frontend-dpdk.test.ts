@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { tmpDir } from '../helpers/env';
 import { SyntheticGuest, macOf } from '../../src/frontend/guest';
-import { PF, hasBit } from '../../src/shared/constants';
+import { PF, hasBit } from '../../src/protocol/constants';
 import { Testpmd } from '../kit/peers/testpmd';
 import { assertFlows, pump } from '../helpers/traffic';
 

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startForwarder, waitUntil } from '../helpers/env';
-import { F, hasBit } from '../../src/shared/constants';
+import { F, hasBit } from '../../src/protocol/constants';
 import { QemuGuest, pingReplies } from '../kit/peers/qemu';
 
 

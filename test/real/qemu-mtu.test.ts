@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
-import { F } from '../../src/shared/constants';
+import { F } from '../../src/protocol/constants';
 import { tmpDir } from '../helpers/env';
 import { QemuGuest } from '../kit/peers/qemu';
 
