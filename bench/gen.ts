@@ -11,6 +11,10 @@
  * `phase NAME start` and `phase NAME end {json}` on stdout, so that the bench samples the
  * backend's CPU time at the same moments. It prints `ready` once both guests are connected
  * and starts on a `go` line on stdin. Run: echo go | node dist/bench/gen.js --a SOCK --b SOCK.
+ *
+ * Not src/frontend/traffic.ts: that generator builds and numbers every frame (its credit is
+ * counted by sequence numbers, for byte-exact checks), which held it near 25 kpps when tried
+ * here; this one sends one frame again and again and counts its credit by frames received.
  */
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';

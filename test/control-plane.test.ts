@@ -5,10 +5,11 @@
  * interface keeps its connection.
  */
 import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../src/native';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
-import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/shared/constants';
-import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/main/messages';
+import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/protocol/constants';
+import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/protocol/messages';
 import { captureLogs, fdCount, startForwarder, waitUntil } from './helpers/env';
 
 const MEM = 4 << 20;
@@ -312,7 +313,7 @@ t.test('client mode: vhostfwd connects to a listening frontend and reconnects af
     for (let i = 0; i < 500; i++) {
       const fd = native.accept(lfd);
       if (fd >= 0) return VhostUserClient.fromFd(fd);
-      await new Promise((r) => setTimeout(r, 10));
+      await sleep(10);
     }
     throw new Error('vhostfwd never connected');
   };

@@ -5,8 +5,8 @@
  * Used by the tests, the benchmark and the demo.
  */
 import { native } from '../native';
-import { F, PF, Req, bit, hasBit } from '../shared/constants';
-import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../main/messages';
+import { F, PF, Req, bit, hasBit } from '../protocol/constants';
+import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../protocol/messages';
 import { DriverRing, RxPacket } from './driver-ring';
 import { VhostUserClient } from './vhost-user-client';
 

@@ -16,17 +16,17 @@
 import {
   DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, OFFLOAD_FEATURES, FeatureName, MAX_MEM_SLOTS,
   MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
-} from '../shared/constants';
+} from '../protocol/constants';
 import {
   CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
   usedRingBytes,
 } from '../shared/types';
-import { Message, encodeReply, needsReply } from './codec';
+import { Message, encodeReply, needsReply } from '../protocol/codec';
 import { safeClose } from './connection';
 import { log } from './log';
 import { native } from '../native';
 import { MemoryTable, mapRegion, statFd } from './memory-table';
-import { LogArea, MemoryRegion, ProtocolError, VringAddr, VringFile, VringState, encodeU64, encodeVringState } from './messages';
+import { LogArea, MemoryRegion, ProtocolError, VringAddr, VringFile, VringState, encodeU64, encodeVringState } from '../protocol/messages';
 import { BackendRequests, REQUESTS, RequestContext, RequestSpec, pausesAllRings } from './request-table';
 
 /** What a device needs from the dataplane (implemented by the worker pool). */

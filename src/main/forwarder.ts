@@ -3,6 +3,7 @@
  * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
  */
 import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ST_BYTES, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_GSO_PASSED, ST_GSO_SEGMENTED, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
 import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
@@ -351,7 +352,7 @@ export class Forwarder {
     const end = Date.now() + idleWaitMs;
     while (!this.interfaces.every((i) => i.idle)) {
       if (Date.now() > end) throw new Error(`a frontend stayed inside a request for ${idleWaitMs} ms (${this.interfaces.filter((i) => !i.idle).map((i) => i.name).join(', ')})`);
-      await new Promise((r) => setTimeout(r, 2));
+      await sleep(2);
     }
     for (const i of this.interfaces) i.quiesce();
     await this.metrics?.close();

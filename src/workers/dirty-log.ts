@@ -3,7 +3,7 @@
  * byte n >> 3, bit n & 7. The frontend reads (and clears) the log concurrently during live
  * migration, so every set is an atomic OR.
  */
-import { LOG_PAGE } from '../shared/constants';
+import { LOG_PAGE } from '../protocol/constants';
 import { LogDesc } from '../shared/types';
 import { TSO } from './ordering';
 

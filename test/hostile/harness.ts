@@ -18,8 +18,8 @@ import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
 import { SyntheticGuest, GuestOptions, macOf } from '../../src/frontend/guest';
 import { Traffic } from '../../src/frontend/traffic';
-import { F, Req, bit } from '../../src/shared/constants';
-import { encodeMemoryTable, encodeU64 } from '../../src/main/messages';
+import { F, Req, bit } from '../../src/protocol/constants';
+import { encodeMemoryTable, encodeU64 } from '../../src/protocol/messages';
 import { LogLine } from '../../src/main/log';
 import { captureLogs, fdCount, startForwarder, waitUntil } from '../helpers/env';
 

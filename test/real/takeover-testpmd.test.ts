@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { api } from '../../src/ctl';
 import { QueueStats } from '../../src/main/forwarder';
 import { tmpDir, waitUntil } from '../helpers/env';
-import { BackendCounts, Testpmd, stopAndDrain } from '../kit/peers/testpmd';
+import { BackendCounts, Testpmd, stopAndDrain } from '../../kit/peers/testpmd';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 
 const LOOP_SECONDS = Number(process.env.VHOSTFWD_LOOP_SECONDS ?? 30);
