@@ -16,8 +16,8 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { api } from '../src/ctl';
 import type { QueueStats } from '../src/main/forwarder';
-import { Testpmd, stopAndDrain } from '../test/kit/peers/testpmd';
-import { VhostfwdProc } from '../test/kit/vhostfwd-proc';
+import { Testpmd, stopAndDrain } from '../kit/peers/testpmd';
+import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { median as medianOrNull } from './stats';
 
 const median = (xs: readonly number[]): number => medianOrNull(xs) ?? Number.NaN;

@@ -13,7 +13,7 @@ import { SyntheticGuest, macOf } from '../src/frontend/guest';
 import { Traffic } from '../src/frontend/traffic';
 import { api } from '../src/ctl';
 import { tmpDir, waitUntil } from './helpers/env';
-import { LogRecord, VhostfwdProc } from './kit/vhostfwd-proc';
+import { LogRecord, VhostfwdProc } from '../kit/vhostfwd-proc';
 
 /** Both sides wait 1.5 s at a step (the hang case), not 10 s. */
 const STEP_MS = '1500';

@@ -20,7 +20,7 @@ import { Traffic } from '../src/frontend/traffic';
 import { api } from '../src/ctl';
 import { QueueStats } from '../src/main/forwarder';
 import { tmpDir, waitUntil } from './helpers/env';
-import { VhostfwdProc } from './kit/vhostfwd-proc';
+import { VhostfwdProc } from '../kit/vhostfwd-proc';
 
 interface Setup {
   dir: string;

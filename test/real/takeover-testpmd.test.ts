@@ -15,7 +15,7 @@ import { api } from '../../src/ctl';
 import { QueueStats } from '../../src/main/forwarder';
 import { tmpDir, waitUntil } from '../helpers/env';
 import { BackendCounts, Testpmd, stopAndDrain } from '../../kit/peers/testpmd';
-import { VhostfwdProc } from '../kit/vhostfwd-proc';
+import { VhostfwdProc } from '../../kit/vhostfwd-proc';
 
 const LOOP_SECONDS = Number(process.env.VHOSTFWD_LOOP_SECONDS ?? 30);
 const TAKEOVERS = Number(process.env.VHOSTFWD_TAKEOVERS ?? 10);
