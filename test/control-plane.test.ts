@@ -8,6 +8,7 @@ import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../src/native';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
+import { Frontend } from '../src/frontend/frontend';
 import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/protocol/constants';
 import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/protocol/messages';
 import { captureLogs, fdCount, startForwarder, waitUntil } from './helpers/env';
@@ -23,18 +24,13 @@ function guestMemory() {
   return { fd, sab: native.mmap(fd, MEM, 0) };
 }
 
-async function negotiate(c: VhostUserClient, opts: { protocol: boolean; features?: bigint }) {
-  const offered = await c.callU64(Req.GET_FEATURES);
-  c.send(Req.SET_OWNER);
-  let pf = 0n;
-  if (opts.protocol) {
-    pf = await c.callU64(Req.GET_PROTOCOL_FEATURES);
-    c.send(Req.SET_PROTOCOL_FEATURES, encodeU64(pf));
-  }
-  let f = opts.features ?? (offered & (bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_RING_F_EVENT_IDX)));
-  if (opts.protocol) f |= bit(F.VHOST_USER_F_PROTOCOL_FEATURES);
-  c.send(Req.SET_FEATURES, encodeU64(f));
-  return { offered, pf, f };
+/** The shared negotiation (src/frontend/frontend.ts), SET_OWNER first as some frontends send it. */
+async function negotiate(c: VhostUserClient, opts: { protocol: boolean }) {
+  const n = await new Frontend(c).negotiate({
+    protocol: opts.protocol, ownerFirst: true,
+    want: bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_RING_F_EVENT_IDX) | bit(F.VHOST_USER_F_PROTOCOL_FEATURES),
+  });
+  return { offered: n.offered, pf: n.protocolFeatures, f: n.features };
 }
 
 async function setMemTable(c: VhostUserClient, fd: number) {
