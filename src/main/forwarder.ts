@@ -15,34 +15,9 @@ import { DeviceSnapshot, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
 import { MetricsServer, startMetrics } from './metrics';
+import { QueueStats } from './stats';
 
-export interface QueueStats {
-  iface: string;
-  queue: number;
-  /** 'rx' = towards the guest (we enqueue), 'tx' = from the guest (we dequeue) */
-  dir: 'rx' | 'tx';
-  packets: number;
-  bytes: number;
-  dropNoBuffer: number;
-  dropNoDest: number;
-  dropTooBig: number;
-  /** tx: frames refused by the port's VLAN rules (tag spoofing, a VID not carried, no native VLAN, a cut tag) */
-  dropVlan: number;
-  /** tx: frames whose virtio-net header failed validation (src/workers/offload.ts) */
-  dropBadOffload: number;
-  /** rx: TSO/UFO frames handed over whole with their header */
-  gsoPassed: number;
-  /** rx: TSO/UFO frames segmented by the worker for a guest without GUEST_TSO4/6 or GUEST_UFO */
-  gsoSegmented: number;
-  /** rx: partial checksums (NEEDS_CSUM) completed by the worker */
-  csumSoftware: number;
-  errors: number;
-  notifications: number;
-  kicks: number;
-  dirtyPages: number;
-  /** non-empty bursts (packets / bursts = mean burst size; 32 at most) */
-  bursts: number;
-}
+export type { QueueStats } from './stats';
 
 /** A refused control request: its HTTP status, a code and the field it is about. */
 export class ControlError extends Error {
