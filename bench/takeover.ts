@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { api } from '../src/ctl';
-import type { QueueStats } from '../src/main/forwarder';
+import type { QueueStats } from '../src/main/stats';
 import { Testpmd, stopAndDrain } from '../kit/peers/testpmd';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { median as medianOrNull } from './stats';
