@@ -28,6 +28,7 @@ import { native } from '../native';
 import { MemoryTable, mapRegion, statFd } from './memory-table';
 import { LogArea, MemoryRegion, ProtocolError, VringAddr, VringFile, VringState, encodeU64, encodeVringState } from '../protocol/messages';
 import { BackendRequests, REQUESTS, RequestContext, RequestSpec, pausesAllRings } from './request-table';
+import { rarpFrame } from './net-frames';
 
 /** What a device needs from the dataplane (implemented by the worker pool). */
 export interface Dataplane {
@@ -804,19 +805,4 @@ function closeFds(fds: number[]): void {
 
 function closeAll(m: Message): void {
   closeFds(m.fds);
-}
-
-/** A RARP request from `mac` (what QEMU's announce sends), so learning switches move the MAC. */
-function rarpFrame(mac: Uint8Array): Uint8Array {
-  const f = new Uint8Array(60);
-  f.fill(0xff, 0, 6); // broadcast
-  f.set(mac, 6);
-  f[12] = 0x80; f[13] = 0x35; // ethertype RARP
-  f[14] = 0; f[15] = 1; // hw type ethernet
-  f[16] = 0x08; f[17] = 0x00; // proto IPv4
-  f[18] = 6; f[19] = 4;
-  f[20] = 0; f[21] = 3; // reverse request
-  f.set(mac, 22);
-  f.set(mac, 32);
-  return f;
 }
