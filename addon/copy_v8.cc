@@ -63,7 +63,7 @@ int RunCopyJobs(const double* j, size_t n) {
   const size_t regions = table.size();
   const CopyRegion* r = table.data();
   // The checks convert with one truncating instruction and compare back (no std::floor:
-  // without SSE4.1 that is a libm call per field, 6% of a 256 B loop, bench/NOTES.md #15).
+  // without SSE4.1 that is a libm call per field, measurable per packet: bench/NOTES.md #15).
   auto index = [](double v, uint64_t& out) {
     if (!(v >= 0 && v <= 9007199254740992.0)) return false;  // also rejects NaN
     const uint64_t u = static_cast<uint64_t>(v);
@@ -110,8 +110,8 @@ Napi::Value CopyBatch(const Napi::CallbackInfo& info) {
 }
 
 // The per-burst form, without N-API: a V8 function callback. N-API's argument and scope
-// handling cost ~110 ns a call here (a call per burst, bench/NOTES.md #20); a V8 callback
-// with an integer argument costs ~13 ns. The job array is bound once (copyBind), so a call
+// handling cost several times what a V8 callback with integer arguments does, on a call per
+// burst (bench/NOTES.md #20). The job array is bound once (copyBind), so a call
 // carries two small integers, and it reports a refused batch by its return value (copyBatch
 // on the same jobs then throws the named error: nothing was copied either way).
 

@@ -15,7 +15,7 @@ namespace vhostfwd {
 
 // The per-burst helpers' tables are per thread (one isolate per worker thread). In a
 // dlopen'ed object a thread_local vector costs a __tls_get_addr call and an init-guard check
-// on every access (0.3-0.5 % of the worker's samples: a few per burst, bench/NOTES.md #31). So each table is a
+// on every access (a few per burst, seen in the worker's profile: bench/NOTES.md #31). So each table is a
 // plain pointer with the initial-exec model, one %fs-relative load, allocated by Init and
 // freed by its cleanup hook. That takes 40 bytes of the static TLS surplus glibc keeps for
 // modules loaded later (a shortage would fail the addon's load with a named error).
@@ -31,7 +31,7 @@ namespace vhostfwd {
 struct CopyRegion {
   std::shared_ptr<v8::BackingStore> store;  // keeps the mapping alive while registered
   // Data() and ByteLength() cached at registration: a SharedArrayBuffer's memory never moves,
-  // and calling through the PLT twice per job cost 7% of a 1518-byte loop (bench/NOTES.md #10).
+  // and calling through the PLT twice per job showed in the 1518-byte loop (bench/NOTES.md #10).
   uint8_t* data = nullptr;
   uint64_t size = 0;
 };

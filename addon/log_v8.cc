@@ -2,9 +2,9 @@
 //
 // A ring's burst leaves page runs [first, last] (guest page numbers, gpa >> 12) in a
 // Float64Array; logRun sets their bits in the log in one call per burst. In JavaScript the
-// same work (a word cache, then a load and maybe an Atomics.or per word) cost 375 ns for a
-// burst of 34 runs on scattered pages, as a frontend's mbuf pool scatters them; here 128 ns,
-// the call included (/tmp/lr2.js in bench/NOTES.md #21). As DPDK's vhost does, bits are set
+// same work (a word cache, then a load and maybe an Atomics.or per word) took about three
+// times as long for a burst on scattered pages, as a frontend's mbuf pool scatters them, the
+// call included (bench/NOTES.md #21). As DPDK's vhost does, bits are set
 // with an atomic OR on the byte; as in DirtyLog.flush, a byte that already holds its bits is
 // only loaded (the frontend clears a word with an atomic exchange before it reads the pages,
 // so a bit seen set after the barrier below will be seen by a later sync with our bytes).

@@ -23,10 +23,10 @@
 //    which the addon targets) has no way to make a SharedArrayBuffer at all (memory_v8.cc;
 //    what a plain external buffer would cost: addon/DECISIONS.md).
 //  - the per-burst hot-path helpers are V8 function callbacks, not N-API functions: N-API's
-//    argument and scope handling cost ~110 ns a call against ~13 ns (copyRun,
-//    bench/NOTES.md #20); logRun marks a burst's dirty pages in 128 ns where JavaScript took
-//    375 ns (bench/NOTES.md #21); their tables cache the backing stores' Data() and
-//    ByteLength() (a PLT call each per job cost 7% of a 1518-byte loop, bench/NOTES.md #10)
+//    argument and scope handling cost several times a V8 callback's (copyRun,
+//    bench/NOTES.md #20); logRun marks a burst's dirty pages in a third of JavaScript's time
+//    (bench/NOTES.md #21); their tables cache the backing stores' Data() and ByteLength()
+//    (a PLT call each per job showed in the 1518-byte loop, bench/NOTES.md #10)
 //    and hold the stores, so registered memory cannot be unmapped under a pending copy.
 
 #pragma once

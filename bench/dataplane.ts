@@ -12,7 +12,7 @@ import { PacketBatch, BURST } from '../src/workers/packet-batch';
 import { CopyQueue } from '../src/workers/bulk-copy';
 import { Virtqueue } from '../src/workers/virtqueue';
 import { CTRL_INTS, STATS_SLOTS, VringDesc } from '../src/shared/types';
-import { VRING_DESC_F_WRITE } from '../src/shared/constants';
+import { VRING_DESC_F_WRITE } from '../src/protocol/constants';
 import { native } from '../src/native';
 
 const SIZE = Number(process.argv[2] ?? 64);

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
-import { QemuGuest } from '../test/kit/peers/qemu';
+import { QemuGuest } from '../kit/peers/qemu';
 import { OvsDpdk, ovsVersion } from './ovs';
 
 const rounds = Number(process.argv[2] ?? 3);

@@ -180,8 +180,8 @@ export interface Native {
    */
   copyBind(jobs: Float64Array): number;
   /**
-   * Run the first `count` jobs of binding `id` (a plain V8 callback, not N-API: ~13 ns a
-   * call instead of ~110). Never throws: returns 0, or an errno when nothing was copied
+   * Run the first `count` jobs of binding `id` (a plain V8 callback, not N-API: a fraction
+   * of an N-API call's cost, bench/NOTES.md #20). Never throws: returns 0, or an errno when nothing was copied
    * (EINVAL bad id or count, ERANGE a job out of bounds); copyBatch on the same jobs then
    * throws the named error.
    */
@@ -206,7 +206,7 @@ export interface Native {
 
 // The addon's exports object is built by N-API one property at a time and ends up in
 // dictionary mode (%HasFastProperties: false), so every `native.copyRun(...)` in a worker's
-// burst was a dictionary lookup in a LoadIC (0.3-0.6 % of the samples with logging on,
+// burst was a dictionary lookup in a LoadIC (seen in the worker's profile with logging on,
 // bench/NOTES.md #31).
 // A copy made by spreading it into an object literal has fast properties (Object.assign
 // onto {} did not, measured), and the hot callers' loads become a map check and a field load.

@@ -1,9 +1,9 @@
 import t from 'tap';
-import { Framer, FrameError, encodeMessage } from '../src/main/codec';
-import { FLAG_NEED_REPLY, FLAG_VERSION, Req } from '../src/shared/constants';
+import { Framer, FrameError, encodeMessage } from '../src/protocol/codec';
+import { FLAG_NEED_REPLY, FLAG_VERSION, Req } from '../src/protocol/constants';
 import {
   ProtocolError, encodeMemoryTable, encodeVringAddr, parseMemoryTable, parseVringAddr, parseVringFile, parseLog, encodeLog,
-} from '../src/main/messages';
+} from '../src/protocol/messages';
 
 /** Feed `bytes` to a framer in chunks of `step`, the way a non-blocking socket would deliver them. */
 function feed(f: Framer, bytes: Buffer, step: number, fds: number[] = []) {
@@ -94,10 +94,10 @@ t.test('vring addr, vring file and log payloads', async (t) => {
 });
 
 // ---- against the independent oracle written from QEMU's docs/interop/vhost-user.rst ----
-import { Req as ReqEnum, PF as PFBits, F as FBits, HEADER_SIZE, reqName } from '../src/shared/constants';
+import { Req as ReqEnum, PF as PFBits, F as FBits, HEADER_SIZE, reqName } from '../src/protocol/constants';
 import { REQUESTS } from '../src/main/request-table';
-import { Message, encodeReply } from '../src/main/codec';
-import { encodeVringState, encodeU64, encodeSingleRegion, parseVringState, parseSingleRegion } from '../src/main/messages';
+import { Message, encodeReply } from '../src/protocol/codec';
+import { encodeVringState, encodeU64, encodeSingleRegion, parseVringState, parseSingleRegion } from '../src/protocol/messages';
 import {
   GOLDEN, SPEC_F_PROTOCOL_FEATURES, SPEC_FLAGS, SPEC_HEADER_SIZE, SPEC_OTHER_IDS, SPEC_PF, SPEC_REQUESTS, VHOSTFWD_TOLERATES, allowedFds, allowedSize, hex,
   specAddr, specById, specHeader, specLog, specMemory, specMessage, specSingleRegion, specState, specU64,

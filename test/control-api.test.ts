@@ -6,6 +6,7 @@
  * removed, and vhostfwd's fds and RSS come back to their baseline.
  */
 import t, { Test } from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -246,7 +247,7 @@ t.test('a bystander pair forwards byte-exact while 100 ports are added, connecte
   };
   // warm-up: the first cycles grow heaps and code caches that then stay
   for (let i = 0; i < 5; i++) await cycle(1000 + i);
-  await new Promise((r) => setTimeout(r, 300));
+  await sleep(300);
   const base = usage(pid);
   const traffic = new Traffic(P, Q, { sizes: [64, 700, 1514] });
   traffic.start();
@@ -270,7 +271,7 @@ t.test('a bystander pair forwards byte-exact while 100 ports are added, connecte
   let end = usage(pid);
   const until = Date.now() + 5000;
   while ((end.fds !== base.fds || end.guestMaps !== base.guestMaps) && Date.now() < until) {
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
     end = usage(pid);
   }
   t.equal(end.fds, base.fds, `vhostfwd's fds: ${base.fds} after the warm-up, ${end.fds} after 100 cycles`);

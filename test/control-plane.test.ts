@@ -5,10 +5,12 @@
  * interface keeps its connection.
  */
 import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../src/native';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
-import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/shared/constants';
-import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/main/messages';
+import { Frontend } from '../src/frontend/frontend';
+import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/protocol/constants';
+import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/protocol/messages';
 import { captureLogs, fdCount, startForwarder, waitUntil } from './helpers/env';
 
 const MEM = 4 << 20;
@@ -22,18 +24,13 @@ function guestMemory() {
   return { fd, sab: native.mmap(fd, MEM, 0) };
 }
 
-async function negotiate(c: VhostUserClient, opts: { protocol: boolean; features?: bigint }) {
-  const offered = await c.callU64(Req.GET_FEATURES);
-  c.send(Req.SET_OWNER);
-  let pf = 0n;
-  if (opts.protocol) {
-    pf = await c.callU64(Req.GET_PROTOCOL_FEATURES);
-    c.send(Req.SET_PROTOCOL_FEATURES, encodeU64(pf));
-  }
-  let f = opts.features ?? (offered & (bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_RING_F_EVENT_IDX)));
-  if (opts.protocol) f |= bit(F.VHOST_USER_F_PROTOCOL_FEATURES);
-  c.send(Req.SET_FEATURES, encodeU64(f));
-  return { offered, pf, f };
+/** The shared negotiation (src/frontend/frontend.ts), SET_OWNER first as some frontends send it. */
+async function negotiate(c: VhostUserClient, opts: { protocol: boolean }) {
+  const n = await new Frontend(c).negotiate({
+    protocol: opts.protocol, ownerFirst: true,
+    want: bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_RING_F_EVENT_IDX) | bit(F.VHOST_USER_F_PROTOCOL_FEATURES),
+  });
+  return { offered: n.offered, pf: n.protocolFeatures, f: n.features };
 }
 
 async function setMemTable(c: VhostUserClient, fd: number) {
@@ -312,7 +309,7 @@ t.test('client mode: vhostfwd connects to a listening frontend and reconnects af
     for (let i = 0; i < 500; i++) {
       const fd = native.accept(lfd);
       if (fd >= 0) return VhostUserClient.fromFd(fd);
-      await new Promise((r) => setTimeout(r, 10));
+      await sleep(10);
     }
     throw new Error('vhostfwd never connected');
   };

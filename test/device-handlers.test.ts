@@ -7,10 +7,10 @@
  */
 import t, { Test } from 'tap';
 import { native } from '../src/native';
-import { F, FLAG_NEED_REPLY, FLAG_VERSION, PF, Req, VRING_NOFD_MASK, bit } from '../src/shared/constants';
+import { F, FLAG_NEED_REPLY, FLAG_VERSION, PF, Req, VRING_NOFD_MASK, bit } from '../src/protocol/constants';
 import { CTRL_LAST_AVAIL, LogDesc, RegionDesc, VringDesc } from '../src/shared/types';
 import { Dataplane, Device, DeviceLink, DeviceOptions } from '../src/main/device';
-import { encodeMemoryTable, encodeU64, encodeVringAddr, encodeVringState } from '../src/main/messages';
+import { encodeMemoryTable, encodeU64, encodeVringAddr, encodeVringState } from '../src/protocol/messages';
 import { LogLine, setLevel, setSink } from '../src/main/log';
 import { REQUESTS } from '../src/main/request-table';
 

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../src/native';
-import { F, bit } from '../src/shared/constants';
+import { F, bit } from '../src/protocol/constants';
 import { DEFAULT_WANT, SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { startForwarder, waitUntil, withTwoGuests } from './helpers/env';
 
@@ -287,7 +287,7 @@ t.test('SEND_RARP after a migration: a RARP from the guest MAC floods, and the b
   t.equal(cAsB, null, 'a second frontend on a busy socket is refused');
   const p = Buffer.alloc(8);
   p.set(macOf(2), 0);
-  const { Req } = await import('../src/shared/constants');
+  const { Req } = await import('../src/protocol/constants');
   await c.client.callU64(Req.SEND_RARP, p, [], true);
   const seen = await collect(a, 0, 1);
   t.equal(seen.length, 1, 'the RARP frame reached A');

@@ -13,7 +13,7 @@ import { SyntheticGuest, macOf } from '../src/frontend/guest';
 import { Traffic } from '../src/frontend/traffic';
 import { api } from '../src/ctl';
 import { tmpDir, waitUntil } from './helpers/env';
-import { LogRecord, VhostfwdProc } from './kit/vhostfwd-proc';
+import { LogRecord, VhostfwdProc } from '../kit/vhostfwd-proc';
 
 /** Both sides wait 1.5 s at a step (the hang case), not 10 s. */
 const STEP_MS = '1500';
@@ -41,6 +41,12 @@ t.test('a successor failing at each step: the running process resumes, not a fra
     fs.rmSync(dir, { recursive: true, force: true });
   });
   const env = { VHOSTFWD_TAKEOVER_STEP_MS: STEP_MS };
+  // nothing to take over from: refused by name, exit 2, nothing left behind
+  const orphan = VhostfwdProc.start([...args, '--takeover'], env);
+  procs.push(orphan);
+  t.equal((await orphan.waitExit()).code, 2, '--takeover with no running vhostfwd exits 2');
+  t.match(orphan.text.join('\n'), /NO_PEER: no running vhostfwd takes handovers at .*handover\.sock/, 'it says there is no running vhostfwd');
+  t.notOk(fs.existsSync(sock('a')) || fs.existsSync(sock('control')), 'and made no socket');
   const old = VhostfwdProc.start(args, env);
   procs.push(old);
   await old.waitFor('takeovers accepted');

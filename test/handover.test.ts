@@ -18,9 +18,9 @@ import { VhostUserClient } from '../src/frontend/vhost-user-client';
 import { native } from '../src/native';
 import { Traffic } from '../src/frontend/traffic';
 import { api } from '../src/ctl';
-import { QueueStats } from '../src/main/forwarder';
+import { QueueStats } from '../src/main/stats';
 import { tmpDir, waitUntil } from './helpers/env';
-import { VhostfwdProc } from './kit/vhostfwd-proc';
+import { VhostfwdProc } from '../kit/vhostfwd-proc';
 
 interface Setup {
   dir: string;

@@ -1,5 +1,5 @@
 /**
- * VIRTIO_F_IN_ORDER (offered by default, src/shared/constants.ts): the device must use
+ * VIRTIO_F_IN_ORDER (offered by default, src/protocol/constants.ts): the device must use
  * descriptors in the order they were made available. A driver that negotiated it may free TX
  * buffers by count and take RX buffers by ring position (DPDK's virtio PMD does both), so one
  * chain returned out of order would hand it the wrong mbuf. Random traffic over every path of

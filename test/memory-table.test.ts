@@ -11,9 +11,9 @@ import t from 'tap';
 import fs from 'node:fs';
 import { native } from '../src/native';
 import { MemoryTable } from '../src/main/memory-table';
-import { MemoryRegion, ProtocolError, encodeLog, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../src/main/messages';
+import { MemoryRegion, ProtocolError, encodeLog, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../src/protocol/messages';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
-import { F, MAX_MEM_SLOTS, PF, Req, bit } from '../src/shared/constants';
+import { F, MAX_MEM_SLOTS, PF, Req, bit } from '../src/protocol/constants';
 import { fdCount, startForwarder, waitUntil } from './helpers/env';
 
 const MEM = 1 << 20;

@@ -6,8 +6,8 @@
  * on its own): the result must equal the live guest memory byte for byte.
  */
 import t from 'tap';
-import { F, Req, bit } from '../src/shared/constants';
-import { encodeLog } from '../src/main/messages';
+import { F, Req, bit } from '../src/protocol/constants';
+import { encodeLog } from '../src/protocol/messages';
 import { native } from '../src/native';
 import { DEFAULT_WANT, SyntheticGuest, macOf } from '../src/frontend/guest';
 import { startForwarder, withTwoGuests } from './helpers/env';

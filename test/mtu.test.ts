@@ -5,11 +5,12 @@
  * ring; a port without an MTU takes any size, as before.
  */
 import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
-import { F } from '../src/shared/constants';
+import { F } from '../src/protocol/constants';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { tmpDir, waitUntil } from './helpers/env';
 
@@ -41,7 +42,7 @@ t.test('MTU: offered only when configured, enforced at the destination, raised b
       for (const p of to.receive(0)) got.push(Uint8Array.from(p.data));
       return got.length >= expect;
     }, 5000, `${expect} frames`).catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 100)); // anything more that would arrive
+    await sleep(100); // anything more that would arrive
     for (const p of to.receive(0)) got.push(Uint8Array.from(p.data));
     from.reclaim(0);
     return got;

@@ -4,7 +4,7 @@
  * header with NEEDS_CSUM / gso_type), and checks of what comes out written from RFC 791/793/
  * 8200/768 with DataView, sharing no code with src/workers/offload.ts.
  */
-import { F, bit } from '../src/shared/constants';
+import { F, bit } from '../src/protocol/constants';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { Guest, Queue, makeGuest, makeQueue } from './vq-harness';
 import { QueueFeatures } from '../src/shared/types';

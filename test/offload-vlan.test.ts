@@ -16,7 +16,7 @@ import path from 'node:path';
 import { parseConfig } from '../src/main/config';
 import { Forwarder, QueueStats } from '../src/main/forwarder';
 import { native } from '../src/native';
-import { F, bit } from '../src/shared/constants';
+import { F, bit } from '../src/protocol/constants';
 import { DEFAULT_WANT, SyntheticGuest, macOf } from '../src/frontend/guest';
 import { tmpDir, waitUntil } from './helpers/env';
 import { pattern } from './vq-harness';

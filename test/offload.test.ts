@@ -10,7 +10,7 @@
 import t, { Test } from 'tap';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_GSO_PASSED, ST_GSO_SEGMENTED } from '../src/shared/types';
-import { LOG_PAGE } from '../src/shared/constants';
+import { LOG_PAGE } from '../src/protocol/constants';
 import { MAX_OFFLOAD_FRAME } from '../src/workers/offload';
 import { eq, pattern } from './vq-harness';
 import {

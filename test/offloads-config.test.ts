@@ -10,7 +10,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { interfaceToRaw, parseConfig, parseInterface } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
-import { F, OFFLOAD_FEATURES, Req, bit, hasBit } from '../src/shared/constants';
+import { F, OFFLOAD_FEATURES, Req, bit, hasBit } from '../src/protocol/constants';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
 import { tmpDir } from './helpers/env';
 

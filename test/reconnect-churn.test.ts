@@ -9,6 +9,7 @@
  * they were after the warm-up.
  */
 import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -38,7 +39,7 @@ async function settled(pid: number): Promise<Usage> {
   let same = 0;
   const end = Date.now() + 5000;
   while (same < 5 && Date.now() < end) {
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
     const u = usage(pid);
     same = u.fds === last.fds && u.guestMaps === last.guestMaps ? same + 1 : 0;
     last = u;

@@ -5,6 +5,7 @@
  * vhostfwd on the first reconnect (the worker read a blocking kick eventfd with read(2)).
  */
 import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
@@ -123,7 +124,7 @@ t.test('a frontend that connects before the previous one is gone waits for it; o
   // the newcomer is accepted while `first` is still connected: it is held, not refused
   const next = SyntheticGuest.start({ socket: env.sock('vm1'), mac: macOf(1) });
   await waitUntil(() => env.fwd.interfaces[0].connections === 1, 2000, 'the first connection counted');
-  await new Promise((r) => setTimeout(r, 200));
+  await sleep(200);
   first.close();
   const g = await next;
   t.teardown(() => g.close());
@@ -157,7 +158,7 @@ t.test('stopping the switch is bounded even with a worker stuck and devices atta
   });
   assertFlows(t, await pump(a, b, 50, [64], { deadlineMs: 20000 }), 50, 'a<->b');
   env.fwd.pool.stallWorker(0, 60000);
-  await new Promise((r) => setTimeout(r, 50));
+  await sleep(50);
   const t0 = Date.now();
   await env.stop();
   stopped = true;

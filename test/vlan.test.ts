@@ -9,6 +9,7 @@
  * MACs against the MAC table's capacity. Config errors by path, the control API's add.
  */
 import t, { Test } from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -40,7 +41,6 @@ function tag(f: Uint8Array, tci: number, tpid = 0x8100): Uint8Array {
   return o;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 type Name = 'a1' | 'a2' | 'b1' | 't1' | 't2' | 't3' | 'n1' | 'n2';
 const NAMES: Name[] = ['a1', 'a2', 'b1', 't1', 't2', 't3', 'n1', 'n2'];

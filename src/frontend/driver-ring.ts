@@ -6,7 +6,7 @@
  */
 import {
   DESC_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-} from '../shared/constants';
+} from '../protocol/constants';
 
 /** Byte written into the guard area after every allocated buffer. */
 const CANARY = 0xa5;

@@ -5,8 +5,8 @@
  * Used by the tests, the benchmark and the demo.
  */
 import { native } from '../native';
-import { F, PF, Req, bit, hasBit } from '../shared/constants';
-import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../main/messages';
+import { F, PF, Req, bit, hasBit } from '../protocol/constants';
+import { Frontend } from './frontend';
 import { DriverRing, RxPacket } from './driver-ring';
 import { VhostUserClient } from './vhost-user-client';
 
@@ -67,7 +67,11 @@ export class SyntheticGuest {
   readonly queueSize: number;
   readonly rxBufLen: number;
 
+  /** typed requests over `client` (src/frontend/frontend.ts) */
+  readonly fe: Frontend;
+
   private constructor(readonly client: VhostUserClient, readonly opts: GuestOptions) {
+    this.fe = new Frontend(client);
     this.memSize = opts.memSize ?? 16 << 20;
     this.queuePairs = opts.queuePairs ?? 1;
     this.queueSize = opts.queueSize ?? 256;
@@ -122,27 +126,14 @@ export class SyntheticGuest {
   }
 
   private async negotiate(resume: { rx: DriverRing[]; tx: DriverRing[]; bases: readonly number[] } | null): Promise<void> {
-    const c = this.client;
-    const offered = await c.callU64(Req.GET_FEATURES);
-    const wantProtocol = this.opts.protocol !== false && hasBit(offered, F.VHOST_USER_F_PROTOCOL_FEATURES);
-    if (wantProtocol) {
-      const pf = await c.callU64(Req.GET_PROTOCOL_FEATURES);
-      const mine = bit(PF.MQ) | bit(PF.LOG_SHMFD) | bit(PF.REPLY_ACK) | bit(PF.RARP) | bit(PF.CONFIGURE_MEM_SLOTS) | bit(PF.STATUS) | bit(PF.NET_MTU);
-      this.protocolFeatures = pf & mine;
-      c.send(Req.SET_PROTOCOL_FEATURES, encodeU64(this.protocolFeatures));
-      if (hasBit(this.protocolFeatures, PF.MQ)) {
-        const qn = Number(await c.callU64(Req.GET_QUEUE_NUM));
-        if (qn < this.queuePairs) throw new Error(`backend serves ${qn} queue pairs, ${this.queuePairs} wanted`);
-      }
-    }
-    await this.ack(Req.SET_OWNER);
-    let want = this.opts.want ?? DEFAULT_WANT;
-    if (!wantProtocol) want &= ~bit(F.VHOST_USER_F_PROTOCOL_FEATURES);
-    this.features = offered & want;
-    await this.ack(Req.SET_FEATURES, encodeU64(this.features));
+    const fe = this.fe;
+    const mine = bit(PF.MQ) | bit(PF.LOG_SHMFD) | bit(PF.REPLY_ACK) | bit(PF.RARP) | bit(PF.CONFIGURE_MEM_SLOTS) | bit(PF.STATUS) | bit(PF.NET_MTU);
+    const n = await fe.negotiate({ protocol: this.opts.protocol !== false, protocolWant: mine, want: this.opts.want ?? DEFAULT_WANT, queueCheck: this.queuePairs });
+    this.protocolFeatures = n.protocolFeatures;
+    this.features = n.features;
     const region = { gpa: 0, size: this.memSize, uva: UVA_BASE, mmapOffset: 0 };
-    if (this.opts.memSlots) for (const r of this.slots()) await this.ack(Req.ADD_MEM_REG, encodeSingleRegion(r), [this.memFd]);
-    else await this.ack(Req.SET_MEM_TABLE, encodeMemoryTable([region]), [this.memFd]);
+    if (this.opts.memSlots) for (const r of this.slots()) await fe.addMemReg(r, this.memFd);
+    else await fe.setMemTable([region], [this.memFd]);
     const hdrLen = hasBit(this.features, F.VIRTIO_NET_F_MRG_RXBUF) || hasBit(this.features, F.VIRTIO_F_VERSION_1) ? 12 : 10;
     for (let i = 0; i < 2 * this.queuePairs; i++) {
       const g = this.ringGpa(i);
@@ -164,40 +155,34 @@ export class SyntheticGuest {
     }
     // with STATUS negotiated a backend may wait for DRIVER_OK before it starts (DPDK's vhost
     // library does: virtio_is_ready), as QEMU sends it once the guest driver is up
-    if (hasBit(this.protocolFeatures, PF.STATUS)) await this.ack(Req.SET_STATUS, encodeU64(BigInt(VIRTIO_STATUS_DRIVER_UP)));
+    if (hasBit(this.protocolFeatures, PF.STATUS)) await fe.setStatus(VIRTIO_STATUS_DRIVER_UP);
   }
 
-  /** REPLY_ACK when negotiated (so failures surface as errors here), a plain send otherwise. */
   /** NET_SET_MTU, as QEMU sends it once the guest acked VIRTIO_NET_F_MTU */
   async setMtu(mtu: number): Promise<void> {
-    await this.ack(Req.NET_SET_MTU, encodeU64(BigInt(mtu)));
+    await this.fe.netSetMtu(mtu);
   }
 
-  async ack(req: number, payload: Uint8Array = Buffer.alloc(0), fds: readonly number[] = []): Promise<void> {
-    if (hasBit(this.protocolFeatures, PF.REPLY_ACK)) {
-      const r = await this.client.callU64(req, payload, fds, true);
-      if (r !== 0n) throw new Error(`backend refused request ${req}`);
-    } else {
-      this.client.send(req, payload, fds);
-    }
+  /** Any request without a reply of its own (Frontend.request: acked with REPLY_ACK). */
+  async ack(req: Req, payload: Uint8Array = Buffer.alloc(0), fds: readonly number[] = []): Promise<void> {
+    await this.fe.request(req, payload, fds);
   }
 
   private logFlag = 0;
 
   async setupRing(i: number, base: number): Promise<void> {
-    await this.ack(Req.SET_VRING_NUM, encodeVringState({ index: i, num: this.queueSize }));
-    await this.ack(Req.SET_VRING_BASE, encodeVringState({ index: i, num: base }));
+    const fe = this.fe;
+    await fe.setVringNum(i, this.queueSize);
+    await fe.setVringBase(i, base);
     await this.setAddr(i);
-    await this.ack(Req.SET_VRING_KICK, encodeU64(i), [this.kickFds[i]]);
-    await this.ack(Req.SET_VRING_CALL, encodeU64(i), [this.callFds[i]]);
-    if (hasBit(this.features, F.VHOST_USER_F_PROTOCOL_FEATURES)) {
-      await this.ack(Req.SET_VRING_ENABLE, encodeVringState({ index: i, num: 1 }));
-    }
+    await fe.setVringKick(i, this.kickFds[i]);
+    await fe.setVringCall(i, this.callFds[i]);
+    if (hasBit(this.features, F.VHOST_USER_F_PROTOCOL_FEATURES)) await fe.setVringEnable(i, true);
   }
 
   private async setAddr(i: number): Promise<void> {
     const g = this.ringGpa(i);
-    await this.ack(Req.SET_VRING_ADDR, encodeVringAddr({ index: i, flags: this.logFlag, desc: UVA_BASE + g.desc, avail: UVA_BASE + g.avail, used: UVA_BASE + g.used, log: g.used }));
+    await this.fe.setVringAddr({ index: i, flags: this.logFlag, desc: UVA_BASE + g.desc, avail: UVA_BASE + g.avail, used: UVA_BASE + g.used, log: g.used });
   }
 
   /** Transmit packets on queue pair q (header prepended by the ring), then kick (unless `kick` is false). */
@@ -250,8 +235,8 @@ export class SyntheticGuest {
     const size = Math.max(4096, Math.ceil(pages / 8 / 4096) * 4096);
     this.logFd = native.memfdCreate('dirty-log', size);
     this.logSab = native.mmap(this.logFd, size, 0);
-    await this.ack(Req.SET_FEATURES, encodeU64(this.features | bit(F.VHOST_F_LOG_ALL)));
-    await this.client.callU64(Req.SET_LOG_BASE, encodeLog({ mmapSize: size, mmapOffset: 0 }), [this.logFd]);
+    await this.fe.setFeatures(this.features | bit(F.VHOST_F_LOG_ALL));
+    await this.fe.setLogBase({ mmapSize: size, mmapOffset: 0 }, this.logFd);
     this.logFlag = 1;
     this.trackGuestWrites();
     for (let i = 0; i < 2 * this.queuePairs; i++) await this.setAddr(i);
@@ -261,7 +246,7 @@ export class SyntheticGuest {
   async stopLogging(): Promise<void> {
     this.logFlag = 0;
     for (const r of [...this.rx, ...this.tx]) r.onWrite = null;
-    await this.ack(Req.SET_FEATURES, encodeU64(this.features));
+    await this.fe.setFeatures(this.features);
     for (let i = 0; i < 2 * this.queuePairs; i++) await this.setAddr(i);
   }
 
@@ -281,18 +266,15 @@ export class SyntheticGuest {
   async stopRings(): Promise<number[]> {
     const bases: number[] = [];
     for (let i = 0; i < 2 * this.queuePairs; i++) {
-      if (hasBit(this.features, F.VHOST_USER_F_PROTOCOL_FEATURES)) await this.ack(Req.SET_VRING_ENABLE, encodeVringState({ index: i, num: 0 }));
-      const m = await this.client.call(Req.GET_VRING_BASE, encodeVringState({ index: i, num: 0 }));
-      bases.push(m.payload.readUInt32LE(4));
+      if (hasBit(this.features, F.VHOST_USER_F_PROTOCOL_FEATURES)) await this.fe.setVringEnable(i, false);
+      bases.push(await this.fe.getVringBase(i));
     }
     return bases;
   }
 
   /** SEND_RARP as QEMU does after a migration when the guest cannot announce itself. */
   async sendRarp(): Promise<void> {
-    const p = Buffer.alloc(8);
-    p.set(this.mac, 0);
-    await this.ack(Req.SEND_RARP, p);
+    await this.fe.sendRarp(this.mac);
   }
 
   /** Canaries around every buffer the driver allocated that the backend overwrote. */

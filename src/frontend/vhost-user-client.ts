@@ -4,8 +4,9 @@
  * Used by the test driver, the benchmark and the demo; reuses the backend's codec.
  */
 import { native, PollHandle } from '../native';
-import { Framer, Message, encodeMessage } from '../main/codec';
-import { FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, reqName } from '../shared/constants';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Framer, Message, encodeMessage } from '../protocol/codec';
+import { FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, reqName } from '../protocol/constants';
 
 interface Pending {
   request: number;
@@ -32,7 +33,7 @@ export class VhostUserClient {
         return new VhostUserClient(native.connect(path));
       } catch (e) {
         if (Date.now() > end) throw e;
-        await new Promise((r) => setTimeout(r, 20));
+        await sleep(20);
       }
     }
   }

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020';
 import type { ErrorObject } from 'ajv';
-import { F, FeatureName, PF, ProtocolFeatureName } from '../shared/constants';
+import { F, FeatureName, PF, ProtocolFeatureName } from '../protocol/constants';
 import { PortVlan } from '../shared/worker-protocol';
 
 export interface InterfaceConfig {

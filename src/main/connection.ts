@@ -5,7 +5,7 @@
  * before the previous handler's promise settles (a GET_VRING_BASE waits for a worker).
  */
 import { native, PollHandle, POLL_ERROR } from '../native';
-import { Framer, FrameError, Message } from './codec';
+import { Framer, FrameError, Message } from '../protocol/codec';
 
 const SEND_TIMEOUT_MS = 1000;
 

@@ -16,18 +16,19 @@
 import {
   DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, OFFLOAD_FEATURES, FeatureName, MAX_MEM_SLOTS,
   MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
-} from '../shared/constants';
+} from '../protocol/constants';
 import {
   CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
   usedRingBytes,
 } from '../shared/types';
-import { Message, encodeReply, needsReply } from './codec';
+import { Message, encodeReply, needsReply } from '../protocol/codec';
 import { safeClose } from './connection';
 import { log } from './log';
 import { native } from '../native';
 import { MemoryTable, mapRegion, statFd } from './memory-table';
-import { LogArea, MemoryRegion, ProtocolError, VringAddr, VringFile, VringState, encodeU64, encodeVringState } from './messages';
+import { LogArea, MemoryRegion, ProtocolError, VringAddr, VringFile, VringState, encodeU64, encodeVringState } from '../protocol/messages';
 import { BackendRequests, REQUESTS, RequestContext, RequestSpec, pausesAllRings } from './request-table';
+import { rarpFrame } from './net-frames';
 
 /** What a device needs from the dataplane (implemented by the worker pool). */
 export interface Dataplane {
@@ -804,19 +805,4 @@ function closeFds(fds: number[]): void {
 
 function closeAll(m: Message): void {
   closeFds(m.fds);
-}
-
-/** A RARP request from `mac` (what QEMU's announce sends), so learning switches move the MAC. */
-function rarpFrame(mac: Uint8Array): Uint8Array {
-  const f = new Uint8Array(60);
-  f.fill(0xff, 0, 6); // broadcast
-  f.set(mac, 6);
-  f[12] = 0x80; f[13] = 0x35; // ethertype RARP
-  f[14] = 0; f[15] = 1; // hw type ethernet
-  f[16] = 0x08; f[17] = 0x00; // proto IPv4
-  f[18] = 6; f[19] = 4;
-  f[20] = 0; f[21] = 3; // reverse request
-  f.set(mac, 22);
-  f.set(mac, 32);
-  return f;
 }

@@ -3,6 +3,7 @@
  * (xconnect pairs or a learning bridge). Owns start/stop and the stats view.
  */
 import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ST_BYTES, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_GSO_PASSED, ST_GSO_SEGMENTED, ST_ERRORS, ST_NOTIFY, ST_PACKETS, ST_DIRTY_PAGES, ST_KICKS, ST_BURSTS } from '../shared/types';
 import { ForwardingPlan } from '../shared/worker-protocol';
 import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
@@ -14,34 +15,9 @@ import { DeviceSnapshot, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
 import { MetricsServer, startMetrics } from './metrics';
+import { QueueStats } from './stats';
 
-export interface QueueStats {
-  iface: string;
-  queue: number;
-  /** 'rx' = towards the guest (we enqueue), 'tx' = from the guest (we dequeue) */
-  dir: 'rx' | 'tx';
-  packets: number;
-  bytes: number;
-  dropNoBuffer: number;
-  dropNoDest: number;
-  dropTooBig: number;
-  /** tx: frames refused by the port's VLAN rules (tag spoofing, a VID not carried, no native VLAN, a cut tag) */
-  dropVlan: number;
-  /** tx: frames whose virtio-net header failed validation (src/workers/offload.ts) */
-  dropBadOffload: number;
-  /** rx: TSO/UFO frames handed over whole with their header */
-  gsoPassed: number;
-  /** rx: TSO/UFO frames segmented by the worker for a guest without GUEST_TSO4/6 or GUEST_UFO */
-  gsoSegmented: number;
-  /** rx: partial checksums (NEEDS_CSUM) completed by the worker */
-  csumSoftware: number;
-  errors: number;
-  notifications: number;
-  kicks: number;
-  dirtyPages: number;
-  /** non-empty bursts (packets / bursts = mean burst size; 32 at most) */
-  bursts: number;
-}
+export type { QueueStats } from './stats';
 
 /** A refused control request: its HTTP status, a code and the field it is about. */
 export class ControlError extends Error {
@@ -351,7 +327,7 @@ export class Forwarder {
     const end = Date.now() + idleWaitMs;
     while (!this.interfaces.every((i) => i.idle)) {
       if (Date.now() > end) throw new Error(`a frontend stayed inside a request for ${idleWaitMs} ms (${this.interfaces.filter((i) => !i.idle).map((i) => i.name).join(', ')})`);
-      await new Promise((r) => setTimeout(r, 2));
+      await sleep(2);
     }
     for (const i of this.interfaces) i.quiesce();
     await this.metrics?.close();

@@ -17,10 +17,10 @@
  * leaves the table with its last reference. Anything else that overlaps is refused.
  */
 import { native } from '../native';
-import { MAX_MEM_SLOTS } from '../shared/constants';
+import { MAX_MEM_SLOTS } from '../protocol/constants';
 import { RegionDesc, RingLocation } from '../shared/types';
 import { FdStat } from '../native';
-import { MemoryRegion, ProtocolError } from './messages';
+import { MemoryRegion, ProtocolError } from '../protocol/messages';
 import { safeClose } from './connection';
 
 export interface MappedRegion extends MemoryRegion {

@@ -6,7 +6,7 @@
 import http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Counter, Gauge, Registry } from 'prom-client';
-import type { Forwarder } from './forwarder';
+import type { QueueStats, StatsSource } from './stats';
 import { log } from './log';
 
 export interface MetricsServer {
@@ -15,7 +15,7 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-function statsJson(fwd: Forwarder): object {
+function statsJson(fwd: StatsSource): object {
   const stats = fwd.stats();
   return {
     time: new Date().toISOString(),
@@ -35,10 +35,10 @@ function statsJson(fwd: Forwarder): object {
   };
 }
 
-function registry(fwd: Forwarder): Registry {
+function registry(fwd: StatsSource): Registry {
   const reg = new Registry();
   const q = ['iface', 'queue', 'dir'] as const;
-  const counter = (name: string, help: string, pick: (s: ReturnType<Forwarder['stats']>[number]) => number) =>
+  const counter = (name: string, help: string, pick: (s: QueueStats) => number) =>
     new Counter({
       name,
       help,
@@ -106,7 +106,7 @@ function registry(fwd: Forwarder): Registry {
   return reg;
 }
 
-export async function startMetrics(fwd: Forwarder, listen: string): Promise<MetricsServer> {
+export async function startMetrics(fwd: StatsSource, listen: string): Promise<MetricsServer> {
   const m = /^(.*):(\d+)$/.exec(listen);
   if (!m) throw new Error(`metrics listen address ${listen}: expected HOST:PORT`);
   const reg = registry(fwd);

@@ -2,7 +2,7 @@
  * The one table of vhost-user requests the backend serves (after DPDK lib/vhost's
  * handler table and rust-vmm vhost's backend_req_handler.rs): name, payload size, fd
  * count, the protocol feature that must be acked, whether it has a reply payload, what
- * the datapath does around it, the parser of its wire struct (messages.ts), and the typed
+ * the datapath does around it, the parser of its wire struct (src/protocol/messages.ts), and the typed
  * handler. Device.handle() checks size, fds and gating here, parses the payload into its
  * typed value, pauses as the `pause` column says, and only then runs the handler: a
  * handler never sees a Message, only a validated typed payload (and the fds, counted).
@@ -10,12 +10,12 @@
  * The handlers are the methods of BackendRequests, declared here and implemented by
  * Device: this module does not import device.ts.
  */
-import { MAX_REGIONS, PF, Req, VRING_NOFD_MASK, reqName } from '../shared/constants';
-import { Message } from './codec';
+import { MAX_REGIONS, PF, Req, VRING_NOFD_MASK, reqName } from '../protocol/constants';
+import { Message } from '../protocol/codec';
 import {
   LogArea, MemoryRegion, REGION_SIZE, VringAddr, VringFile, VringState, parseLog, parseMemoryTable, parseRarpMac, parseSingleRegion, parseU64,
   parseVringAddr, parseVringFile, parseVringState,
-} from './messages';
+} from '../protocol/messages';
 
 /** What a handler gets with its typed payload. */
 export interface RequestContext {
@@ -101,7 +101,7 @@ export interface RequestSpec<P = unknown> {
   /** the request has a reply payload of its own (REPLY_ACK does not add a second one). */
   replies: boolean;
   pause: Pause<P>;
-  /** the wire struct's parser (messages.ts): its own validity checks, errors named `name`. */
+  /** the wire struct's parser (src/protocol/messages.ts): its own validity checks, errors named `name`. */
   parse(payload: Buffer, name: string): P;
   handle(h: BackendRequests, payload: P, rq: RequestContext): Reply;
 }

@@ -2,7 +2,7 @@
  * Deferred bulk copies for one worker: RX fast-path copies are queued as
  * [srcId, srcOff, dstId, dstOff, len] and run by the addon in one call per burst
  * (memcpy instead of a Buffer.copy per packet; a plain V8 callback with the job array bound
- * once, since an N-API call cost ~110 ns: NOTES.md #20). Virtqueue.publish() runs the queue
+ * once, since an N-API call costs several times a V8 callback: bench/NOTES.md #20). Virtqueue.publish() runs the queue
  * before used->idx moves, so the guest never sees a used entry whose bytes are not there.
  * With dirty logging the buffers' pages are marked in publish() too, after the queue ran
  * (bits follow bytes).

@@ -1,19 +1,12 @@
 /**
  * Byte copy between two guests' memories (different SharedArrayBuffers), without allocating.
  *
- * Measured with bench/copy.ts (node v20.20.2, 2-core dev VM, ns per copy, views made once,
- * 1024 rotating 2 KiB slots):
- *                          64     128     256    1518
- *   set+subarray            48.3    51.6    59.3   111.4   (allocates a subarray per call)
- *   byte loop               90.9   178.4   366.3  2142.5
- *   u32 loop (4-aligned)    24.8    48.8    98.3   513.7
- *   f64 loop (8-aligned)    14.8    22.1    41.5           (/tmp/cp.js, same machine; NOTES.md #9)
- *   Buffer.copy             58.9    61.8    72.4   125.5   (native, no JS allocation)
- *   src 2 bytes off dst alignment (10- vs 12-byte headers):
- *   Buffer.copy             74.9    93.9   132.3   490.5   (SAB bytes then go one at a time)
- *   hybrid (u16 loop)       29.1    56.5   132.7   489.9
- * So: a Float64 loop (8 bytes per load/store) when both offsets are 8-aligned, else a Uint32
- * (else Uint16) loop, up to COPY_LOOP_MAX bytes; Buffer.copy above that.
+ * bench/copy.ts measures the candidates (bench/NOTES.md #9 has the numbers): a word loop
+ * beats Buffer.copy's call for small copies and loses to it for large ones; wider words win
+ * when both offsets allow them; set+subarray allocates per call, and Buffer.copy goes a byte
+ * at a time when source and destination are misaligned to each other (10- against 12-byte
+ * headers). So: a Float64 loop (8 bytes per load/store) when both offsets are 8-aligned, else
+ * a Uint32 (else Uint16) loop, up to COPY_LOOP_MAX bytes; Buffer.copy above that.
  *
  * Float64 moves must keep every bit, NaN payloads included. ECMAScript lets an engine pick
  * any NaN encoding on a Float64Array store; V8 keeps the bits (checked on this Node in every
@@ -30,8 +23,8 @@ export const F64_EXACT = checkF64Exact();
 
 /** Copy `len` bytes from src[sOff..] to dst[dOff..] (offsets inside the regions). */
 export function copyBytes(dst: RegionViews, dOff: number, src: RegionViews, sOff: number, len: number): void {
-  // Small-integer indices (not doubles) let TurboFan index the typed arrays directly:
-  // measured 148 -> see bench/NOTES.md. Offsets past 2 GiB take the Buffer.copy path.
+  // Small-integer indices (not doubles) let TurboFan index the typed arrays directly
+  // (bench/NOTES.md). Offsets past 2 GiB take the Buffer.copy path.
   if (len <= COPY_LOOP_MAX && dOff < 0x7fff_ffff && sOff < 0x7fff_ffff) {
     const di = dOff | 0;
     const si = sOff | 0;

@@ -3,7 +3,7 @@
  * descriptor before anyone uses it. Iterator style so that no object is made per descriptor:
  * start(head), then next() until it returns false; the current descriptor is in the fields.
  */
-import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../shared/constants';
+import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../protocol/constants';
 import { GuestError } from './guest-error';
 import { GuestMemory } from './guest-memory';
 

@@ -3,15 +3,15 @@
  * byte n >> 3, bit n & 7. The frontend reads (and clears) the log concurrently during live
  * migration, so every set is an atomic OR.
  */
-import { LOG_PAGE } from '../shared/constants';
+import { LOG_PAGE } from '../protocol/constants';
 import { LogDesc } from '../shared/types';
 import { TSO } from './ordering';
 
 /**
  * Direct-mapped cache slots for dirty 32-bit words, per burst: consecutive buffers and used
  * entries mostly hit the same words, so one Atomics.or per word per burst instead of one per
- * page mark. bench/copy.ts: 23.0 vs 29.6 ns per 1518-byte packet single-threaded; the saving
- * grows when the frontend is reading the same cache lines (fewer locked RMWs to bounce).
+ * page mark (bench/copy.ts measures it, bench/NOTES.md); the saving grows when the frontend
+ * is reading the same cache lines (fewer locked RMWs to bounce).
  */
 const CACHE_SLOTS = 256;
 
@@ -107,7 +107,7 @@ export class DirtyLog {
    * hot loops compute page numbers with integer shifts per region (NOTES.md #16), so no
    * division per buffer is left here. With enableNative the addon sets the bits straight in
    * the log in one call (NOTES.md #21: a burst's pages scattered over many log words, as a
-   * frontend's mbuf pool scatters them, cost 375 ns here and 128 ns there); it refuses a
+   * frontend's mbuf pool scatters them, cost about three times as much here); it refuses a
    * burst that reaches past the log, which then takes the JavaScript path below.
    */
   markPageRuns(runs: Float64Array, n: number, fenced = false): void {
@@ -157,7 +157,7 @@ export class DirtyLog {
   /**
    * Mark log bytes: n pairs [byte index, mask of its pages] in `marks` (the RX loop gathers a
    * burst's buffers per log byte, virtqueue.ts byteMarks). A burst leaves a handful of
-   * them, so this runs in JavaScript with no addon call (the call alone was ~25 ns).
+   * them, so this runs in JavaScript with no addon call (the call alone cost more than the work).
    * `fenced` (the caller's seq-cst store just before, as publish's store of used->idx): on
    * x86 (TSO) a byte is then read with a plain load, which stays after that store, so every
    * byte the burst wrote is visible before a bit is looked at (the argument of flush()), and

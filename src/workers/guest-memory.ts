@@ -2,7 +2,7 @@
  * One device's guest memory as seen by a worker: the regions the main thread mapped, with
  * typed-array views made once per mapping (never per packet).
  */
-import { LOG_PAGE } from '../shared/constants';
+import { LOG_PAGE } from '../protocol/constants';
 import { RegionDesc } from '../shared/types';
 import { BulkCopier } from './bulk-copy';
 

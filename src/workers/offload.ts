@@ -20,7 +20,7 @@
 import {
   F, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
   VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP,
-} from '../shared/constants';
+} from '../protocol/constants';
 import { ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_GSO_PASSED, ST_GSO_SEGMENTED } from '../shared/types';
 import { GuestMemory, RegionViews, makeViews } from './guest-memory';
 import { PacketBatch } from './packet-batch';

@@ -2,9 +2,8 @@
  * Memory ordering against the guest and the other threads, decided once.
  *
  * Node 20's TurboFan does not inline Atomics.load / Atomics.store: each is a call into a
- * builtin that validates the typed array and the index (an Atomics.load of an Int32Array
- * over a SharedArrayBuffer measured 11.5 ns, a plain load 1.0 ns; a store 8.2 vs 0.6 ns;
- * bench/NOTES.md #25). The poll loop made ~18 such calls per round of two bursts.
+ * builtin that validates the typed array and the index, about ten times a plain load or
+ * store (bench/NOTES.md #25), and the poll loop made many such calls per round.
  *
  * What the rings need is acquire (avail->idx, then the avail entries and descriptors it
  * covers), release (used entries and packet bytes, then used->idx; the ring lock's unlock)

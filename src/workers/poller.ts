@@ -518,7 +518,7 @@ function forward(src: Ring, n: number): void {
   flowsReady = false;
   if (mode === 'xconnect') {
     // the whole burst goes to one port: dstOf is not filled in (TypedArray.fill is a runtime
-    // call, ~22 ns a burst); deliver() counts an xconnect burst it cannot place as n drops
+    // call per burst); deliver() counts an xconnect burst it cannot place as n drops
     const dst = peer[src.port] ?? -1;
     if (dst < 0) src.stats[ST_DROP_NO_DEST] += n;
     else deliver(src, n, dst, false);
@@ -751,7 +751,7 @@ function pollOnce(): number {
  * The wait times out every sleepMs (1 ms with a ring that has no kick fd) and looks at the
  * rings itself, a safety net for a kick that never comes; a timeout that finds nothing
  * waits again instead of returning to the busy loop, which would spin idleUs before
- * sleeping again (1 ms of every 100 ms: ~1 % of a core while idle, NOTES.md #27).
+ * sleeping again, which kept an idle worker measurably busy (bench/NOTES.md #27).
  */
 function sleep(): void {
   flushCoalesced();
@@ -795,7 +795,7 @@ function main(): void {
   const idleMs = init.idleUs / 1000;
   let windowMs = idleMs;
   // W_RUN and W_MAILBOX only have to be seen eventually: plain loads on x86 (ordering.ts),
-  // where each Atomics.load is a builtin call (~10 ns, two a round). drainMailbox() reads
+  // where each Atomics.load is a builtin call, two a round. drainMailbox() reads
   // the counter again with Atomics.load before it takes the messages.
   const tso = TSO;
   while (running && (tso ? ctrl[W_RUN] : Atomics.load(ctrl, W_RUN)) === 1) {

@@ -10,7 +10,7 @@
  * guest's own buffers; no allocation per packet; Atomics only where ordering against the guest
  * matters (avail->idx load, used->idx store, notification fields, the RX lock).
  */
-import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE } from '../shared/constants';
+import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE } from '../protocol/constants';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
   ST_BURSTS, ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
@@ -58,7 +58,7 @@ export class Virtqueue {
    * The used ring's log byte and bit when the whole ring (flags, idx, the entries,
    * avail_event) lies in one page, else -1: then every publish marks just that page
    * (it wrote there), one byte mark instead of the entries' range and used->idx (two or
-   * three deferMark calls, ~25 ns a publish: per-burst costs weigh with partial bursts).
+   * three deferMark calls a publish: per-burst costs weigh with partial bursts).
    * Rings from QEMU and DPDK are page-aligned: 2054 bytes for 256 entries.
    */
   private usedLogByte = -1;
@@ -87,8 +87,8 @@ export class Virtqueue {
   /**
    * The RX fast path's marks as log bytes: pairs [byte index (page >> 3), mask of its 8
    * pages], neighbouring buffers in one byte OR'ed together in the loop. testpmd's mbufs
-   * cluster: a 64 B burst left ~21.6 page runs but only ~5.7 distinct log bytes, and each
-   * run cost the marker ~3-5 ns (NOTES.md #32).
+   * cluster: a 64 B burst leaves several times fewer distinct log bytes than page runs, and
+   * each run costs the marker (bench/NOTES.md #32).
    */
   private byteMarks = new Int32Array(128);
   private nByteMarks = 0;
@@ -207,7 +207,7 @@ export class Virtqueue {
     let idx = this.lastAvail;
     let bytes = 0;
     // The region of the last buffer, in locals: consecutive buffers are nearly always in
-    // the same region, and translate() was not inlined here (2% of a 64 B loop). As its
+    // the same region, and translate() was not inlined here (it showed in the 64 B loop). As its
     // window (GuestMemory.window): a descriptor is checked and placed with int32 math.
     let cr = -1;
     let cHi = 0;
@@ -608,7 +608,7 @@ export class Virtqueue {
         } else {
           // The common small copy inline (8-byte words, both sides 8-aligned, as DPDK lays
           // out its buffers): in the worker TurboFan did not inline copyBytes here, and the
-          // call cost ~13% of a 64 B loop (NOTES.md #12). Everything else: copyBytes.
+          // call showed in the 64 B loop (bench/NOTES.md #12). Everything else: copyBytes.
           const so = segOffset[s];
           const d64 = cF64;
           const s64 = sF64;
@@ -677,7 +677,7 @@ export class Virtqueue {
           } else if (len < 0x7fff_0000) {
             // a buffer starting in the page where the last run ends extends that run: a
             // frontend's neighbouring buffers often share a page, and each run costs the
-            // addon's marking loop ~40 instructions (NOTES.md #29)
+            // the addon's marking loop (bench/NOTES.md #29)
             if (nm > 0 && marks[2 * nm - 1] === p0) {
               marks[2 * nm - 1] = p1;
             } else {

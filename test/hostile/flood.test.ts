@@ -7,7 +7,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
-import { Req } from '../../src/shared/constants';
+import { Req } from '../../src/protocol/constants';
 import { captureLogs, startForwarder, waitUntil } from '../helpers/env';
 
 t.test('a frontend that never reads its replies is reset; the control plane stays responsive', async (t) => {

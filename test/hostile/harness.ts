@@ -16,10 +16,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Test } from 'tap';
 import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
+import { Frontend } from '../../src/frontend/frontend';
 import { SyntheticGuest, GuestOptions, macOf } from '../../src/frontend/guest';
 import { Traffic } from '../../src/frontend/traffic';
-import { F, Req, bit } from '../../src/shared/constants';
-import { encodeMemoryTable, encodeU64 } from '../../src/main/messages';
+import { F, Req, bit } from '../../src/protocol/constants';
+import { encodeMemoryTable } from '../../src/protocol/messages';
 import { LogLine } from '../../src/main/log';
 import { captureLogs, fdCount, startForwarder, waitUntil } from '../helpers/env';
 
@@ -144,18 +145,12 @@ export class Ctx {
 
 /** The negotiation a QEMU-like frontend does before memory: returns the acked protocol features. */
 export async function negotiate(c: VhostUserClient, protocol = true): Promise<bigint> {
-  const offered = await c.callU64(Req.GET_FEATURES);
-  let pf = 0n;
-  if (protocol) {
-    pf = await c.callU64(Req.GET_PROTOCOL_FEATURES);
-    c.send(Req.SET_PROTOCOL_FEATURES, encodeU64(pf));
-  }
-  c.send(Req.SET_OWNER);
-  let f = offered & (bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_RING_F_INDIRECT_DESC));
-  if (protocol) f |= bit(F.VHOST_USER_F_PROTOCOL_FEATURES);
-  c.send(Req.SET_FEATURES, encodeU64(f));
+  const n = await new Frontend(c).negotiate({
+    protocol,
+    want: bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_NET_F_MRG_RXBUF) | bit(F.VIRTIO_RING_F_INDIRECT_DESC) | bit(F.VHOST_USER_F_PROTOCOL_FEATURES),
+  });
   await c.callU64(Req.GET_FEATURES); // barrier
-  return pf;
+  return n.protocolFeatures;
 }
 
 export async function setMem(c: VhostUserClient, fd: number, size: number): Promise<void> {

@@ -6,11 +6,12 @@
  * repeated here. Every case runs through runCase() (harness.ts): see README.md.
  */
 import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../../src/native';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
-import { FLAG_NEED_REPLY, FLAG_VERSION, Req, VRING_NOFD_MASK } from '../../src/shared/constants';
-import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../../src/main/messages';
-import { encodeMessage } from '../../src/main/codec';
+import { FLAG_NEED_REPLY, FLAG_VERSION, Req, VRING_NOFD_MASK } from '../../src/protocol/constants';
+import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../../src/protocol/messages';
+import { encodeMessage } from '../../src/protocol/codec';
 import { Case, Ctx, UVA, negotiate, runCase, setMem, startArena } from './harness';
 
 const MEM = 4 << 20;
@@ -137,7 +138,7 @@ const cases: Case[] = [
     attack: async (ctx) => {
       const c = await ctx.client();
       native.sendmsg(c.fd, header(Req.SET_VRING_CALL, 8), []);
-      await new Promise((r) => setTimeout(r, 20)); // two reads on the backend side
+      await sleep(20); // two reads on the backend side
       native.sendmsg(c.fd, encodeU64(0), [ctx.eventfd()]);
     },
   },
@@ -466,7 +467,7 @@ const cases: Case[] = [
       const c = await ctx.client();
       await negotiate(c);
       native.sendmsg(c.fd, encodeMessage(Req.GET_FEATURES, FLAG_VERSION | FLAG_NEED_REPLY), []);
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
       // a second reply to the first GET_FEATURES would be taken as the answer here
       const r = await c.call(Req.GET_PROTOCOL_FEATURES);
       if (r.payload.length !== 8) throw new Error('bad reply');

@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { tmpDir } from '../helpers/env';
 import { SyntheticGuest, macOf } from '../../src/frontend/guest';
-import { PF, hasBit } from '../../src/shared/constants';
-import { Testpmd } from '../kit/peers/testpmd';
+import { PF, hasBit } from '../../src/protocol/constants';
+import { Testpmd } from '../../kit/peers/testpmd';
 import { assertFlows, pump } from '../helpers/traffic';
 
 t.test('synthetic guests through DPDK net_vhost: link up after DRIVER_OK, frames byte-exact both ways', async (t) => {

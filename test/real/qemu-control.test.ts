@@ -6,11 +6,12 @@
  * socket go, the pings stop, and vhostfwd goes on serving the API.
  */
 import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { tmpDir, waitUntil } from '../helpers/env';
-import { QemuGuest, pingReplies } from '../kit/peers/qemu';
+import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli.js');
 
@@ -69,9 +70,9 @@ t.test('QEMU guests on ports added through ctl: pings, a restart from the state 
 
   t.equal(ctl(control, 'rm', 'vm2').status, 0, 'ctl rm vm2 while its QEMU runs');
   t.notOk(fs.existsSync(sock('vm2')), 'vm2.sock unlinked');
-  await new Promise((r) => setTimeout(r, 1500));
+  await sleep(1500);
   const afterRm = pingReplies(A.output).length;
-  await new Promise((r) => setTimeout(r, 2000));
+  await sleep(2000);
   t.equal(pingReplies(A.output).length, afterRm, 'no replies once vm2 is removed (its port is gone)');
   const l = JSON.parse(ctl(control, '--json', 'list').stdout) as { interfaces: Array<{ name: string }> };
   t.same(l.interfaces.map((i) => i.name), ['vm1'], 'vhostfwd serves on with vm1');

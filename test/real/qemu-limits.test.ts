@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startForwarder } from '../helpers/env';
-import { QemuGuest } from '../kit/peers/qemu';
+import { QemuGuest } from '../../kit/peers/qemu';
 
 const ETHTOOL = '/usr/sbin/ethtool';
 const MAC_A = '52:54:00:00:00:01';

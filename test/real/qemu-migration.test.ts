@@ -11,8 +11,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startForwarder, waitUntil } from '../helpers/env';
-import { F, hasBit } from '../../src/shared/constants';
-import { QemuGuest, pingReplies } from '../kit/peers/qemu';
+import { F, hasBit } from '../../src/protocol/constants';
+import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 
 
 t.test('QEMU live migration of a pinging guest through the vhostfwd bridge', async (t) => {

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startForwarder } from '../helpers/env';
-import { GuestOptions, QemuGuest } from '../kit/peers/qemu';
+import { GuestOptions, QemuGuest } from '../../kit/peers/qemu';
 
 type Env = Awaited<ReturnType<typeof startForwarder>>;
 

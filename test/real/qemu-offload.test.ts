@@ -13,7 +13,7 @@ import path from 'node:path';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
 import { tmpDir } from '../helpers/env';
-import { QemuGuest } from '../kit/peers/qemu';
+import { QemuGuest } from '../../kit/peers/qemu';
 
 const SECONDS = Number(process.env.OFFLOAD_IPERF_SECONDS ?? 10);
 

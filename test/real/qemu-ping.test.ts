@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { startForwarder } from '../helpers/env';
-import { QemuGuest, pingReplies } from '../kit/peers/qemu';
+import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 
 for (const mode of ['xconnect', 'bridge'] as const) {
   t.test(`two QEMU guests ping each other through vhostfwd (${mode})`, async (t) => {

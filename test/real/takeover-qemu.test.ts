@@ -13,8 +13,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpDir, waitUntil } from '../helpers/env';
-import { QemuGuest, pingReplies } from '../kit/peers/qemu';
-import { VhostfwdProc } from '../kit/vhostfwd-proc';
+import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
+import { VhostfwdProc } from '../../kit/vhostfwd-proc';
 
 const TAKEOVERS = 5;
 

@@ -12,10 +12,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { api } from '../../src/ctl';
-import { QueueStats } from '../../src/main/forwarder';
+import { QueueStats } from '../../src/main/stats';
 import { tmpDir, waitUntil } from '../helpers/env';
-import { BackendCounts, Testpmd, stopAndDrain } from '../kit/peers/testpmd';
-import { VhostfwdProc } from '../kit/vhostfwd-proc';
+import { BackendCounts, Testpmd, stopAndDrain } from '../../kit/peers/testpmd';
+import { VhostfwdProc } from '../../kit/vhostfwd-proc';
 
 const LOOP_SECONDS = Number(process.env.VHOSTFWD_LOOP_SECONDS ?? 30);
 const TAKEOVERS = Number(process.env.VHOSTFWD_TAKEOVERS ?? 10);

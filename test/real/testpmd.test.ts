@@ -16,8 +16,8 @@ import path from 'node:path';
 import { startForwarder, tmpDir, waitUntil } from '../helpers/env';
 import { parseConfig } from '../../src/main/config';
 import { SyntheticGuest, macOf } from '../../src/frontend/guest';
-import { BackendCounts, Testpmd, stopAndDrain } from '../kit/peers/testpmd';
-import { F, hasBit } from '../../src/shared/constants';
+import { BackendCounts, Testpmd, stopAndDrain } from '../../kit/peers/testpmd';
+import { F, hasBit } from '../../src/protocol/constants';
 import { Forwarder } from '../../src/main/forwarder';
 
 const LOOP_SECONDS = Number(process.env.VHOSTFWD_LOOP_SECONDS ?? 30);

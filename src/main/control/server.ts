@@ -14,7 +14,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { native } from '../../native';
 import { CTRL_LAST_AVAIL, CTRL_LAST_USED, ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_VLAN, ST_GSO_PASSED, ST_GSO_SEGMENTED } from '../../shared/types';
-import { F, PF } from '../../shared/constants';
+import { F, PF } from '../../protocol/constants';
 import { ConfigError, interfaceToRaw, parseInterface } from '../config';
 import { ControlError, Forwarder } from '../forwarder';
 import { Interface, SocketPathError } from '../interface';

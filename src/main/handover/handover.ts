@@ -293,10 +293,7 @@ function die(step: string): void {
   if (at !== step) return;
   log.warn('VHOSTFWD_TAKEOVER_FAIL_AT: failing here', { step, how: how ?? 'kill' });
   if (how === 'exit') process.exit(1);
-  if (how === 'hang') {
-    const end = Date.now() + 600_000;
-    while (Date.now() < end) native.waitReadable(0, 1000);
-  }
+  if (how === 'hang') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600_000); // asleep, answering nothing
   process.kill(process.pid, 'SIGKILL');
 }
 

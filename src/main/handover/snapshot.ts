@@ -3,7 +3,7 @@
  * takes over from): every field is checked for type and range before Device.adopt uses it,
  * and a bad one is refused naming its path, as a config key or a vhost-user field would be.
  */
-import { MAX_MEM_SLOTS, MAX_QUEUE_SIZE } from '../../shared/constants';
+import { MAX_MEM_SLOTS, MAX_QUEUE_SIZE } from '../../protocol/constants';
 import { STATS_SLOTS } from '../../shared/types';
 import type { DeviceSnapshot } from '../device';
 

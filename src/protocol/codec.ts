@@ -4,9 +4,10 @@
  *
  * The framer reassembles messages from a non-blocking stream: it says which buffer to read
  * into next and consumes what was read. It validates the header (version, size bound)
- * but not the request: see request-table.ts for per-request sizes and fd counts.
+ * but not the request: the backend's src/main/request-table.ts checks per-request sizes and
+ * fd counts. Shared by the backend (src/main/connection.ts) and our frontend.
  */
-import { FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, FLAG_VERSION_MASK, HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, reqName } from '../shared/constants';
+import { FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, FLAG_VERSION_MASK, HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, reqName } from './constants';
 
 export interface Message {
   request: number;

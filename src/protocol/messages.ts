@@ -3,7 +3,7 @@
  * (after rust-vmm vhost's message.rs). Parsers get a payload whose size the codec has
  * already checked against the request's spec; they check the values.
  */
-import { MAX_REGIONS, VRING_IDX_MASK, VRING_NOFD_MASK } from '../shared/constants';
+import { MAX_REGIONS, VRING_IDX_MASK, VRING_NOFD_MASK } from './constants';
 
 /** A protocol error: the request is malformed or not allowed now. The device is reset. */
 export class ProtocolError extends Error {

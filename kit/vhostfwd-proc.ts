@@ -7,7 +7,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
 
-const CLI = path.join(__dirname, '..', '..', 'src', 'cli.js');
+const CLI = path.join(__dirname, '..', 'src', 'cli.js');
 
 export type LogRecord = Record<string, unknown> & { msg?: string; level?: string };
 
