@@ -82,10 +82,23 @@ const argv = yargs(hideBin(process.argv))
   .option('ab-vlan', { type: 'boolean', default: false, describe: "A/B in this build: 'vhostfwd B' is the bridge with every port a VLAN access port of VLAN 10 (802.1Q classification and the (VLAN, MAC) table on every packet), A the same bridge without VLANs; bridge rows only (use with --modes bridge)" })
   .option('virtio-user', { type: 'string', describe: "more devargs for the frontend's virtio-user ports, e.g. mrg_rxbuf=0 or packed_vq=1,in_order=1 (every backend gets the same frontend)" })
   .option('scaling', { type: 'boolean', default: false, describe: 'one forwarding core per queue pair for every backend (vhostfwd a worker per pair, DPDK --nb-cores N, OVS N PMD threads) and N for the frontend; with --queues 1,2,4,8 the scaling rows. Without: all queues on one backend core' })
+  .option('tcp', { type: 'boolean', default: false, describe: 'VM-to-VM TCP instead (bench/tcp.ts): iperf3 between two QEMU guests through vhostfwd with offloads, without, and OVS-DPDK with userspace TSO; --rounds rounds of --duration seconds (defaults 3 and 10 here)' })
   .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
   .strict()
   .help()
   .parseSync();
+
+// `npm run bench -- --tcp`: the TCP bench is its own program (QEMU guests, not the testpmd loop)
+if (argv.tcp) {
+  const rounds = process.argv.includes('--rounds') ? argv.rounds : 3;
+  const seconds = process.argv.includes('--duration') ? argv.duration : 10;
+  try {
+    execFileSync(process.execPath, [path.join(__dirname, 'tcp.js'), String(rounds), String(seconds)], { stdio: 'inherit' });
+    process.exit(0);
+  } catch {
+    process.exit(1);
+  }
+}
 
 const list = (s: string): number[] => s.split(',').map((x) => Number(x.trim())).filter((x) => Number.isFinite(x) && x > 0);
 const MODES: readonly Mode[] = ['xconnect', 'bridge'];

@@ -1,8 +1,9 @@
 /**
  * VM-to-VM TCP (issue 18): iperf3, one stream, between two QEMU 7.2 TCG guests (1 vCPU,
- * 512 MiB) through vhostfwd (offloads on, one worker) and through OVS-DPDK 3.1 with userspace
- * TSO (dpdkvhostuserclient ports, QEMU the socket server, one PMD), the backends alternating
- * in every round, fresh guests and backend per trial. Prints each trial and the medians, and
+ * 512 MiB) through vhostfwd (offloads on, one worker), through vhostfwd with `offloads:
+ * false`, and through OVS-DPDK 3.1 with userspace TSO (dpdkvhostuserclient ports, QEMU the
+ * socket server, one PMD), the backends alternating in every round, fresh guests and backend
+ * per trial. Prints each trial and the medians, and
  * writes bench/results/tcp/<time>.json.
  *
  *     npx tsc -p tsconfig.json && node dist/bench/tcp.js [rounds=3] [seconds=10]
@@ -18,7 +19,7 @@ import { OvsDpdk, ovsVersion } from './ovs';
 
 const rounds = Number(process.argv[2] ?? 3);
 const seconds = Number(process.argv[3] ?? 10);
-type Backend = 'vhostfwd' | 'ovs-tso';
+type Backend = 'vhostfwd' | 'vhostfwd-no-offloads' | 'ovs-tso';
 
 function gbits(out: string): number {
   const m = out.match(/([\d.]+) ([KMG])bits\/sec[^\n]*receiver/);
@@ -40,8 +41,9 @@ async function trial(backend: Backend, n: number): Promise<{ gbits: number; tso:
   let fwd: Forwarder | null = null;
   let ovs: OvsDpdk | null = null;
   try {
-    if (backend === 'vhostfwd') {
-      fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') }], workers: [{ cpus: [1], queues: ['a:0', 'b:0'] }] }, os.cpus().length));
+    if (backend !== 'ovs-tso') {
+      const offloads = backend === 'vhostfwd';
+      fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: sock('a'), offloads }, { name: 'b', socket: sock('b'), offloads }], workers: [{ cpus: [1], queues: ['a:0', 'b:0'] }] }, os.cpus().length));
       await fwd.start();
     }
     const mk = (name: string, id: number) =>
@@ -73,11 +75,12 @@ async function trial(backend: Backend, n: number): Promise<{ gbits: number; tso:
 }
 
 async function main(): Promise<void> {
-  const results: Record<Backend, number[]> = { vhostfwd: [], 'ovs-tso': [] };
+  const results: Record<Backend, number[]> = { vhostfwd: [], 'vhostfwd-no-offloads': [], 'ovs-tso': [] };
   const trials: Array<{ round: number; backend: Backend; gbits: number; tso: string; at: string }> = [];
   const load0 = os.loadavg()[0];
   for (let r = 0; r < rounds; r++) {
-    const order: Backend[] = r % 2 === 0 ? ['vhostfwd', 'ovs-tso'] : ['ovs-tso', 'vhostfwd'];
+    const all: Backend[] = ['vhostfwd', 'ovs-tso', 'vhostfwd-no-offloads'];
+    const order: Backend[] = r % 2 === 0 ? all : [...all].reverse();
     for (const b of order) {
       const res = await trial(b, r);
       results[b].push(res.gbits);
@@ -87,12 +90,13 @@ async function main(): Promise<void> {
   }
   const mv = median(results.vhostfwd);
   const mo = median(results['ovs-tso']);
+  const mn = median(results['vhostfwd-no-offloads']);
   const ratios = results.vhostfwd.map((v, i) => v / results['ovs-tso'][i]);
-  console.log(`median vhostfwd ${mv.toFixed(3)}, OVS-DPDK TSO ${mo.toFixed(3)} Gbit/s: vf/OVS ${(mv / mo).toFixed(2)} (per-round ratios ${ratios.map((x) => x.toFixed(2)).join(' ')})`);
+  console.log(`median vhostfwd ${mv.toFixed(3)}, OVS-DPDK TSO ${mo.toFixed(3)}, vhostfwd without offloads ${mn.toFixed(3)} Gbit/s: vf/OVS ${(mv / mo).toFixed(2)} (per-round ratios ${ratios.map((x) => x.toFixed(2)).join(' ')}), offloads on/off ${(mv / mn).toFixed(2)}`);
   const out = path.join(__dirname, '..', '..', 'bench', 'results', 'tcp');
   fs.mkdirSync(out, { recursive: true });
   const file = path.join(out, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify({ seconds, rounds, ovs: await ovsVersion(), loadBefore: load0, trials, median: { vhostfwd: mv, 'ovs-tso': mo }, ratio: mv / mo }, null, 2) + '\n');
+  fs.writeFileSync(file, JSON.stringify({ seconds, rounds, ovs: await ovsVersion(), loadBefore: load0, trials, median: { vhostfwd: mv, 'ovs-tso': mo, 'vhostfwd-no-offloads': mn }, ratio: mv / mo, offloadsOnOff: mv / mn }, null, 2) + '\n');
   console.log(`written ${file}`);
 }
 
