@@ -33,10 +33,10 @@ import {
   ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { BULK_MIN, CopyQueue } from './bulk-copy';
-import { copyBytes } from './copy';
+import { copyBytes, F64_EXACT } from './copy';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
-import { GuestMemory, makeViews, RegionViews } from './guest-memory';
+import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
 import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
@@ -303,9 +303,89 @@ export class PackedVirtqueue implements RingQueue {
 
   dequeueBurst(batch: PacketBatch, max: number): number {
     batch.reset();
+    const d16 = this.d16;
+    // an empty poll (the busy loop's common case) reads one flags word and writes nothing
+    {
+      const f0 = TSO ? d16[8 * this.lastAvail + 7] : Atomics.load(d16, 8 * this.lastAvail + 7);
+      if ((f0 & F_BOTH) !== (this.availWrap === 1 ? F_AVAIL : F_USED)) {
+        if (!this.notifyPending) return 0;
+      }
+    }
     if (max > batch.capacity) max = batch.capacity;
     let bytes = 0;
-    while (batch.nUsed < max && this.isAvail(this.lastAvail, this.availWrap)) {
+    const d32 = this.d32;
+    const size = this.size;
+    const hdrLen = this.features.hdrLen;
+    const mem = this.mem;
+    const tso = TSO;
+    // the last buffer's region as a window in locals (guest-memory.ts window(), as the split
+    // ring's loops do): int32 math per descriptor, no double offsets (boxed when passed on)
+    let cr = -1;
+    let cHi = 0;
+    let cLo = 0;
+    let cSpan = 0;
+    let cOff = 0;
+    let cU8: Uint8Array | null = null;
+    while (batch.nUsed < max) {
+      const slot = this.lastAvail;
+      const f = tso ? d16[8 * slot + 7] : Atomics.load(d16, 8 * slot + 7);
+      const wrapBits = this.availWrap === 1 ? F_AVAIL : F_USED;
+      if ((f & F_BOTH) !== wrapBits) break; // not available
+      // Fast path: one read-only descriptor holding header and data (what Linux and DPDK
+      // send); anything else takes the validating walker (dequeueChain)
+      const w = 4 * slot;
+      const len = d32[w + 2];
+      const id = d16[8 * slot + 6];
+      const nS = batch.nSegs;
+      if ((f & ~F_BOTH) === 0 && len > hdrLen && len < 0x8000_0000 && id < size && nS < batch.segCapacity) {
+        const lo = d32[w];
+        const hi = d32[w + 1] | 0;
+        let d = (lo - cLo) | 0;
+        if (hi !== cHi || d < 0 || d >= cSpan || len > cSpan - d) {
+          cr = mem.windowAt(hi, lo | 0, len);
+          if (cr >= 0) {
+            const win = mem.win;
+            cHi = win[WIN_HI];
+            cLo = win[WIN_LO];
+            cSpan = win[WIN_SPAN];
+            cOff = win[WIN_OFF];
+            d = (lo - cLo) | 0;
+            cU8 = mem.views[cr].u8;
+          } else {
+            cSpan = 0;
+          }
+        }
+        if (cr >= 0) {
+          const r = cr;
+          const off = (cOff + d) | 0;
+          const u8 = cU8!;
+          const p = batch.count;
+          const fl = u8[off];
+          const gt = u8[off + 1];
+          batch.flags[p] = fl;
+          batch.gsoType[p] = gt;
+          if ((fl | gt) !== 0) readNetHdr(batch, p, u8, off);
+          const n = len - hdrLen;
+          batch.segRegion[nS] = r;
+          batch.segOffset[nS] = off + hdrLen;
+          batch.segLen[nS] = n;
+          batch.nSegs = nS + 1;
+          batch.head[p] = id;
+          batch.pktLen[p] = n;
+          batch.segStart[p] = nS;
+          batch.segCount[p] = 1;
+          batch.count = p + 1;
+          batch.usedHead[batch.nUsed++] = id;
+          const k = this.nPend++;
+          this.pId[k] = id;
+          this.pLen[k] = 0;
+          this.pCnt[k] = 1;
+          this.lastAvail = slot + 1 === size ? 0 : slot + 1;
+          if (slot + 1 === size) this.availWrap ^= 1;
+          bytes += n;
+          continue;
+        }
+      }
       const got = this.dequeueChain(batch);
       if (got < 0) break;
       bytes += got;
@@ -435,9 +515,144 @@ export class PackedVirtqueue implements RingQueue {
 
   enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
     let done = 0;
+    const d16 = this.d16;
+    const d32 = this.d32;
+    const size = this.size;
+    const mem = this.mem;
+    const fast = this.features.hdrLen === 12;
+    const bulk = this.bulk;
+    const srcIds = srcMem.bulkIds;
+    const dstIds = mem.bulkIds;
+    const useBulk = bulk !== null && srcIds !== null && dstIds !== null;
+    const logging = this.logging;
+    const tso = TSO;
+    const fWrite = VRING_DESC_F_WRITE;
+    const f64Exact = F64_EXACT;
+    let bytes = 0;
+    let nFast = 0;
+    let cr = -1;
+    let cHi = 0;
+    let cLo = 0;
+    let cSpan = 0;
+    let cOff = 0;
+    let cV: RegionViews | null = null;
     for (let k = 0; k < count; k++) {
-      if (this.enqueue(srcMem, batch, pick === null ? k : pick[k], 0)) done++;
+      const i = pick === null ? k : pick[k];
+      // Fast path: a frame of one segment without offload flags into one writable
+      // descriptor that holds the 12-byte header and the frame; else the general path
+      if (fast && batch.segCount[i] === 1 && batch.flags[i] === 0) {
+        const slot = this.lastAvail;
+        const f = tso ? d16[8 * slot + 7] : Atomics.load(d16, 8 * slot + 7);
+        const wrapBits = this.availWrap === 1 ? F_AVAIL : F_USED;
+        const len = batch.pktLen[i];
+        const w = 4 * slot;
+        const dlen = d32[w + 2];
+        const id = d16[8 * slot + 6];
+        const need = len + 12;
+        if ((f & F_BOTH) === wrapBits && (f & ~F_BOTH) === fWrite && dlen >= need && id < size) {
+          const lo = d32[w];
+          const hi = d32[w + 1] | 0;
+          let d = (lo - cLo) | 0;
+          if (hi !== cHi || d < 0 || d >= cSpan || need > cSpan - d) {
+            cr = mem.windowAt(hi, lo | 0, need);
+            if (cr >= 0) {
+              const win = mem.win;
+              cHi = win[WIN_HI];
+              cLo = win[WIN_LO];
+              cSpan = win[WIN_SPAN];
+              cOff = win[WIN_OFF];
+              d = (lo - cLo) | 0;
+              cV = mem.views[cr];
+            } else {
+              cSpan = 0;
+            }
+          }
+          if (cr >= 0) {
+            const r = cr;
+            const off = (cOff + d) | 0;
+            const v = cV!;
+            const u32 = v.u32;
+            if (u32 !== null && (off & 3) === 0) {
+              const hw = off >> 2;
+              u32[hw] = 0;
+              u32[hw + 1] = 0;
+              u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
+            } else {
+              const u8 = v.u8;
+              for (let b = 0; b < 12; b++) u8[off + b] = b === 10 ? 1 : 0;
+            }
+            const s = batch.segStart[i];
+            const sr = batch.segRegion[s];
+            const so = batch.segOffset[s];
+            if (useBulk && len >= BULK_MIN) {
+              bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + so, dstIds[r], mem.regions[r].sabOffset + off + 12, len);
+            } else {
+              const sv = srcMem.views[sr];
+              const s32 = sv.u32;
+              const dOff = off + 12;
+              const d64 = v.f64;
+              const s64 = sv.f64;
+              if (f64Exact && d64 !== null && s64 !== null && ((dOff | so) & 7) === 0 && so < 0x7fff_ffff) {
+                // 8-byte words (as the split ring's inline copy, NOTES.md #18): the first 64
+                // bytes loads before stores, so the misses on the source lines overlap
+                const dw = dOff >> 3;
+                const sw = (so | 0) >> 3;
+                const n = len >> 3;
+                let q = 0;
+                if (n >= 8) {
+                  const w0 = s64[sw];
+                  const w1 = s64[sw + 1];
+                  const w2 = s64[sw + 2];
+                  const w3 = s64[sw + 3];
+                  const w4 = s64[sw + 4];
+                  const w5 = s64[sw + 5];
+                  const w6 = s64[sw + 6];
+                  const w7 = s64[sw + 7];
+                  d64[dw] = w0;
+                  d64[dw + 1] = w1;
+                  d64[dw + 2] = w2;
+                  d64[dw + 3] = w3;
+                  d64[dw + 4] = w4;
+                  d64[dw + 5] = w5;
+                  d64[dw + 6] = w6;
+                  d64[dw + 7] = w7;
+                  q = 8;
+                }
+                for (; q < n; q++) d64[dw + q] = s64[sw + q];
+                const du8 = v.u8;
+                const su8 = sv.u8;
+                for (let j = n << 3; j < len; j++) du8[dOff + j] = su8[(so | 0) + j];
+              } else if (u32 !== null && s32 !== null && ((dOff | so) & 3) === 0 && so < 0x7fff_ffff) {
+                // word copy with int32 indices, inline (a call passed the offsets as doubles)
+                const dw = dOff >> 2;
+                const sw = (so | 0) >> 2;
+                const n = len >>> 2;
+                for (let j = 0; j < n; j++) u32[dw + j] = s32[sw + j];
+                const du8 = v.u8;
+                const su8 = sv.u8;
+                for (let j = n << 2; j < len; j++) du8[dOff + j] = su8[(so | 0) + j];
+              } else {
+                copyBytes(v, dOff, sv, so, len);
+              }
+            }
+            if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
+            const p = this.nPend++;
+            this.pId[p] = id;
+            this.pLen[p] = len + 12;
+            this.pCnt[p] = 1;
+            this.lastAvail = slot + 1 === size ? 0 : slot + 1;
+            if (slot + 1 === size) this.availWrap ^= 1;
+            bytes += len;
+            nFast++;
+            done++;
+            continue;
+          }
+        }
+      }
+      if (this.enqueue(srcMem, batch, i, 0)) done++;
     }
+    this.stats[ST_PACKETS] += nFast;
+    this.stats[ST_BYTES] += bytes;
     if (done > 0) this.stats[ST_BURSTS]++;
     return done;
   }
@@ -675,27 +890,35 @@ export class PackedVirtqueue implements RingQueue {
     const batchTx = this.isTx && this.features.inOrder && n > 1;
     let slot = this.lastUsed;
     let wrap = this.usedWrap;
+    const first = slot;
+    const firstFlags = wrap === 1 ? F_BOTH : 0;
+    const pId = this.pId;
+    const pLen = this.pLen;
+    const pCnt = this.pCnt;
+    // Every element's id and length, the flags of all but the burst's first; the first
+    // element's flags last (as DPDK's vhost flushes its shadow ring): the driver reads used
+    // elements in order, so the whole burst becomes visible at once, and it does not take
+    // the burst piecemeal while it is being written (small bursts, cache lines bouncing)
     for (let k = 0; k < n; k++) {
-      const last = k === n - 1;
-      if (!batchTx || last) {
-        const at = batchTx ? this.lastUsed : slot;
-        const atWrap = batchTx ? this.usedWrap : wrap;
-        d16[8 * at + 6] = this.pId[k];
-        d32[4 * at + 2] = this.pLen[k];
-        const f = atWrap === 1 ? F_BOTH : 0;
-        // flags last: a release store; the burst's last a seq-cst one (the fence before the
-        // driver event area is read below)
-        if (last) Atomics.store(d16, 8 * at + 7, f);
-        else if (TSO) d16[8 * at + 7] = f;
-        else Atomics.store(d16, 8 * at + 7, f);
+      if (!batchTx || k === n - 1) {
+        const at = batchTx ? first : slot;
+        d16[8 * at + 6] = pId[k];
+        d32[4 * at + 2] = pLen[k];
+        if (at !== first) {
+          // a release store after the id and length (plain on x86, ordering.ts)
+          if (TSO) d16[8 * at + 7] = wrap === 1 ? F_BOTH : 0;
+          else Atomics.store(d16, 8 * at + 7, wrap === 1 ? F_BOTH : 0);
+        }
         if (logging) this.deferMark(this.descGpa + DESC_SIZE * at + 8, 8);
       }
-      slot += this.pCnt[k];
+      slot += pCnt[k];
       if (slot >= size) {
         slot -= size;
         wrap ^= 1;
       }
     }
+    // seq-cst: after every element above, and the fence before the driver event area is read
+    Atomics.store(d16, 8 * first + 7, firstFlags);
     this.lastUsed = slot;
     this.usedWrap = wrap;
     if (this.isTx) {
