@@ -300,6 +300,24 @@ t.test('dirty logging: RX buffers, headers and the used elements are marked', as
   const marked: number[] = [];
   for (let i = 0; i < 128; i++) if (logView[i >> 3] & (1 << (i & 7))) marked.push(i);
   t.same(marked, [...pages].sort((x, y) => x - y), 'exactly the written pages: buffers and the descriptor ring');
+  // the TX side: its used elements (the only guest writes of a TX ring) and the device event area
+  const txLog = new SharedArrayBuffer(64);
+  const txView = new Uint8Array(txLog, 8, 16);
+  const c = makeGuest();
+  const t2 = makePacked(c, { index: 1, size: 8, features: { logAll: true }, log: { sab: txLog, offset: 8, size: 16 } });
+  const r2 = makePacked(makeGuest(), { index: 0, size: 8 });
+  t2.drv.postTx(pattern(100, 1));
+  r2.drv.postRx(512);
+  t.equal(forward(t2, r2).done, 1);
+  const txMarked: number[] = [];
+  for (let i = 0; i < 128; i++) if (txView[i >> 3] & (1 << (i & 7))) txMarked.push(i);
+  t.same(txMarked, [Math.floor(layout(1).desc / 4096)], 'TX: the descriptor ring page (the used element), nothing else');
+  t2.vq.disableNotify();
+  txView.fill(0);
+  t2.vq.enableNotify();
+  const evMarked: number[] = [];
+  for (let i = 0; i < 128; i++) if (txView[i >> 3] & (1 << (i & 7))) evMarked.push(i);
+  t.same(evMarked, [Math.floor(layout(1).used / 4096)], 'enableNotify: the device event area page');
 });
 
 t.test('hostile descriptors: each a named GuestError, nothing written to the ring', async (t) => {
