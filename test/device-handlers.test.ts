@@ -8,7 +8,7 @@
 import t, { Test } from 'tap';
 import { native } from '../src/native';
 import { F, FLAG_NEED_REPLY, FLAG_VERSION, PF, Req, VRING_NOFD_MASK, bit } from '../src/protocol/constants';
-import { CTRL_LAST_AVAIL, LogDesc, RegionDesc, VringDesc } from '../src/shared/types';
+import { CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, RegionDesc, VringDesc } from '../src/shared/types';
 import { Dataplane, Device, DeviceLink, DeviceOptions } from '../src/main/device';
 import { encodeMemoryTable, encodeU64, encodeVringAddr, encodeVringState } from '../src/protocol/messages';
 import { LogLine, setLevel, setSink } from '../src/main/log';
@@ -271,4 +271,39 @@ t.test('SET_VRING_ENABLE 0 stops only its ring; SET_VRING_ADDR with the same rin
   await f.send(Req.SET_VRING_ADDR, encodeVringAddr({ index: 1, flags: 1, desc: UVA + r.desc, avail: UVA + r.avail, used: UVA + r.used, log: 0x4000 + r.used }));
   t.same(f.dp.calls, [['setRingLogging', f.dev.id, 1, false, 0x4000 + r.used, null]], 'same rings, VHOST_VRING_F_LOG set: logging changed in place, nothing stopped');
   t.same(f.link.resets, []);
+});
+
+t.test('packed rings: SET_VRING_BASE and GET_VRING_BASE carry the wrap counter in bit 15, used in bits 16-31; ring areas 16n + 4 + 4', async (t) => {
+  const f = makeDevice(t);
+  const features = bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_F_RING_PACKED);
+  await f.send(Req.SET_OWNER);
+  await f.send(Req.SET_FEATURES, encodeU64(features));
+  const fd = native.memfdCreate('guest', MEM);
+  await f.send(Req.SET_MEM_TABLE, encodeMemoryTable([{ gpa: 0, size: MEM, uva: UVA, mmapOffset: 0 }]), [fd]);
+  // as QEMU sends it for a fresh ring: avail 0 wrap 1, used 0 wrap 1
+  await f.send(Req.SET_VRING_NUM, encodeVringState({ index: 1, num: Q }));
+  await f.send(Req.SET_VRING_BASE, encodeVringState({ index: 1, num: 0x8000_8000 }));
+  // the device event area in the last 4 bytes of memory: a split used ring there would not fit
+  await f.send(Req.SET_VRING_ADDR, encodeVringAddr({ index: 1, flags: 0, desc: UVA + 0x10000, avail: UVA + 0x10000 + 16 * Q, used: UVA + MEM - 4, log: 0 }));
+  await f.send(Req.SET_VRING_KICK, encodeU64(1 | VRING_NOFD_MASK));
+  t.same(f.link.resets, [], 'a packed ring is sized as one: 16n of descriptors, 4 + 4 of event areas');
+  t.same(f.dp.calls, [['startRing', f.dev.id, 1]]);
+  const ctrl = new Int32Array(f.dp.ctrl.get(1)!);
+  t.equal(ctrl[CTRL_LAST_AVAIL], 0x8000, 'the worker starts at slot 0 with wrap counter 1');
+  t.equal(ctrl[CTRL_LAST_USED], 0x8000);
+  // the worker stopped at slot 5 after a lap (wrap 0): GET_VRING_BASE answers 5 | 5 << 16
+  f.dp.lastAvailAtStop.set(1, 5);
+  f.link.sent.length = 0;
+  await f.send(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
+  t.same(f.link.sent, [replyHex(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 0x0005_0005 }))], 'avail 5 wrap 0, used 5 wrap 0');
+  // DPDK's form (avail only, wrap 1) resumes as given
+  await f.send(Req.SET_VRING_BASE, encodeVringState({ index: 1, num: 0x8000 | 200 }));
+  await f.send(Req.SET_VRING_KICK, encodeU64(1 | VRING_NOFD_MASK));
+  const again = new Int32Array(f.dp.ctrl.get(1)!);
+  t.same([again[CTRL_LAST_AVAIL], again[CTRL_LAST_USED]], [0x8000 | 200, 0x8000 | 200], 'resumes at slot 200, wrap 1, used = avail');
+  // an index past the ring is refused before any worker sees it
+  await f.send(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
+  await f.send(Req.SET_VRING_BASE, encodeVringState({ index: 1, num: Q }));
+  await f.send(Req.SET_VRING_KICK, encodeU64(1 | VRING_NOFD_MASK));
+  t.match(f.link.resets, [/base 256 is not below the queue size 256/]);
 });

@@ -150,6 +150,8 @@ export interface GuestOptions {
   hotplug?: { slots: number; maxMb: number };
   /** more kernel command line arguments */
   append?: string[];
+  /** packed=on: the device offers VIRTIO_F_RING_PACKED to the guest (if the backend does) */
+  packed?: boolean;
 }
 
 export class QemuGuest {
@@ -175,7 +177,7 @@ export class QemuGuest {
       '-kernel', img.kernel, '-initrd', img.initrd, '-append', append,
       '-chardev', chardev,
       '-netdev', `vhost-user,id=n0,chardev=c0${q > 1 ? `,queues=${q}` : ''}`,
-      '-device', `virtio-net-pci,netdev=n0,mac=${o.mac},vectors=0${q > 1 ? ',mq=on' : ''}${o.hostMtu ? `,host_mtu=${o.hostMtu}` : ''}`,
+      '-device', `virtio-net-pci,netdev=n0,mac=${o.mac},vectors=0${q > 1 ? ',mq=on' : ''}${o.hostMtu ? `,host_mtu=${o.hostMtu}` : ''}${o.packed ? ',packed=on' : ''}`,
       ...(o.monitor ? ['-monitor', `unix:${o.monitor},server=on,wait=off`] : []),
       ...(o.incoming ? ['-incoming', `unix:${o.incoming}`] : []),
     ];

@@ -15,10 +15,10 @@
  */
 import {
   DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, OFFLOAD_FEATURES, FeatureName, MAX_MEM_SLOTS,
-  MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
+  MAX_QUEUE_SIZE, PACKED_EVENT_AREA, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
 } from '../protocol/constants';
 import {
-  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
+  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, CTRL_SIGNALLED_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
   usedRingBytes,
 } from '../shared/types';
 import { Message, encodeReply, needsReply } from '../protocol/codec';
@@ -300,6 +300,8 @@ export class Device implements BackendRequests {
         v.started = false;
         v.stopping = null;
         v.lastAvailIdx = new Int32Array(v.ctrl)[CTRL_LAST_AVAIL] & 0xffff;
+        // packed rings: index | wrap << 15; the worker returns every chain it takes before it
+        // stops, so the used index and wrap counter equal these
       },
       (e: unknown) => {
         // the worker missed its deadline and was replaced without this ring: stopped all the same
@@ -362,6 +364,7 @@ export class Device implements BackendRequests {
       if (!loc) throw new ProtocolError(req, `ring ${v.index} ${what} 0x${uva.toString(16)}+${len} is outside guest memory`);
       return loc;
     };
+    if (this.packed) return this.describePackedRing(v, req, where);
     const eventIdx = hasBit(this.features, F.VIRTIO_RING_F_EVENT_IDX);
     const desc = where('descriptor table', a.desc, descTableBytes(n));
     const avail = where('available ring', a.avail, availRingBytes(n, eventIdx));
@@ -396,6 +399,48 @@ export class Device implements BackendRequests {
     };
   }
 
+  /** VIRTIO_F_RING_PACKED negotiated */
+  get packed(): boolean {
+    return hasBit(this.features, F.VIRTIO_F_RING_PACKED);
+  }
+
+  /**
+   * A packed ring (virtio 1.1 2.8): SET_VRING_ADDR's desc is the descriptor ring (16 bytes a
+   * slot), avail the driver event suppression area, used the device's (4 bytes each). No
+   * index lives in guest memory: the ring resumes from SET_VRING_BASE (index | wrap << 15),
+   * used = avail as DPDK's vhost does (nothing is in flight across a stop).
+   */
+  private describePackedRing(v: Vring, req: string, where: (what: string, uva: number, len: number) => RingLocation): VringDesc {
+    const a = v.addr as VringAddr;
+    const n = v.num;
+    const desc = where('descriptor ring', a.desc, descTableBytes(n));
+    const avail = where('driver event area', a.avail, PACKED_EVENT_AREA);
+    const used = where('device event area', a.used, PACKED_EVENT_AREA);
+    if (a.desc % 16 || a.avail % 4 || a.used % 4) throw new ProtocolError(req, `ring ${v.index} addresses are misaligned`);
+    if ((v.lastAvailIdx & 0x7fff) >= n) throw new ProtocolError(req, `ring ${v.index} base ${v.lastAvailIdx & 0x7fff} is not below the queue size ${n}`);
+    v.ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
+    const ctrl = new Int32Array(v.ctrl);
+    ctrl[CTRL_LAST_AVAIL] = v.lastAvailIdx;
+    ctrl[CTRL_LAST_USED] = v.lastAvailIdx;
+    ctrl[CTRL_SIGNALLED_USED] = -1;
+    ctrl[CTRL_MAX_FRAME] = this.maxFrame();
+    return {
+      device: this.id,
+      port: this.opts.port,
+      index: v.index,
+      size: n,
+      desc,
+      avail,
+      used,
+      logUsedGpa: this.usedLogGpa(a),
+      kickFd: v.kickFd,
+      callFd: v.callFd,
+      features: this.queueFeatures(),
+      ctrl: v.ctrl,
+      stats: v.stats,
+    };
+  }
+
   queueFeatures(): QueueFeatures {
     const f = this.features;
     const mrg = hasBit(f, F.VIRTIO_NET_F_MRG_RXBUF);
@@ -405,6 +450,7 @@ export class Device implements BackendRequests {
       eventIdx: hasBit(f, F.VIRTIO_RING_F_EVENT_IDX),
       indirect: hasBit(f, F.VIRTIO_RING_F_INDIRECT_DESC),
       inOrder: hasBit(f, F.VIRTIO_F_IN_ORDER),
+      packed: hasBit(f, F.VIRTIO_F_RING_PACKED),
       logAll: hasBit(f, F.VHOST_F_LOG_ALL),
       netBits: Number(f & 0xffff_ffffn),
     };
@@ -667,6 +713,15 @@ export class Device implements BackendRequests {
 
   setVringBase(s: VringState, rq: RequestContext): void {
     const v = this.vring(s.index, rq.name);
+    if (this.packed) {
+      // bits 0-14 last_avail_idx, bit 15 its wrap counter; QEMU adds the used index and wrap
+      // in bits 16-31, DPDK's vhost takes used = avail, as we do (nothing is in flight)
+      const lo = s.num & 0xffff;
+      const hi = s.num >>> 16;
+      if (hi !== 0 && hi !== lo) log.warn('packed ring base: used index differs from avail; resuming from avail', { dev: this.opts.name, ring: v.index, base: s.num });
+      v.lastAvailIdx = lo;
+      return;
+    }
     if (s.num > 0xffff) throw new ProtocolError(rq.name, `base ${s.num} does not fit a 16-bit index`);
     v.lastAvailIdx = s.num;
   }
@@ -680,7 +735,9 @@ export class Device implements BackendRequests {
     v.kickFd = -1;
     v.hasKick = false;
     log.info('ring stopped', { dev: this.opts.name, ring: v.index, lastAvail: v.lastAvailIdx });
-    return encodeVringState({ index: v.index, num: v.lastAvailIdx });
+    // packed: avail index | wrap << 15, and the same for used in bits 16-31 (QEMU reads both)
+    const num = this.packed ? (v.lastAvailIdx | (v.lastAvailIdx << 16)) >>> 0 : v.lastAvailIdx;
+    return encodeVringState({ index: v.index, num });
   }
 
   setVringKick(f: VringFile, rq: RequestContext): void {

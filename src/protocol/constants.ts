@@ -177,6 +177,7 @@ export const DEFAULT_FEATURES: readonly FeatureName[] = [
   'VIRTIO_F_ANY_LAYOUT',
   'VIRTIO_F_VERSION_1',
   'VIRTIO_F_IN_ORDER',
+  'VIRTIO_F_RING_PACKED',
   'VIRTIO_RING_F_INDIRECT_DESC',
   'VIRTIO_RING_F_EVENT_IDX',
   'VIRTIO_NET_F_GUEST_ANNOUNCE',
@@ -195,6 +196,15 @@ export const VRING_DESC_F_INDIRECT = 4;
 export const VRING_AVAIL_F_NO_INTERRUPT = 1;
 export const VRING_USED_F_NO_NOTIFY = 1;
 export const DESC_SIZE = 16;
+
+/** Packed virtqueue layout (virtio 1.1 2.8): descriptor flags and event suppression. */
+export const VRING_PACKED_DESC_F_AVAIL = 1 << 7;
+export const VRING_PACKED_DESC_F_USED = 1 << 15;
+export const RING_EVENT_FLAGS_ENABLE = 0;
+export const RING_EVENT_FLAGS_DISABLE = 1;
+export const RING_EVENT_FLAGS_DESC = 2;
+/** bytes of the driver and of the device event suppression area (off_wrap u16, flags u16) */
+export const PACKED_EVENT_AREA = 4;
 
 /** Dirty log granularity (VHOST_LOG_PAGE). */
 export const LOG_PAGE = 4096;

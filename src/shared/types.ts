@@ -42,6 +42,12 @@ export interface QueueFeatures {
   indirect: boolean;
   /** VIRTIO_F_IN_ORDER negotiated: a TX burst returns its buffers with one used entry (its last). */
   inOrder: boolean;
+  /**
+   * VIRTIO_F_RING_PACKED negotiated: the ring is one descriptor ring (desc) with the driver
+   * (avail) and device (used) event suppression areas, and the CTRL_LAST_* slots hold
+   * index | wrap counter << 15 (packed-ring.ts).
+   */
+  packed?: boolean;
   /** VHOST_F_LOG_ALL negotiated: log every guest write while a log is set. */
   logAll: boolean;
   /**

@@ -24,7 +24,7 @@ import {
 import { ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_DROP_NO_BUF, ST_GSO_PASSED, ST_GSO_SEGMENTED } from '../shared/types';
 import { GuestMemory, RegionViews, makeViews } from './guest-memory';
 import { PacketBatch } from './packet-batch';
-import type { Virtqueue } from './virtqueue';
+import type { RxFrameSink } from './ring-format';
 import { EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
 
 /** Largest frame with an offload: an IP packet of 64 KiB - 1 behind Ethernet and one VLAN tag. */
@@ -318,7 +318,7 @@ function startSum(): void {
 }
 
 /** copy frame bytes [from, from + len) of packet i to the destination's write cursor */
-function putFrame(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, from: number, len: number): void {
+function putFrame(vq: RxFrameSink, mem: GuestMemory, b: PacketBatch, i: number, from: number, len: number): void {
   const end = b.segStart[i] + b.segCount[i];
   for (let s = b.segStart[i]; s < end && len > 0; s++) {
     const sl = b.segLen[s];
@@ -365,7 +365,7 @@ function editTemplate(hl: number, edit: number): number {
  * `edit`: the VLAN tag edit towards this destination (0: none). Called under vq.acquire().
  * Returns false when nothing was delivered (no buffer).
  */
-export function enqueueOffload(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): boolean {
+export function enqueueOffload(vq: RxFrameSink, mem: GuestMemory, b: PacketBatch, i: number, edit: number): boolean {
   const nb = vq.features.netBits;
   const gt = b.gsoType[i];
   const base = gt & ~GSO_ECN;
@@ -393,7 +393,7 @@ export function enqueueOffload(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, 
  * With a tag edit csum_start and a non-zero hdr_len move with the bytes behind the tag
  * (csum_start >= 14, validated, so neither goes below 10).
  */
-function passThrough(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, hl: number, edit: number): boolean {
+function passThrough(vq: RxFrameSink, mem: GuestMemory, b: PacketBatch, i: number, hl: number, edit: number): boolean {
   const d = editDelta(edit);
   const len = b.pktLen[i] + d;
   const hdrLen = hl === 0 || hl + d < 0 ? 0 : hl + d;
@@ -421,7 +421,7 @@ function passThrough(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number,
  * the frame is delivered edited and the checksum stored where its field moved to; the bytes
  * summed lie past the tag, the same in source and delivered frame.
  */
-function completeCsum(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): boolean {
+function completeCsum(vq: RxFrameSink, mem: GuestMemory, b: PacketBatch, i: number, edit: number): boolean {
   const len = b.pktLen[i];
   const start = b.csumStart[i];
   const d = editDelta(edit);
@@ -445,7 +445,7 @@ function completeCsum(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number
  * once, and its offsets move; the payload is read from the source as it is. Returns the
  * segments delivered.
  */
-function segmentTcp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): number {
+function segmentTcp(vq: RxFrameSink, mem: GuestMemory, b: PacketBatch, i: number, edit: number): number {
   const len = b.pktLen[i];
   const srcHl = b.l4End[i];
   const mss = b.gsoSize[i];
@@ -514,7 +514,7 @@ function segmentTcp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, 
  * share the frame's id, IPv6 ones get a fragment header with an id of ours. With a tag edit
  * the template's headers are edited once (as segmentTcp's). Returns the fragments delivered.
  */
-function fragmentUdp(vq: Virtqueue, mem: GuestMemory, b: PacketBatch, i: number, edit: number): number {
+function fragmentUdp(vq: RxFrameSink, mem: GuestMemory, b: PacketBatch, i: number, edit: number): number {
   const len = b.pktLen[i];
   const srcL4 = b.l4Off[i];
   const fs = b.gsoSize[i] & ~7;

@@ -16,6 +16,8 @@ import { MacTable } from './mac-table';
 import { PacketBatch, BURST } from './packet-batch';
 import { CopyQueue } from './bulk-copy';
 import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
+import { PackedVirtqueue } from './packed-ring';
+import type { RingQueue } from './ring-format';
 import { Virtqueue } from './virtqueue';
 import { wireLen } from './offload';
 import { TSO } from './ordering';
@@ -29,7 +31,7 @@ interface Ring {
   index: number;
   port: number;
   pair: number;
-  vq: Virtqueue;
+  vq: RingQueue;
   mem: GuestMemory;
   dirty: DirtyLog;
   /** config forceLog, unless paused at run time ('force-log' message, SIGUSR2 in the CLI) */
@@ -113,7 +115,7 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
   log.set(m.ring.features.logAll || m.forceLog ? m.log : null);
   const ring = m.forceLog ? { ...m.ring, features: { ...m.ring.features, logAll: true } } : m.ring;
   mem.enableBulk(native);
-  const vq = new Virtqueue(ring, mem, log);
+  const vq: RingQueue = ring.features.packed === true ? new PackedVirtqueue(ring, mem, log) : new Virtqueue(ring, mem, log);
   vq.bulk = bulk;
   // offloads: a frame dropped for its header is logged by the main thread (rate-limited in vq)
   vq.onBadOffload = (reason, suppressed) => send({ op: 'bad-offload', device: m.ring.device, index: m.ring.index, reason, suppressed });

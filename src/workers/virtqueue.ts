@@ -24,6 +24,7 @@ import { GuestError } from './guest-error';
 import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
+import type { RingQueue } from './ring-format';
 import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
 
@@ -36,7 +37,7 @@ const PAGE_INV = 1 / LOG_PAGE;
 const tagBytes = new Uint8Array(8);
 const tagViews = makeViews(tagBytes.buffer, 0, 8);
 
-export class Virtqueue {
+export class Virtqueue implements RingQueue {
   readonly index: number;
   readonly size: number;
   readonly isTx: boolean;

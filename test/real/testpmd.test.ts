@@ -82,6 +82,27 @@ t.test('testpmd virtio_user connects in server mode (vhostfwd listens), starts i
   t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
 });
 
+for (const devargs of ['packed_vq=1', 'packed_vq=1,in_order=1', 'packed_vq=1,in_order=0', 'packed_vq=1,mrg_rxbuf=0']) {
+  t.test(`testpmd virtio_user with packed rings (${devargs}): VIRTIO_F_RING_PACKED negotiated, the loop exact`, async (t) => {
+    const env = await startForwarder(['a', 'b']);
+    const fe = new Testpmd({ role: 'frontend', sockets: [env.sock('a'), env.sock('b')], lcores: [1, 0], prefix: `vhostfwd-fep-${process.pid}`, devargs });
+    t.teardown(async () => {
+      await fe.kill();
+      await env.stop();
+    });
+    await fe.ready();
+    t.notMatch(fe.output, /Fail to start port|Failed to setup|Cannot/i, 'no port failed to start');
+    const has = (b: number) => env.fwd.interfaces.map((i) => hasBit(i.device?.features ?? 0n, b));
+    t.same(has(F.VIRTIO_F_RING_PACKED), [true, true], 'VIRTIO_F_RING_PACKED negotiated on both ports');
+    const inOrder = !devargs.includes('in_order=0');
+    t.same(has(F.VIRTIO_F_IN_ORDER), [inOrder, inOrder], `IN_ORDER ${inOrder ? '' : 'not '}negotiated (virtio_user's in_order defaults to 1)`);
+    await fe.cmd('start tx_first 1');
+    await waitLooped(t, env.fwd, ['a', 'b'], 320);
+    await assertDrained(t, env.fwd, fe, ['a', 'b']);
+    t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
+  });
+}
+
 t.test('testpmd virtio_user without MRG_RXBUF (mrg_rxbuf=0): one RX buffer a packet, the loop exact', async (t) => {
   const env = await startForwarder(['a', 'b']);
   const fe = new Testpmd({ role: 'frontend', sockets: [env.sock('a'), env.sock('b')], lcores: [1, 0], prefix: `vhostfwd-fenm-${process.pid}`, devargs: 'mrg_rxbuf=0', txpkts: 1024 });
@@ -140,6 +161,25 @@ t.test(`testpmd loops packets through vhostfwd for ${LOOP_SECONDS} s: no errors,
   await assertDrained(t, env.fwd, fe, ['a', 'b']);
   t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
 });
+
+for (const devargs of ['packed_vq=1', 'packed_vq=1,in_order=0']) {
+  t.test(`testpmd with packed rings (${devargs}) loops packets through vhostfwd for ${LOOP_SECONDS} s: no errors, counts equal`, async (t) => {
+    const env = await startForwarder(['a', 'b']);
+    const fe = new Testpmd({ role: 'frontend', sockets: [env.sock('a'), env.sock('b')], lcores: [1, 0], prefix: `vhostfwd-fepl-${process.pid}`, txpkts: 64, devargs });
+    t.teardown(async () => {
+      await fe.kill();
+      await env.stop();
+    });
+    await fe.ready();
+    t.same(env.fwd.interfaces.map((i) => hasBit(i.device?.features ?? 0n, F.VIRTIO_F_RING_PACKED)), [true, true], 'VIRTIO_F_RING_PACKED negotiated on both ports');
+    await fe.cmd('start tx_first 4');
+    await sleep(LOOP_SECONDS * 1000);
+    const looped = backendCounts(env.fwd, ['a', 'b'])();
+    t.ok(looped[0].rx + looped[1].rx > 100000, `${looped[0].rx + looped[1].rx} packets delivered in ${LOOP_SECONDS} s (more than 100000: the loop runs at speed)`);
+    await assertDrained(t, env.fwd, fe, ['a', 'b']);
+    t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
+  });
+}
 
 t.test('multi-queue: testpmd with 2 queue pairs per port loops packets through vhostfwd on both pairs', async (t) => {
   // steering by queue pair: testpmd's txonly stream is one flow (a hash would keep it on one queue)

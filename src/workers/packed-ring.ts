@@ -1,0 +1,1042 @@
+/**
+ * One packed virtqueue, device side (virtio 1.1 2.8, VIRTIO_F_RING_PACKED), after DPDK
+ * lib/vhost virtio_net.c (the packed paths) and QEMU hw/virtio/virtio.c.
+ *
+ * One ring of 16-byte descriptors (addr u64, len u32, id u16, flags u16) that the driver makes
+ * available and the device hands back in place: a descriptor at slot i is available when its
+ * AVAIL bit equals the device's avail wrap counter and its USED bit does not; the device
+ * returns a buffer by writing, at the next used slot, its buffer id (the id of the chain's
+ * last descriptor), the bytes written, and last the flags with AVAIL = USED = the used wrap
+ * counter. A chain is consecutive descriptors linked by NEXT (across the end of the ring) or
+ * one INDIRECT descriptor whose table holds them; the used index moves by the ring slots the
+ * chain took. Event suppression: the driver area (vd.avail) says whether we notify, the
+ * device area (vd.used) whether the driver kicks; each is { off_wrap u16, flags u16 }.
+ *
+ * Same contract as the split Virtqueue (ring-format.ts): every guest violation throws a named
+ * GuestError before anything is written outside the guest's own buffers; no allocation per
+ * packet (scratch grows amortised); used elements are written in publish(), after every
+ * (bulk) copy, each element's flags stored after its id and length (a release store, or a
+ * seq-cst one for the burst's last, the fence before the driver's event area is read).
+ * Dirty logging: every byte written (buffers, headers, used elements, the device event area)
+ * is marked at its guest-physical address, after the write it covers.
+ *
+ * State in ctrl (CTRL_LAST_AVAIL / CTRL_LAST_USED / CTRL_SIGNALLED_USED): index | wrap << 15,
+ * the encoding of GET_VRING_BASE / SET_VRING_BASE for packed rings (QEMU, DPDK).
+ */
+import {
+  DESC_SIZE, LOG_PAGE, MAX_QUEUE_SIZE, PACKED_EVENT_AREA, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
+  VRING_PACKED_DESC_F_USED,
+} from '../protocol/constants';
+import {
+  CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation, ST_BURSTS, ST_BYTES,
+  ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
+} from '../shared/types';
+import { BULK_MIN, CopyQueue } from './bulk-copy';
+import { copyBytes, F64_EXACT } from './copy';
+import { DirtyLog } from './dirty-log';
+import { GuestError } from './guest-error';
+import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
+import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
+import { TSO } from './ordering';
+import { PacketBatch } from './packet-batch';
+import type { RingQueue } from './ring-format';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+
+const F_AVAIL = VRING_PACKED_DESC_F_AVAIL;
+const F_USED = VRING_PACKED_DESC_F_USED;
+const F_BOTH = F_AVAIL | F_USED;
+const PAGE_INV = 1 / LOG_PAGE;
+
+/** The 4 bytes of a pushed 802.1Q tag, written here then copied like any source piece. */
+const tagBytes = new Uint8Array(8);
+const tagViews = makeViews(tagBytes.buffer, 0, 8);
+
+/** index | wrap << 15 (the ctrl slots and GET/SET_VRING_BASE) */
+export function packedIndex(idx: number, wrap: number): number {
+  return (idx & 0x7fff) | ((wrap & 1) << 15);
+}
+
+export class PackedVirtqueue implements RingQueue {
+  readonly index: number;
+  readonly size: number;
+  readonly isTx: boolean;
+  readonly features: QueueFeatures;
+  readonly mem: GuestMemory;
+  readonly log: DirtyLog;
+  readonly ctrl: Int32Array;
+  readonly stats: Float64Array;
+  bulk: CopyQueue | null = null;
+  onBadOffload: ((reason: string, suppressed: number) => void) | null = null;
+
+  /** the descriptor ring: u32 [4i] addr lo, [4i+1] addr hi, [4i+2] len; u16 [8i+6] id, [8i+7] flags */
+  private readonly d32: Uint32Array;
+  private readonly d16: Uint16Array;
+  /** driver event suppression area: [0] off_wrap, [1] flags (read) */
+  private readonly drvEvt: Uint16Array;
+  /** device event suppression area: [0] off_wrap, [1] flags (written) */
+  private readonly devEvt: Uint16Array;
+  private readonly descGpa: number;
+  private readonly devEvtGpa: number;
+
+  private lastAvail = 0;
+  private availWrap = 1;
+  private lastUsed = 0;
+  private usedWrap = 1;
+  /** used index (no wrap) at the last notification decision, as DPDK's signalled_used */
+  private signalled = 0;
+  private signalledValid = false;
+  private devFlags = -1;
+  private notifyPending = false;
+
+  /** chains taken and not yet returned: buffer id, bytes written, ring slots */
+  private readonly pId: Uint16Array;
+  private readonly pLen: Uint32Array;
+  private readonly pCnt: Uint16Array;
+  private nPend = 0;
+
+  // the chain walker's output: the current descriptor, and the chain's id and slots at its end
+  private wRegion = 0;
+  private wOff = 0;
+  private wLen = 0;
+  private wWritable = false;
+  private wId = 0;
+  private wSlots = 0;
+  // walk state
+  private wSlot = 0;
+  private wCount = 0;
+  private wInd = -1;
+  private wIndOff = 0;
+  private wIndN = 0;
+  private wIndK = 0;
+  private wDone = true;
+
+  // RX scratch: the buffers reserved for the frame being enqueued
+  private dSegRegion = new Uint16Array(64);
+  private dSegOff = new Float64Array(64);
+  private dSegLen = new Uint32Array(64);
+  private nDSeg = 0;
+  private chainFrom = 0;
+  private nChains = 0;
+  private wSeg = 0;
+  private wPos = 0;
+  private rxHdr: Uint8Array | null = null;
+  private readonly txHdr = new Uint8Array(12);
+
+  /** page runs [first, last] written this burst, marked in publish() after the copies ran */
+  private marks = new Float64Array(128);
+  private nMarks = 0;
+  private pagesSeen = 0;
+
+  private badReportAt = -Infinity;
+  private badSuppressed = 0;
+
+  constructor(vd: VringDesc, mem: GuestMemory, log: DirtyLog) {
+    const size = vd.size;
+    // a packed ring need not be a power of two, but every frontend uses one and so do we
+    if (!Number.isInteger(size) || size <= 0 || (size & (size - 1)) !== 0) {
+      throw new GuestError('queue size not a power of two', `size ${size}`);
+    }
+    if (size > MAX_QUEUE_SIZE) throw new GuestError('queue size over 32768', `size ${size}`);
+    this.index = vd.index;
+    this.size = size;
+    this.isTx = (vd.index & 1) === 1;
+    this.features = { ...vd.features };
+    this.mem = mem;
+    this.log = log;
+    this.ctrl = new Int32Array(vd.ctrl);
+    this.stats = new Float64Array(vd.stats);
+    checkArea(mem, 'descriptor ring', vd.desc, DESC_SIZE * size, 16);
+    checkArea(mem, 'driver event area', vd.avail, PACKED_EVENT_AREA, 4);
+    checkArea(mem, 'device event area', vd.used, PACKED_EVENT_AREA, 4);
+    const dr = mem.regions[vd.desc.region];
+    this.d32 = new Uint32Array(dr.sab, dr.sabOffset + vd.desc.offset, 4 * size);
+    this.d16 = new Uint16Array(dr.sab, dr.sabOffset + vd.desc.offset, 8 * size);
+    const ar = mem.regions[vd.avail.region];
+    this.drvEvt = new Uint16Array(ar.sab, ar.sabOffset + vd.avail.offset, 2);
+    const ur = mem.regions[vd.used.region];
+    this.devEvt = new Uint16Array(ur.sab, ur.sabOffset + vd.used.offset, 2);
+    this.descGpa = dr.gpa + vd.desc.offset;
+    this.devEvtGpa = ur.gpa + vd.used.offset;
+    this.pId = new Uint16Array(size);
+    this.pLen = new Uint32Array(size);
+    this.pCnt = new Uint16Array(size);
+    this.loadState();
+    this.pagesSeen = log.pagesMarked;
+  }
+
+  private loadState(): void {
+    const c = this.ctrl;
+    const a = c[CTRL_LAST_AVAIL] & 0xffff;
+    const u = c[CTRL_LAST_USED] & 0xffff;
+    this.lastAvail = a & 0x7fff;
+    this.availWrap = a >>> 15;
+    this.lastUsed = u & 0x7fff;
+    this.usedWrap = u >>> 15;
+    if (this.lastAvail >= this.size || this.lastUsed >= this.size) {
+      throw new GuestError('ring index out of range', `avail ${this.lastAvail} used ${this.lastUsed} size ${this.size}`);
+    }
+    const s = c[CTRL_SIGNALLED_USED];
+    this.signalledValid = s >= 0;
+    this.signalled = s & 0x7fff;
+  }
+
+  private storeState(): void {
+    const c = this.ctrl;
+    c[CTRL_LAST_AVAIL] = packedIndex(this.lastAvail, this.availWrap);
+    c[CTRL_LAST_USED] = packedIndex(this.lastUsed, this.usedWrap);
+    c[CTRL_SIGNALLED_USED] = this.signalledValid ? this.signalled : -1;
+  }
+
+  setLogging(logAll: boolean, _logUsedGpa: number): void {
+    this.log.flush();
+    this.features.logAll = logAll;
+  }
+
+  private get logging(): boolean {
+    return this.features.logAll && this.log.active;
+  }
+
+  /** Indices as index | wrap << 15 (tests; RX: valid while acquired). */
+  get lastAvailIdx(): number {
+    return packedIndex(this.lastAvail, this.availWrap);
+  }
+  get lastUsedIdx(): number {
+    return packedIndex(this.lastUsed, this.usedWrap);
+  }
+
+  /** Is the descriptor at `slot` available for wrap counter `wrap`? (flags read with acquire) */
+  private isAvail(slot: number, wrap: number): boolean {
+    const f = TSO ? this.d16[8 * slot + 7] : Atomics.load(this.d16, 8 * slot + 7);
+    return ((f & F_AVAIL) !== 0) === (wrap === 1) && ((f & F_USED) !== 0) !== (wrap === 1);
+  }
+
+  // ---------------------------------------------------------------- chain walker
+
+  /** Begin the chain whose first descriptor is at slot `slot` (available, checked by the caller). */
+  private walkStart(slot: number): void {
+    this.wSlot = slot;
+    this.wCount = 0;
+    this.wSlots = 0;
+    this.wInd = -1;
+    this.wDone = false;
+  }
+
+  /** The chain's next descriptor, validated, into wRegion/wOff/wLen/wWritable; false at its end. */
+  private walkNext(): boolean {
+    if (this.wDone) return false;
+    const mem = this.mem;
+    let addr: number;
+    let len: number;
+    let flags: number;
+    if (this.wInd >= 0) {
+      if (this.wIndK === this.wIndN) {
+        this.wDone = true;
+        return false;
+      }
+      const dv = mem.views[this.wInd].dv;
+      const o = this.wIndOff + DESC_SIZE * this.wIndK++;
+      addr = dv.getUint32(o, true) + dv.getUint32(o + 4, true) * 0x1_0000_0000;
+      len = dv.getUint32(o + 8, true);
+      flags = dv.getUint16(o + 14, true);
+      if ((flags & VRING_DESC_F_INDIRECT) !== 0) throw new GuestError('nested indirect descriptor');
+      if (++this.wCount > this.size) throw new GuestError('descriptor chain longer than the queue size');
+    } else {
+      const s = this.wSlot;
+      const w = 4 * s;
+      flags = this.d16[8 * s + 7];
+      addr = this.d32[w] + this.d32[w + 1] * 0x1_0000_0000;
+      len = this.d32[w + 2];
+      this.wId = this.d16[8 * s + 6];
+      this.wSlots++;
+      if (++this.wCount > this.size) throw new GuestError('descriptor chain longer than the queue size');
+      this.wSlot = s + 1 === this.size ? 0 : s + 1;
+      if ((flags & VRING_DESC_F_NEXT) === 0) this.wDone = true;
+      if ((flags & VRING_DESC_F_INDIRECT) !== 0) {
+        if (!this.features.indirect) throw new GuestError('indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
+        if ((flags & VRING_DESC_F_NEXT) !== 0) throw new GuestError('indirect descriptor with NEXT');
+        if (this.wCount > 1) throw new GuestError('indirect descriptor inside a chain');
+        if (len === 0 || len % DESC_SIZE !== 0) throw new GuestError('indirect table length not a non-zero multiple of 16', `len ${len}`);
+        const r = mem.translate(addr, len);
+        if (r < 0) throw new GuestError('indirect table outside guest memory', `addr 0x${addr.toString(16)} len ${len}`);
+        this.wInd = r;
+        this.wIndOff = mem.off;
+        this.wIndN = len / DESC_SIZE;
+        this.wIndK = 0;
+        this.wCount = 0;
+        this.wDone = false;
+        if (this.wIndN > this.size) throw new GuestError('descriptor chain longer than the queue size');
+        return this.walkNext();
+      }
+    }
+    const r = mem.translate(addr, len);
+    if (r < 0) {
+      throw mem.translate(addr, 0) < 0
+        ? new GuestError('descriptor outside guest memory', `addr 0x${addr.toString(16)} len ${len}`)
+        : new GuestError('descriptor crosses a memory region end', `addr 0x${addr.toString(16)} len ${len}`);
+    }
+    this.wRegion = r;
+    this.wOff = mem.off;
+    this.wLen = len;
+    this.wWritable = (flags & VRING_DESC_F_WRITE) !== 0;
+    return true;
+  }
+
+  /** After the walk: the buffer id (its last ring descriptor's), checked. */
+  private walkId(): number {
+    const id = this.wId;
+    if (id >= this.size) throw new GuestError('buffer id out of range', `id ${id} size ${this.size}`);
+    return id;
+  }
+
+  /** Move the avail index past `slots` descriptors (the wrap counter flips at the end). */
+  private advanceAvail(slots: number): void {
+    let a = this.lastAvail + slots;
+    if (a >= this.size) {
+      a -= this.size;
+      this.availWrap ^= 1;
+    }
+    this.lastAvail = a;
+  }
+
+  // ---------------------------------------------------------------- guest TX (dequeue)
+
+  dequeueBurst(batch: PacketBatch, max: number): number {
+    batch.reset();
+    const d16 = this.d16;
+    // an empty poll (the busy loop's common case) reads one flags word and writes nothing
+    {
+      const f0 = TSO ? d16[8 * this.lastAvail + 7] : Atomics.load(d16, 8 * this.lastAvail + 7);
+      if ((f0 & F_BOTH) !== (this.availWrap === 1 ? F_AVAIL : F_USED)) {
+        if (!this.notifyPending) return 0;
+      }
+    }
+    if (max > batch.capacity) max = batch.capacity;
+    let bytes = 0;
+    const d32 = this.d32;
+    const size = this.size;
+    const hdrLen = this.features.hdrLen;
+    const mem = this.mem;
+    const tso = TSO;
+    // the last buffer's region as a window in locals (guest-memory.ts window(), as the split
+    // ring's loops do): int32 math per descriptor, no double offsets (boxed when passed on)
+    let cr = -1;
+    let cHi = 0;
+    let cLo = 0;
+    let cSpan = 0;
+    let cOff = 0;
+    let cU8: Uint8Array | null = null;
+    while (batch.nUsed < max) {
+      const slot = this.lastAvail;
+      const f = tso ? d16[8 * slot + 7] : Atomics.load(d16, 8 * slot + 7);
+      const wrapBits = this.availWrap === 1 ? F_AVAIL : F_USED;
+      if ((f & F_BOTH) !== wrapBits) break; // not available
+      // Fast path: one read-only descriptor holding header and data (what Linux and DPDK
+      // send); anything else takes the validating walker (dequeueChain)
+      const w = 4 * slot;
+      const len = d32[w + 2];
+      const id = d16[8 * slot + 6];
+      const nS = batch.nSegs;
+      if ((f & ~F_BOTH) === 0 && len > hdrLen && len < 0x8000_0000 && id < size && nS < batch.segCapacity) {
+        const lo = d32[w];
+        const hi = d32[w + 1] | 0;
+        let d = (lo - cLo) | 0;
+        if (hi !== cHi || d < 0 || d >= cSpan || len > cSpan - d) {
+          cr = mem.windowAt(hi, lo | 0, len);
+          if (cr >= 0) {
+            const win = mem.win;
+            cHi = win[WIN_HI];
+            cLo = win[WIN_LO];
+            cSpan = win[WIN_SPAN];
+            cOff = win[WIN_OFF];
+            d = (lo - cLo) | 0;
+            cU8 = mem.views[cr].u8;
+          } else {
+            cSpan = 0;
+          }
+        }
+        if (cr >= 0) {
+          const r = cr;
+          const off = (cOff + d) | 0;
+          const u8 = cU8!;
+          const p = batch.count;
+          const fl = u8[off];
+          const gt = u8[off + 1];
+          batch.flags[p] = fl;
+          batch.gsoType[p] = gt;
+          if ((fl | gt) !== 0) readNetHdr(batch, p, u8, off);
+          const n = len - hdrLen;
+          batch.segRegion[nS] = r;
+          batch.segOffset[nS] = off + hdrLen;
+          batch.segLen[nS] = n;
+          batch.nSegs = nS + 1;
+          batch.head[p] = id;
+          batch.pktLen[p] = n;
+          batch.segStart[p] = nS;
+          batch.segCount[p] = 1;
+          batch.count = p + 1;
+          batch.usedHead[batch.nUsed++] = id;
+          const k = this.nPend++;
+          this.pId[k] = id;
+          this.pLen[k] = 0;
+          this.pCnt[k] = 1;
+          this.lastAvail = slot + 1 === size ? 0 : slot + 1;
+          if (slot + 1 === size) this.availWrap ^= 1;
+          bytes += n;
+          continue;
+        }
+      }
+      const got = this.dequeueChain(batch);
+      if (got < 0) break;
+      bytes += got;
+    }
+    if (batch.nOffload > 0) this.checkOffloads(batch);
+    this.ctrl[CTRL_LAST_AVAIL] = packedIndex(this.lastAvail, this.availWrap);
+    this.stats[ST_PACKETS] += batch.count;
+    this.stats[ST_BYTES] += bytes;
+    if (batch.count > 0) this.stats[ST_BURSTS]++;
+    if (batch.count === 0 && batch.nUsed > 0) {
+      if (this.completeBurst(batch)) this.notifyPending = true;
+      batch.nUsed = 0;
+    }
+    return batch.count;
+  }
+
+  /** Walk and record the TX chain at lastAvail; -1 when it does not fit the batch (left for the next burst). */
+  private dequeueChain(batch: PacketBatch): number {
+    const hdrLen = this.features.hdrLen;
+    const segMark = batch.nSegs;
+    let hdrLeft = hdrLen;
+    let total = 0;
+    let overflow = false;
+    this.walkStart(this.lastAvail);
+    while (this.walkNext()) {
+      if (this.wWritable) throw new GuestError('writable descriptor in TX chain', `slot ${this.lastAvail}`);
+      let off = this.wOff;
+      let len = this.wLen;
+      if (hdrLeft > 0) {
+        const skip = len < hdrLeft ? len : hdrLeft;
+        const u8 = this.mem.views[this.wRegion].u8;
+        const at = hdrLen - hdrLeft;
+        for (let k = 0; k < skip; k++) this.txHdr[at + k] = u8[off + k];
+        hdrLeft -= skip;
+        off += skip;
+        len -= skip;
+      }
+      if (len === 0 || overflow) continue;
+      const s = batch.nSegs;
+      if (s === batch.segCapacity) {
+        overflow = true; // walked to its end all the same: its id and slots are needed
+        continue;
+      }
+      batch.segRegion[s] = this.wRegion;
+      batch.segOffset[s] = off;
+      batch.segLen[s] = len;
+      batch.nSegs = s + 1;
+      total += len;
+    }
+    const id = this.walkId();
+    if (overflow) {
+      batch.nSegs = segMark;
+      if (batch.nUsed > 0) return -1;
+      this.stats[ST_DROP_TOO_BIG]++;
+      this.take(batch, id, 0);
+      return 0;
+    }
+    if (hdrLeft > 0) throw new GuestError('TX chain shorter than the virtio-net header', `slot ${this.lastAvail}`);
+    const p = batch.count++;
+    batch.flags[p] = this.txHdr[0];
+    batch.gsoType[p] = this.txHdr[1];
+    if ((this.txHdr[0] | this.txHdr[1]) !== 0) readNetHdr(batch, p, this.txHdr, 0);
+    batch.head[p] = id;
+    batch.pktLen[p] = total;
+    batch.segStart[p] = segMark;
+    batch.segCount[p] = batch.nSegs - segMark;
+    this.take(batch, id, 0);
+    return total;
+  }
+
+  /** A chain walked: to be returned (pending), avail index past it. */
+  private take(batch: PacketBatch | null, id: number, len: number): void {
+    const k = this.nPend++;
+    this.pId[k] = id;
+    this.pLen[k] = len;
+    this.pCnt[k] = this.wSlots;
+    if (batch !== null) batch.usedHead[batch.nUsed++] = id;
+    this.advanceAvail(this.wSlots);
+  }
+
+  private checkOffloads(batch: PacketBatch): void {
+    const bad = validateBurst(this.mem, batch, this.features.netBits, this.stats);
+    if (bad === 0) return;
+    const now = performance.now();
+    if (now - this.badReportAt < 1000) {
+      this.badSuppressed++;
+      return;
+    }
+    this.badReportAt = now;
+    this.onBadOffload?.(BAD_OFFLOAD_REASONS[bad], this.badSuppressed);
+    this.badSuppressed = 0;
+  }
+
+  /** Return every chain of the burst (len 0). True: notify the guest. */
+  completeBurst(_batch: PacketBatch): boolean {
+    let notify = this.notifyPending;
+    this.notifyPending = false;
+    if (this.nPend === 0) return notify;
+    if (this.publish()) notify = true;
+    return notify;
+  }
+
+  // ---------------------------------------------------------------- guest RX (enqueue)
+
+  acquire(): void {
+    const ctrl = this.ctrl;
+    while (Atomics.compareExchange(ctrl, CTRL_LOCK, 0, 1) !== 0) {
+      // brief spin: the holder is copying at most one burst
+    }
+    this.loadState();
+  }
+
+  release(): void {
+    if (this.nPend > 0) this.publish();
+    this.storeState();
+    if (TSO) this.ctrl[CTRL_LOCK] = 0;
+    else Atomics.store(this.ctrl, CTRL_LOCK, 0);
+  }
+
+  abandon(): void {
+    this.bulk?.discard();
+    this.nPend = 0;
+    this.nMarks = 0;
+    if (TSO) this.ctrl[CTRL_LOCK] = 0;
+    else Atomics.store(this.ctrl, CTRL_LOCK, 0);
+  }
+
+  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
+    let done = 0;
+    const d16 = this.d16;
+    const d32 = this.d32;
+    const size = this.size;
+    const mem = this.mem;
+    const fast = this.features.hdrLen === 12;
+    const bulk = this.bulk;
+    const srcIds = srcMem.bulkIds;
+    const dstIds = mem.bulkIds;
+    const useBulk = bulk !== null && srcIds !== null && dstIds !== null;
+    const logging = this.logging;
+    const tso = TSO;
+    const fWrite = VRING_DESC_F_WRITE;
+    const f64Exact = F64_EXACT;
+    let bytes = 0;
+    let nFast = 0;
+    let cr = -1;
+    let cHi = 0;
+    let cLo = 0;
+    let cSpan = 0;
+    let cOff = 0;
+    let cV: RegionViews | null = null;
+    for (let k = 0; k < count; k++) {
+      const i = pick === null ? k : pick[k];
+      // Fast path: a frame of one segment without offload flags into one writable
+      // descriptor that holds the 12-byte header and the frame; else the general path
+      if (fast && batch.segCount[i] === 1 && batch.flags[i] === 0) {
+        const slot = this.lastAvail;
+        const f = tso ? d16[8 * slot + 7] : Atomics.load(d16, 8 * slot + 7);
+        const wrapBits = this.availWrap === 1 ? F_AVAIL : F_USED;
+        const len = batch.pktLen[i];
+        const w = 4 * slot;
+        const dlen = d32[w + 2];
+        const id = d16[8 * slot + 6];
+        const need = len + 12;
+        if ((f & F_BOTH) === wrapBits && (f & ~F_BOTH) === fWrite && dlen >= need && id < size) {
+          const lo = d32[w];
+          const hi = d32[w + 1] | 0;
+          let d = (lo - cLo) | 0;
+          if (hi !== cHi || d < 0 || d >= cSpan || need > cSpan - d) {
+            cr = mem.windowAt(hi, lo | 0, need);
+            if (cr >= 0) {
+              const win = mem.win;
+              cHi = win[WIN_HI];
+              cLo = win[WIN_LO];
+              cSpan = win[WIN_SPAN];
+              cOff = win[WIN_OFF];
+              d = (lo - cLo) | 0;
+              cV = mem.views[cr];
+            } else {
+              cSpan = 0;
+            }
+          }
+          if (cr >= 0) {
+            const r = cr;
+            const off = (cOff + d) | 0;
+            const v = cV!;
+            const u32 = v.u32;
+            if (u32 !== null && (off & 3) === 0) {
+              const hw = off >> 2;
+              u32[hw] = 0;
+              u32[hw + 1] = 0;
+              u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
+            } else {
+              const u8 = v.u8;
+              for (let b = 0; b < 12; b++) u8[off + b] = b === 10 ? 1 : 0;
+            }
+            const s = batch.segStart[i];
+            const sr = batch.segRegion[s];
+            const so = batch.segOffset[s];
+            if (useBulk && len >= BULK_MIN) {
+              bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + so, dstIds[r], mem.regions[r].sabOffset + off + 12, len);
+            } else {
+              const sv = srcMem.views[sr];
+              const s32 = sv.u32;
+              const dOff = off + 12;
+              const d64 = v.f64;
+              const s64 = sv.f64;
+              if (f64Exact && d64 !== null && s64 !== null && ((dOff | so) & 7) === 0 && so < 0x7fff_ffff) {
+                // 8-byte words (as the split ring's inline copy, NOTES.md #18): the first 64
+                // bytes loads before stores, so the misses on the source lines overlap
+                const dw = dOff >> 3;
+                const sw = (so | 0) >> 3;
+                const n = len >> 3;
+                let q = 0;
+                if (n >= 8) {
+                  const w0 = s64[sw];
+                  const w1 = s64[sw + 1];
+                  const w2 = s64[sw + 2];
+                  const w3 = s64[sw + 3];
+                  const w4 = s64[sw + 4];
+                  const w5 = s64[sw + 5];
+                  const w6 = s64[sw + 6];
+                  const w7 = s64[sw + 7];
+                  d64[dw] = w0;
+                  d64[dw + 1] = w1;
+                  d64[dw + 2] = w2;
+                  d64[dw + 3] = w3;
+                  d64[dw + 4] = w4;
+                  d64[dw + 5] = w5;
+                  d64[dw + 6] = w6;
+                  d64[dw + 7] = w7;
+                  q = 8;
+                }
+                for (; q < n; q++) d64[dw + q] = s64[sw + q];
+                const du8 = v.u8;
+                const su8 = sv.u8;
+                for (let j = n << 3; j < len; j++) du8[dOff + j] = su8[(so | 0) + j];
+              } else if (u32 !== null && s32 !== null && ((dOff | so) & 3) === 0 && so < 0x7fff_ffff) {
+                // word copy with int32 indices, inline (a call passed the offsets as doubles)
+                const dw = dOff >> 2;
+                const sw = (so | 0) >> 2;
+                const n = len >>> 2;
+                for (let j = 0; j < n; j++) u32[dw + j] = s32[sw + j];
+                const du8 = v.u8;
+                const su8 = sv.u8;
+                for (let j = n << 2; j < len; j++) du8[dOff + j] = su8[(so | 0) + j];
+              } else {
+                copyBytes(v, dOff, sv, so, len);
+              }
+            }
+            if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
+            const p = this.nPend++;
+            this.pId[p] = id;
+            this.pLen[p] = len + 12;
+            this.pCnt[p] = 1;
+            this.lastAvail = slot + 1 === size ? 0 : slot + 1;
+            if (slot + 1 === size) this.availWrap ^= 1;
+            bytes += len;
+            nFast++;
+            done++;
+            continue;
+          }
+        }
+      }
+      if (this.enqueue(srcMem, batch, i, 0)) done++;
+    }
+    this.stats[ST_PACKETS] += nFast;
+    this.stats[ST_BYTES] += bytes;
+    if (done > 0) this.stats[ST_BURSTS]++;
+    return done;
+  }
+
+  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
+    let done = 0;
+    for (let k = 0; k < count; k++) {
+      const i = pick[k];
+      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
+    }
+    if (done > 0) this.stats[ST_BURSTS]++;
+    return done;
+  }
+
+  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
+    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
+    const len = batch.pktLen[i] + editDelta(edit);
+    if (!this.reserve(len)) return false;
+    this.putPacket(srcMem, batch, i, edit);
+    this.commit(len);
+    return true;
+  }
+
+  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
+    if (!this.reserve(len)) return false;
+    this.put(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
+    this.commit(len);
+    return true;
+  }
+
+  rxReserve(len: number, hdr: Uint8Array | null): boolean {
+    this.rxHdr = hdr;
+    try {
+      return this.reserve(len);
+    } finally {
+      this.rxHdr = null;
+    }
+  }
+
+  rxPut(src: RegionViews, off: number, len: number): void {
+    this.put(src, off, len);
+  }
+
+  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
+    this.putPacket(srcMem, batch, i, edit);
+  }
+
+  rxPoke(pos: number, value: number): void {
+    let p = pos + this.features.hdrLen;
+    for (let s = 0; s < this.nDSeg; s++) {
+      if (p < this.dSegLen[s]) {
+        this.mem.views[this.dSegRegion[s]].u8[this.dSegOff[s] + p] = value;
+        return;
+      }
+      p -= this.dSegLen[s];
+    }
+  }
+
+  rxCommit(len: number): void {
+    this.commit(len);
+  }
+
+  flush(): boolean {
+    return this.nPend > 0 ? this.publish() : false;
+  }
+
+  /**
+   * Walk (without writing) enough RX chains for hdrLen + len bytes and remember the buffers
+   * and the chains (as pending, not yet counted). False and ST_DROP_NO_BUF when there is not
+   * enough; the indices do not move then.
+   */
+  private reserve(len: number): boolean {
+    if (this.isTx) throw new Error(`enqueue on guest TX queue ${this.index}`);
+    const mrg = this.features.mrgRxbuf;
+    let left = this.features.hdrLen + len;
+    let slot = this.lastAvail;
+    let wrap = this.availWrap;
+    let slots = 0;
+    let nSeg = 0;
+    let nChains = 0;
+    const from = this.nPend;
+    while (left > 0) {
+      if (slots >= this.size || !this.isAvail(slot, wrap)) break;
+      this.walkStart(slot);
+      let got = 0;
+      // every descriptor of the chain is walked (its id and slot count), bytes only as needed
+      while (this.walkNext()) {
+        if (!this.wWritable) throw new GuestError('readable descriptor in RX chain', `slot ${slot}`);
+        const take = this.wLen < left ? this.wLen : left;
+        if (take === 0) continue;
+        if (nSeg === this.dSegLen.length) this.growSegs();
+        this.dSegRegion[nSeg] = this.wRegion;
+        this.dSegOff[nSeg] = this.wOff;
+        this.dSegLen[nSeg] = take;
+        nSeg++;
+        left -= take;
+        got += take;
+      }
+      const k = from + nChains;
+      this.pId[k] = this.walkId();
+      this.pLen[k] = got;
+      this.pCnt[k] = this.wSlots;
+      nChains++;
+      slots += this.wSlots;
+      slot += this.wSlots;
+      if (slot >= this.size) {
+        slot -= this.size;
+        wrap ^= 1;
+      }
+      if (!mrg) break;
+    }
+    if (left > 0) {
+      this.stats[ST_DROP_NO_BUF]++;
+      return false;
+    }
+    this.nDSeg = nSeg;
+    this.chainFrom = from;
+    this.nChains = nChains;
+    this.wSeg = 0;
+    this.wPos = 0;
+    this.writeHeader(mrg ? nChains : 1);
+    return true;
+  }
+
+  /** The virtio-net header (first 10 bytes from rxHdr or zeros), num_buffers at byte 10 when there. */
+  private writeHeader(numBuffers: number): void {
+    const hdrLen = this.features.hdrLen;
+    const rxHdr = this.rxHdr;
+    for (let b = 0; b < hdrLen; b++) {
+      const v = b === 10 ? numBuffers & 0xff : b === 11 ? numBuffers >>> 8 : rxHdr !== null ? rxHdr[b] : 0;
+      while (this.wPos === this.dSegLen[this.wSeg]) {
+        this.wSeg++;
+        this.wPos = 0;
+      }
+      this.mem.views[this.dSegRegion[this.wSeg]].u8[this.dSegOff[this.wSeg] + this.wPos] = v;
+      this.wPos++;
+    }
+  }
+
+  /** src[off, off + len) to the write cursor; from a guest region `srcId` >= 0, large pieces go to the bulk queue. */
+  private put(src: RegionViews, off: number, len: number, srcMem: GuestMemory | null = null, srcRegion = -1): void {
+    const views = this.mem.views;
+    const bulk = this.bulk;
+    while (len > 0) {
+      let room = this.dSegLen[this.wSeg] - this.wPos;
+      if (room === 0) {
+        this.wSeg++;
+        this.wPos = 0;
+        room = this.dSegLen[this.wSeg];
+      }
+      const n = len < room ? len : room;
+      const dr = this.dSegRegion[this.wSeg];
+      const dOff = this.dSegOff[this.wSeg] + this.wPos;
+      if (bulk !== null && n >= BULK_MIN && srcMem !== null && srcMem.bulkIds !== null && this.mem.bulkIds !== null) {
+        bulk.add(srcMem.bulkIds[srcRegion], srcMem.regions[srcRegion].sabOffset + off, this.mem.bulkIds[dr], this.mem.regions[dr].sabOffset + dOff, n);
+      } else {
+        copyBytes(views[dr], dOff, src, off, n);
+      }
+      this.wPos += n;
+      off += n;
+      len -= n;
+    }
+  }
+
+  /** Packet i of `batch` to the write cursor, with its VLAN tag edit (as the split ring's putPacket). */
+  private putPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
+    const views = srcMem.views;
+    const end = batch.segStart[i] + batch.segCount[i];
+    if (edit === 0) {
+      for (let s = batch.segStart[i]; s < end; s++) {
+        const r = batch.segRegion[s];
+        this.put(views[r], batch.segOffset[s], batch.segLen[s], srcMem, r);
+      }
+      return;
+    }
+    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
+    let pos = 0;
+    if ((edit & EDIT_PUSH) !== 0) setTag(edit);
+    for (let s = batch.segStart[i]; s < end; s++) {
+      const r = batch.segRegion[s];
+      const v = views[r];
+      let off = batch.segOffset[s];
+      let n = batch.segLen[s];
+      if (pos < 12) {
+        const k = n < 12 - pos ? n : 12 - pos;
+        this.put(v, off, k);
+        pos += k;
+        off += k;
+        n -= k;
+        if (pos === 12 && (edit & EDIT_PUSH) !== 0) this.put(tagViews, 0, 4);
+      }
+      if (n > 0 && pos < skipEnd) {
+        const k = n < skipEnd - pos ? n : skipEnd - pos;
+        pos += k;
+        off += k;
+        n -= k;
+      }
+      if (n > 0) {
+        this.put(v, off, n, srcMem, r);
+        pos += n;
+      }
+    }
+  }
+
+  /** The reserved chains become pending used elements; their buffers are marked after the copies. */
+  private commit(len: number): void {
+    if (this.logging) {
+      const mem = this.mem;
+      for (let s = 0; s < this.nDSeg; s++) this.deferMark(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
+    }
+    const from = this.chainFrom;
+    for (let c = 0; c < this.nChains; c++) this.advanceAvail(this.pCnt[from + c]);
+    this.nPend = from + this.nChains;
+    this.stats[ST_PACKETS]++;
+    this.stats[ST_BYTES] += len;
+  }
+
+  // ---------------------------------------------------------------- publish
+
+  /**
+   * Write the pending used elements in place (each one's flags after its id and length), mark
+   * the burst's pages, then decide on notifying (driver event area, after a full fence).
+   */
+  private publish(): boolean {
+    this.bulk?.run();
+    const n = this.nPend;
+    this.nPend = 0;
+    const d32 = this.d32;
+    const d16 = this.d16;
+    const size = this.size;
+    const logging = this.logging;
+    const oldUsed = this.lastUsed;
+    // VIRTIO_F_IN_ORDER, TX: one used element for the whole burst, the id of its last buffer,
+    // at the burst's first slot (the driver frees by position up to that id)
+    const batchTx = this.isTx && this.features.inOrder && n > 1;
+    let slot = this.lastUsed;
+    let wrap = this.usedWrap;
+    const first = slot;
+    const firstFlags = wrap === 1 ? F_BOTH : 0;
+    const pId = this.pId;
+    const pLen = this.pLen;
+    const pCnt = this.pCnt;
+    // Every element's id and length, the flags of all but the burst's first; the first
+    // element's flags last (as DPDK's vhost flushes its shadow ring): the driver reads used
+    // elements in order, so the whole burst becomes visible at once, and it does not take
+    // the burst piecemeal while it is being written (small bursts, cache lines bouncing)
+    for (let k = 0; k < n; k++) {
+      if (!batchTx || k === n - 1) {
+        const at = batchTx ? first : slot;
+        d16[8 * at + 6] = pId[k];
+        d32[4 * at + 2] = pLen[k];
+        if (at !== first) {
+          // a release store after the id and length (plain on x86, ordering.ts)
+          if (TSO) d16[8 * at + 7] = wrap === 1 ? F_BOTH : 0;
+          else Atomics.store(d16, 8 * at + 7, wrap === 1 ? F_BOTH : 0);
+        }
+        if (logging) this.deferMark(this.descGpa + DESC_SIZE * at + 8, 8);
+      }
+      slot += pCnt[k];
+      if (slot >= size) {
+        slot -= size;
+        wrap ^= 1;
+      }
+    }
+    // seq-cst: after every element above, and the fence before the driver event area is read
+    Atomics.store(d16, 8 * first + 7, firstFlags);
+    this.lastUsed = slot;
+    this.usedWrap = wrap;
+    if (this.isTx) {
+      this.ctrl[CTRL_LAST_USED] = packedIndex(slot, wrap);
+    }
+    if (logging) {
+      if (this.nMarks > 0) this.log.markPageRuns(this.marks, this.nMarks, true);
+      this.nMarks = 0;
+      this.log.flush(true);
+      this.stats[ST_DIRTY_PAGES] += this.log.pagesMarked - this.pagesSeen;
+    }
+    this.nMarks = 0;
+    this.pagesSeen = this.log.pagesMarked;
+    const notify = this.needNotify(oldUsed, slot, wrap);
+    if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = this.signalledValid ? this.signalled : -1;
+    return notify;
+  }
+
+  /** As DPDK's vhost_vring_call_packed: the driver's flags, with EVENT_IDX its off_wrap. */
+  private needNotify(old: number, now: number, wrap: number): boolean {
+    const ev = this.drvEvt;
+    const flags = (TSO ? ev[1] : Atomics.load(ev, 1)) & 3;
+    const prev = this.signalledValid ? this.signalled : old;
+    this.signalled = now;
+    this.signalledValid = true;
+    if (flags !== RING_EVENT_FLAGS_DESC || !this.features.eventIdx) return flags !== RING_EVENT_FLAGS_DISABLE;
+    const offWrap = TSO ? ev[0] : Atomics.load(ev, 0);
+    let off = offWrap & 0x7fff;
+    let o = prev;
+    if (now <= o) o -= this.size;
+    if (wrap !== offWrap >>> 15) off -= this.size;
+    return ((now - off - 1) & 0xffff) < ((now - o) & 0xffff);
+  }
+
+  // ---------------------------------------------------------------- notifications
+
+  /** Ask the guest to kick (RX: under acquire()). True when a buffer is available already. */
+  enableNotify(): boolean {
+    const ev = this.devEvt;
+    if (this.features.eventIdx) {
+      ev[0] = packedIndex(this.lastAvail, this.availWrap);
+      Atomics.store(ev, 1, RING_EVENT_FLAGS_DESC);
+      this.devFlags = RING_EVENT_FLAGS_DESC;
+    } else {
+      Atomics.store(ev, 1, RING_EVENT_FLAGS_ENABLE);
+      this.devFlags = RING_EVENT_FLAGS_ENABLE;
+    }
+    if (this.logging) {
+      this.log.markRange(this.devEvtGpa, PACKED_EVENT_AREA);
+      this.log.flush();
+    }
+    // seq-cst store then load: the guest sees the request or we see its descriptor
+    return this.isAvail(this.lastAvail, this.availWrap);
+  }
+
+  /** Busy polling again: ask the guest not to kick. */
+  disableNotify(): void {
+    if (this.devFlags === RING_EVENT_FLAGS_DISABLE) return;
+    this.devFlags = RING_EVENT_FLAGS_DISABLE;
+    this.devEvt[1] = RING_EVENT_FLAGS_DISABLE;
+    if (this.logging) {
+      this.log.markRange(this.devEvtGpa, PACKED_EVENT_AREA);
+      this.log.flush();
+    }
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  /** Remember [gpa, gpa + len) to mark in publish(), after the copies and the used elements. */
+  private deferMark(gpa: number, len: number): void {
+    const n = this.nMarks;
+    if (n * 2 === this.marks.length) {
+      const m = new Float64Array(this.marks.length * 2);
+      m.set(this.marks);
+      this.marks = m;
+    }
+    this.marks[n * 2] = Math.floor(gpa * PAGE_INV);
+    this.marks[n * 2 + 1] = Math.floor((gpa + len - 1) * PAGE_INV);
+    this.nMarks = n + 1;
+  }
+
+  /** Pathological guests (tiny buffers): grow the scratch, amortised, never per packet. */
+  private growSegs(): void {
+    const n = this.dSegLen.length * 2;
+    const r = new Uint16Array(n);
+    const o = new Float64Array(n);
+    const l = new Uint32Array(n);
+    r.set(this.dSegRegion);
+    o.set(this.dSegOff);
+    l.set(this.dSegLen);
+    this.dSegRegion = r;
+    this.dSegOff = o;
+    this.dSegLen = l;
+  }
+}
+
+function checkArea(mem: GuestMemory, name: string, loc: RingLocation, bytes: number, align: number): void {
+  const r = mem.regions[loc.region];
+  if (!r || !Number.isInteger(loc.offset) || loc.offset < 0 || loc.offset + bytes > r.size) {
+    throw new GuestError(`${name} outside its region`, `region ${loc.region} offset ${loc.offset} bytes ${bytes}`);
+  }
+  if ((r.gpa + loc.offset) % align !== 0 || (r.sabOffset + loc.offset) % align !== 0) {
+    throw new GuestError(`${name} not ${align}-aligned`, `gpa 0x${(r.gpa + loc.offset).toString(16)}`);
+  }
+}
+
+function readNetHdr(batch: PacketBatch, p: number, u8: Uint8Array, o: number): void {
+  batch.hdrLen[p] = u8[o + 2] | (u8[o + 3] << 8);
+  batch.gsoSize[p] = u8[o + 4] | (u8[o + 5] << 8);
+  batch.csumStart[p] = u8[o + 6] | (u8[o + 7] << 8);
+  batch.csumOffset[p] = u8[o + 8] | (u8[o + 9] << 8);
+  batch.nOffload++;
+}
+
+function setTag(edit: number): void {
+  const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+  tagBytes[0] = tpid >>> 8;
+  tagBytes[1] = tpid & 0xff;
+  tagBytes[2] = (edit >>> 8) & 0xff;
+  tagBytes[3] = edit & 0xff;
+}
