@@ -7,7 +7,7 @@
  */
 import t, { Test } from 'tap';
 import { native } from '../src/native';
-import { F, FLAG_NEED_REPLY, FLAG_VERSION, PF, Req, VRING_NOFD_MASK, bit } from '../src/protocol/constants';
+import { F, FLAG_NEED_REPLY, FLAG_VERSION, PF, Req, VRING_NOFD_MASK, bit, hasBit } from '../src/protocol/constants';
 import { CTRL_LAST_AVAIL, CTRL_LAST_USED, LogDesc, RegionDesc, VringDesc } from '../src/shared/types';
 import { Dataplane, Device, DeviceLink, DeviceOptions } from '../src/main/device';
 import { encodeMemoryTable, encodeU64, encodeVringAddr, encodeVringState } from '../src/protocol/messages';
@@ -274,7 +274,7 @@ t.test('SET_VRING_ENABLE 0 stops only its ring; SET_VRING_ADDR with the same rin
 });
 
 t.test('packed rings: SET_VRING_BASE and GET_VRING_BASE carry the wrap counter in bit 15, used in bits 16-31; ring areas 16n + 4 + 4', async (t) => {
-  const f = makeDevice(t);
+  const f = makeDevice(t, { packedRing: true });
   const features = bit(F.VIRTIO_F_VERSION_1) | bit(F.VIRTIO_F_RING_PACKED);
   await f.send(Req.SET_OWNER);
   await f.send(Req.SET_FEATURES, encodeU64(features));
@@ -306,4 +306,12 @@ t.test('packed rings: SET_VRING_BASE and GET_VRING_BASE carry the wrap counter i
   await f.send(Req.SET_VRING_BASE, encodeVringState({ index: 1, num: Q }));
   await f.send(Req.SET_VRING_KICK, encodeU64(1 | VRING_NOFD_MASK));
   t.match(f.link.resets, [/base 256 is not below the queue size 256/]);
+});
+
+t.test('VIRTIO_F_RING_PACKED is offered only with packedRing (config)', async (t) => {
+  const plain = makeDevice(t);
+  t.notOk(hasBit(plain.dev.offered, F.VIRTIO_F_RING_PACKED), 'default: not offered (frontends use split rings)');
+  const packed = makeDevice(t, { packedRing: true });
+  t.ok(hasBit(packed.dev.offered, F.VIRTIO_F_RING_PACKED), 'packedRing: offered');
+  t.equal(packed.dev.offered & ~bit(F.VIRTIO_F_RING_PACKED), plain.dev.offered, 'nothing else differs');
 });

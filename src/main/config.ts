@@ -23,6 +23,12 @@ export interface InterfaceConfig {
    */
   offloads: boolean;
   /**
+   * VIRTIO_F_RING_PACKED offered. Default false: packed rings work (test/packed-ring.test.ts,
+   * testpmd and QEMU) but run at ~0.6x our split rings at 64 B (bench/NOTES.md #44), and a
+   * frontend that would take packed falls back to split at full speed without the offer.
+   */
+  packedRing: boolean;
+  /**
    * the port's MTU: offered to the guest (VIRTIO_NET_F_MTU; QEMU needs host_mtu=N) and
    * enforced on frames towards it; null = not set (no VIRTIO_NET_F_MTU, no limit)
    */
@@ -146,7 +152,7 @@ function permissions(v: unknown, path: string): number | null {
 /** One interface as the config file and the control API's add request give it. */
 export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
+  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'packedRing', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
   const steering = v.steering ?? 'hash';
   if (steering !== 'hash' && steering !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
   if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
@@ -163,6 +169,7 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
     maskFeatures: names<FeatureName>(v.maskFeatures, `${path}.maskFeatures`, F),
     maskProtocolFeatures: names<ProtocolFeatureName>(v.maskProtocolFeatures, `${path}.maskProtocolFeatures`, PF),
     offloads: bool(v.offloads, `${path}.offloads`, true),
+    packedRing: bool(v.packedRing, `${path}.packedRing`, false),
     mtu: v.mtu === undefined ? null : int(v.mtu, `${path}.mtu`, 68, 65535),
     coalesceFrames: int(co.frames, `${path}.coalesce.frames`, 0, 4096, 0),
     coalesceUsecs: int(co.usecs, `${path}.coalesce.usecs`, 0, 1_000_000, 0),
@@ -214,6 +221,7 @@ export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
   if (c.mtu !== null) o.mtu = c.mtu;
   if (c.maskFeatures.length) o.maskFeatures = c.maskFeatures;
   if (!c.offloads) o.offloads = false;
+  if (c.packedRing) o.packedRing = true;
   if (c.maskProtocolFeatures.length) o.maskProtocolFeatures = c.maskProtocolFeatures;
   if (c.coalesceFrames || c.coalesceUsecs) o.coalesce = { frames: c.coalesceFrames, usecs: c.coalesceUsecs };
   if (c.steering !== 'hash') o.steering = c.steering;

@@ -52,6 +52,8 @@ export interface DeviceOptions {
   maskFeatures?: readonly FeatureName[];
   /** false: none of OFFLOAD_FEATURES is offered (config `offloads`; default true) */
   offloads?: boolean;
+  /** VIRTIO_F_RING_PACKED offered (config `packedRing`; default false) */
+  packedRing?: boolean;
   maskProtocolFeatures?: readonly ProtocolFeatureName[];
   mtu?: number | null;
   /**
@@ -159,7 +161,7 @@ export class Device implements BackendRequests {
     const mask = featureMask(opts.maskFeatures ?? [], F) | (opts.offloads === false ? featureMask(OFFLOAD_FEATURES, F) : 0n);
     // VIRTIO_NET_F_MTU only with an MTU to stand behind (QEMU passes it to the guest only
     // with host_mtu set, and then sends NET_SET_MTU)
-    this.offered = (featureMask(DEFAULT_FEATURES, F) | (opts.mtu != null ? bit(F.VIRTIO_NET_F_MTU) : 0n)) & ~mask;
+    this.offered = (featureMask(DEFAULT_FEATURES, F) | (opts.mtu != null ? bit(F.VIRTIO_NET_F_MTU) : 0n) | (opts.packedRing ? bit(F.VIRTIO_F_RING_PACKED) : 0n)) & ~mask;
     const pmask = featureMask(opts.maskProtocolFeatures ?? [], PF);
     this.offeredProtocol = featureMask(DEFAULT_PROTOCOL_FEATURES, PF) & ~pmask;
     this.mtu = opts.mtu ?? null;

@@ -114,7 +114,7 @@ export class Forwarder {
     while (this.ports.length < port) this.ports.push(null);
     const itf = new Interface(
       {
-        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, mtu: c.mtu, forceLog: this.config.forceLog,
+        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, packedRing: c.packedRing, mtu: c.mtu, forceLog: this.config.forceLog,
         ownership: { owner: c.owner, group: c.group, permissions: c.permissions },
       },
       port,

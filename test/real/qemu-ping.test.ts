@@ -42,7 +42,7 @@ for (const mode of ['xconnect', 'bridge'] as const) {
 }
 
 t.test('two QEMU guests with packed=on ping each other through vhostfwd: packed rings negotiated, no loss', async (t) => {
-  const env = await startForwarder(['vm1', 'vm2'], { forwarding: { mode: 'xconnect', pairs: [['vm1', 'vm2']] } });
+  const env = await startForwarder(['vm1', 'vm2'], { forwarding: { mode: 'xconnect', pairs: [['vm1', 'vm2']] } }, { packedRing: true });
   const g1 = new QemuGuest({ name: 'g1', socket: env.sock('vm1'), mac: '52:54:00:00:00:01', ip: '10.0.0.1/24', peer: '10.0.0.2', mode: 'ping', count: 20, interval: 0.2, stay: true, packed: true });
   const g2 = new QemuGuest({ name: 'g2', socket: env.sock('vm2'), mac: '52:54:00:00:00:02', ip: '10.0.0.2/24', peer: '10.0.0.1', mode: 'serve', packed: true });
   t.teardown(async () => {

@@ -84,7 +84,7 @@ t.test('testpmd virtio_user connects in server mode (vhostfwd listens), starts i
 
 for (const devargs of ['packed_vq=1', 'packed_vq=1,in_order=1', 'packed_vq=1,in_order=0', 'packed_vq=1,mrg_rxbuf=0']) {
   t.test(`testpmd virtio_user with packed rings (${devargs}): VIRTIO_F_RING_PACKED negotiated, the loop exact`, async (t) => {
-    const env = await startForwarder(['a', 'b']);
+    const env = await startForwarder(['a', 'b'], {}, { packedRing: true });
     const fe = new Testpmd({ role: 'frontend', sockets: [env.sock('a'), env.sock('b')], lcores: [1, 0], prefix: `vhostfwd-fep-${process.pid}`, devargs });
     t.teardown(async () => {
       await fe.kill();
@@ -164,7 +164,7 @@ t.test(`testpmd loops packets through vhostfwd for ${LOOP_SECONDS} s: no errors,
 
 for (const devargs of ['packed_vq=1', 'packed_vq=1,in_order=0']) {
   t.test(`testpmd with packed rings (${devargs}) loops packets through vhostfwd for ${LOOP_SECONDS} s: no errors, counts equal`, async (t) => {
-    const env = await startForwarder(['a', 'b']);
+    const env = await startForwarder(['a', 'b'], {}, { packedRing: true });
     const fe = new Testpmd({ role: 'frontend', sockets: [env.sock('a'), env.sock('b')], lcores: [1, 0], prefix: `vhostfwd-fepl-${process.pid}`, txpkts: 64, devargs });
     t.teardown(async () => {
       await fe.kill();
