@@ -383,16 +383,20 @@ export class Device implements BackendRequests {
     ctrl[CTRL_LAST_AVAIL] = v.lastAvailIdx;
     ctrl[CTRL_LAST_USED] = usedIdx;
     ctrl[CTRL_MAX_FRAME] = this.maxFrame();
-    const logUsed = this.usedLogGpa(a);
+    return this.ringDesc(v, desc, avail, used);
+  }
+
+  /** What the workers get for a ring of either format, its areas located and its ctrl set up. */
+  private ringDesc(v: Vring, desc: RingLocation, avail: RingLocation, used: RingLocation): VringDesc {
     return {
       device: this.id,
       port: this.opts.port,
       index: v.index,
-      size: n,
+      size: v.num,
       desc,
       avail,
       used,
-      logUsedGpa: logUsed,
+      logUsedGpa: this.usedLogGpa(v.addr as VringAddr),
       kickFd: v.kickFd,
       callFd: v.callFd,
       features: this.queueFeatures(),
@@ -426,21 +430,7 @@ export class Device implements BackendRequests {
     ctrl[CTRL_LAST_USED] = v.lastAvailIdx;
     ctrl[CTRL_SIGNALLED_USED] = -1;
     ctrl[CTRL_MAX_FRAME] = this.maxFrame();
-    return {
-      device: this.id,
-      port: this.opts.port,
-      index: v.index,
-      size: n,
-      desc,
-      avail,
-      used,
-      logUsedGpa: this.usedLogGpa(a),
-      kickFd: v.kickFd,
-      callFd: v.callFd,
-      features: this.queueFeatures(),
-      ctrl: v.ctrl,
-      stats: v.stats,
-    };
+    return this.ringDesc(v, desc, avail, used);
   }
 
   queueFeatures(): QueueFeatures {
