@@ -462,6 +462,9 @@ export class Forwarder {
       const h = byName.get(i.name);
       if (h) i.prepareAdopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
     }
+    // The workers build every ring now (views, walkers, logs), parked: after the stop only
+    // the positions remain to be set.
+    await this.startRingsRxFirst(true);
   }
 
   /**
@@ -478,8 +481,9 @@ export class Forwarder {
       if (p && i.device) i.device.adoptPositions(p.rings);
     }
     this.pool.resetAckWindow();
-    await this.startRingsRxFirst();
+    await this.pool.unpark();
     const lastStartAt = this.pool.ackTimes().last;
+    await this.startRingsRxFirst(); // none, unless a ring could not be built parked
     for (const i of this.interfaces) {
       if (i.adopting) i.finishAdopt();
       else i.start();
@@ -493,8 +497,8 @@ export class Forwarder {
    * frame taken from a guest right after its TX ring starts must find its destination's RX
    * ring attached, or it would be dropped as having no destination.
    */
-  private async startRingsRxFirst(): Promise<void> {
-    // Posted in that order, which is enough (handoverOut): each worker attaches its RX ring
+  private async startRingsRxFirst(parked = false): Promise<void> {
+    // Posted in that order, which is enough (handoverStop): each worker attaches its RX ring
     // entries before any TX ring it polls.
     const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
     const starts: Promise<void>[] = [];
@@ -502,7 +506,7 @@ export class Forwarder {
       for (const d of devices) {
         for (const v of d.vrings) {
           if ((v.index & 1) !== parity) continue;
-          const p = d.maybeStart(v, 'TAKEOVER');
+          const p = d.maybeStart(v, 'TAKEOVER', parked);
           if (p) starts.push(p);
         }
       }

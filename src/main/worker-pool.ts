@@ -235,13 +235,27 @@ export class WorkerPool implements Dataplane {
     for (const s of this.slots) this.post(s, m);
   }
 
-  startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null): Promise<void> {
+  startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null, parked = false): Promise<void> {
     const tx = (ring.index & 1) === 1;
     const seq = ++this.seq;
-    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.forceLogOn, seq };
+    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.forceLogOn, seq, parked };
     const targets = (tx ? [this.slots[this.opts.owner(ring.port, ring.index >> 1) % this.slots.length]] : this.slots).filter((s) => s.worker);
     for (const s of targets) s.rings.set(ringKey(ring.device, ring.index), m);
     return this.request(targets, m, seq, `start of ring ${ring.index} of device ${ring.device}`);
+  }
+
+  /**
+   * The parked rings (startRing's `parked`) go live: every worker takes its parked RX ring
+   * entries, then its parked TX rings, reading their positions from their ctrl words
+   * (written before this is called). Resolves once every worker has.
+   */
+  unpark(): Promise<void> {
+    const live = this.slots.filter((s) => s.worker);
+    for (const s of live) {
+      for (const [key, m] of s.rings) if ((m.op === 'attach-tx' || m.op === 'attach-rx') && m.parked) s.rings.set(key, { ...m, parked: false });
+    }
+    const seq = ++this.seq;
+    return this.request(live, { op: 'unpark', seq }, seq, 'unpark of the rings taken over');
   }
 
   stopRing(device: number, index: number): Promise<void> {

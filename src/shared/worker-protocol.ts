@@ -14,10 +14,12 @@ export type ForwardingPlan =
   | { mode: 'bridge'; ports: number; agingMs: number };
 
 export type ToWorker =
-  /** poll this guest TX ring (odd index) */
-  | { op: 'attach-tx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number }
-  /** this guest RX ring (even index) may be a destination */
-  | { op: 'attach-rx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number }
+  /** poll this guest TX ring (odd index); `parked`: build it now, neither poll nor write it before 'unpark' */
+  | { op: 'attach-tx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number; parked?: boolean }
+  /** this guest RX ring (even index) may be a destination; `parked` as for attach-tx */
+  | { op: 'attach-rx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number; parked?: boolean }
+  /** the parked rings go live (RX entries first), their positions read from their ctrl words; answered with 'ack' */
+  | { op: 'unpark'; seq: number }
   /** stop touching a ring; answered with 'ack' carrying the same seq */
   | { op: 'detach'; device: number; index: number; seq: number }
   /** change a running ring's dirty logging in place; answered with 'ack' */
