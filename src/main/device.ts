@@ -100,6 +100,16 @@ export interface DeviceOptions {
  * A device's negotiated state as a takeover hands it to the next process (handover/): all
  * plain data, fds as indices into the message's fd list. Taken with every ring stopped.
  */
+/** Where a ring stopped for a takeover, and its counters. */
+export interface RingPosition {
+  index: number;
+  lastAvailIdx: number;
+  /** STATS_SLOTS doubles: they continue in the next process */
+  stats: number[];
+  /** whether the ring was running (it restarts in the next process) */
+  started: boolean;
+}
+
 export interface DeviceSnapshot {
   /** bigints as hex strings */
   features: string;
@@ -562,6 +572,18 @@ export class Device implements BackendRequests {
       v.kickFd = r.kick >= 0 ? take(r.kick) : -1;
       v.callFd = r.call >= 0 ? take(r.call) : -1;
       v.errFd = r.err >= 0 ? take(r.err) : -1;
+      new Float64Array(v.stats).set(r.stats.slice(0, STATS_SLOTS));
+    }
+  }
+
+  /**
+   * A takeover's final word on the rings adopt() took while they still ran: where each
+   * stopped and its counters. Before any ring starts.
+   */
+  adoptPositions(rings: readonly RingPosition[]): void {
+    for (const r of rings) {
+      const v = this.vring(r.index, 'TAKEOVER');
+      v.lastAvailIdx = r.lastAvailIdx;
       new Float64Array(v.stats).set(r.stats.slice(0, STATS_SLOTS));
     }
   }

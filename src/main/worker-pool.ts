@@ -64,6 +64,8 @@ export class WorkerPool implements Dataplane {
   private readonly slots: Slot[] = [];
   private seq = 0;
   private readonly waiting = new Map<number, Waiter>();
+  /** earliest and latest worker clock of the ring attaches and detaches since resetAckWindow() */
+  private ackWindow = { first: Infinity, last: -Infinity };
   private plan: ToWorker | null = null;
   private readonly coalesce = new Map<number, ToWorker>();
   private readonly steering = new Map<number, ToWorker>();
@@ -158,6 +160,10 @@ export class WorkerPool implements Dataplane {
   private fromWorker(slot: Slot, m: FromWorker): void {
     switch (m.op) {
       case 'ack': {
+        if (m.at !== undefined) {
+          this.ackWindow.first = Math.min(this.ackWindow.first, m.at);
+          this.ackWindow.last = Math.max(this.ackWindow.last, m.at);
+        }
         const w = this.waiting.get(m.seq);
         if (w) this.ack(m.seq, slot.init.worker, w);
         break;
@@ -184,6 +190,16 @@ export class WorkerPool implements Dataplane {
       this.waiting.delete(seq);
       w.done();
     }
+  }
+
+  /** Start timing ring attaches and detaches anew (a takeover's stop, or its start). */
+  resetAckWindow(): void {
+    this.ackWindow = { first: Infinity, last: -Infinity };
+  }
+
+  /** When the workers attached or detached the rings since resetAckWindow() (worker clocks, ms; ±Infinity: none). */
+  ackTimes(): { first: number; last: number } {
+    return { ...this.ackWindow };
   }
 
   private post(slot: Slot, m: ToWorker): void {

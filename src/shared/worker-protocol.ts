@@ -36,7 +36,12 @@ export type ToWorker =
 
 export type FromWorker =
   | { op: 'ready'; worker: number; tid: number; cpus: number[] }
-  | { op: 'ack'; seq: number }
+  /**
+   * `at`: the worker's wall clock (ms, performance.timeOrigin + now) when it attached or
+   * detached the ring: a takeover's blackout runs from the first ring stopped to the last one
+   * started by these, not by when the main threads heard of it
+   */
+  | { op: 'ack'; seq: number; at?: number }
   | { op: 'broken'; device: number; index: number; reason: string }
   /** frames dropped for a bad virtio-net header (one report a second at most; `suppressed` since the last) */
   | { op: 'bad-offload'; device: number; index: number; reason: string; suppressed: number }

@@ -237,11 +237,11 @@ function drainMailbox(): void {
       case 'attach-tx':
       case 'attach-rx':
         attach(m);
-        send({ op: 'ack', seq: m.seq });
+        send({ op: 'ack', seq: m.seq, at: performance.timeOrigin + performance.now() });
         break;
       case 'detach':
         detach(m.device, m.index);
-        send({ op: 'ack', seq: m.seq });
+        send({ op: 'ack', seq: m.seq, at: performance.timeOrigin + performance.now() });
         break;
       case 'set-logging':
         setLogging(m);
