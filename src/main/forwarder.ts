@@ -14,6 +14,7 @@ import { safeClose } from './connection';
 import { DeviceSnapshot, RingPosition, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
+import { forcedLog } from './forced-log';
 import { MetricsServer, startMetrics } from './metrics';
 import { QueueStats } from './stats';
 
@@ -117,7 +118,7 @@ export class Forwarder {
     while (this.ports.length < port) this.ports.push(null);
     const itf = new Interface(
       {
-        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, packedRing: c.packedRing, mtu: c.mtu, forceLog: this.config.forceLog,
+        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, packedRing: c.packedRing, mtu: c.mtu, logPolicy: this.config.forceLog ? forcedLog : undefined,
         ownership: { owner: c.owner, group: c.group, permissions: c.permissions },
       },
       port,

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { api } from '../../src/ctl';
 import { QueueStats } from '../../src/main/stats';
-import { tmpDir, waitUntil } from '../helpers/env';
+import { tmpDir, waitUntil } from '../../kit/env';
 import { BackendCounts, Testpmd, stopAndDrain } from '../../kit/peers/testpmd';
 import { VhostfwdProc } from '../../kit/vhostfwd-proc';
 
