@@ -7,7 +7,8 @@
  */
 import t from 'tap';
 import { PacketBatch } from '../src/workers/packet-batch';
-import { PackedVirtqueue, packedIndex } from '../src/workers/packed-ring';
+import { PackedVirtqueue } from '../src/workers/packed-ring';
+import { packedIndex } from '../src/protocol/ring-layout';
 import { GuestError } from '../src/workers/guest-error';
 import { DirtyLog } from '../src/workers/dirty-log';
 import {

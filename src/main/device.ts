@@ -15,12 +15,12 @@
  */
 import {
   DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, OFFLOAD_FEATURES, FeatureName, MAX_MEM_SLOTS,
-  MAX_QUEUE_SIZE, PACKED_EVENT_AREA, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
+  MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
 } from '../protocol/constants';
 import {
-  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, CTRL_SIGNALLED_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
-  usedRingBytes,
+  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, CTRL_SIGNALLED_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc,
 } from '../shared/types';
+import { PACKED_EVENT_AREA, availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
 import { Message, encodeReply, needsReply } from '../protocol/codec';
 import { safeClose } from './connection';
 import { log } from './log';
