@@ -88,6 +88,31 @@ t.test('64 KiB checksums: sums that overflow 16 bits thousands of times fold eve
   }
 });
 
+t.test('a burst after one with offloads: its plain frames carry no stale flags (the batch stores flags only when set)', async (t) => {
+  const { a, tx, rx } = offloadPair({ netBits: HOST_ALL }, { netBits: GUEST_ALL });
+  const f = build({ v6: false, payload: pattern(300, 5) });
+  const plain = build({ v6: false, payload: pattern(200, 6) });
+  // burst 1: the offload frame in slot 0, a plain one in slot 1
+  tx.drv.postTx(f.frame, { hdr: f.hdr });
+  tx.drv.postTx(plain.frame);
+  rx.drv.postRx(8, 2048);
+  t.equal(forwardBurst(batch, a, tx, rx), 2);
+  const first = rx.drv.readRx();
+  t.equal(first[0].hdr[0], f.hdr[0], 'burst 1, slot 0: NEEDS_CSUM handed over');
+  t.equal(first[1].hdr[0] | first[1].hdr[1], 0, 'burst 1, slot 1: no flags, no gso_type');
+  // burst 2: plain frames in the slots the offload frame used
+  for (let k = 0; k < 3; k++) tx.drv.postTx(plain.frame);
+  t.equal(forwardBurst(batch, a, tx, rx), 3);
+  const second = rx.drv.readRx();
+  t.equal(second.length, 3);
+  for (const [k, g] of second.entries()) {
+    t.equal(g.hdr[0] | g.hdr[1], 0, `burst 2, slot ${k}: no flags, no gso_type`);
+    t.ok(eq(g.data, plain.frame), `burst 2, slot ${k}: byte-exact`);
+  }
+  t.equal(batch.nOffload, 0, 'the second burst counted no offload');
+  t.same([...batch.flags], new Array(32).fill(0), 'every flags slot zero after it');
+});
+
 t.test('NEEDS_CSUM towards a guest with GUEST_CSUM: handed over, header and frame as sent', async (t) => {
   const { a, tx, rx } = offloadPair({ netBits: HOST_ALL }, { netBits: GUEST_ALL });
   const f = build({ v6: false, payload: pattern(700, 3) });

@@ -362,9 +362,12 @@ export class PackedVirtqueue implements RingQueue {
           const p = batch.count;
           const fl = u8[off];
           const gt = u8[off + 1];
-          batch.flags[p] = fl;
-          batch.gsoType[p] = gt;
-          if ((fl | gt) !== 0) readNetHdr(batch, p, u8, off);
+          // zero in the batch already (PacketBatch.reset): stored only when set
+          if ((fl | gt) !== 0) {
+            batch.flags[p] = fl;
+            batch.gsoType[p] = gt;
+            readNetHdr(batch, p, u8, off);
+          }
           const n = len - hdrLen;
           batch.segRegion[nS] = r;
           batch.segOffset[nS] = off + hdrLen;

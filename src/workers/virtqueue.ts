@@ -277,9 +277,12 @@ export class Virtqueue implements RingQueue {
             const ho = cOff + d;
             const fl = cU8![ho];
             const gt = cU8![ho + 1];
-            hFlags[count] = fl;
-            hGso[count] = gt;
-            if ((fl | gt) !== 0) readNetHdr(batch, count, cU8!, ho);
+            // zero in the batch already (PacketBatch.reset): stored only when set
+            if ((fl | gt) !== 0) {
+              hFlags[count] = fl;
+              hGso[count] = gt;
+              readNetHdr(batch, count, cU8!, ho);
+            }
             segRegion[nSegs] = cr;
             segOffset[nSegs] = cOff + d + hdrLen;
             segLen[nSegs] = len;
@@ -533,6 +536,8 @@ export class Virtqueue implements RingQueue {
     const segOffset = batch.segOffset;
     const pktLen = batch.pktLen;
     const hFlags = batch.flags;
+    // no packet of the burst has an offload (the usual case): no per-packet look at its flags
+    const anyOffload = batch.nOffload > 0;
     let done = 0;
     let fastPkts = 0;
     let fastBytes = 0;
@@ -549,7 +554,7 @@ export class Virtqueue implements RingQueue {
     for (let k = 0; k < count; k++) {
       const i = pick === null ? k : pick[k];
       // a frame with an offload (NEEDS_CSUM; every GSO frame has it) takes enqueue()
-      fast: if (fastRing && segCount[i] === 1 && hFlags[i] === 0) {
+      fast: if (fastRing && segCount[i] === 1 && (!anyOffload || hFlags[i] === 0)) {
         if (la === ai) {
           const a = tso ? avail16[1] : Atomics.load(avail16, 1);
           if (((a - la) & 0xffff) > size) break fast; // the general path raises the error
