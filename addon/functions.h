@@ -48,4 +48,10 @@ Napi::Value CopyRegister(const Napi::CallbackInfo& info);
 Napi::Value CopyUnregister(const Napi::CallbackInfo& info);
 Napi::Value CopyBatch(const Napi::CallbackInfo& info);
 
+// uplink_v8.cc: TAP uplink ports (issue 22)
+Napi::Value TapOpen(const Napi::CallbackInfo& info);
+Napi::Value TapInfo(const Napi::CallbackInfo& info);
+Napi::Value TapRead(const Napi::CallbackInfo& info);
+Napi::Value TapWrite(const Napi::CallbackInfo& info);
+
 }  // namespace vhostfwd

@@ -10,6 +10,11 @@ import { F, FeatureName, PF, ProtocolFeatureName } from '../protocol/constants';
 import { PortVlan } from '../shared/worker-protocol';
 
 export interface InterfaceConfig {
+  /**
+   * "vhost-user" (default): a guest on a vhost-user socket; "tap": an uplink port, the kernel
+   * TAP device `name` (issue 22; socket is "" and the vhost-user keys keep their defaults)
+   */
+  type: 'vhost-user' | 'tap';
   name: string;
   socket: string;
   mode: 'server' | 'client';
@@ -152,7 +157,9 @@ function permissions(v: unknown, path: string): number | null {
 /** One interface as the config file and the control API's add request give it. */
 export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'packedRing', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
+  if (v.type === 'tap') return parseTap(v, path);
+  if (v.type !== undefined && v.type !== 'vhost-user') throw new ConfigError(`${path}.type`, '"vhost-user" or "tap"', v.type);
+  checkKeys(v, path, ['type', 'name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'packedRing', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
   const steering = v.steering ?? 'hash';
   if (steering !== 'hash' && steering !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
   if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
@@ -162,6 +169,7 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(co)) throw new ConfigError(`${path}.coalesce`, 'an object {frames, usecs}', co);
   checkKeys(co, `${path}.coalesce`, ['frames', 'usecs']);
   return {
+    type: 'vhost-user',
     name: str(v.name, `${path}.name`),
     socket: str(v.socket, `${path}.socket`),
     mode,
@@ -176,6 +184,35 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
     steering,
     vlan: parseVlan(v.vlan, `${path}.vlan`),
     ...ownership(v, path, mode),
+  };
+}
+
+/** Kernel interface names: 1..15 bytes (IFNAMSIZ - 1), no '/', no whitespace, not . or .. */
+const IFNAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}$/;
+
+/** `{"type": "tap", "name": "vf0"}`: a TAP uplink port (issue 22); `name` is the kernel device's and the port's. */
+function parseTap(v: Obj, path: string): InterfaceConfig {
+  checkKeys(v, path, ['type', 'name', 'mtu', 'offloads', 'vlan']);
+  const name = str(v.name, `${path}.name`);
+  if (!IFNAME_RE.test(name)) throw new ConfigError(`${path}.name`, 'a network device name of 1..15 letters, digits, _ . -', v.name);
+  return {
+    type: 'tap',
+    name,
+    socket: '',
+    mode: 'server',
+    queues: 1,
+    maskFeatures: [],
+    maskProtocolFeatures: [],
+    offloads: bool(v.offloads, `${path}.offloads`, true),
+    packedRing: false,
+    mtu: v.mtu === undefined ? null : int(v.mtu, `${path}.mtu`, 68, 65535),
+    coalesceFrames: 0,
+    coalesceUsecs: 0,
+    steering: 'hash',
+    vlan: parseVlan(v.vlan, `${path}.vlan`),
+    owner: null,
+    group: null,
+    permissions: null,
   };
 }
 
@@ -217,6 +254,14 @@ function ownership(v: Obj, path: string, mode: string): Pick<InterfaceConfig, 'o
 
 /** The config-file form of an interface (what the state file stores and `show` returns as spec). */
 export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
+  if (c.type === 'tap') {
+    const t: Record<string, unknown> = { type: 'tap', name: c.name };
+    if (c.mtu !== null) t.mtu = c.mtu;
+    if (!c.offloads) t.offloads = false;
+    if (c.vlan?.mode === 'access') t.vlan = { mode: 'access', tag: c.vlan.tag };
+    if (c.vlan?.mode === 'trunk') t.vlan = c.vlan.native === null ? { mode: 'trunk', allowed: [...c.vlan.allowed] } : { mode: 'trunk', allowed: [...c.vlan.allowed], native: c.vlan.native };
+    return t;
+  }
   const o: Record<string, unknown> = { name: c.name, socket: c.socket, mode: c.mode, queues: c.queues };
   if (c.mtu !== null) o.mtu = c.mtu;
   if (c.maskFeatures.length) o.maskFeatures = c.maskFeatures;
@@ -244,7 +289,7 @@ export function parseConfig(raw: unknown, cpuCount: number): Config {
   const sockets = new Set<string>();
   interfaces.forEach((itf, i) => {
     if (seen.has(itf.name)) throw new ConfigError(`interfaces[${i}].name`, 'a name used once', itf.name);
-    if (sockets.has(itf.socket)) throw new ConfigError(`interfaces[${i}].socket`, 'a socket path used once', itf.socket);
+    if (itf.type !== 'tap' && sockets.has(itf.socket)) throw new ConfigError(`interfaces[${i}].socket`, 'a socket path used once', itf.socket);
     seen.add(itf.name);
     sockets.add(itf.socket);
   });

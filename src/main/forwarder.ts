@@ -10,6 +10,7 @@ import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
 import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
+import { TapPort, TapSnapshot } from './ports/tap';
 import { safeClose } from './connection';
 import { DeviceSnapshot, Vring } from './device';
 import { log } from './log';
@@ -44,11 +45,13 @@ export interface ForwarderSnapshot {
   /** the bridge's MAC table: index of a memfd holding its bytes (learned entries survive the takeover) */
   macTable: number;
   interfaces: Array<{ name: string; listen: number; conn: number; device: DeviceSnapshot | null }>;
+  /** TAP uplink ports: their fds (indices) and counters; absent from a process without any */
+  uplinks?: TapSnapshot[];
 }
 
 export class Forwarder {
-  /** interfaces by port number; a removed interface leaves a hole that the next add reuses */
-  private readonly ports: Array<Interface | null> = [];
+  /** ports by number: vhost-user interfaces and uplinks; a removed interface leaves a hole that the next add reuses */
+  private readonly ports: Array<Interface | TapPort | null> = [];
   private readonly specs = new Map<string, InterfaceConfig>();
   private forwarding: Forwarding;
   /** TX polling worker by "iface:queue" (config workers, then control API moves) */
@@ -79,14 +82,25 @@ export class Forwarder {
     });
     for (const c of config.interfaces) this.place(c);
     this.pool.onBroken = (device, index, reason) => {
+      const up = this.uplinks.find((u) => u.id === device);
+      if (up) return up.onBroken(index, reason);
       const itf = this.interfaces.find((i) => i.device?.id === device);
       if (itf?.device) itf.device.brokenByGuest(`ring ${index}: ${reason}`);
     };
   }
 
-  /** The interfaces in port order. */
+  /** The vhost-user interfaces in port order. */
   get interfaces(): Interface[] {
-    return this.ports.filter((p): p is Interface => p !== null);
+    return this.ports.filter((p): p is Interface => p instanceof Interface);
+  }
+
+  /** The uplink ports (TAP) in port order. */
+  get uplinks(): TapPort[] {
+    return this.ports.filter((p): p is TapPort => p instanceof TapPort);
+  }
+
+  uplink(name: string): TapPort | undefined {
+    return this.uplinks.find((u) => u.name === name);
   }
 
   interface(name: string): Interface | undefined {
@@ -106,12 +120,19 @@ export class Forwarder {
     return this.forwarding.mode === 'xconnect' ? { mode: 'xconnect', pairs: this.forwarding.pairs.map(([a, b]) => [a, b]) } : { ...this.forwarding };
   }
 
-  /** A port number for a new interface and the Interface itself (not started). */
-  private place(c: InterfaceConfig): Interface {
+  /** A port number for a new interface and the Interface (or uplink) itself (not started). */
+  private place(c: InterfaceConfig): Interface | TapPort {
     const kept = this.opts.ports?.[c.name];
     let port = kept !== undefined && Number.isInteger(kept) && kept >= 0 && kept < 4096 && !this.ports[kept] ? kept : this.ports.indexOf(null);
     if (port < 0) port = this.ports.length;
     while (this.ports.length < port) this.ports.push(null);
+    if (c.type === 'tap') {
+      const up = new TapPort({ name: c.name, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
+      this.ports[port] = up;
+      this.specs.set(c.name, c);
+      if (!this.placement.has(`${c.name}:0`)) this.placement.set(`${c.name}:0`, 0);
+      return up;
+    }
     const itf = new Interface(
       {
         name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, packedRing: c.packedRing, mtu: c.mtu, forceLog: this.config.forceLog,
@@ -149,12 +170,13 @@ export class Forwarder {
    * before this returns; other ports are not touched beyond a new forwarding plan.
    */
   addInterface(c: InterfaceConfig): Interface {
+    if (c.type === 'tap') throw new ControlError(400, 'type', 'tap ports come from the config file (the control API adds vhost-user interfaces only, for now)');
     if (this.specs.has(c.name)) throw new ControlError(409, 'name', `interface ${c.name} exists`);
     const clash = [...this.specs.values()].find((o) => o.socket === c.socket);
     if (clash) throw new ControlError(409, 'socket', `socket ${c.socket} is used by interface ${clash.name}`);
     if (c.mode === 'server' && socketIsLive(c.socket)) throw new ControlError(409, 'socket', `a live socket is at ${c.socket} (another process listens there)`);
     if (c.vlan !== null && this.forwarding.mode !== 'bridge') throw new ControlError(400, 'vlan', 'no vlan with forwarding.mode "xconnect" (VLANs are a bridge feature)');
-    const itf = this.place(c);
+    const itf = this.place(c) as Interface;
     if (this.started) {
       // before its rings can attach: a frame from the port is never bridged without its VLANs
       this.pool.setVlan(itf.port, c.vlan);
@@ -182,6 +204,7 @@ export class Forwarder {
    * its pair and the MACs learned on it are dropped. Resolves when all of that is done.
    */
   async removeInterface(name: string): Promise<void> {
+    if (this.uplink(name)) throw new ControlError(409, 'name', `${name} is a tap port: it goes with the config file (the control API removes vhost-user interfaces only, for now)`);
     const itf = this.interface(name);
     if (!itf) throw new ControlError(404, 'name', `no interface ${name}`);
     await itf.stop();
@@ -197,7 +220,7 @@ export class Forwarder {
   }
 
   /** Drop an interface from the set: its port number, spec, placement and pair. */
-  private forget(itf: Interface): void {
+  private forget(itf: Interface | TapPort): void {
     const name = itf.name;
     this.ports[itf.port] = null;
     this.specs.delete(name);
@@ -240,13 +263,13 @@ export class Forwarder {
 
   /** Port numbers by interface name (a takeover keeps them: the MAC table and the plan hold them). */
   portMap(): Record<string, number> {
-    return Object.fromEntries(this.interfaces.map((i) => [i.name, i.port]));
+    return Object.fromEntries(this.ports.filter((p) => p !== null).map((i) => [i.name, i.port]));
   }
 
   /** Interfaces, forwarding and placement as plain data (the state file, `show`). */
   state(): ForwarderState {
     return {
-      interfaces: this.interfaces.map((i) => this.specs.get(i.name)).filter((c): c is InterfaceConfig => c !== undefined),
+      interfaces: this.ports.map((i) => (i ? this.specs.get(i.name) : undefined)).filter((c): c is InterfaceConfig => c !== undefined),
       forwarding: this.forwardingState,
       placement: Object.fromEntries([...this.placement.entries()].sort()),
     };
@@ -274,14 +297,27 @@ export class Forwarder {
    * `adopt`: a takeover's way to start an interface (true: done; false: start it as usual);
    * `adopted`: runs once every interface is there, before anything slower (the metrics server)
    */
-  async start(adopt?: (i: Interface) => Promise<boolean>, adopted?: () => Promise<void>): Promise<void> {
+  async start(adopt?: (i: Interface) => Promise<boolean>, adopted?: () => Promise<void>, adoptUplink?: (u: TapPort) => Promise<boolean>): Promise<void> {
     await this.prestart();
     this.pool.setPlan(this.plan(), this.macTable);
-    for (const i of this.interfaces) {
+    for (const i of [...this.interfaces, ...this.uplinks]) {
       const c = this.specs.get(i.name);
       if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
       if (c) this.pool.setSteering(i.port, c.steering === 'hash');
       if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
+    }
+    for (const u of this.uplinks) {
+      if (adoptUplink && (await adoptUplink(u))) continue;
+      try {
+        await u.start();
+      } catch (e) {
+        if (!this.opts.leaveOutFailed) {
+          await this.stopUplinks();
+          throw e;
+        }
+        log.error('interface left out: its TAP cannot be opened', { iface: u.name, error: (e as Error).message });
+        this.forget(u);
+      }
     }
     for (const i of this.interfaces) {
       if (adopt && (await adopt(i))) continue;
@@ -309,7 +345,7 @@ export class Forwarder {
         lastT = t;
       }, this.config.statsInterval * 1000);
     }
-    log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), workers: this.pool.size, mode: this.forwarding.mode, cpus: os.cpus().length });
+    log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), uplinks: this.uplinks.map((u) => u.name), workers: this.pool.size, mode: this.forwarding.mode, cpus: os.cpus().length });
   }
 
   // ---- takeover (handover/) ----
@@ -330,6 +366,8 @@ export class Forwarder {
       await sleep(2);
     }
     for (const i of this.interfaces) i.quiesce();
+    // uplinks first: no frame is read from a TAP that could not be delivered before the guests' rings stop
+    await Promise.all(this.uplinks.map((u) => u.quiesce()));
     await this.metrics?.close();
     this.metrics = null;
     this.handedRings.clear();
@@ -354,6 +392,7 @@ export class Forwarder {
           device: d && h.conn >= 0 ? d.snapshot(this.handedRings.get(d.id) ?? [], fd) : null,
         };
       }),
+      uplinks: this.uplinks.filter((u) => u.fd >= 0).map((u) => u.snapshot(fd)),
     };
   }
 
@@ -374,6 +413,7 @@ export class Forwarder {
   async resumeAfterHandover(): Promise<void> {
     safeClose(this.macFd);
     this.macFd = -1;
+    await Promise.all(this.uplinks.map((u) => u.resume()));
     await this.startRingsRxFirst();
     for (const i of this.interfaces) i.resumeAfterHandover();
     this.handedRings.clear();
@@ -386,6 +426,7 @@ export class Forwarder {
     this.macFd = -1;
     if (this.statsTimer) clearInterval(this.statsTimer);
     for (const i of this.interfaces) i.abandon();
+    for (const u of this.uplinks) u.abandon();
     await this.pool.stop();
   }
 
@@ -405,12 +446,24 @@ export class Forwarder {
     native.retire(sab);
     safeClose(mac);
     const byName = new Map(snap.interfaces.map((h) => [h.name, h]));
-    await this.start(async (i) => {
-      const h = byName.get(i.name);
-      if (!h) return false;
-      await i.adopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
-      return true;
-    }, () => this.startRingsRxFirst());
+    const upByName = new Map((snap.uplinks ?? []).map((h) => [h.name, h]));
+    await this.start(
+      async (i) => {
+        const h = byName.get(i.name);
+        if (!h) return false;
+        await i.adopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
+        return true;
+      },
+      () => this.startRingsRxFirst(),
+      async (u) => {
+        const h = upByName.get(u.name);
+        const fd = h ? fdAt(h.fd) : -1;
+        if (!h || fd < 0) return false;
+        u.restoreStats(h.stats);
+        await u.start(fd);
+        return true;
+      },
+    );
   }
 
   /**
@@ -442,28 +495,11 @@ export class Forwarder {
       const d = itf.device;
       if (!d) continue;
       for (const v of d.vrings) {
-        const s = new Float64Array(v.stats);
-        out.push({
-          iface: itf.name,
-          queue: v.index >> 1,
-          dir: v.index & 1 ? 'tx' : 'rx',
-          packets: s[ST_PACKETS],
-          bytes: s[ST_BYTES],
-          dropNoBuffer: s[ST_DROP_NO_BUF],
-          dropNoDest: s[ST_DROP_NO_DEST],
-          dropTooBig: s[ST_DROP_TOO_BIG],
-          dropVlan: s[ST_DROP_VLAN],
-          dropBadOffload: s[ST_DROP_BAD_OFFLOAD],
-          gsoPassed: s[ST_GSO_PASSED],
-          gsoSegmented: s[ST_GSO_SEGMENTED],
-          csumSoftware: s[ST_CSUM_SW],
-          errors: s[ST_ERRORS],
-          notifications: s[ST_NOTIFY],
-          kicks: s[ST_KICKS],
-          dirtyPages: s[ST_DIRTY_PAGES],
-          bursts: s[ST_BURSTS],
-        });
+        out.push(queueStats(itf.name, v.index, new Float64Array(v.stats)));
       }
+    }
+    for (const u of this.uplinks) {
+      for (const index of [0, 1]) out.push(queueStats(u.name, index, new Float64Array(u.ringStats[index])));
     }
     return out;
   }
@@ -482,8 +518,37 @@ export class Forwarder {
     await this.metrics?.close();
     this.metrics = null;
     for (const i of this.interfaces) await i.stop();
+    await this.stopUplinks();
     await this.pool.stop();
   }
+
+  private async stopUplinks(): Promise<void> {
+    for (const u of this.uplinks) await u.stop();
+  }
+}
+
+/** One ring's counters as the stats view shows them (index: even = towards the port, odd = from it). */
+function queueStats(iface: string, index: number, s: Float64Array): QueueStats {
+  return {
+    iface,
+    queue: index >> 1,
+    dir: index & 1 ? 'tx' : 'rx',
+    packets: s[ST_PACKETS],
+    bytes: s[ST_BYTES],
+    dropNoBuffer: s[ST_DROP_NO_BUF],
+    dropNoDest: s[ST_DROP_NO_DEST],
+    dropTooBig: s[ST_DROP_TOO_BIG],
+    dropVlan: s[ST_DROP_VLAN],
+    dropBadOffload: s[ST_DROP_BAD_OFFLOAD],
+    gsoPassed: s[ST_GSO_PASSED],
+    gsoSegmented: s[ST_GSO_SEGMENTED],
+    csumSoftware: s[ST_CSUM_SW],
+    errors: s[ST_ERRORS],
+    notifications: s[ST_NOTIFY],
+    kicks: s[ST_KICKS],
+    dirtyPages: s[ST_DIRTY_PAGES],
+    bursts: s[ST_BURSTS],
+  };
 }
 
 /** Whether something accepts connections at `path` (a listener of another process). */

@@ -29,6 +29,8 @@ import { Config } from '../config';
 import { safeClose } from '../connection';
 import { StateFormatError, stateFromJson, stateToJson } from '../control/state';
 import { Forwarder, ForwarderSnapshot, ForwarderState } from '../forwarder';
+import type { TapSnapshot } from '../ports/tap';
+import { STATS_SLOTS } from '../../shared/types';
 import { log } from '../log';
 import { HandoverChannel, HandoverError } from './channel';
 import { SnapshotError, checkDeviceSnapshot } from './snapshot';
@@ -285,7 +287,20 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
       throw e;
     }
   });
-  return { macTable: s.macTable, interfaces };
+  const taps = new Set(want.interfaces.filter((i) => i.type === 'tap').map((i) => i.name));
+  const uplinks = s.uplinks === undefined ? [] : Array.isArray(s.uplinks) ? s.uplinks.map((u: unknown, k) => uplinkFrom(u, k, taps)) : [];
+  if (s.uplinks !== undefined && !Array.isArray(s.uplinks)) throw new TakeoverError('the snapshot\'s uplinks are not a list');
+  return { macTable: s.macTable, interfaces, uplinks };
+}
+
+/** A TAP port's record: a tap port of the announced state, an fd index, two rows of counters. */
+function uplinkFrom(v: unknown, k: number, taps: Set<string>): TapSnapshot {
+  const r = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
+  if (typeof r.name !== 'string' || !taps.has(r.name)) throw new TakeoverError(`the snapshot names an uplink that was not announced as a tap port: ${JSON.stringify(v).slice(0, 100)}`);
+  if (typeof r.fd !== 'number' || !Number.isInteger(r.fd) || r.fd < 0) throw new TakeoverError(`uplinks[${k}] (${r.name}): fd index`);
+  const row = (x: unknown): x is number[] => Array.isArray(x) && x.length <= STATS_SLOTS && x.every((n) => typeof n === 'number' && Number.isFinite(n) && n >= 0);
+  if (!Array.isArray(r.stats) || r.stats.length !== 2 || !row(r.stats[0]) || !row(r.stats[1])) throw new TakeoverError(`uplinks[${k}] (${r.name}): counters`);
+  return { name: r.name, fd: r.fd, stats: [r.stats[0], r.stats[1]] };
 }
 
 function die(step: string): void {
