@@ -64,3 +64,31 @@ t.test('interfaces may all come at run time: an empty list, the control API on b
   const o = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock', owner: 'libvirt-qemu', group: 64055, permissions: '660' }] }, 2).interfaces[0];
   t.same([o.owner, o.group, o.permissions], ['libvirt-qemu', 64055, 0o660], 'ownership kept as given, the mode parsed as octal');
 });
+
+t.test('TAP uplink ports (issue 22): parsed, defaults, errors named, and round-tripped', async (t) => {
+  const { interfaceToRaw } = await import('../src/main/config');
+  const c = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock' }, { type: 'tap', name: 'vf0' }] }, 2);
+  const tap = c.interfaces[1];
+  t.equal(tap.type, 'tap');
+  t.equal(tap.name, 'vf0');
+  t.equal(tap.offloads, true, 'offloads on by default');
+  t.equal(tap.mtu, null);
+  t.equal(c.interfaces[0].type, 'vhost-user', 'a port without type is vhost-user');
+  t.same(c.forwarding, { mode: 'xconnect', pairs: [['vm1', 'vf0']] }, 'a guest and a TAP default to a cross-connect');
+  t.same(c.workers[0].queues.sort(), ['vf0:0', 'vm1:0'], "the TAP's queue is placed like a queue pair");
+  t.same(interfaceToRaw(tap), { type: 'tap', name: 'vf0' }, 'the config form (state file, show) is minimal');
+  const back = parseConfig({ interfaces: [interfaceToRaw({ ...tap, mtu: 9000, offloads: false })] }, 2);
+  t.same([back.interfaces[0].mtu, back.interfaces[0].offloads], [9000, false], 'mtu and offloads round-trip');
+  t.equal(parseConfig({ interfaces: [{ type: 'tap', name: 'vf0' }, { type: 'tap', name: 'vf1' }] }, 2).interfaces.length, 2, 'two TAPs (no socket to clash)');
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['a name over 15 bytes', { type: 'tap', name: 'vf0123456789abcd' }, /^interfaces\[0\]\.name: expected a network device name of 1\.\.15/],
+    ['a name with a slash', { type: 'tap', name: 'a/b' }, /^interfaces\[0\]\.name: expected a network device name/],
+    ['the name ..', { type: 'tap', name: '..' }, /^interfaces\[0\]\.name: expected a network device name/],
+    ['a socket on a TAP', { type: 'tap', name: 'vf0', socket: '/tmp/x' }, /^interfaces\[0\]\.socket: expected one of the keys type, name, mtu, offloads, vlan/],
+    ['queues on a TAP', { type: 'tap', name: 'vf0', queues: 2 }, /^interfaces\[0\]\.queues: expected one of the keys/],
+    ['an unknown type', { type: 'vxlan', name: 'vf0' }, /^interfaces\[0\]\.type: expected "vhost-user" or "tap"/],
+    ['a bad mtu', { type: 'tap', name: 'vf0', mtu: 10 }, /^interfaces\[0\]\.mtu: expected an integer 68\.\.65535/],
+  ];
+  for (const [what, itf, re] of bad) t.throws(() => parseConfig({ interfaces: [itf] }, 2), re, what);
+  t.throws(() => parseConfig({ interfaces: [{ type: 'tap', name: 'vf0' }, { name: 'vf0', socket: '/tmp/a' }] }, 2), /^interfaces\[1\]\.name: expected a name used once/, 'a TAP and a guest port share one name space');
+});
