@@ -54,4 +54,9 @@ Napi::Value TapInfo(const Napi::CallbackInfo& info);
 Napi::Value TapRead(const Napi::CallbackInfo& info);
 Napi::Value TapWrite(const Napi::CallbackInfo& info);
 
+// packet.cc: AF_PACKET uplink ports (issue 22)
+Napi::Value PacketOpen(const Napi::CallbackInfo& info);
+Napi::Value PacketKick(const Napi::CallbackInfo& info);
+Napi::Value PacketError(const Napi::CallbackInfo& info);
+
 }  // namespace vhostfwd

@@ -30,6 +30,7 @@
 //   log_v8.cc      dirty-log page marking: logBind/logUnbind/logRun
 //   uplink_v8.cc   TAP uplink ports: tapOpen/tapInfo, and tapRead/tapWrite (a burst between
 //                  the fd and a buffer of the copy table)
+//   packet.cc      AF_PACKET uplink ports: packetOpen (TPACKET_V2 rings), packetKick, packetError
 
 #include <napi.h>
 
@@ -88,6 +89,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"tapInfo", TapInfo},
       {"tapRead", TapRead},
       {"tapWrite", TapWrite},
+      {"packetOpen", PacketOpen},
+      {"packetKick", PacketKick},
+      {"packetError", PacketError},
   };
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   SetV8Function(env, exports, "copyBind", CopyBind);

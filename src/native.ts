@@ -224,6 +224,19 @@ export interface Native {
    * frames consumed: it stops at EAGAIN; a frame the kernel refused has lens[k] set to -errno.
    */
   tapWrite(fd: number, id: number, slot: number, count: number, lens: Int32Array): number;
+
+  /**
+   * An AF_PACKET socket on `device` with TPACKET_V2 RX and TX rings of `frames` frames of
+   * `frameSize` bytes (powers of two: 2048..131072, 8..65536), PACKET_VNET_HDR (a 10-byte
+   * header before each frame), PACKET_LOSS, PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING, bound
+   * to the device (ETH_P_ALL). Map both rings with mmap(fd, 2 * ringBytes, 0): RX first.
+   * txData: where a TX frame's data starts in its slot; hdrLen: the RX frame header's size.
+   */
+  packetOpen(device: string, frameSize: number, frames: number): { fd: number; ifindex: number; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number };
+  /** send(fd, NULL, 0, MSG_DONTWAIT): the TX ring's requested frames go out. 0, or -errno. */
+  packetKick(fd: number): number;
+  /** getsockopt(SO_ERROR): the socket's pending error, cleared by the read (0: none). */
+  packetError(fd: number): number;
 }
 
 // The addon's exports object is built by N-API one property at a time and ends up in

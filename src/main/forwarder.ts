@@ -10,7 +10,7 @@ import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
 import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
-import { TapPort, TapSnapshot } from './ports/tap';
+import { UplinkPort, TapSnapshot } from './ports/uplink';
 import { safeClose } from './connection';
 import { DeviceSnapshot, Vring } from './device';
 import { log } from './log';
@@ -51,7 +51,7 @@ export interface ForwarderSnapshot {
 
 export class Forwarder {
   /** ports by number: vhost-user interfaces and uplinks; a removed interface leaves a hole that the next add reuses */
-  private readonly ports: Array<Interface | TapPort | null> = [];
+  private readonly ports: Array<Interface | UplinkPort | null> = [];
   private readonly specs = new Map<string, InterfaceConfig>();
   private forwarding: Forwarding;
   /** TX polling worker by "iface:queue" (config workers, then control API moves) */
@@ -95,11 +95,11 @@ export class Forwarder {
   }
 
   /** The uplink ports (TAP) in port order. */
-  get uplinks(): TapPort[] {
-    return this.ports.filter((p): p is TapPort => p instanceof TapPort);
+  get uplinks(): UplinkPort[] {
+    return this.ports.filter((p): p is UplinkPort => p instanceof UplinkPort);
   }
 
-  uplink(name: string): TapPort | undefined {
+  uplink(name: string): UplinkPort | undefined {
     return this.uplinks.find((u) => u.name === name);
   }
 
@@ -121,13 +121,13 @@ export class Forwarder {
   }
 
   /** A port number for a new interface and the Interface (or uplink) itself (not started). */
-  private place(c: InterfaceConfig): Interface | TapPort {
+  private place(c: InterfaceConfig): Interface | UplinkPort {
     const kept = this.opts.ports?.[c.name];
     let port = kept !== undefined && Number.isInteger(kept) && kept >= 0 && kept < 4096 && !this.ports[kept] ? kept : this.ports.indexOf(null);
     if (port < 0) port = this.ports.length;
     while (this.ports.length < port) this.ports.push(null);
-    if (c.type === 'tap') {
-      const up = new TapPort({ name: c.name, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
+    if (c.type !== 'vhost-user') {
+      const up = new UplinkPort({ kind: c.type, name: c.name, device: c.device, frameSize: c.frameSize, frames: c.frames, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
       this.ports[port] = up;
       this.specs.set(c.name, c);
       if (!this.placement.has(`${c.name}:0`)) this.placement.set(`${c.name}:0`, 0);
@@ -170,7 +170,7 @@ export class Forwarder {
    * before this returns; other ports are not touched beyond a new forwarding plan.
    */
   addInterface(c: InterfaceConfig): Interface {
-    if (c.type === 'tap') throw new ControlError(400, 'type', 'tap ports come from the config file (the control API adds vhost-user interfaces only, for now)');
+    if (c.type !== 'vhost-user') throw new ControlError(400, 'type', `${c.type} ports come from the config file (the control API adds vhost-user interfaces only, for now)`);
     if (this.specs.has(c.name)) throw new ControlError(409, 'name', `interface ${c.name} exists`);
     const clash = [...this.specs.values()].find((o) => o.socket === c.socket);
     if (clash) throw new ControlError(409, 'socket', `socket ${c.socket} is used by interface ${clash.name}`);
@@ -204,7 +204,8 @@ export class Forwarder {
    * its pair and the MACs learned on it are dropped. Resolves when all of that is done.
    */
   async removeInterface(name: string): Promise<void> {
-    if (this.uplink(name)) throw new ControlError(409, 'name', `${name} is a tap port: it goes with the config file (the control API removes vhost-user interfaces only, for now)`);
+    const up = this.uplink(name);
+    if (up) throw new ControlError(409, 'name', `${name} is a ${up.kind} port: it goes with the config file (the control API removes vhost-user interfaces only, for now)`);
     const itf = this.interface(name);
     if (!itf) throw new ControlError(404, 'name', `no interface ${name}`);
     await itf.stop();
@@ -220,7 +221,7 @@ export class Forwarder {
   }
 
   /** Drop an interface from the set: its port number, spec, placement and pair. */
-  private forget(itf: Interface | TapPort): void {
+  private forget(itf: Interface | UplinkPort): void {
     const name = itf.name;
     this.ports[itf.port] = null;
     this.specs.delete(name);
@@ -297,7 +298,7 @@ export class Forwarder {
    * `adopt`: a takeover's way to start an interface (true: done; false: start it as usual);
    * `adopted`: runs once every interface is there, before anything slower (the metrics server)
    */
-  async start(adopt?: (i: Interface) => Promise<boolean>, adopted?: () => Promise<void>, adoptUplink?: (u: TapPort) => Promise<boolean>): Promise<void> {
+  async start(adopt?: (i: Interface) => Promise<boolean>, adopted?: () => Promise<void>, adoptUplink?: (u: UplinkPort) => Promise<boolean>): Promise<void> {
     await this.prestart();
     this.pool.setPlan(this.plan(), this.macTable);
     for (const i of [...this.interfaces, ...this.uplinks]) {

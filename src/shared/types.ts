@@ -123,7 +123,7 @@ export interface VringDesc {
    * (polled, the worker sleeps on `fd`), index 0 = frames towards it. No guest memory: the
    * worker makes its own frame buffers; desc/avail/used, kickFd and callFd are unused.
    */
-  uplink?: { kind: 'tap'; fd: number };
+  uplink?: { kind: 'tap'; fd: number } | { kind: 'af_packet'; fd: number; ring: SharedArrayBuffer; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number };
 }
 
 /** The dirty log of one device (SET_LOG_BASE), as a SAB. Bit n of the log = guest page n (gpa >> 12). */

@@ -29,7 +29,7 @@ import { Config } from '../config';
 import { safeClose } from '../connection';
 import { StateFormatError, stateFromJson, stateToJson } from '../control/state';
 import { Forwarder, ForwarderSnapshot, ForwarderState } from '../forwarder';
-import type { TapSnapshot } from '../ports/tap';
+import type { TapSnapshot } from '../ports/uplink';
 import { STATS_SLOTS } from '../../shared/types';
 import { log } from '../log';
 import { HandoverChannel, HandoverError } from './channel';
@@ -182,6 +182,14 @@ async function giveAway(fd: number, fwd: Forwarder, hooks: HandoverHooks, versio
     if (hello.msg.format !== HANDOVER_FORMAT) {
       const error = `handover format mismatch: the successor speaks format ${JSON.stringify(hello.msg.format)}, this process (vhostfwd ${version}) speaks ${HANDOVER_FORMAT}; nothing was stopped: restart instead`;
       ch.send({ error, code: 'HANDOVER_FORMAT_MISMATCH' });
+      log.warn('takeover refused', { error, pid });
+      return false;
+    }
+    const packet = fwd.uplinks.filter((u) => u.kind === 'af_packet').map((u) => u.name);
+    if (packet.length > 0) {
+      // the rings' positions and the frames in flight do not travel yet: refused before anything stops
+      const error = `af_packet ports cannot be handed over yet (${packet.join(', ')}); nothing was stopped: restart instead`;
+      ch.send({ error, code: 'AF_PACKET_NOT_HANDED_OVER' });
       log.warn('takeover refused', { error, pid });
       return false;
     }

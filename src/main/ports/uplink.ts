@@ -1,13 +1,14 @@
 /**
- * A TAP uplink port, the control side (issue 22): the kernel device opened by the addon
- * (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, 12-byte header, non-blocking) and its two rings handed
- * to the workers like a guest's: index 1 (frames from the kernel) polled by the worker the
- * placement names for "name:0", index 0 (frames towards the kernel) a destination for every
- * worker. The data side is src/workers/tap-port.ts.
+ * Uplink ports, the control side (issue 22): a kernel TAP device (IFF_TAP | IFF_NO_PI |
+ * IFF_VNET_HDR, 12-byte header, non-blocking) or an AF_PACKET socket on a device (TPACKET_V2
+ * RX and TX rings, mapped here into a SharedArrayBuffer as guest memory is), opened by the
+ * addon, and their two rings handed to the workers like a guest's: index 1 (frames from the
+ * device) polled by the worker the placement names for "name:0", index 0 (frames towards
+ * it) a destination for every worker. The data side: src/workers/tap-port.ts, packet-port.ts.
  *
  * The device is the operator's to configure (addresses, up, MTU, namespace); vhostfwd only
- * holds it open. A port that cannot be opened fails start() with a TapOpenError naming the
- * device and the cause, as a vhost-user socket that cannot be made does.
+ * holds it open. A port that cannot be opened fails start() with an UplinkOpenError naming
+ * the device and the cause, as a vhost-user socket that cannot be made does.
  */
 import { F } from '../../protocol/constants';
 import { CTRL_INTS, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc } from '../../shared/types';
@@ -31,18 +32,20 @@ const FROM_KERNEL = bit(F.VIRTIO_NET_F_CSUM) | bit(F.VIRTIO_NET_F_HOST_TSO4) | b
  */
 const TO_KERNEL = bit(F.VIRTIO_NET_F_GUEST_CSUM) | bit(F.VIRTIO_NET_F_GUEST_TSO4) | bit(F.VIRTIO_NET_F_GUEST_TSO6) | bit(F.VIRTIO_NET_F_GUEST_ECN);
 
-export class TapOpenError extends Error {
-  constructor(readonly iface: string, cause: NodeJS.ErrnoException) {
+export class UplinkOpenError extends Error {
+  constructor(readonly iface: string, kind: UplinkKind, device: string, cause: NodeJS.ErrnoException) {
     const code = cause.code ?? '';
     const why: Record<string, string> = {
       ENOENT: '/dev/net/tun does not exist (modprobe tun)',
       EACCES: 'permission denied (CAP_NET_ADMIN is needed to create a TAP)',
       EPERM: 'not permitted (CAP_NET_ADMIN is needed to create a TAP)',
       EBUSY: 'the device is held by another process (or is not a TAP with a virtio-net header)',
-      EINVAL: 'the name is taken by a device that is not a TAP of this kind',
+      EINVAL: kind === 'tap' ? 'the name is taken by a device that is not a TAP of this kind' : 'invalid ring geometry',
+      ENODEV: 'no such network device',
     };
-    super(`interface ${iface}: cannot open TAP ${iface}: ${why[code] ?? cause.message}${code ? ` (${cause.syscall ?? 'open'} ${code})` : ''}`);
-    this.name = 'TapOpenError';
+    if (kind === 'af_packet') Object.assign(why, { EPERM: 'not permitted (CAP_NET_RAW is needed for a packet socket)', EACCES: 'permission denied (CAP_NET_RAW)' });
+    super(`interface ${iface}: cannot open ${kind === 'tap' ? 'TAP' : 'an AF_PACKET socket on'} ${device}: ${why[code] ?? cause.message}${code ? ` (${cause.syscall ?? 'open'} ${code})` : ''}`);
+    this.name = 'UplinkOpenError';
   }
 }
 
@@ -54,15 +57,24 @@ export interface TapSnapshot {
   stats: [number[], number[]];
 }
 
-export interface TapOptions {
+export type UplinkKind = 'tap' | 'af_packet';
+
+export interface UplinkOptions {
+  kind: UplinkKind;
+  /** the port's name (pairs, stats) */
   name: string;
+  /** the network device: the TAP's name, or the device the packet socket binds to */
+  device: string;
+  /** AF_PACKET: ring frames of this many bytes (a power of two), and frames per ring */
+  frameSize: number;
+  frames: number;
   /** offloads both ways (TUNSETOFFLOAD; the header handed over): default true */
   offloads: boolean;
   /** frames towards the kernel over mtu + 18 are dropped as too big; null: no limit */
   mtu: number | null;
 }
 
-export class TapPort {
+export class UplinkPort {
   readonly id = newDeviceId();
   /** the TAP fd, -1 when closed */
   fd = -1;
@@ -72,7 +84,14 @@ export class TapPort {
   /** why a worker gave the port up (the device went away), null while it runs */
   failed: string | null = null;
 
-  constructor(readonly opts: TapOptions, readonly port: number, private readonly dp: Dataplane) {}
+  /** AF_PACKET: the mapped rings and their geometry (null for a TAP) */
+  private packet: { ring: SharedArrayBuffer; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number } | null = null;
+
+  constructor(readonly opts: UplinkOptions, readonly port: number, private readonly dp: Dataplane) {}
+
+  get kind(): UplinkKind {
+    return this.opts.kind;
+  }
 
   get name(): string {
     return this.opts.name;
@@ -84,35 +103,54 @@ export class TapPort {
 
   /** Open the device (or take `fd`, a takeover's) and start both rings, towards the kernel first. */
   async start(fd = -1): Promise<void> {
-    if (fd >= 0) {
+    if (fd >= 0 && this.kind === 'tap') {
       const info = native.tapInfo(fd);
       if (info.name !== this.name || info.vnetHdr !== 12) throw new Error(`interface ${this.name}: the fd handed over is TAP ${info.name} with a ${info.vnetHdr}-byte header`);
       this.fd = fd;
-    } else {
+    } else if (this.kind === 'tap') {
       try {
-        this.fd = native.tapOpen(this.name, this.opts.offloads ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0).fd;
+        this.fd = native.tapOpen(this.opts.device, this.opts.offloads ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0).fd;
       } catch (e) {
-        throw new TapOpenError(this.name, e as NodeJS.ErrnoException);
+        throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
+      }
+    } else {
+      let p: ReturnType<typeof native.packetOpen>;
+      try {
+        p = native.packetOpen(this.opts.device, this.opts.frameSize, this.opts.frames);
+      } catch (e) {
+        throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
+      }
+      this.fd = p.fd;
+      try {
+        this.packet = { ring: native.mmap(p.fd, 2 * p.ringBytes, 0), ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen };
+      } catch (e) {
+        safeClose(p.fd);
+        this.fd = -1;
+        throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
       }
     }
     this.failed = null;
     this.started = true;
     await this.dp.startRing(this.ring(0), [], null);
     await this.dp.startRing(this.ring(1), [], null);
-    log.info('tap port up', { iface: this.name, port: this.port, fd: this.fd, offloads: this.opts.offloads });
+    log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames } : {}) });
   }
 
   private ring(index: number): VringDesc {
     const ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
     if (index === 0 && this.opts.mtu !== null) new Int32Array(ctrl)[CTRL_MAX_FRAME] = this.opts.mtu + 18;
+    // AF_PACKET with ring frames too small for a GSO frame: partial checksums only (GSO frames
+    // are segmented towards it, and the kernel's would not fit a frame: cut, dropped, counted)
+    const gso = this.packet === null || this.packet.frameSize >= 65536 + 128;
+    const csumOnly = index === 0 ? bit(F.VIRTIO_NET_F_GUEST_CSUM) : bit(F.VIRTIO_NET_F_CSUM);
     const features: QueueFeatures = {
       hdrLen: 12, mrgRxbuf: true, eventIdx: false, indirect: false, inOrder: false, packed: false, logAll: false,
-      netBits: this.opts.offloads ? (index === 0 ? TO_KERNEL : FROM_KERNEL) : 0,
+      netBits: !this.opts.offloads ? 0 : !gso ? csumOnly : index === 0 ? TO_KERNEL : FROM_KERNEL,
     };
     const nowhere = { region: 0, offset: 0 };
     return {
       device: this.id, port: this.port, index, size: 0, desc: nowhere, avail: nowhere, used: nowhere, logUsedGpa: -1, kickFd: -1, callFd: -1,
-      features, ctrl, stats: this.ringStats[index], uplink: { kind: 'tap', fd: this.fd },
+      features, ctrl, stats: this.ringStats[index], uplink: this.packet ? { kind: 'af_packet', fd: this.fd, ...this.packet } : { kind: 'tap', fd: this.fd },
     };
   }
 
@@ -120,7 +158,7 @@ export class TapPort {
   onBroken(index: number, reason: string): void {
     if (!this.started || this.failed !== null) return;
     this.failed = `ring ${index}: ${reason}`;
-    log.error('tap port failed: its rings stopped (remove and add it, or restart, once the device is back)', { iface: this.name, reason: this.failed });
+    log.error(`${this.kind} port failed: its rings stopped (restart once the device is back)`, { iface: this.name, reason: this.failed });
     void this.dp.stopRing(this.id, 1 - index).catch(() => undefined);
   }
 
@@ -133,6 +171,8 @@ export class TapPort {
     }
     safeClose(this.fd);
     this.fd = -1;
+    if (this.packet) native.retire(this.packet.ring);
+    this.packet = null;
   }
 
   /** Takeover, old side: stop both rings (at a burst boundary); the fd stays open for the message. */
