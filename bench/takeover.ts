@@ -95,10 +95,10 @@ async function main(): Promise<void> {
       const next = VhostfwdProc.start([...args, '--takeover']);
       procs.push(next);
       const done = await next.waitFor('takeover step 5/5: polling');
-      const got = await next.waitFor('takeover step 4/5: rings and fds received');
+      const got = await next.waitFor('takeover step 4/5: ring positions received');
       await next.waitFor('takeovers accepted');
       await cur.waitExit();
-      const stopped = cur.lines.find((l) => l.msg === 'takeover step 3/5: rings stopped at a burst boundary');
+      const stopped = cur.lines.find((l) => l.msg === 'takeover step 4/5: rings stopped at a burst boundary; positions handed over');
       takeovers.push({ blackoutMs: Number(done.blackoutMs), stopMs: Number(stopped?.stopMs), sinceStopMs: Number(got.sinceStopMs), startMs: Number(done.startMs), totalMs: Number(done.totalMs) });
       process.stderr.write(`takeover ${k + 1}/${a.takeovers}: blackout ${String(done.blackoutMs)} ms\n`);
       cur = next;

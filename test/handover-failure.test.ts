@@ -64,11 +64,11 @@ t.test('a successor failing at each step: the running process resumes, not a fra
     await flowFor(tr, 1000, 'at the start');
 
     // a handover format this process does not speak: refused by name, nothing stopped
-    const alien = VhostfwdProc.start([...args, '--takeover'], { ...env, VHOSTFWD_TAKEOVER_FORMAT: '2' });
+    const alien = VhostfwdProc.start([...args, '--takeover'], { ...env, VHOSTFWD_TAKEOVER_FORMAT: '1' });
     procs.push(alien);
     const ex = await alien.waitExit();
-    t.equal(ex.code, 2, 'the successor with format 2 exits 2');
-    t.match(alien.text.join('\n'), /HANDOVER_FORMAT_MISMATCH: the running vhostfwd refused the takeover: handover format mismatch: the successor speaks format 2, this process \(vhostfwd [^)]+\) speaks 1/, 'it names the mismatch');
+    t.equal(ex.code, 2, 'the successor with format 1 (an older build) exits 2');
+    t.match(alien.text.join('\n'), /HANDOVER_FORMAT_MISMATCH: the running vhostfwd refused the takeover: handover format mismatch: the successor speaks format 1, this process \(vhostfwd [^)]+\) speaks 2/, 'it names the mismatch');
     await waitUntil(() => failures().length === 1, 5000, 'the refusal in the old log');
     t.notOk(old.lines.some((l) => String(l.msg).startsWith('takeover step 3/5') || String(l.msg).startsWith('takeover step 2/5')), 'refused before anything stopped: no state sent, no ring stopped');
     await flowFor(tr, 1000, 'after the format mismatch');
@@ -102,7 +102,7 @@ t.test('a successor failing at each step: the running process resumes, not a fra
       const v = await api(sock('control'), 'GET', '/v1/version');
       t.equal(v.status, 200, `failing at ${at}: the old process's control API answers`);
     };
-    const exact = ['hello', 'ready', 'go', 'state', 'ready:exit', 'state:exit', 'go:hang', 'state:hang'];
+    const exact = ['hello', 'ready', 'go', 'mapped', 'state', 'ready:exit', 'mapped:exit', 'state:exit', 'go:hang', 'mapped:hang', 'state:hang'];
     for (const [k, at] of exact.entries()) await failAt(at, k, exact.length, tr);
     await tr.stop(10_000);
     t.equal(tr.ab.received, tr.ab.sent, `A->B: received ${tr.ab.received} == sent ${tr.ab.sent}`);

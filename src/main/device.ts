@@ -34,7 +34,8 @@ import { rarpFrame } from './net-frames';
 export interface Dataplane {
   /** hand a ring to the workers; `regions`/`log` are the device's current memory and log. */
   /** resolves once every worker that must see the ring has it (so a frontend's next packet is never early) */
-  startRing(ring: VringDesc, regions: readonly RegionDesc[], log: LogDesc | null): Promise<void>;
+  /** `parked`: built by the workers, neither polled nor written until unpark() (a takeover's successor) */
+  startRing(ring: VringDesc, regions: readonly RegionDesc[], log: LogDesc | null, parked?: boolean): Promise<void>;
   /** resolves once no worker touches the ring any more (its ctrl holds the final indices). */
   stopRing(device: number, index: number): Promise<void>;
   /** change a running ring's dirty logging in place; resolves once every worker applied it. */
@@ -68,6 +69,16 @@ export interface DeviceOptions {
  * A device's negotiated state as a takeover hands it to the next process (handover/): all
  * plain data, fds as indices into the message's fd list. Taken with every ring stopped.
  */
+/** Where a ring stopped for a takeover, and its counters. */
+export interface RingPosition {
+  index: number;
+  lastAvailIdx: number;
+  /** STATS_SLOTS doubles: they continue in the next process */
+  stats: number[];
+  /** whether the ring was running (it restarts in the next process) */
+  started: boolean;
+}
+
 export interface DeviceSnapshot {
   /** bigints as hex strings */
   features: string;
@@ -111,6 +122,8 @@ export class Vring {
   stopping: Promise<void> | null = null;
   ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
   readonly stats = new SharedArrayBuffer(STATS_SLOTS * 8);
+  /** started parked (a takeover's successor before the previous process stopped): the used ring (split), or null (packed) */
+  parked: { used: RingLocation | null } | null = null;
   constructor(readonly index: number) {}
 
   closeFds(): void {
@@ -320,12 +333,17 @@ export class Device implements BackendRequests {
     return v.stopping;
   }
 
-  /** Start a ring if every condition holds. Throws ProtocolError if its addresses are bad. */
-  maybeStart(v: Vring, req: string): Promise<void> | null {
+  /**
+   * Start a ring if every condition holds. Throws ProtocolError if its addresses are bad.
+   * `parked`: a takeover's successor while the previous process still polls: the workers
+   * build the ring but neither poll nor write it, and its position is not known yet;
+   * adoptPositions() sets it and Dataplane.unpark() lets the workers go.
+   */
+  maybeStart(v: Vring, req: string, parked = false): Promise<void> | null {
     if (v.started || !v.hasKick || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return null;
-    const ring = this.describeRing(v, req);
+    const ring = this.describeRing(v, req, parked);
     this.ensureForcedLog();
-    const attached = this.dp.startRing(ring, this.mem.descs(), this.log);
+    const attached = this.dp.startRing(ring, this.mem.descs(), this.log, parked);
     v.started = true;
     log.debug('ring started', { dev: this.opts.name, ring: v.index, lastAvail: v.lastAvailIdx });
     return attached;
@@ -363,7 +381,7 @@ export class Device implements BackendRequests {
     return this.opts.forceLog ? this.mem.uvaToGpa(a.used) : -1;
   }
 
-  private describeRing(v: Vring, req: string): VringDesc {
+  private describeRing(v: Vring, req: string, parked: boolean): VringDesc {
     const a = v.addr as VringAddr;
     const n = v.num;
     const where = (what: string, uva: number, len: number): RingLocation => {
@@ -371,24 +389,37 @@ export class Device implements BackendRequests {
       if (!loc) throw new ProtocolError(req, `ring ${v.index} ${what} 0x${uva.toString(16)}+${len} is outside guest memory`);
       return loc;
     };
-    if (this.packed) return this.describePackedRing(v, req, where);
+    if (this.packed) return this.describePackedRing(v, req, where, parked);
     const eventIdx = hasBit(this.features, F.VIRTIO_RING_F_EVENT_IDX);
     const desc = where('descriptor table', a.desc, descTableBytes(n));
     const avail = where('available ring', a.avail, availRingBytes(n, eventIdx));
     const used = where('used ring', a.used, usedRingBytes(n, eventIdx));
     if (a.desc % 16 || a.avail % 2 || a.used % 4) throw new ProtocolError(req, `ring ${v.index} addresses are misaligned`);
-    // The used index the guest sees is where we resume: entries before it are complete.
+    v.ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
+    new Int32Array(v.ctrl)[CTRL_MAX_FRAME] = this.maxFrame();
+    if (parked) v.parked = { used };
+    else this.splitResume(v, used);
+    return this.ringDesc(v, desc, avail, used);
+  }
+
+  /** A split ring's position into its ctrl: the used index the guest sees is where we resume (entries before it are complete). */
+  private splitResume(v: Vring, used: RingLocation): void {
     const usedIdx = this.mem.readU16({ region: used.region, offset: used.offset + 2 });
     if (usedIdx !== v.lastAvailIdx) {
       log.warn('last_avail_idx differs from used->idx; resuming from used->idx', { dev: this.opts.name, ring: v.index, lastAvail: v.lastAvailIdx, usedIdx });
       v.lastAvailIdx = usedIdx;
     }
-    v.ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
     const ctrl = new Int32Array(v.ctrl);
     ctrl[CTRL_LAST_AVAIL] = v.lastAvailIdx;
     ctrl[CTRL_LAST_USED] = usedIdx;
-    ctrl[CTRL_MAX_FRAME] = this.maxFrame();
-    return this.ringDesc(v, desc, avail, used);
+  }
+
+  /** A packed ring's position into its ctrl: used = avail, as DPDK's vhost does (nothing is in flight across a stop). */
+  private packedResume(v: Vring): void {
+    const ctrl = new Int32Array(v.ctrl);
+    ctrl[CTRL_LAST_AVAIL] = v.lastAvailIdx;
+    ctrl[CTRL_LAST_USED] = v.lastAvailIdx;
+    ctrl[CTRL_SIGNALLED_USED] = -1;
   }
 
   /** What the workers get for a ring of either format, its areas located and its ctrl set up. */
@@ -421,7 +452,7 @@ export class Device implements BackendRequests {
    * index lives in guest memory: the ring resumes from SET_VRING_BASE (index | wrap << 15),
    * used = avail as DPDK's vhost does (nothing is in flight across a stop).
    */
-  private describePackedRing(v: Vring, req: string, where: (what: string, uva: number, len: number) => RingLocation): VringDesc {
+  private describePackedRing(v: Vring, req: string, where: (what: string, uva: number, len: number) => RingLocation, parked: boolean): VringDesc {
     const a = v.addr as VringAddr;
     const n = v.num;
     const desc = where('descriptor ring', a.desc, descTableBytes(n));
@@ -430,11 +461,9 @@ export class Device implements BackendRequests {
     if (a.desc % 16 || a.avail % 4 || a.used % 4) throw new ProtocolError(req, `ring ${v.index} addresses are misaligned`);
     if ((v.lastAvailIdx & 0x7fff) >= n) throw new ProtocolError(req, `ring ${v.index} base ${v.lastAvailIdx & 0x7fff} is not below the queue size ${n}`);
     v.ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
-    const ctrl = new Int32Array(v.ctrl);
-    ctrl[CTRL_LAST_AVAIL] = v.lastAvailIdx;
-    ctrl[CTRL_LAST_USED] = v.lastAvailIdx;
-    ctrl[CTRL_SIGNALLED_USED] = -1;
-    ctrl[CTRL_MAX_FRAME] = this.maxFrame();
+    new Int32Array(v.ctrl)[CTRL_MAX_FRAME] = this.maxFrame();
+    if (parked) v.parked = { used: null };
+    else this.packedResume(v);
     return this.ringDesc(v, desc, avail, used);
   }
 
@@ -551,6 +580,25 @@ export class Device implements BackendRequests {
       v.callFd = r.call >= 0 ? take(r.call) : -1;
       v.errFd = r.err >= 0 ? take(r.err) : -1;
       new Float64Array(v.stats).set(r.stats.slice(0, STATS_SLOTS));
+    }
+  }
+
+  /**
+   * A takeover's final word on the rings adopt() took while they still ran: where each
+   * stopped and its counters. Before any ring starts.
+   */
+  adoptPositions(rings: readonly RingPosition[]): void {
+    for (const r of rings) {
+      const v = this.vring(r.index, 'TAKEOVER');
+      v.lastAvailIdx = r.lastAvailIdx;
+      new Float64Array(v.stats).set(r.stats.slice(0, STATS_SLOTS));
+      if (!v.parked) continue;
+      if (v.parked.used) this.splitResume(v, v.parked.used);
+      else {
+        if ((v.lastAvailIdx & 0x7fff) >= v.num) throw new ProtocolError('TAKEOVER', `ring ${v.index} base ${v.lastAvailIdx & 0x7fff} is not below the queue size ${v.num}`);
+        this.packedResume(v);
+      }
+      v.parked = null;
     }
   }
 
@@ -705,7 +753,7 @@ export class Device implements BackendRequests {
     await this.stopRing(v);
     v.addr = a;
     // Fail now (not at start) if the addresses do not translate.
-    if (v.num > 0 && this.mem.count > 0) this.describeRing(v, rq.name);
+    if (v.num > 0 && this.mem.count > 0) this.describeRing(v, rq.name, false);
   }
 
   setVringBase(s: VringState, rq: RequestContext): void {

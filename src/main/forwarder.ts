@@ -12,7 +12,7 @@ import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
 import { UplinkPort, TapSnapshot } from './ports/uplink';
 import { safeClose } from './connection';
-import { DeviceSnapshot, Vring } from './device';
+import { DeviceSnapshot, RingPosition, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
 import { MetricsServer, startMetrics } from './metrics';
@@ -48,6 +48,9 @@ export interface ForwarderSnapshot {
   /** TAP uplink ports: their fds (indices) and counters; absent from a process without any */
   uplinks?: TapSnapshot[];
 }
+
+/** Where each handed ring stopped, with its counters (the takeover's last message before the successor polls). */
+export type HandoverPositions = Array<{ name: string; rings: RingPosition[] }>;
 
 export class Forwarder {
   /** ports by number: vhost-user interfaces and uplinks; a removed interface leaves a hole that the next add reuses */
@@ -294,21 +297,11 @@ export class Forwarder {
     await this.pool.start();
   }
 
-  /**
-   * `adopt`: a takeover's way to start an interface (true: done; false: start it as usual);
-   * `adopted`: runs once every interface is there, before anything slower (the metrics server)
-   */
-  async start(adopt?: (i: Interface) => Promise<boolean>, adopted?: () => Promise<void>, adoptUplink?: (u: UplinkPort) => Promise<boolean>): Promise<void> {
+  /** Start the forwarder: its workers, their plan, every port. */
+  async start(): Promise<void> {
     await this.prestart();
-    this.pool.setPlan(this.plan(), this.macTable);
-    for (const i of [...this.interfaces, ...this.uplinks]) {
-      const c = this.specs.get(i.name);
-      if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
-      if (c) this.pool.setSteering(i.port, c.steering === 'hash');
-      if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
-    }
+    this.configurePool();
     for (const u of this.uplinks) {
-      if (adoptUplink && (await adoptUplink(u))) continue;
       try {
         await u.start();
       } catch (e) {
@@ -316,12 +309,11 @@ export class Forwarder {
           await this.stopUplinks();
           throw e;
         }
-        log.error('interface left out: its TAP cannot be opened', { iface: u.name, error: (e as Error).message });
+        log.error('interface left out: its device cannot be opened', { iface: u.name, error: (e as Error).message });
         this.forget(u);
       }
     }
     for (const i of this.interfaces) {
-      if (adopt && (await adopt(i))) continue;
       try {
         i.start();
       } catch (e) {
@@ -332,8 +324,23 @@ export class Forwarder {
         this.forget(i);
       }
     }
+    await this.finishStart();
+  }
+
+  /** The workers' forwarding plan and each port's settings. */
+  private configurePool(): void {
+    this.pool.setPlan(this.plan(), this.macTable);
+    for (const i of this.interfaces) {
+      const c = this.specs.get(i.name);
+      if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
+      if (c) this.pool.setSteering(i.port, c.steering === 'hash');
+      if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
+    }
+  }
+
+  /** What follows the interfaces' start: anything slower (metrics server, stats timer). */
+  private async finishStart(): Promise<void> {
     this.started = true;
-    if (adopted) await adopted();
     if (this.config.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
     if (this.config.statsInterval > 0) {
       let last = this.stats();
@@ -350,81 +357,127 @@ export class Forwarder {
   }
 
   // ---- takeover (handover/) ----
+  //
+  // Old side: handoverQuiesce, handoverDescribe (the rings still run while the successor maps
+  // what it got), handoverStop (the blackout starts), then abandon, or resumeAfterHandover if
+  // the successor failed. New side: prepareFromHandover (before the old process stops its
+  // rings), startFromHandover (the positions: the blackout ends).
 
   /** rings this process stopped for a takeover, by device id: restarted if it fails */
   private handedRings = new Map<number, Vring[]>();
+  /** the devices described to the successor, by interface name (handoverStop checks they are still those) */
+  private described = new Map<string, number>();
 
   /**
-   * Old side, step 1: wait (bounded) until no connection is inside a message, stop taking
-   * anything in, stop every ring at a burst boundary (as GET_VRING_BASE does) and describe
-   * it all. `fd` numbers one of our fds for the message. Nothing is closed: resumeAfterHandover()
-   * undoes this, abandon() ends it.
+   * Old side: wait (bounded) until no connection is inside a message, then stop taking
+   * anything in (no accept, no read: nothing a frontend sends can change a device until the
+   * takeover ends one way or the other). The rings keep running. resumeAfterHandover() undoes it.
    */
-  async handoverOut(fd: (n: number) => number, idleWaitMs = 2000): Promise<ForwarderSnapshot> {
+  async handoverQuiesce(idleWaitMs = 2000): Promise<void> {
     const end = Date.now() + idleWaitMs;
     while (!this.interfaces.every((i) => i.idle)) {
       if (Date.now() > end) throw new Error(`a frontend stayed inside a request for ${idleWaitMs} ms (${this.interfaces.filter((i) => !i.idle).map((i) => i.name).join(', ')})`);
       await sleep(2);
     }
     for (const i of this.interfaces) i.quiesce();
-    // uplinks first: no frame is read from a TAP that could not be delivered before the guests' rings stop
-    await Promise.all(this.uplinks.map((u) => u.quiesce()));
     await this.metrics?.close();
     this.metrics = null;
+  }
+
+  /**
+   * Old side, after handoverQuiesce: describe every interface and device with its fds, while
+   * the rings run (their positions and counters are provisional: handoverStop gives the real
+   * ones). `fd` numbers one of our fds for the message. Nothing is closed.
+   */
+  handoverDescribe(fd: (n: number) => number): ForwarderSnapshot {
     this.handedRings.clear();
-    // Every TX ring before any RX ring: a burst taken from a guest is delivered before its
-    // destination stops (one finding it stopped would be dropped as having no destination).
-    // Posting the stops in that order is enough: a worker delivers only into its own RX ring
-    // entries and reads its mailbox in order, so it leaves its TX rings before its RX rings.
-    const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
-    for (const d of devices) this.handedRings.set(d.id, d.vrings.filter((v) => v.started));
-    const stops: Promise<void>[] = [];
-    for (const parity of [1, 0]) for (const d of devices) for (const v of d.vrings) if (v.started && (v.index & 1) === parity) stops.push(d.stopRing(v));
-    await Promise.all(stops);
+    this.described.clear();
     return {
       macTable: fd(this.macTableFile()),
       interfaces: this.interfaces.map((i) => {
         const h = i.handoverFds;
         const d = i.device;
-        return {
-          name: i.name,
-          listen: h.listen >= 0 ? fd(h.listen) : -1,
-          conn: h.conn >= 0 && d ? fd(h.conn) : -1,
-          device: d && h.conn >= 0 ? d.snapshot(this.handedRings.get(d.id) ?? [], fd) : null,
-        };
+        const device = d && h.conn >= 0 ? d.snapshot(d.vrings.filter((v) => v.started), fd) : null;
+        if (d && device) this.described.set(i.name, d.id);
+        return { name: i.name, listen: h.listen >= 0 ? fd(h.listen) : -1, conn: h.conn >= 0 && d ? fd(h.conn) : -1, device };
       }),
       uplinks: this.uplinks.filter((u) => u.fd >= 0).map((u) => u.snapshot(fd)),
     };
   }
 
-  /** a copy of the MAC table in a memfd for a takeover (closed when it ends either way) */
-  private macFd = -1;
+  /**
+   * Old side: stop every ring at a burst boundary (as GET_VRING_BASE does), copy the MAC
+   * table into the memfd the successor holds, and return where each ring stopped.
+   * `firstStopAt`: the worker clock of the first ring stopped (the blackout's start).
+   */
+  async handoverStop(): Promise<{ positions: HandoverPositions; firstStopAt: number }> {
+    const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
+    for (const i of this.interfaces) {
+      const want = this.described.get(i.name);
+      if ((i.device && i.handoverFds.conn >= 0 ? i.device.id : undefined) !== want) throw new Error(`interface ${i.name}: its device changed while the successor mapped it (a ring broke): try again`);
+    }
+    for (const d of devices) this.handedRings.set(d.id, d.vrings.filter((v) => v.started));
+    // Every TX ring before any RX ring: a burst taken from a guest is delivered before its
+    // destination stops (one finding it stopped would be dropped as having no destination).
+    // Posting the stops in that order is enough: a worker delivers only into its own RX ring
+    // entries and reads its mailbox in order, so it leaves its TX rings before its RX rings.
+    this.pool.resetAckWindow();
+    const stops: Promise<void>[] = [];
+    for (const parity of [1, 0] as const) {
+      // an uplink's ring 1 (from the device) is a TX ring here, its ring 0 an RX ring
+      for (const u of this.uplinks) stops.push(u.stopRing(parity));
+      for (const d of devices) for (const v of d.vrings) if (v.started && (v.index & 1) === parity) stops.push(d.stopRing(v));
+    }
+    await Promise.all(stops);
+    const firstStopAt = this.pool.ackTimes().first;
+    this.copyMacTable();
+    const positions: HandoverPositions = this.interfaces.filter((i) => this.described.has(i.name)).map((i) => {
+      const d = i.device as NonNullable<typeof i.device>;
+      const running = this.handedRings.get(d.id) ?? [];
+      return { name: i.name, rings: d.vrings.map((v) => ({ index: v.index, lastAvailIdx: v.lastAvailIdx, stats: [...new Float64Array(v.stats)], started: running.includes(v) })) };
+    });
+    for (const u of this.uplinks) if (u.fd >= 0) positions.push(u.position());
+    return { positions, firstStopAt: Number.isFinite(firstStopAt) ? firstStopAt : performance.timeOrigin + performance.now() };
+  }
 
-  /** The MAC table's bytes in a new memfd (a copy at this instant: the workers are stopped). */
+  /** a copy of the MAC table in a memfd for a takeover (closed when it ends either way), and its mapping */
+  private macFd = -1;
+  private macCopy: SharedArrayBuffer | null = null;
+
+  /** A memfd for the MAC table's bytes, holding a copy of this instant (handoverStop copies again). */
   private macTableFile(): number {
-    safeClose(this.macFd);
+    this.dropMacFile();
     this.macFd = native.memfdCreate('vhostfwd-mac-table', MAC_TABLE_BYTES);
-    const sab = native.mmap(this.macFd, MAC_TABLE_BYTES, 0);
-    new Uint8Array(sab).set(new Uint8Array(this.macTable));
-    native.retire(sab);
+    this.macCopy = native.mmap(this.macFd, MAC_TABLE_BYTES, 0);
+    this.copyMacTable();
     return this.macFd;
   }
 
-  /** Old side, the takeover failed: restart the rings and take things in again. */
-  async resumeAfterHandover(): Promise<void> {
+  private copyMacTable(): void {
+    if (this.macCopy) new Uint8Array(this.macCopy).set(new Uint8Array(this.macTable));
+  }
+
+  private dropMacFile(): void {
+    if (this.macCopy) native.retire(this.macCopy);
+    this.macCopy = null;
     safeClose(this.macFd);
     this.macFd = -1;
+  }
+
+  /** Old side, the takeover failed: restart the rings it stopped (if it got that far) and take things in again. */
+  async resumeAfterHandover(): Promise<void> {
+    this.dropMacFile();
     await Promise.all(this.uplinks.map((u) => u.resume()));
     await this.startRingsRxFirst();
     for (const i of this.interfaces) i.resumeAfterHandover();
     this.handedRings.clear();
+    this.described.clear();
     if (this.config.metrics && !this.metrics) this.metrics = await startMetrics(this, this.config.metrics.listen);
   }
 
   /** Old side, the takeover succeeded: let go of everything without a word to anyone, stop the workers. */
   async abandon(): Promise<void> {
-    safeClose(this.macFd);
-    this.macFd = -1;
+    this.dropMacFile();
     if (this.statsTimer) clearInterval(this.statsTimer);
     for (const i of this.interfaces) i.abandon();
     for (const u of this.uplinks) u.abandon();
@@ -432,39 +485,78 @@ export class Forwarder {
   }
 
   /**
-   * New side: start from the previous process's snapshot instead of binding and waiting
-   * for frontends: its MAC table, its listening sockets and connections, each device with
-   * its rings running from where they stopped. The Forwarder was built with the snapshot's
-   * interfaces, forwarding and placement.
+   * New side, while the previous process still forwards: its workers' plan, its MAC table
+   * (a first copy), its listening sockets and connections (not read yet), each device with
+   * its memory mapped. The Forwarder was built with the snapshot's interfaces, forwarding and
+   * placement. Nothing here touches a ring or reads a socket: if this process dies now,
+   * the previous one goes on as if nothing happened.
    */
-  async startFromHandover(snap: ForwarderSnapshot, fds: readonly number[]): Promise<void> {
+  async prepareFromHandover(snap: ForwarderSnapshot, fds: readonly number[]): Promise<void> {
     const fdAt = (i: number): number => (Number.isInteger(i) && i >= 0 && i < fds.length ? fds[i] : -1);
     const mac = fdAt(snap.macTable);
     if (mac < 0) throw new Error('the MAC table was not handed over');
     if (native.fdStat(mac).size < MAC_TABLE_BYTES) throw new Error(`the MAC table handed over is ${native.fdStat(mac).size} bytes, not ${MAC_TABLE_BYTES}`);
-    const sab = native.mmap(mac, MAC_TABLE_BYTES, 0);
-    new Uint8Array(this.macTable).set(new Uint8Array(sab));
-    native.retire(sab);
-    safeClose(mac);
+    this.macFd = mac;
+    this.macCopy = native.mmap(mac, MAC_TABLE_BYTES, 0);
+    new Uint8Array(this.macTable).set(new Uint8Array(this.macCopy));
+    await this.prestart();
+    this.configurePool();
     const byName = new Map(snap.interfaces.map((h) => [h.name, h]));
+    for (const i of this.interfaces) {
+      const h = byName.get(i.name);
+      if (h) i.prepareAdopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
+    }
+    // a TAP's fd: checked now, its rings start once the previous process stopped reading it
     const upByName = new Map((snap.uplinks ?? []).map((h) => [h.name, h]));
-    await this.start(
-      async (i) => {
-        const h = byName.get(i.name);
-        if (!h) return false;
-        await i.adopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
-        return true;
-      },
-      () => this.startRingsRxFirst(),
-      async (u) => {
-        const h = upByName.get(u.name);
-        const fd = h ? fdAt(h.fd) : -1;
-        if (!h || fd < 0) return false;
-        u.restoreStats(h.stats);
-        await u.start(fd);
-        return true;
-      },
-    );
+    for (const u of this.uplinks) {
+      const h = upByName.get(u.name);
+      if (h && fdAt(h.fd) >= 0) u.adoptFd(fdAt(h.fd));
+    }
+    // The workers build every ring now (views, walkers, logs), parked: after the stop only
+    // the positions remain to be set.
+    await this.startRingsRxFirst(true);
+  }
+
+  /**
+   * New side, once the previous process stopped its rings: the final MAC table, each ring's
+   * position and counters, then every ring started (RX first) and every socket read again.
+   * Resolves the worker clock of the last ring started (the blackout's end).
+   */
+  async startFromHandover(positions: HandoverPositions): Promise<number> {
+    if (this.macCopy) new Uint8Array(this.macTable).set(new Uint8Array(this.macCopy));
+    this.dropMacFile();
+    const byName = new Map(positions.map((p) => [p.name, p]));
+    for (const i of this.interfaces) {
+      const p = byName.get(i.name);
+      if (p && i.device) i.device.adoptPositions(p.rings);
+    }
+    // uplinks: ring 0 (towards the device) before the guests' TX rings run, ring 1 (from it)
+    // after their RX rings do, as startRingsRxFirst orders a guest's
+    for (const u of this.uplinks) {
+      const p = byName.get(u.name);
+      if (p) u.restoreStats(p.rings);
+    }
+    this.pool.resetAckWindow();
+    await Promise.all(this.uplinks.map((u) => u.startRing(0)));
+    await this.pool.unpark();
+    await Promise.all(this.uplinks.map((u) => u.startRing(1)));
+    const lastStartAt = this.pool.ackTimes().last;
+    for (const u of this.uplinks) {
+      if (u.fd >= 0) continue;
+      // not handed over (the previous process had lost it): opened here
+      try {
+        await u.start();
+      } catch (e) {
+        log.error('interface left out: its device cannot be opened', { iface: u.name, error: (e as Error).message });
+      }
+    }
+    await this.startRingsRxFirst(); // none, unless a ring could not be built parked
+    for (const i of this.interfaces) {
+      if (i.adopting) i.finishAdopt();
+      else i.start();
+    }
+    await this.finishStart();
+    return Number.isFinite(lastStartAt) ? lastStartAt : performance.timeOrigin + performance.now();
   }
 
   /**
@@ -472,8 +564,8 @@ export class Forwarder {
    * frame taken from a guest right after its TX ring starts must find its destination's RX
    * ring attached, or it would be dropped as having no destination.
    */
-  private async startRingsRxFirst(): Promise<void> {
-    // Posted in that order, which is enough (handoverOut): each worker attaches its RX ring
+  private async startRingsRxFirst(parked = false): Promise<void> {
+    // Posted in that order, which is enough (handoverStop): each worker attaches its RX ring
     // entries before any TX ring it polls.
     const devices = this.interfaces.map((i) => i.device).filter((d): d is NonNullable<typeof d> => d !== null);
     const starts: Promise<void>[] = [];
@@ -481,7 +573,7 @@ export class Forwarder {
       for (const d of devices) {
         for (const v of d.vrings) {
           if ((v.index & 1) !== parity) continue;
-          const p = d.maybeStart(v, 'TAKEOVER');
+          const p = d.maybeStart(v, 'TAKEOVER', parked);
           if (p) starts.push(p);
         }
       }

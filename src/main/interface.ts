@@ -132,7 +132,7 @@ export class Interface {
     this.attach(fd);
   }
 
-  private attach(fd: number, snap: DeviceSnapshot | null = null, fds: readonly number[] = []): Device {
+  private attach(fd: number, snap: DeviceSnapshot | null = null, fds: readonly number[] = [], read = true): Device {
     this.connections++;
     let device: Device | null = null;
     const conn = new Connection(
@@ -160,7 +160,7 @@ export class Interface {
     if (snap) log.info('frontend connection taken over', { iface: this.name, device: device.id, regions: snap.regions.length, dirtyLog: snap.log !== null, rings: snap.rings.filter((r) => r.started).length });
     else log.info('frontend connected', { iface: this.name, device: device.id });
     for (const l of this.listeners) l('connected', device);
-    conn.start();
+    if (read) conn.start();
     return device;
   }
 
@@ -233,22 +233,30 @@ export class Interface {
     this.device = null;
   }
 
+  /** prepareAdopt() ran and finishAdopt() has not: the fds are ours but not polled yet */
+  adopting = false;
+
   /**
-   * Start from what the previous process handed over (instead of start()): its listening
-   * socket, and its frontend's connection with the device state. The rings are started by
-   * the caller (Forwarder.startFromHandover).
+   * Take what the previous process handed over (instead of start()): its listening socket,
+   * and its frontend's connection with the device state and memory. Neither socket is polled
+   * yet (the previous process still serves them) and no ring starts: finishAdopt() does that
+   * once the previous process stopped (Forwarder.startFromHandover starts the rings).
    */
-  async adopt(listenFd: number, connFd: number, snap: DeviceSnapshot | null, fds: readonly number[]): Promise<void> {
-    if (listenFd >= 0) {
-      this.listenFd = listenFd;
+  prepareAdopt(listenFd: number, connFd: number, snap: DeviceSnapshot | null, fds: readonly number[]): void {
+    this.adopting = true;
+    if (listenFd >= 0) this.listenFd = listenFd;
+    if (connFd >= 0 && snap) this.attach(connFd, snap, fds, false);
+    else if (connFd >= 0) safeClose(connFd);
+  }
+
+  /** The previous process let go: accept and read (and reconnect, in client mode) from now on. */
+  finishAdopt(): void {
+    this.adopting = false;
+    if (this.listenFd >= 0 && !this.listenPoll) {
       this.listenPoll = native.poll(this.listenFd, () => this.acceptPending());
       log.info('listening (taken over)', { iface: this.name, socket: this.opts.socket });
     }
-    if (connFd >= 0 && snap) {
-      this.attach(connFd, snap, fds); // the forwarder starts the rings: every RX ring before any TX ring
-    } else if (connFd >= 0) {
-      safeClose(connFd);
-    }
+    this.conn?.resume();
     if (this.opts.mode === 'client' && !this.conn) this.tryConnect();
   }
 

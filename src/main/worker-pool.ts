@@ -64,6 +64,8 @@ export class WorkerPool implements Dataplane {
   private readonly slots: Slot[] = [];
   private seq = 0;
   private readonly waiting = new Map<number, Waiter>();
+  /** earliest and latest worker clock of the ring attaches and detaches since resetAckWindow() */
+  private ackWindow = { first: Infinity, last: -Infinity };
   private plan: ToWorker | null = null;
   private readonly coalesce = new Map<number, ToWorker>();
   private readonly steering = new Map<number, ToWorker>();
@@ -158,6 +160,10 @@ export class WorkerPool implements Dataplane {
   private fromWorker(slot: Slot, m: FromWorker): void {
     switch (m.op) {
       case 'ack': {
+        if (m.at !== undefined) {
+          this.ackWindow.first = Math.min(this.ackWindow.first, m.at);
+          this.ackWindow.last = Math.max(this.ackWindow.last, m.at);
+        }
         const w = this.waiting.get(m.seq);
         if (w) this.ack(m.seq, slot.init.worker, w);
         break;
@@ -184,6 +190,16 @@ export class WorkerPool implements Dataplane {
       this.waiting.delete(seq);
       w.done();
     }
+  }
+
+  /** Start timing ring attaches and detaches anew (a takeover's stop, or its start). */
+  resetAckWindow(): void {
+    this.ackWindow = { first: Infinity, last: -Infinity };
+  }
+
+  /** When the workers attached or detached the rings since resetAckWindow() (worker clocks, ms; ±Infinity: none). */
+  ackTimes(): { first: number; last: number } {
+    return { ...this.ackWindow };
   }
 
   private post(slot: Slot, m: ToWorker): void {
@@ -219,13 +235,27 @@ export class WorkerPool implements Dataplane {
     for (const s of this.slots) this.post(s, m);
   }
 
-  startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null): Promise<void> {
+  startRing(ring: VringDesc, regions: readonly RegionDesc[], logDesc: LogDesc | null, parked = false): Promise<void> {
     const tx = (ring.index & 1) === 1;
     const seq = ++this.seq;
-    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.forceLogOn, seq };
+    const m: ToWorker = { op: tx ? 'attach-tx' : 'attach-rx', ring, regions: [...regions], log: logDesc, forceLog: this.forceLogOn, seq, parked };
     const targets = (tx ? [this.slots[this.opts.owner(ring.port, ring.index >> 1) % this.slots.length]] : this.slots).filter((s) => s.worker);
     for (const s of targets) s.rings.set(ringKey(ring.device, ring.index), m);
     return this.request(targets, m, seq, `start of ring ${ring.index} of device ${ring.device}`);
+  }
+
+  /**
+   * The parked rings (startRing's `parked`) go live: every worker takes its parked RX ring
+   * entries, then its parked TX rings, reading their positions from their ctrl words
+   * (written before this is called). Resolves once every worker has.
+   */
+  unpark(): Promise<void> {
+    const live = this.slots.filter((s) => s.worker);
+    for (const s of live) {
+      for (const [key, m] of s.rings) if ((m.op === 'attach-tx' || m.op === 'attach-rx') && m.parked) s.rings.set(key, { ...m, parked: false });
+    }
+    const seq = ++this.seq;
+    return this.request(live, { op: 'unpark', seq }, seq, 'unpark of the rings taken over');
   }
 
   stopRing(device: number, index: number): Promise<void> {

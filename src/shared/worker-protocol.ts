@@ -14,10 +14,12 @@ export type ForwardingPlan =
   | { mode: 'bridge'; ports: number; agingMs: number };
 
 export type ToWorker =
-  /** poll this guest TX ring (odd index) */
-  | { op: 'attach-tx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number }
-  /** this guest RX ring (even index) may be a destination */
-  | { op: 'attach-rx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number }
+  /** poll this guest TX ring (odd index); `parked`: build it now, neither poll nor write it before 'unpark' */
+  | { op: 'attach-tx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number; parked?: boolean }
+  /** this guest RX ring (even index) may be a destination; `parked` as for attach-tx */
+  | { op: 'attach-rx'; ring: VringDesc; regions: RegionDesc[]; log: LogDesc | null; forceLog: boolean; seq: number; parked?: boolean }
+  /** the parked rings go live (RX entries first), their positions read from their ctrl words; answered with 'ack' */
+  | { op: 'unpark'; seq: number }
   /** stop touching a ring; answered with 'ack' carrying the same seq */
   | { op: 'detach'; device: number; index: number; seq: number }
   /** change a running ring's dirty logging in place; answered with 'ack' */
@@ -36,7 +38,12 @@ export type ToWorker =
 
 export type FromWorker =
   | { op: 'ready'; worker: number; tid: number; cpus: number[] }
-  | { op: 'ack'; seq: number }
+  /**
+   * `at`: the worker's wall clock (ms, performance.timeOrigin + now) when it attached or
+   * detached the ring: a takeover's blackout runs from the first ring stopped to the last one
+   * started by these, not by when the main threads heard of it
+   */
+  | { op: 'ack'; seq: number; at?: number }
   | { op: 'broken'; device: number; index: number; reason: string }
   /** frames dropped for a bad virtio-net header (one report a second at most; `suppressed` since the last) */
   | { op: 'bad-offload'; device: number; index: number; reason: string; suppressed: number }

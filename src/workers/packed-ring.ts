@@ -165,6 +165,10 @@ export class PackedVirtqueue implements RingQueue {
     this.pagesSeen = log.pagesMarked;
   }
 
+  reload(): void {
+    this.loadState();
+  }
+
   private loadState(): void {
     const c = this.ctrl;
     const a = c[CTRL_LAST_AVAIL] & 0xffff;

@@ -116,6 +116,11 @@ export class PacketQueue implements RingQueue {
     this.mem.dispose();
   }
 
+  /** The ring's head from ctrl again (a ring built parked goes live). */
+  reload(): void {
+    this.head = this.ctrl[CTRL_LAST_AVAIL] & this.mask;
+  }
+
   setLogging(): void {
     // no guest memory behind a packet socket: nothing to log
   }

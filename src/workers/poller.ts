@@ -171,6 +171,9 @@ function makeUplink(d: VringDesc, up: NonNullable<VringDesc['uplink']>): Ring {
   };
 }
 
+/** rings built ahead of a takeover's stop (attach with `parked`): not polled, not written, until 'unpark' */
+let parked: Array<{ ring: Ring; tx: boolean }> = [];
+
 function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
   let ring: Ring;
   try {
@@ -179,7 +182,35 @@ function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
     broken(m.ring.device, m.ring.index, e);
     return;
   }
-  if (m.op === 'attach-tx') {
+  if (m.parked === true) {
+    // Building a ring writes nothing to the guest: the previous process polls it still.
+    parked = parked.filter((p) => p.ring.device !== ring.device || p.ring.index !== ring.index);
+    parked.push({ ring, tx: m.op === 'attach-tx' });
+    return;
+  }
+  goLive(ring, m.op === 'attach-tx');
+}
+
+/** The parked rings go live, RX ring entries before TX rings (a frame taken finds its destination), from the positions now in ctrl. */
+function unpark(): void {
+  const list = parked;
+  parked = [];
+  for (const tx of [false, true]) {
+    for (const p of list) {
+      if (p.tx !== tx) continue;
+      try {
+        p.ring.vq.reload();
+      } catch (e) {
+        broken(p.ring.device, p.ring.index, e);
+        continue;
+      }
+      goLive(p.ring, tx);
+    }
+  }
+}
+
+function goLive(ring: Ring, tx: boolean): void {
+  if (tx) {
     detach(ring.device, ring.index);
     vlans.ensure(ring.port + 1); // forward() reads kind[src.port] without a bounds test
     txRings.push(ring);
@@ -204,6 +235,7 @@ function attach(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): void {
 }
 
 function detach(device: number, index: number): void {
+  parked = parked.filter((p) => p.ring.device !== device || p.ring.index !== index);
   const i = txRings.findIndex((r) => r.device === device && r.index === index);
   if (i >= 0) {
     txRings[i].mem.dispose();
@@ -269,11 +301,15 @@ function drainMailbox(): void {
       case 'attach-tx':
       case 'attach-rx':
         attach(m);
-        send({ op: 'ack', seq: m.seq });
+        send({ op: 'ack', seq: m.seq, at: performance.timeOrigin + performance.now() });
+        break;
+      case 'unpark':
+        unpark();
+        send({ op: 'ack', seq: m.seq, at: performance.timeOrigin + performance.now() });
         break;
       case 'detach':
         detach(m.device, m.index);
-        send({ op: 'ack', seq: m.seq });
+        send({ op: 'ack', seq: m.seq, at: performance.timeOrigin + performance.now() });
         break;
       case 'set-logging':
         setLogging(m);
@@ -834,6 +870,14 @@ function main(): void {
   const tso = TSO;
   while (running && (tso ? ctrl[W_RUN] : Atomics.load(ctrl, W_RUN)) === 1) {
     if ((tso ? ctrl[W_MAILBOX] : Atomics.load(ctrl, W_MAILBOX)) !== seenMailbox) drainMailbox();
+    if (txRings.length === 0) {
+      // Nothing to poll (every ring detached: a takeover's stop, the last guest gone):
+      // sleep now instead of spinning idleUs, the core is better spent on whoever runs next
+      // (a takeover's successor, on a small host). The mailbox wakes us.
+      sleep();
+      lastWork = performance.now();
+      continue;
+    }
     const moved = pollOnce();
     if (moved > 0) {
       idle = 0;

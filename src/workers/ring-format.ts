@@ -27,6 +27,8 @@ export interface RingQueue extends RxFrameSink {
   bulk: CopyQueue | null;
   onBadOffload: ((reason: string, suppressed: number) => void) | null;
   setLogging(logAll: boolean, logUsedGpa: number): void;
+  /** Read the position from ctrl again (a ring built parked goes live: its position came later). */
+  reload(): void;
   // guest TX
   dequeueBurst(batch: PacketBatch, max: number): number;
   completeBurst(batch: PacketBatch): boolean;

@@ -95,6 +95,10 @@ export class TapQueue implements RingQueue {
     this.mem.dispose();
   }
 
+  reload(): void {
+    // no position: a TAP is read from wherever the kernel's queue is
+  }
+
   setLogging(): void {
     // no guest memory behind a TAP: nothing to log
   }

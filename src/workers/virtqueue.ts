@@ -71,11 +71,11 @@ export class Virtqueue implements RingQueue {
   bulk: CopyQueue | null = null;
 
   // Ring state: owned by the TX worker, or loaded by acquire() for RX.
-  private lastAvail: number;
-  private lastUsed: number;
-  private signalled: number;
+  private lastAvail = 0;
+  private lastUsed = 0;
+  private signalled = 0;
   /** last avail->idx read (validated), so RX reloads it only when it runs short */
-  private availIdx: number;
+  private availIdx = 0;
   private usedFlags = 0;
   /** used entries written but used->idx not yet stored */
   private unpublished = false;
@@ -152,12 +152,16 @@ export class Virtqueue implements RingQueue {
     const dAbs = dr.sabOffset + vd.desc.offset;
     this.desc32 = dAbs % 4 === 0 ? new Uint32Array(dr.sab, dAbs, 4 * size) : null;
 
+    this.reload();
+    this.pagesSeen = log.pagesMarked;
+  }
+
+  reload(): void {
     this.lastAvail = this.ctrl[CTRL_LAST_AVAIL] & 0xffff;
     this.lastUsed = this.ctrl[CTRL_LAST_USED] & 0xffff;
     this.signalled = this.ctrl[CTRL_SIGNALLED_USED] & 0xffff;
     this.availIdx = this.lastAvail;
     this.usedLogFrom = this.lastUsed;
-    this.pagesSeen = log.pagesMarked;
   }
 
   /**

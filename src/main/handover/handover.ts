@@ -8,14 +8,24 @@
  *   new -> old  hello {format, version}         step 1
  *   old -> new  ready {state, ports}            step 2 (or {error, code}: a format this build does not speak)
  *   new         builds the forwarder for that state and starts its workers (the slow part)
- *   new -> old  go                              step 3
- *   old         closes its control API, waits until no frontend is inside a request, stops
- *               reading, stops every ring at a burst boundary (as GET_VRING_BASE does): the
+ *   new -> old  go
+ *   old         closes its control API, waits until no frontend is inside a request and
+ *               stops reading from frontends (nothing can change a device any more); the
+ *               rings keep running
+ *   old -> new  memory {snapshot} + every fd     step 3
+ *   new         maps the memory and the log, builds each device (the other slow part),
+ *               polls no socket and no ring yet
+ *   new -> old  armed
+ *   old         stops every ring at a burst boundary (as GET_VRING_BASE does): the
  *               blackout starts
- *   old -> new  state {snapshot, stoppedAt} + every fd     step 4
- *   new         maps the memory, starts the rings where they stopped: the blackout ends
+ *   old -> new  stopped {positions}              step 4 (each ring's last_avail_idx and counters)
+ *   new         starts the rings where they stopped: the blackout ends; reads the sockets
  *   new -> old  polling {blackoutMs}            step 5
  *   old         closes its copies without a word to anyone, exits 0
+ *
+ * Only ring positions cross while the rings stand still: mapping guest memory and moving
+ * fds happen before, while the old process still forwards. The blackout is measured on the
+ * workers' clocks, from the first ring a worker left to the last one a worker took.
  *
  * Failure safety: until `polling` arrives the old process owns everything. If the new one
  * fails at any step (exits, crashes, times out, refuses), the old kills it (the pid from
@@ -28,15 +38,14 @@ import { native, PollHandle } from '../../native';
 import { Config } from '../config';
 import { safeClose } from '../connection';
 import { StateFormatError, stateFromJson, stateToJson } from '../control/state';
-import { Forwarder, ForwarderSnapshot, ForwarderState } from '../forwarder';
+import { Forwarder, ForwarderSnapshot, ForwarderState, HandoverPositions } from '../forwarder';
 import type { TapSnapshot } from '../ports/uplink';
-import { STATS_SLOTS } from '../../shared/types';
 import { log } from '../log';
 import { HandoverChannel, HandoverError } from './channel';
-import { SnapshotError, checkDeviceSnapshot } from './snapshot';
+import { SnapshotError, checkDeviceSnapshot, checkPositions } from './snapshot';
 
 /** The handover format: a process refuses a peer that speaks another one, before anything stops. */
-const HANDOVER_FORMAT = 1;
+const HANDOVER_FORMAT = 2; // 2: memory and fds before the rings stop, positions after
 
 function envInt(name: string, dflt: number): number {
   const v = process.env[name];
@@ -52,7 +61,7 @@ const REAP_MS = 5_000;
 
 /**
  * Test hooks of the new process. VHOSTFWD_TAKEOVER_FAIL_AT=STEP[:how]: right after STEP
- * ('hello' | 'ready' | 'go' | 'state' | 'started') it dies by SIGKILL (how 'kill', the
+ * ('hello' | 'ready' | 'go' | 'mapped' | 'state' | 'started') it dies by SIGKILL (how 'kill', the
  * default), exits 1 ('exit') or stops answering ('hang'). VHOSTFWD_TAKEOVER_FORMAT: the
  * format its hello claims.
  */
@@ -168,6 +177,7 @@ async function giveAway(fd: number, fwd: Forwarder, hooks: HandoverHooks, versio
   const ch = new HandoverChannel(fd, STEP_TIMEOUT_MS);
   let pid = -1;
   let controlClosed = false;
+  let quiesced = false;
   let stopped = false;
   const fds: number[] = [];
   try {
@@ -205,28 +215,37 @@ async function giveAway(fd: number, fwd: Forwarder, hooks: HandoverHooks, versio
     await hooks.beforeStop();
     // Nothing can change any more (no control API): what the successor built must still be it.
     if (JSON.stringify(stateToJson(fwd.state())) !== stateText) throw new HandoverError('the interfaces changed while the successor started (a control request): try again');
-    const t0 = clock();
-    stopped = true;
-    const snap = await fwd.handoverOut((n) => {
+    quiesced = true;
+    await fwd.handoverQuiesce();
+    const snap = fwd.handoverDescribe((n) => {
       fds.push(n);
       return fds.length - 1;
     });
-    log.info('takeover step 3/5: rings stopped at a burst boundary', { pid, stopMs: Number((clock() - t0).toFixed(2)), fds: fds.length });
-    ch.send({ state: snap, stoppedAt: t0 }, fds);
-    log.info('takeover step 4/5: rings, memory and fds handed over', { pid, interfaces: snap.interfaces.length });
+    ch.send({ memory: snap }, fds);
+    log.info('takeover step 3/5: memory and fds handed over; the rings run while the successor maps them', { pid, interfaces: snap.interfaces.length, fds: fds.length });
+    const armed = await ch.recvLater();
+    for (const f of armed.fds) safeClose(f);
+    if (armed.msg.armed !== true) throw new HandoverError(`expected armed, got ${JSON.stringify(armed.msg).slice(0, 200)}`);
+    const t0 = clock();
+    stopped = true;
+    const { positions, firstStopAt } = await fwd.handoverStop();
+    ch.send({ stopped: positions, firstStopAt });
+    log.info('takeover step 4/5: rings stopped at a burst boundary; positions handed over', { pid, stopMs: Number((clock() - t0).toFixed(2)) });
     const polling = await ch.recvLater();
     for (const f of polling.fds) safeClose(f);
     if (polling.msg.polling !== true) throw new HandoverError(`expected polling, got ${JSON.stringify(polling.msg).slice(0, 200)}`);
-    const blackoutMs = typeof polling.msg.blackoutMs === 'number' ? polling.msg.blackoutMs : Number((clock() - t0).toFixed(2));
+    const blackoutMs = typeof polling.msg.blackoutMs === 'number' ? polling.msg.blackoutMs : Number((clock() - firstStopAt).toFixed(2));
     log.info('takeover step 5/5: the successor polls; this process exits', { pid, blackoutMs });
     await fwd.abandon();
     return true;
   } catch (e) {
     log.error('takeover failed; this process keeps forwarding', { pid, error: (e as Error).message, ringsWereStopped: stopped });
-    if (pid > 0 && pid !== process.pid && stopped) await reap(pid);
-    if (stopped) await fwd.resumeAfterHandover();
+    // The successor holds our fds from step 3 on and may have polled from step 4 on: gone
+    // before we read a socket or start a ring again.
+    if (pid > 0 && pid !== process.pid && quiesced) await reap(pid);
+    if (quiesced) await fwd.resumeAfterHandover();
     if (controlClosed) await hooks.afterFailure();
-    if (stopped || controlClosed) log.info('forwarding resumed after the failed takeover', { pid });
+    if (quiesced || controlClosed) log.info('forwarding resumed after the failed takeover', { pid });
     return false;
   } finally {
     ch.close();
@@ -301,14 +320,12 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
   return { macTable: s.macTable, interfaces, uplinks };
 }
 
-/** A TAP port's record: a tap port of the announced state, an fd index, two rows of counters. */
+/** A TAP port's record: a tap port of the announced state and an fd index. */
 function uplinkFrom(v: unknown, k: number, taps: Set<string>): TapSnapshot {
   const r = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
   if (typeof r.name !== 'string' || !taps.has(r.name)) throw new TakeoverError(`the snapshot names an uplink that was not announced as a tap port: ${JSON.stringify(v).slice(0, 100)}`);
   if (typeof r.fd !== 'number' || !Number.isInteger(r.fd) || r.fd < 0) throw new TakeoverError(`uplinks[${k}] (${r.name}): fd index`);
-  const row = (x: unknown): x is number[] => Array.isArray(x) && x.length <= STATS_SLOTS && x.every((n) => typeof n === 'number' && Number.isFinite(n) && n >= 0);
-  if (!Array.isArray(r.stats) || r.stats.length !== 2 || !row(r.stats[0]) || !row(r.stats[1])) throw new TakeoverError(`uplinks[${k}] (${r.name}): counters`);
-  return { name: r.name, fd: r.fd, stats: [r.stats[0], r.stats[1]] };
+  return { name: r.name, fd: r.fd };
 }
 
 function die(step: string): void {
@@ -365,21 +382,35 @@ export async function takeOver(
     ch.send({ go: true });
     log.info('takeover step 3/5: workers ready; the running process stops its rings', { startMs: Number((performance.now() - t0).toFixed(1)) });
     die('go');
-    const st = ch.recv();
-    die('state');
+    const mem = ch.recv();
     let snap: ForwarderSnapshot;
     try {
-      snap = snapshotFrom(st.msg.state, state);
+      snap = snapshotFrom(mem.msg.memory, state);
     } catch (e) {
-      for (const f of st.fds) safeClose(f);
+      for (const f of mem.fds) safeClose(f);
       throw e;
     }
-    const stoppedAt = typeof st.msg.stoppedAt === 'number' ? st.msg.stoppedAt : clock();
+    const tm = performance.now();
+    await fwd.prepareFromHandover(snap, mem.fds);
+    log.info('takeover step 3/5: memory mapped and devices built; the running process stops its rings', { interfaces: snap.interfaces.length, fds: mem.fds.length, mapMs: Number((performance.now() - tm).toFixed(2)) });
+    die('mapped');
+    ch.send({ armed: true });
+    const st = ch.recv();
+    for (const f of st.fds) safeClose(f);
+    die('state');
     const received = clock();
-    log.info('takeover step 4/5: rings and fds received', { interfaces: snap.interfaces.length, fds: st.fds.length, sinceStopMs: Number((received - stoppedAt).toFixed(2)) });
-    await fwd.startFromHandover(snap, st.fds);
-    const blackoutMs = Number((clock() - stoppedAt).toFixed(2));
-    const startMs = Number((clock() - received).toFixed(2));
+    const firstStopAt = typeof st.msg.firstStopAt === 'number' && Number.isFinite(st.msg.firstStopAt) ? st.msg.firstStopAt : received;
+    let positions: HandoverPositions;
+    try {
+      positions = checkPositions(st.msg.stopped, 'stopped');
+    } catch (e) {
+      if (e instanceof SnapshotError) throw new TakeoverError(`the running process's ring positions: ${e.message}`);
+      throw e;
+    }
+    log.info('takeover step 4/5: ring positions received', { sinceStopMs: Number((received - firstStopAt).toFixed(2)) });
+    const lastStartAt = await fwd.startFromHandover(positions);
+    const blackoutMs = Number((lastStartAt - firstStopAt).toFixed(2));
+    const startMs = Number((lastStartAt - received).toFixed(2));
     die('started');
     beforeConfirm();
     ch.send({ polling: true, blackoutMs });

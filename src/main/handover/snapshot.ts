@@ -5,7 +5,7 @@
  */
 import { MAX_MEM_SLOTS, MAX_QUEUE_SIZE } from '../../protocol/constants';
 import { STATS_SLOTS } from '../../shared/types';
-import type { DeviceSnapshot } from '../device';
+import type { DeviceSnapshot, RingPosition } from '../device';
 
 export class SnapshotError extends Error {
   constructor(readonly field: string, why: string) {
@@ -45,6 +45,31 @@ function arr(v: unknown, at: string, max: number): unknown[] {
 const U64 = Number.MAX_SAFE_INTEGER;
 const FD = 1 << 20;
 
+function stats(v: unknown, at: string): number[] {
+  return arr(v, at, STATS_SLOTS).map((n, k) => {
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new SnapshotError(`${at}[${k}]`, `expected a counter, got ${JSON.stringify(n)}`);
+    return n;
+  });
+}
+
+/**
+ * The ring positions of the takeover's last message (where each ring of each interface
+ * stopped), or SnapshotError naming the first bad field.
+ */
+export function checkPositions(v: unknown, at: string): Array<{ name: string; rings: RingPosition[] }> {
+  return arr(v, at, 4096).map((e, i) => {
+    const p = `${at}[${i}]`;
+    const x = obj(e, p);
+    if (typeof x.name !== 'string') throw new SnapshotError(`${p}.name`, 'expected a string');
+    const rings = arr(x.rings, `${p}.rings`, 256).map((r, k) => {
+      const q = `${p}.rings[${k}]`;
+      const y = obj(r, q);
+      return { index: int(y.index, `${q}.index`, 0, 255), lastAvailIdx: int(y.lastAvailIdx, `${q}.lastAvailIdx`, 0, 65535), stats: stats(y.stats, `${q}.stats`), started: bool(y.started, `${q}.started`) };
+    });
+    return { name: x.name, rings };
+  });
+}
+
 /** A device record as Device.adopt takes it, or SnapshotError naming the first bad field. */
 export function checkDeviceSnapshot(v: unknown, at: string): DeviceSnapshot {
   const o = obj(v, at);
@@ -74,15 +99,11 @@ export function checkDeviceSnapshot(v: unknown, at: string): DeviceSnapshot {
         desc: int(a.desc, `${p}.addr.desc`, 0, U64), used: int(a.used, `${p}.addr.used`, 0, U64), avail: int(a.avail, `${p}.addr.avail`, 0, U64), log: int(a.log, `${p}.addr.log`, 0, U64),
       };
     }
-    const stats = arr(x.stats, `${p}.stats`, STATS_SLOTS).map((n, k) => {
-      if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new SnapshotError(`${p}.stats[${k}]`, `expected a counter, got ${JSON.stringify(n)}`);
-      return n;
-    });
     return {
       index: int(x.index, `${p}.index`, 0, 255), num, addr, lastAvailIdx: int(x.lastAvailIdx, `${p}.lastAvailIdx`, 0, 65535),
       hasKick: bool(x.hasKick, `${p}.hasKick`), enabled: bool(x.enabled, `${p}.enabled`),
       kick: int(x.kick, `${p}.kick`, -1, FD), call: int(x.call, `${p}.call`, -1, FD), err: int(x.err, `${p}.err`, -1, FD),
-      stats, started: bool(x.started, `${p}.started`),
+      stats: stats(x.stats, `${p}.stats`), started: bool(x.started, `${p}.started`),
     };
   });
   return {

@@ -49,12 +49,10 @@ export class UplinkOpenError extends Error {
   }
 }
 
-/** A takeover's record of a TAP port: the fd (its index in the message) and the counters. */
+/** A takeover's record of a TAP port: its fd (the index in the message). Its counters travel with the positions. */
 export interface TapSnapshot {
   name: string;
   fd: number;
-  /** STATS_SLOTS doubles of ring 0 (towards the kernel) and ring 1 (from it) */
-  stats: [number[], number[]];
 }
 
 export type UplinkKind = 'tap' | 'af_packet';
@@ -80,7 +78,8 @@ export class UplinkPort {
   fd = -1;
   /** ring 0: towards the kernel; ring 1: from it (the guest's RX / TX naming) */
   readonly ringStats: [SharedArrayBuffer, SharedArrayBuffer] = [new SharedArrayBuffer(STATS_SLOTS * 8), new SharedArrayBuffer(STATS_SLOTS * 8)];
-  private started = false;
+  /** rings 0 and 1 handed to the workers */
+  private readonly started = [false, false];
   /** why a worker gave the port up (the device went away), null while it runs */
   failed: string | null = null;
 
@@ -98,16 +97,38 @@ export class UplinkPort {
   }
 
   get running(): boolean {
-    return this.started;
+    return this.started[0] || this.started[1];
   }
 
-  /** Open the device (or take `fd`, a takeover's) and start both rings, towards the kernel first. */
-  async start(fd = -1): Promise<void> {
-    if (fd >= 0 && this.kind === 'tap') {
-      const info = native.tapInfo(fd);
-      if (info.name !== this.name || info.vnetHdr !== 12) throw new Error(`interface ${this.name}: the fd handed over is TAP ${info.name} with a ${info.vnetHdr}-byte header`);
-      this.fd = fd;
-    } else if (this.kind === 'tap') {
+  /** Hand ring `index` to the workers (0: towards the device, 1: from it), unless it runs. */
+  async startRing(index: 0 | 1): Promise<void> {
+    if (this.started[index] || this.fd < 0) return;
+    this.started[index] = true;
+    await this.dp.startRing(this.ring(index), [], null);
+  }
+
+  /** Take ring `index` from the workers (at a burst boundary), unless it is stopped. */
+  async stopRing(index: 0 | 1): Promise<void> {
+    if (!this.started[index]) return;
+    this.started[index] = false;
+    await this.dp.stopRing(this.id, index);
+  }
+
+  /**
+   * Takeover, new side: the previous process's TAP fd, checked (a TAP of this name with a
+   * 12-byte header); its rings start later (startRing), once the previous process stopped them.
+   */
+  adoptFd(fd: number): void {
+    if (this.kind !== 'tap') throw new Error(`interface ${this.name}: only a TAP's fd is handed over`);
+    const info = native.tapInfo(fd);
+    if (info.name !== this.opts.device || info.vnetHdr !== 12) throw new Error(`interface ${this.name}: the fd handed over is TAP ${info.name} with a ${info.vnetHdr}-byte header`);
+    this.fd = fd;
+    this.failed = null;
+  }
+
+  /** Open the device and start both rings, towards the device first. */
+  async start(): Promise<void> {
+    if (this.kind === 'tap') {
       try {
         this.fd = native.tapOpen(this.opts.device, this.opts.offloads ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0).fd;
       } catch (e) {
@@ -130,9 +151,8 @@ export class UplinkPort {
       }
     }
     this.failed = null;
-    this.started = true;
-    await this.dp.startRing(this.ring(0), [], null);
-    await this.dp.startRing(this.ring(1), [], null);
+    await this.startRing(0);
+    await this.startRing(1);
     log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames } : {}) });
   }
 
@@ -156,54 +176,49 @@ export class UplinkPort {
 
   /** A worker gave a ring up (the device went away): stop the other ring too, keep the fd for stop(). */
   onBroken(index: number, reason: string): void {
-    if (!this.started || this.failed !== null) return;
+    if (!this.running || this.failed !== null) return;
     this.failed = `ring ${index}: ${reason}`;
     log.error(`${this.kind} port failed: its rings stopped (restart once the device is back)`, { iface: this.name, reason: this.failed });
-    void this.dp.stopRing(this.id, 1 - index).catch(() => undefined);
+    this.started[index] = false;
+    void this.stopRing(index === 0 ? 1 : 0).catch(() => undefined);
   }
 
   /** Stop the rings, from the kernel first, and close the fd (the kernel deletes a non-persistent TAP). */
   async stop(): Promise<void> {
-    if (this.started) {
-      this.started = false;
-      await this.dp.stopRing(this.id, 1);
-      await this.dp.stopRing(this.id, 0);
-    }
+    await this.stopRing(1);
+    await this.stopRing(0);
     safeClose(this.fd);
     this.fd = -1;
     if (this.packet) native.retire(this.packet.ring);
     this.packet = null;
   }
 
-  /** Takeover, old side: stop both rings (at a burst boundary); the fd stays open for the message. */
-  async quiesce(): Promise<void> {
-    if (!this.started) return;
-    this.started = false;
-    await this.dp.stopRing(this.id, 1);
-    await this.dp.stopRing(this.id, 0);
-  }
-
-  /** Takeover failed, old side: run again on the same fd. */
+  /** Takeover failed, old side: run again on the same fd (the rings it stopped). */
   async resume(): Promise<void> {
-    if (this.started || this.fd < 0) return;
-    this.started = true;
-    await this.dp.startRing(this.ring(0), [], null);
-    await this.dp.startRing(this.ring(1), [], null);
+    if (this.failed !== null) return;
+    await this.startRing(0);
+    await this.startRing(1);
   }
 
   /** Takeover succeeded, old side: the successor holds the device; let go of the fd. */
   abandon(): void {
-    this.started = false;
+    this.started[0] = this.started[1] = false;
     safeClose(this.fd);
     this.fd = -1;
   }
 
+  /** Takeover, old side: the fd (numbered for the message); the counters follow with the positions. */
   snapshot(fd: (n: number) => number): TapSnapshot {
-    return { name: this.name, fd: fd(this.fd), stats: [Array.from(new Float64Array(this.ringStats[0])), Array.from(new Float64Array(this.ringStats[1]))] };
+    return { name: this.name, fd: fd(this.fd) };
+  }
+
+  /** Takeover, old side, rings stopped: the counters, as the positions message carries a device's. */
+  position(): { name: string; rings: Array<{ index: number; lastAvailIdx: number; stats: number[]; started: boolean }> } {
+    return { name: this.name, rings: [0, 1].map((i) => ({ index: i, lastAvailIdx: 0, stats: Array.from(new Float64Array(this.ringStats[i])), started: true })) };
   }
 
   /** New side: the counters continue where the old process left them. */
-  restoreStats(s: TapSnapshot['stats']): void {
-    s.forEach((vals, i) => new Float64Array(this.ringStats[i]).set(vals.slice(0, STATS_SLOTS)));
+  restoreStats(rings: ReadonlyArray<{ index: number; stats: readonly number[] }>): void {
+    for (const r of rings) if (r.index === 0 || r.index === 1) new Float64Array(this.ringStats[r.index]).set(r.stats.slice(0, STATS_SLOTS));
   }
 }
