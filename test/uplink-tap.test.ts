@@ -17,6 +17,7 @@ import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { QueueStats } from '../src/main/stats';
 import { api } from '../src/ctl';
+import { native } from '../src/native';
 import { F } from '../src/protocol/constants';
 import { CTRL_INTS, ST_DROP_BAD_OFFLOAD, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, STATS_SLOTS, VringDesc } from '../src/shared/types';
 import { PacketBatch } from '../src/workers/packet-batch';
@@ -116,6 +117,26 @@ t.test('xconnect guest <-> TAP in a namespace: byte-exact both ways, counters ri
   const wake = [frame(macOf(1), macOf(2), 100, 999)];
   ns.send(tap, wake);
   sameFrames(t, await guestFrames(a, 1, 3000), wake, 'a frame from the TAP wakes the sleeping worker');
+});
+
+t.test('a guest frame with a bad virtio-net header never reaches the TAP: dropped and counted at the guest port', async (t) => {
+  const tap = `vfv${tag}`;
+  const { fwd, ns, a } = await tapSetup(t, tap);
+  const cap = await ns.capture(tap, ETH_TEST, 2, 3000);
+  // NEEDS_CSUM from a guest that did not negotiate VIRTIO_NET_F_CSUM (SyntheticGuest's default)
+  const hdr = new Uint8Array(12);
+  hdr[0] = 1;
+  hdr[6] = 34;
+  hdr[8] = 6;
+  a.tx[0].postTx(frame(macOf(2), macOf(1), 100, 1), { hdr });
+  const good = frame(macOf(2), macOf(1), 100, 2);
+  a.tx[0].postTx(good);
+  native.eventfdWrite(a.kickFds[1], 1);
+  const got = await cap.frames;
+  sameFrames(t, got, [good], 'only the good frame came out of the TAP');
+  const st = fwd.stats();
+  t.equal(q(st, 'a', 'tx')?.dropBadOffload, 1, "the bad one counted as dropBadOffload on the guest's tx queue");
+  t.equal(q(st, tap, 'rx')?.packets, 1, 'the TAP was written one frame');
 });
 
 t.test('bridge with a TAP port: learned both ways, the IP stack in the namespace answers an ARP request from a guest', async (t) => {
