@@ -16,7 +16,9 @@ import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { QueueStats } from '../src/main/stats';
-import { api } from '../src/ctl';
+import { api, render } from '../src/ctl';
+import { startControl } from '../src/main/control/server';
+import Ajv2020 from 'ajv/dist/2020';
 import { native } from '../src/native';
 import { F } from '../src/protocol/constants';
 import { CTRL_INTS, ST_DROP_BAD_OFFLOAD, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, STATS_SLOTS, VringDesc } from '../src/shared/types';
@@ -217,6 +219,64 @@ function withHdr(h: Partial<{ flags: number; gso: number; hdrLen: number; gsoSiz
   out.set(body, TAP_HDR);
   return out;
 }
+
+t.test('control API: a TAP port in list and show (valid against the OpenAPI document), its polling moved to another worker, add and remove refused by name', async (t) => {
+  const doc = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'schema', 'control-api.openapi.json'), 'utf8')) as Record<string, unknown>;
+  const ajv = new Ajv2020({ strict: false, allErrors: true });
+  ajv.addSchema({ ...doc, $id: 'api' });
+  const valid = (name: string, v: unknown): string | null => {
+    const check = ajv.getSchema(`api#/components/schemas/${name}`);
+    if (!check) return `no schema ${name}`;
+    return check(v) ? null : ajv.errorsText(check.errors);
+  };
+  const tap = `vfc${tag}`;
+  const dir = tmpDir('vhostfwd-tapctl-');
+  const ns = new NetNs(`vhf-${tap}`);
+  const cfg = parseConfig({ interfaces: [{ name: 'a', socket: path.join(dir, 'a.sock') }, { type: 'tap', name: tap }], workers: [{ queues: ['a:0', `${tap}:0`] }, { queues: [] }], control: false }, os.cpus().length);
+  const fwd = new Forwarder(cfg);
+  let a: SyntheticGuest | null = null;
+  let ctl: Awaited<ReturnType<typeof startControl>> | null = null;
+  t.teardown(async () => {
+    a?.close();
+    await ctl?.close();
+    await fwd.stop();
+    ns.remove();
+    fs.rmSync(dir, { recursive: true, force: true });
+    left.push(tap);
+  });
+  await fwd.start();
+  ns.adopt(tap, '10.77.0.1/24');
+  ctl = await startControl(fwd, { socket: path.join(dir, 'control.sock'), socketDir: null, version: 'test' });
+  const sock = path.join(dir, 'control.sock');
+  a = await SyntheticGuest.start({ socket: path.join(dir, 'a.sock'), mac: macOf(1) });
+  const list = await api(sock, 'GET', '/v1/interfaces');
+  t.equal(list.status, 200);
+  t.equal(valid('InterfaceList', list.body), null, 'the list is valid against InterfaceList');
+  const ups = (list.body as { uplinks: Array<Record<string, unknown>> }).uplinks;
+  t.same(ups.map((u) => [u.name, u.type, u.device, u.running, u.failed, u.worker]), [[tap, 'tap', tap, true, null, 0]], 'the TAP port is listed: running, polled by worker 0');
+  t.match(render('list', list.body), new RegExp(`${tap}\\s+1\\s+tap`), '`vhostfwd ctl list` shows it');
+  ns.send(tap, [frame(macOf(1), macOf(2), 100, 1)]);
+  t.equal((await guestFrames(a, 1, 3000)).length, 1, 'a frame from the TAP arrived');
+  const show = await api(sock, 'GET', `/v1/interfaces/${tap}`);
+  t.equal(show.status, 200);
+  t.equal(valid('UplinkInfo', show.body), null, 'show is valid against UplinkInfo');
+  const info = show.body as { spec: unknown; queues: QueueStats[] };
+  t.same(info.spec, { type: 'tap', name: tap }, 'with its config form');
+  t.equal(info.queues.find((x) => x.dir === 'tx')?.packets, 1, 'and its counters');
+  t.match(render('show', show.body), /type:\s+tap/, '`vhostfwd ctl show` renders it');
+  const move = await api(sock, 'PUT', `/v1/interfaces/${tap}/queues/0`, { worker: 1 });
+  t.equal(move.status, 200, 'its polling moves to worker 1');
+  t.equal(fwd.workerOf(tap, 0), 1, 'placement says worker 1');
+  const after = [frame(macOf(1), macOf(2), 300, 2), frame(macOf(1), macOf(2), 1514, 3)];
+  ns.send(tap, after);
+  sameFrames(t, await guestFrames(a, 2, 3000), after, 'frames from the TAP still arrive, polled by worker 1');
+  const add = await api(sock, 'POST', '/v1/interfaces', { type: 'tap', name: 'vfnew0' });
+  t.equal(add.status, 400, 'adding a TAP through the API is refused');
+  t.match(add.body, { error: { message: /tap ports come from the config file/, field: 'type' } }, 'by name, the field named');
+  const rm = await api(sock, 'DELETE', `/v1/interfaces/${tap}`);
+  t.equal(rm.status, 409, 'removing it through the API is refused');
+  t.ok(fwd.uplink(tap)?.running, 'and it still runs');
+});
 
 t.test('frames from the TAP are untrusted: bad headers, runts and cut frames dropped and counted, never a crash', async (t) => {
   const FROM_KERNEL = 2 ** F.VIRTIO_NET_F_CSUM | 2 ** F.VIRTIO_NET_F_HOST_TSO4 | 2 ** F.VIRTIO_NET_F_HOST_TSO6 | 2 ** F.VIRTIO_NET_F_HOST_ECN;

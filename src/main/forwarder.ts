@@ -262,6 +262,9 @@ export class Forwarder {
     this.placement.set(`${name}:${queue}`, worker);
     const d = this.interface(name)?.device;
     if (d) await this.pool.moveRing(d.id, 2 * queue + 1, worker);
+    // an uplink's ring 1 (from the device) is its polled ring
+    const up = this.uplink(name);
+    if (up?.running) await this.pool.moveRing(up.id, 1, worker);
     this.changed();
   }
 
