@@ -58,5 +58,7 @@ Napi::Value TapWrite(const Napi::CallbackInfo& info);
 Napi::Value PacketOpen(const Napi::CallbackInfo& info);
 Napi::Value PacketKick(const Napi::CallbackInfo& info);
 Napi::Value PacketError(const Napi::CallbackInfo& info);
+Napi::Value PacketInfo(const Napi::CallbackInfo& info);
+Napi::Value IfIndex(const Napi::CallbackInfo& info);
 
 }  // namespace vhostfwd

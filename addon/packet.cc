@@ -135,4 +135,38 @@ Napi::Value PacketError(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, err);
 }
 
+// ifIndex(name) -> if_nametoindex(name), 0 when there is no such device
+Napi::Value IfIndex(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string name = ArgString(info, 0, "name must be a string");
+  if (name.empty() || name.size() >= IFNAMSIZ) return Napi::Number::New(env, 0);
+  return Napi::Number::New(env, ::if_nametoindex(name.c_str()));
+}
+
+// packetInfo(fd) -> { ifindex, version, vnetHdr } of an AF_PACKET socket (a takeover checks
+// the fd it was handed); throws ENOTSOCK / EPROTOTYPE (not AF_PACKET) otherwise.
+Napi::Value PacketInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ArgFd(info, 0);
+  int domain = 0;
+  socklen_t len = sizeof domain;
+  if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) ThrowErrno(env, "getsockopt SO_DOMAIN", errno);
+  if (domain != AF_PACKET) ThrowErrno(env, "getsockopt SO_DOMAIN", EPROTOTYPE, "not an AF_PACKET socket");
+  int version = -1;
+  len = sizeof version;
+  if (::getsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, &len) < 0) ThrowErrno(env, "getsockopt PACKET_VERSION", errno);
+  int vnet = 0;
+  len = sizeof vnet;
+  if (::getsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &vnet, &len) < 0) ThrowErrno(env, "getsockopt PACKET_VNET_HDR", errno);
+  sockaddr_ll sll;
+  std::memset(&sll, 0, sizeof sll);
+  socklen_t alen = sizeof sll;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&sll), &alen) < 0) ThrowErrno(env, "getsockname", errno);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("ifindex", Napi::Number::New(env, sll.sll_ifindex));
+  out.Set("version", Napi::Number::New(env, version == TPACKET_V2 ? 2 : version == TPACKET_V3 ? 3 : 1));
+  out.Set("vnetHdr", Napi::Boolean::New(env, vnet != 0));
+  return out;
+}
+
 }  // namespace vhostfwd

@@ -30,7 +30,8 @@
 //   log_v8.cc      dirty-log page marking: logBind/logUnbind/logRun
 //   uplink_v8.cc   TAP uplink ports: tapOpen/tapInfo, and tapRead/tapWrite (a burst between
 //                  the fd and a buffer of the copy table)
-//   packet.cc      AF_PACKET uplink ports: packetOpen (TPACKET_V2 rings), packetKick, packetError
+//   packet.cc      AF_PACKET uplink ports: packetOpen (TPACKET_V2 rings), packetKick, packetError,
+//                  packetInfo, ifIndex
 
 #include <napi.h>
 
@@ -92,6 +93,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"packetOpen", PacketOpen},
       {"packetKick", PacketKick},
       {"packetError", PacketError},
+      {"packetInfo", PacketInfo},
+      {"ifIndex", IfIndex},
   };
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   SetV8Function(env, exports, "copyBind", CopyBind);

@@ -237,6 +237,10 @@ export interface Native {
   packetKick(fd: number): number;
   /** getsockopt(SO_ERROR): the socket's pending error, cleared by the read (0: none). */
   packetError(fd: number): number;
+  /** An AF_PACKET socket's bound ifindex, TPACKET version and PACKET_VNET_HDR; throws (EPROTOTYPE, ENOTSOCK) for any other fd. */
+  packetInfo(fd: number): { ifindex: number; version: number; vnetHdr: boolean };
+  /** if_nametoindex(3): 0 when there is no such device. */
+  ifIndex(name: string): number;
 }
 
 // The addon's exports object is built by N-API one property at a time and ends up in

@@ -10,7 +10,7 @@ import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
 import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
-import { UplinkPort, TapSnapshot } from './ports/uplink';
+import { UplinkPort, UplinkSnapshot } from './ports/uplink';
 import { safeClose } from './connection';
 import { DeviceSnapshot, RingPosition, Vring } from './device';
 import { log } from './log';
@@ -45,8 +45,8 @@ export interface ForwarderSnapshot {
   /** the bridge's MAC table: index of a memfd holding its bytes (learned entries survive the takeover) */
   macTable: number;
   interfaces: Array<{ name: string; listen: number; conn: number; device: DeviceSnapshot | null }>;
-  /** TAP uplink ports: their fds (indices) and counters; absent from a process without any */
-  uplinks?: TapSnapshot[];
+  /** uplink ports: their fds (indices) and AF_PACKET ring geometry; absent from a process without any */
+  uplinks?: UplinkSnapshot[];
 }
 
 /** Where each handed ring stopped, with its counters (the takeover's last message before the successor polls). */
@@ -513,7 +513,7 @@ export class Forwarder {
     const upByName = new Map((snap.uplinks ?? []).map((h) => [h.name, h]));
     for (const u of this.uplinks) {
       const h = upByName.get(u.name);
-      if (h && fdAt(h.fd) >= 0) u.adoptFd(fdAt(h.fd));
+      if (h && fdAt(h.fd) >= 0) u.adoptFd(fdAt(h.fd), h.packet);
     }
     // The workers build every ring now (views, walkers, logs), parked: after the stop only
     // the positions remain to be set.
@@ -537,7 +537,7 @@ export class Forwarder {
     // after their RX rings do, as startRingsRxFirst orders a guest's
     for (const u of this.uplinks) {
       const p = byName.get(u.name);
-      if (p) u.restoreStats(p.rings);
+      if (p) u.restorePositions(p.rings);
     }
     this.pool.resetAckWindow();
     await Promise.all(this.uplinks.map((u) => u.startRing(0)));

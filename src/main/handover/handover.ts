@@ -39,7 +39,7 @@ import { Config } from '../config';
 import { safeClose } from '../connection';
 import { StateFormatError, stateFromJson, stateToJson } from '../control/state';
 import { Forwarder, ForwarderSnapshot, ForwarderState, HandoverPositions } from '../forwarder';
-import type { TapSnapshot } from '../ports/uplink';
+import type { UplinkSnapshot } from '../ports/uplink';
 import { log } from '../log';
 import { HandoverChannel, HandoverError } from './channel';
 import { SnapshotError, checkDeviceSnapshot, checkPositions } from './snapshot';
@@ -195,14 +195,6 @@ async function giveAway(fd: number, fwd: Forwarder, hooks: HandoverHooks, versio
       log.warn('takeover refused', { error, pid });
       return false;
     }
-    const packet = fwd.uplinks.filter((u) => u.kind === 'af_packet').map((u) => u.name);
-    if (packet.length > 0) {
-      // the rings' positions and the frames in flight do not travel yet: refused before anything stops
-      const error = `af_packet ports cannot be handed over yet (${packet.join(', ')}); nothing was stopped: restart instead`;
-      ch.send({ error, code: 'AF_PACKET_NOT_HANDED_OVER' });
-      log.warn('takeover refused', { error, pid });
-      return false;
-    }
     log.info('takeover step 1/5: a successor connected', { pid, version: hello.msg.version });
     const state = fwd.state();
     const stateText = JSON.stringify(stateToJson(state));
@@ -314,18 +306,25 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
       throw e;
     }
   });
-  const taps = new Set(want.interfaces.filter((i) => i.type === 'tap').map((i) => i.name));
-  const uplinks = s.uplinks === undefined ? [] : Array.isArray(s.uplinks) ? s.uplinks.map((u: unknown, k) => uplinkFrom(u, k, taps)) : [];
+  const ups = new Map(want.interfaces.filter((i) => i.type !== 'vhost-user').map((i) => [i.name, i.type]));
+  const uplinks = s.uplinks === undefined ? [] : Array.isArray(s.uplinks) ? s.uplinks.map((u: unknown, k) => uplinkFrom(u, k, ups)) : [];
   if (s.uplinks !== undefined && !Array.isArray(s.uplinks)) throw new TakeoverError('the snapshot\'s uplinks are not a list');
   return { macTable: s.macTable, interfaces, uplinks };
 }
 
-/** A TAP port's record: a tap port of the announced state and an fd index. */
-function uplinkFrom(v: unknown, k: number, taps: Set<string>): TapSnapshot {
+/** An uplink port's record: an uplink of the announced state, an fd index, an AF_PACKET port's ring geometry (checked against the config by UplinkPort.adoptFd). */
+function uplinkFrom(v: unknown, k: number, ups: Map<string, string>): UplinkSnapshot {
   const r = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
-  if (typeof r.name !== 'string' || !taps.has(r.name)) throw new TakeoverError(`the snapshot names an uplink that was not announced as a tap port: ${JSON.stringify(v).slice(0, 100)}`);
+  const kind = typeof r.name === 'string' ? ups.get(r.name) : undefined;
+  if (typeof r.name !== 'string' || kind === undefined) throw new TakeoverError(`the snapshot names an uplink that was not announced: ${JSON.stringify(v).slice(0, 100)}`);
   if (typeof r.fd !== 'number' || !Number.isInteger(r.fd) || r.fd < 0) throw new TakeoverError(`uplinks[${k}] (${r.name}): fd index`);
-  return { name: r.name, fd: r.fd };
+  if (kind !== 'af_packet') return { name: r.name, fd: r.fd };
+  const g = (typeof r.packet === 'object' && r.packet !== null ? r.packet : {}) as Record<string, unknown>;
+  const n = (x: unknown): number => {
+    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new TakeoverError(`uplinks[${k}] (${r.name}): ring geometry ${JSON.stringify(r.packet)}`);
+    return x;
+  };
+  return { name: r.name, fd: r.fd, packet: { ringBytes: n(g.ringBytes), frameSize: n(g.frameSize), frames: n(g.frames), txData: n(g.txData), hdrLen: n(g.hdrLen) } };
 }
 
 function die(step: string): void {

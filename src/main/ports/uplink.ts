@@ -11,7 +11,7 @@
  * the device and the cause, as a vhost-user socket that cannot be made does.
  */
 import { F } from '../../protocol/constants';
-import { CTRL_INTS, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc } from '../../shared/types';
+import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc } from '../../shared/types';
 import { native } from '../../native';
 import { safeClose } from '../connection';
 import { Dataplane, newDeviceId } from '../device';
@@ -49,13 +49,30 @@ export class UplinkOpenError extends Error {
   }
 }
 
-/** A takeover's record of a TAP port: its fd (the index in the message). Its counters travel with the positions. */
-export interface TapSnapshot {
+/** The TPACKET_V2 ring geometry the workers need (native.packetOpen's). */
+export interface PacketGeometry {
+  ringBytes: number;
+  frameSize: number;
+  frames: number;
+  txData: number;
+  hdrLen: number;
+}
+
+/**
+ * A takeover's record of an uplink port: its fd (the index in the message) and, for AF_PACKET,
+ * its rings' geometry. Its counters and ring heads travel with the positions.
+ */
+export interface UplinkSnapshot {
   name: string;
   fd: number;
+  packet?: PacketGeometry;
 }
 
 export type UplinkKind = 'tap' | 'af_packet';
+
+/** TPACKET_V2: the RX frame header's size (struct tpacket2_hdr, aligned) and where a TX frame's data starts */
+const PACKET_HDR_LEN = 32;
+const PACKET_TX_DATA = 32;
 
 export interface UplinkOptions {
   kind: UplinkKind;
@@ -84,9 +101,16 @@ export class UplinkPort {
   failed: string | null = null;
 
   /** AF_PACKET: the mapped rings and their geometry (null for a TAP) */
-  private packet: { ring: SharedArrayBuffer; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number } | null = null;
+  private packet: ({ ring: SharedArrayBuffer } & PacketGeometry) | null = null;
+  /**
+   * each ring's control words, kept for the port's life: an AF_PACKET ring's head lives there
+   * (CTRL_LAST_AVAIL) across a stop and a start, a move to another worker and a takeover
+   */
+  private readonly ringCtrl: [SharedArrayBuffer, SharedArrayBuffer] = [new SharedArrayBuffer(CTRL_INTS * 4), new SharedArrayBuffer(CTRL_INTS * 4)];
 
-  constructor(readonly opts: UplinkOptions, readonly port: number, private readonly dp: Dataplane) {}
+  constructor(readonly opts: UplinkOptions, readonly port: number, private readonly dp: Dataplane) {
+    if (opts.mtu !== null) new Int32Array(this.ringCtrl[0])[CTRL_MAX_FRAME] = opts.mtu + 18;
+  }
 
   get kind(): UplinkKind {
     return this.opts.kind;
@@ -118,10 +142,22 @@ export class UplinkPort {
    * Takeover, new side: the previous process's TAP fd, checked (a TAP of this name with a
    * 12-byte header); its rings start later (startRing), once the previous process stopped them.
    */
-  adoptFd(fd: number): void {
-    if (this.kind !== 'tap') throw new Error(`interface ${this.name}: only a TAP's fd is handed over`);
-    const info = native.tapInfo(fd);
-    if (info.name !== this.opts.device || info.vnetHdr !== 12) throw new Error(`interface ${this.name}: the fd handed over is TAP ${info.name} with a ${info.vnetHdr}-byte header`);
+  adoptFd(fd: number, geometry?: PacketGeometry): void {
+    if (this.kind === 'tap') {
+      const info = native.tapInfo(fd);
+      if (info.name !== this.opts.device || info.vnetHdr !== 12) throw new Error(`interface ${this.name}: the fd handed over is TAP ${info.name} with a ${info.vnetHdr}-byte header`);
+    } else {
+      // the packet socket: bound to this device, TPACKET_V2 with virtio-net headers, and rings
+      // of the geometry this config asks for (the mapping is made from it)
+      const info = native.packetInfo(fd);
+      const ifindex = native.ifIndex(this.opts.device);
+      if (info.version !== 2 || !info.vnetHdr || info.ifindex !== ifindex) throw new Error(`interface ${this.name}: the fd handed over is not a TPACKET_V2 socket with virtio-net headers on ${this.opts.device} (ifindex ${info.ifindex}, version ${info.version})`);
+      const g = geometry;
+      if (!g || g.frameSize !== this.opts.frameSize || g.frames !== this.opts.frames || g.ringBytes !== g.frames * g.frameSize || g.txData !== PACKET_TX_DATA || g.hdrLen !== PACKET_HDR_LEN) {
+        throw new Error(`interface ${this.name}: the rings handed over are not ${this.opts.frames} frames of ${this.opts.frameSize} bytes: ${JSON.stringify(g ?? null)}`);
+      }
+      this.packet = { ring: native.mmap(fd, 2 * g.ringBytes, 0), ringBytes: g.ringBytes, frameSize: g.frameSize, frames: g.frames, txData: g.txData, hdrLen: g.hdrLen };
+    }
     this.fd = fd;
     this.failed = null;
   }
@@ -143,6 +179,7 @@ export class UplinkPort {
       }
       this.fd = p.fd;
       try {
+        if (p.txData !== PACKET_TX_DATA || p.hdrLen !== PACKET_HDR_LEN) throw new Error(`unexpected TPACKET_V2 header sizes ${p.hdrLen}/${p.txData}`);
         this.packet = { ring: native.mmap(p.fd, 2 * p.ringBytes, 0), ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen };
       } catch (e) {
         safeClose(p.fd);
@@ -156,9 +193,8 @@ export class UplinkPort {
     log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames } : {}) });
   }
 
-  private ring(index: number): VringDesc {
-    const ctrl = new SharedArrayBuffer(CTRL_INTS * 4);
-    if (index === 0 && this.opts.mtu !== null) new Int32Array(ctrl)[CTRL_MAX_FRAME] = this.opts.mtu + 18;
+  private ring(index: 0 | 1): VringDesc {
+    const ctrl = this.ringCtrl[index];
     // AF_PACKET with ring frames too small for a GSO frame: partial checksums only (GSO frames
     // are segmented towards it, and the kernel's would not fit a frame: cut, dropped, counted)
     const gso = this.packet === null || this.packet.frameSize >= 65536 + 128;
@@ -208,17 +244,22 @@ export class UplinkPort {
   }
 
   /** Takeover, old side: the fd (numbered for the message); the counters follow with the positions. */
-  snapshot(fd: (n: number) => number): TapSnapshot {
-    return { name: this.name, fd: fd(this.fd) };
+  snapshot(fd: (n: number) => number): UplinkSnapshot {
+    const p = this.packet;
+    return p ? { name: this.name, fd: fd(this.fd), packet: { ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen } } : { name: this.name, fd: fd(this.fd) };
   }
 
   /** Takeover, old side, rings stopped: the counters, as the positions message carries a device's. */
   position(): { name: string; rings: Array<{ index: number; lastAvailIdx: number; stats: number[]; started: boolean }> } {
-    return { name: this.name, rings: [0, 1].map((i) => ({ index: i, lastAvailIdx: 0, stats: Array.from(new Float64Array(this.ringStats[i])), started: true })) };
+    return { name: this.name, rings: ([0, 1] as const).map((i) => ({ index: i, lastAvailIdx: new Int32Array(this.ringCtrl[i])[CTRL_LAST_AVAIL] & 0xffff, stats: Array.from(new Float64Array(this.ringStats[i])), started: true })) };
   }
 
-  /** New side: the counters continue where the old process left them. */
-  restoreStats(rings: ReadonlyArray<{ index: number; stats: readonly number[] }>): void {
-    for (const r of rings) if (r.index === 0 || r.index === 1) new Float64Array(this.ringStats[r.index]).set(r.stats.slice(0, STATS_SLOTS));
+  /** New side: the counters continue where the old process left them, an AF_PACKET ring from where it stopped. */
+  restorePositions(rings: ReadonlyArray<{ index: number; lastAvailIdx: number; stats: readonly number[] }>): void {
+    for (const r of rings) {
+      if (r.index !== 0 && r.index !== 1) continue;
+      new Float64Array(this.ringStats[r.index]).set(r.stats.slice(0, STATS_SLOTS));
+      if (this.packet) new Int32Array(this.ringCtrl[r.index])[CTRL_LAST_AVAIL] = r.lastAvailIdx & (this.packet.frames - 1);
+    }
   }
 }
