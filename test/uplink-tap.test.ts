@@ -382,6 +382,54 @@ t.test('takeover (run --takeover) carries the TAP fd: same device, still in its 
   t.notOk(run('ip', ['-o', 'link']).includes(`${tap}:`), 'no second TAP of that name appeared outside the namespace');
 });
 
+t.test('a successor that fails mid-takeover: the running process resumes its TAP port, same device, frames flow again', async (t) => {
+  const tap = `vfr${tag}`;
+  const dir = tmpDir('vhostfwd-taphof-');
+  const sock = (n: string): string => path.join(dir, `${n}.sock`);
+  fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ interfaces: [{ name: 'a', socket: sock('a') }, { type: 'tap', name: tap }], control: false }));
+  const args = ['--config', path.join(dir, 'cfg.json'), '--handover', sock('handover')];
+  const env = { VHOSTFWD_TAKEOVER_STEP_MS: '3000' };
+  const procs: VhostfwdProc[] = [];
+  const ns = new NetNs(`vhf-${tap}`);
+  let a: SyntheticGuest | null = null;
+  t.teardown(async () => {
+    a?.close();
+    for (const p of procs) await p.kill();
+    ns.remove();
+    fs.rmSync(dir, { recursive: true, force: true });
+    left.push(tap);
+  });
+  const old = VhostfwdProc.start(args, env);
+  procs.push(old);
+  await old.waitFor('takeovers accepted');
+  ns.adopt(tap, '10.77.0.1/24');
+  const ifindex = ns.exec('cat', `/sys/class/net/${tap}/ifindex`).trim();
+  a = await SyntheticGuest.start({ socket: sock('a'), mac: macOf(1) });
+  let seq = 0;
+  const round = async (what: string): Promise<void> => {
+    const out = [60, 1514].map((s) => frame(macOf(2), macOf(1), s, seq++));
+    const cap = await ns.capture(tap, ETH_TEST, out.length, 5000);
+    a?.send(0, out);
+    sameFrames(t, await cap.frames, out, `${what}: guest -> TAP`);
+    const back = [60, 1514].map((s) => frame(macOf(1), macOf(2), s, seq++));
+    ns.send(tap, back);
+    sameFrames(t, await guestFrames(a as SyntheticGuest, back.length, 5000), back, `${what}: TAP -> guest`);
+  };
+  await round('before');
+  // mapped: before the rings stop; state: after they stopped (positions sent); started: after the successor polled
+  for (const at of ['mapped', 'state', 'started']) {
+    const resumed = old.lines.filter((l) => l.msg === 'forwarding resumed after the failed takeover').length;
+    const bad = VhostfwdProc.start([...args, '--takeover'], { ...env, VHOSTFWD_TAKEOVER_FAIL_AT: at });
+    procs.push(bad);
+    const gone = await bad.waitExit(20_000);
+    t.ok(gone.signal === 'SIGKILL' || gone.code === 1, `failing at ${at}: the successor is gone`);
+    await waitUntil(() => old.lines.filter((l) => l.msg === 'forwarding resumed after the failed takeover').length > resumed || old.lines.some((l) => l.msg === 'takeover failed; this process keeps forwarding' && l.ringsWereStopped === false), 15_000, `the old process to resume after ${at}`).catch(() => undefined);
+    t.equal(old.exit, null, `failing at ${at}: the old process runs on`);
+    await round(`after a successor failed at ${at}`);
+  }
+  t.equal(ns.exec('cat', `/sys/class/net/${tap}/ifindex`).trim(), ifindex, 'the same TAP device throughout');
+});
+
 t.test('no TAP device or namespace left behind by the tests above', async (t) => {
   for (const dev of left) t.notOk(linkExists(dev), `no device ${dev}`);
   const nss = run('ip', ['netns', 'list']);
