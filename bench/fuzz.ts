@@ -7,8 +7,8 @@
  * to corpus/messages.json one input per new (outcome, request).
  */
 import fc from 'fast-check';
-import { WalkerInput, loadCorpus, runWalker, saveCorpus, walkerInputArb } from '../test/hostile/fuzz-lib';
-import { MsgInput, fuzzMessages } from '../test/hostile/fuzz-messages-lib';
+import { WalkerInput, loadCorpus, runWalker, saveCorpus, walkerInputArb } from '../kit/fuzz/walker';
+import { MsgInput, fuzzMessages } from '../kit/fuzz/messages';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);

@@ -3,7 +3,7 @@ import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');
 const ROOT = path.join(__dirname, '..', '..');

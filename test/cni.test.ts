@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { main, portName, socketPathOf } from '../src/cni';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 
 const ROOT = path.join(__dirname, '..', '..');
 const CNI = path.join(__dirname, '..', 'src', 'cni.js');

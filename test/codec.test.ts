@@ -101,7 +101,7 @@ import { encodeVringState, encodeU64, encodeSingleRegion, parseVringState, parse
 import {
   GOLDEN, SPEC_F_PROTOCOL_FEATURES, SPEC_FLAGS, SPEC_HEADER_SIZE, SPEC_OTHER_IDS, SPEC_PF, SPEC_REQUESTS, VHOSTFWD_TOLERATES, allowedFds, allowedSize, hex,
   specAddr, specById, specHeader, specLog, specMemory, specMessage, specSingleRegion, specState, specU64,
-} from './oracle/vhost-user-spec';
+} from '../kit/oracle/vhost-user-spec';
 
 t.test('oracle: request ids, flags and protocol feature bits equal the document', async (t) => {
   for (const r of SPEC_REQUESTS) t.equal((ReqEnum as unknown as Record<string, number>)[r.name], r.id, `${r.name} is request ${r.id}`);

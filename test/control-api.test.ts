@@ -14,7 +14,7 @@ import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
 import { Traffic } from '../src/frontend/traffic';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 import { pump, assertFlows } from './helpers/traffic';
 
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');

@@ -11,7 +11,7 @@ import { VhostUserClient } from '../src/frontend/vhost-user-client';
 import { Frontend } from '../src/frontend/frontend';
 import { F, PF, Req, VRING_NOFD_MASK, bit, hasBit, FLAG_VERSION } from '../src/protocol/constants';
 import { encodeMemoryTable, encodeVringAddr, encodeVringState, encodeU64, encodeLog, encodeSingleRegion } from '../src/protocol/messages';
-import { captureLogs, fdCount, startForwarder, waitUntil } from './helpers/env';
+import { captureLogs, fdCount, startForwarder, waitUntil } from '../kit/env';
 
 const MEM = 4 << 20;
 const UVA = 0x7f0000000000;
@@ -296,7 +296,7 @@ t.test('malformed requests: named error, device reset, other interface untouched
 });
 
 t.test('client mode: vhostfwd connects to a listening frontend and reconnects after a disconnect', async (t) => {
-  const { tmpDir } = await import('./helpers/env');
+  const { tmpDir } = await import('../kit/env');
   const dir = tmpDir();
   const path = `${dir}/front.sock`;
   const lfd = native.listen(path, 4);

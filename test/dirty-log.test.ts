@@ -4,7 +4,7 @@ import { native } from '../src/native';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_DIRTY_PAGES } from '../src/shared/types';
 import { GuestMemory } from '../src/workers/guest-memory';
-import { eq, Guest, makeGuest, makeQueue, pattern, Queue } from './vq-harness';
+import { eq, Guest, makeGuest, makeQueue, pattern, Queue } from '../kit/vq-harness';
 import { rng } from './helpers/rng';
 
 /** One burst from `tx` (guest `src`) into `rx`, as the poller runs it: every packet arrives byte-exact, in order. */

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
-import { startForwarder, withTwoGuests } from './helpers/env';
+import { startForwarder, withTwoGuests } from '../kit/env';
 import { assertFlows, pump } from './helpers/traffic';
 
 for (const forceLog of [true, false]) {

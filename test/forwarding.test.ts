@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../src/native';
 import { F, bit } from '../src/protocol/constants';
 import { DEFAULT_WANT, SyntheticGuest, frame, macOf } from '../src/frontend/guest';
-import { startForwarder, waitUntil, withTwoGuests } from './helpers/env';
+import { startForwarder, waitUntil, withTwoGuests } from '../kit/env';
 
 type Pkt = { data: Uint8Array };
 

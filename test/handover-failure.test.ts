@@ -14,7 +14,7 @@ import path from 'node:path';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
 import { Traffic } from '../src/frontend/traffic';
 import { api } from '../src/ctl';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 import { LogRecord, VhostfwdProc } from '../kit/vhostfwd-proc';
 
 /** Both sides wait 1.5 s at a step (the hang case), not 10 s. */

@@ -19,7 +19,7 @@ import { native } from '../src/native';
 import { Traffic } from '../src/frontend/traffic';
 import { api } from '../src/ctl';
 import { QueueStats } from '../src/main/stats';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 
 interface Setup {

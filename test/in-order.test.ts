@@ -12,7 +12,7 @@
 import t, { Test } from 'tap';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_DROP_NO_BUF, ST_DROP_TOO_BIG } from '../src/shared/types';
-import { eq, makeGuest, makeQueue, pattern } from './vq-harness';
+import { eq, makeGuest, makeQueue, pattern } from '../kit/vq-harness';
 import { rng } from './helpers/rng';
 
 /**

@@ -11,7 +11,7 @@ import t from 'tap';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { encodeSingleRegion } from '../src/protocol/messages';
 import { MAX_MEM_SLOTS, Req } from '../src/protocol/constants';
-import { captureLogs, startForwarder, waitUntil } from './helpers/env';
+import { captureLogs, startForwarder, waitUntil } from '../kit/env';
 
 const eq = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
 

@@ -14,7 +14,7 @@ import { MemoryTable } from '../src/main/memory-table';
 import { MemoryRegion, ProtocolError, encodeLog, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../src/protocol/messages';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
 import { F, MAX_MEM_SLOTS, PF, Req, bit } from '../src/protocol/constants';
-import { fdCount, startForwarder, waitUntil } from './helpers/env';
+import { fdCount, startForwarder, waitUntil } from '../kit/env';
 
 const MEM = 1 << 20;
 const UVA = 0x7f0000000000;

@@ -2,7 +2,7 @@
 import t from 'tap';
 import http from 'node:http';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
-import { startForwarder, waitUntil } from './helpers/env';
+import { startForwarder, waitUntil } from '../kit/env';
 
 function get(port: number, p: string): Promise<{ status: number; body: string; type: string }> {
   return new Promise((resolve, reject) => {

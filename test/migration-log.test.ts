@@ -10,10 +10,10 @@ import { F, Req, bit } from '../src/protocol/constants';
 import { encodeLog } from '../src/protocol/messages';
 import { native } from '../src/native';
 import { DEFAULT_WANT, SyntheticGuest, macOf } from '../src/frontend/guest';
-import { startForwarder, withTwoGuests } from './helpers/env';
+import { startForwarder, withTwoGuests } from '../kit/env';
 import { assertFlows, pump } from './helpers/traffic';
-import { pattern } from './vq-harness';
-import { build, refComplete, refSegments } from './offload-lib';
+import { pattern } from '../kit/vq-harness';
+import { build, refComplete, refSegments } from '../kit/offload-lib';
 
 // frame counts, not durations: every round wraps the 256-entry rings many times
 const rounds: Array<{ sizes: number[]; frames: number }> = [
@@ -67,7 +67,7 @@ t.test('TSO traffic: snapshot + logged pages == live memory, frames handed over 
     const b = await SyntheticGuest.start({ socket: env.sock('b'), mac: macOf(2), queueSize: 256, want: DEFAULT_WANT | HOST | (receiverOffloads ? GUEST : 0n) });
     const tag = receiverOffloads ? 'handed over' : 'software path';
     // TSO over IPv4 and IPv6 (with options), and checksum-only TCP and UDP frames; what b
-    // must receive for each, computed by the reference (test/offload-lib.ts)
+    // must receive for each, computed by the reference (kit/offload-lib.ts)
     const kinds = [
       { v6: false, udp: false, payload: 60000, mss: 1448, optLen: 12 },
       { v6: true, udp: false, payload: 23000, mss: 1400, optLen: 20 },

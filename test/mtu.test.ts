@@ -12,7 +12,7 @@ import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { F } from '../src/protocol/constants';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 
 const hasMtu = (f: bigint): boolean => ((f >> BigInt(F.VIRTIO_NET_F_MTU)) & 1n) === 1n;
 

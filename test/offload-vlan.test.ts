@@ -7,7 +7,7 @@
  * checksum-only frame flooded from an access port to two trunks and an access port, and back
  * from a trunk (its tag with a priority) to two access ports and a trunk; each receiver with
  * and without the GUEST_* features. Every frame and header checked byte for byte against
- * test/offload-lib.ts, which shares no code with src/workers/offload.ts.
+ * kit/offload-lib.ts, which shares no code with src/workers/offload.ts.
  */
 import t, { Test } from 'tap';
 import fs from 'node:fs';
@@ -18,9 +18,9 @@ import { Forwarder, QueueStats } from '../src/main/forwarder';
 import { native } from '../src/native';
 import { F, bit } from '../src/protocol/constants';
 import { DEFAULT_WANT, SyntheticGuest, macOf } from '../src/frontend/guest';
-import { tmpDir, waitUntil } from './helpers/env';
-import { pattern } from './vq-harness';
-import { Built, build, refComplete, refSegments, withTag } from './offload-lib';
+import { tmpDir, waitUntil } from '../kit/env';
+import { pattern } from '../kit/vq-harness';
+import { Built, build, refComplete, refSegments, withTag } from '../kit/offload-lib';
 
 const HOST = bit(F.VIRTIO_NET_F_CSUM) | bit(F.VIRTIO_NET_F_HOST_TSO4) | bit(F.VIRTIO_NET_F_HOST_TSO6) | bit(F.VIRTIO_NET_F_HOST_ECN) | bit(F.VIRTIO_NET_F_HOST_UFO);
 const GUEST = bit(F.VIRTIO_NET_F_GUEST_CSUM) | bit(F.VIRTIO_NET_F_GUEST_TSO4) | bit(F.VIRTIO_NET_F_GUEST_TSO6) | bit(F.VIRTIO_NET_F_GUEST_ECN) | bit(F.VIRTIO_NET_F_GUEST_UFO);

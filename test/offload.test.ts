@@ -3,7 +3,7 @@
  * with a virtio-net header (NEEDS_CSUM, gso_type) crosses to a guest that took the matching
  * GUEST_* features with its header handed over (one frame, byte-exact, spanning mergeable
  * buffers), and to one that did not as software work: checksums completed, TCP cut into
- * gso_size segments, UFO fragmented. Checked against test/offload-lib.ts, a reference that
+ * gso_size segments, UFO fragmented. Checked against kit/offload-lib.ts, a reference that
  * shares no code with src/workers/offload.ts: segments reassembled equal the payload, every
  * IPv4 and TCP/UDP checksum verifies, sequence numbers, ids and flags as Linux sets them.
  */
@@ -12,10 +12,10 @@ import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_CSUM_SW, ST_DROP_BAD_OFFLOAD, ST_GSO_PASSED, ST_GSO_SEGMENTED } from '../src/shared/types';
 import { LOG_PAGE } from '../src/protocol/constants';
 import { MAX_OFFLOAD_FRAME } from '../src/workers/offload';
-import { eq, pattern } from './vq-harness';
+import { eq, pattern } from '../kit/vq-harness';
 import {
   GUEST_ALL, HOST_ALL, bits, build, forwardBurst, ipv4Verifies, l4Verifies, offloadPair, refComplete,
-} from './offload-lib';
+} from '../kit/offload-lib';
 
 const batch = new PacketBatch(32);
 

@@ -12,7 +12,7 @@ import { interfaceToRaw, parseConfig, parseInterface } from '../src/main/config'
 import { Forwarder } from '../src/main/forwarder';
 import { F, OFFLOAD_FEATURES, Req, bit, hasBit } from '../src/protocol/constants';
 import { VhostUserClient } from '../src/frontend/vhost-user-client';
-import { tmpDir } from './helpers/env';
+import { tmpDir } from '../kit/env';
 
 const offloadMask = OFFLOAD_FEATURES.reduce((m, n) => m | bit(F[n]), 0n);
 

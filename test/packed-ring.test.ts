@@ -1,22 +1,23 @@
 /**
  * The packed virtqueue (src/workers/packed-ring.ts) against a packed driver (packed-driver.ts)
- * over test guests (vq-harness.ts): byte-exact TX and RX, chains and mergeable RX across the
+ * over test guests (kit/vq-harness.ts): byte-exact TX and RX, chains and mergeable RX across the
  * ring's end, indirect tables, buffer ids out of slot order, IN_ORDER batches, event
  * suppression both ways, resuming from the ctrl state (what GET/SET_VRING_BASE carry), dirty
  * logging of every write, and hostile descriptors (named GuestErrors, nothing written).
  */
 import t from 'tap';
 import { PacketBatch } from '../src/workers/packet-batch';
-import { PackedVirtqueue, packedIndex } from '../src/workers/packed-ring';
+import { PackedVirtqueue } from '../src/workers/packed-ring';
+import { packedIndex } from '../src/protocol/ring-layout';
 import { GuestError } from '../src/workers/guest-error';
 import { DirtyLog } from '../src/workers/dirty-log';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_SIGNALLED_USED, LogDesc, QueueFeatures, ST_CSUM_SW, ST_DROP_NO_BUF, ST_GSO_PASSED, ST_PACKETS,
 } from '../src/shared/types';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../src/protocol/constants';
-import { BACKGROUND, eq, Guest, layout, makeGuest, pattern, vringDesc } from './vq-harness';
+import { BACKGROUND, eq, Guest, layout, makeGuest, pattern, vringDesc } from '../kit/vq-harness';
 import { PackedDriver } from './packed-driver';
-import { GUEST_ALL, HOST_ALL, build, l4Verifies } from './offload-lib';
+import { GUEST_ALL, HOST_ALL, build, l4Verifies } from '../kit/offload-lib';
 import { EDIT_PUSH } from '../src/workers/vlan';
 
 const batch = new PacketBatch(32);

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');
 const CHURN = path.join(__dirname, '..', '..', 'test', 'kit', 'pyfront', 'churn.py');

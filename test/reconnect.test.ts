@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
-import { captureLogs, startForwarder, waitUntil } from './helpers/env';
+import { captureLogs, startForwarder, waitUntil } from '../kit/env';
 import { assertFlows, pump } from './helpers/traffic';
 
 const PYFRONT = path.join(__dirname, '..', '..', 'test', 'kit', 'pyfront');

@@ -9,7 +9,7 @@
 import t from 'tap';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
 import { flowHash } from '../src/workers/flow-hash';
-import { startForwarder, waitUntil } from './helpers/env';
+import { startForwarder, waitUntil } from '../kit/env';
 
 /** An Ethernet + IPv4 + UDP frame of flow `flow` (source port 10000 + flow) carrying `seq`. */
 function udp(dst: Uint8Array, src: Uint8Array, flow: number, seq: number, len = 128): Uint8Array {

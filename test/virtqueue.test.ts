@@ -8,7 +8,7 @@ import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, QueueFeatures,
 } from '../src/shared/types';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY } from '../src/protocol/constants';
-import { eq, FEAT_MRG, Guest, layout, makeGuest, makeQueue, pattern, Queue, R0_SIZE, R1_SIZE, vringDesc } from './vq-harness';
+import { eq, FEAT_MRG, Guest, layout, makeGuest, makeQueue, pattern, Queue, R0_SIZE, R1_SIZE, vringDesc } from '../kit/vq-harness';
 
 const batch = new PacketBatch(32);
 

@@ -24,7 +24,7 @@ import { MAC_TABLE_BYTES, MacTable } from '../src/workers/mac-table';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, VlanPorts, egressEdit } from '../src/workers/vlan';
 import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { RxPacket } from '../src/frontend/driver-ring';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 
 const BCAST = Uint8Array.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 const hex = (f: Uint8Array): string => Buffer.from(f).toString('hex');

@@ -10,7 +10,7 @@ import t from 'tap';
 import { GuestMemory, inWindow, windowOf, WIN_OFF, WINDOW_OFF_MAX } from '../src/workers/guest-memory';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_PACKETS } from '../src/shared/types';
-import { eq, Guest, makeQueue, pattern, Queue } from './vq-harness';
+import { eq, Guest, makeQueue, pattern, Queue } from '../kit/vq-harness';
 import { rng } from './helpers/rng';
 
 const G4 = 0x1_0000_0000;

@@ -4,6 +4,7 @@
  * benchmarks. Simple by design: correctness and controllability (start index, layouts,
  * malformed chains via the raw helpers) over speed.
  */
+import { availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
 import {
   DESC_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 } from '../protocol/constants';
@@ -141,9 +142,9 @@ export class DriverRing {
     this.dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
     this.a16 = new Uint16Array(mem.buffer, mem.byteOffset + this.at(o.availGpa), 3 + o.size);
     this.u16 = new Uint16Array(mem.buffer, mem.byteOffset + this.at(o.usedGpa), 3 + 4 * o.size);
-    mem.fill(0, this.at(o.descGpa), this.at(o.descGpa) + DESC_SIZE * o.size);
-    mem.fill(0, this.at(o.availGpa), this.at(o.availGpa) + 6 + 2 * o.size);
-    mem.fill(0, this.at(o.usedGpa), this.at(o.usedGpa) + 6 + 8 * o.size);
+    mem.fill(0, this.at(o.descGpa), this.at(o.descGpa) + descTableBytes(o.size));
+    mem.fill(0, this.at(o.availGpa), this.at(o.availGpa) + availRingBytes(o.size, true));
+    mem.fill(0, this.at(o.usedGpa), this.at(o.usedGpa) + usedRingBytes(o.size, true));
     const start = (o.startIdx ?? 0) & 0xffff;
     this.availIdx = start;
     this.lastUsedSeen = start;

@@ -6,6 +6,7 @@
  */
 import { native } from '../native';
 import { F, PF, Req, bit, hasBit } from '../protocol/constants';
+import { availRingBytes, descTableBytes } from '../protocol/ring-layout';
 import { Frontend } from './frontend';
 import { DriverRing, RxPacket } from './driver-ring';
 import { VhostUserClient } from './vhost-user-client';
@@ -108,7 +109,7 @@ export class SyntheticGuest {
   ringGpa(i: number): { desc: number; avail: number; used: number } {
     const base = RING_AREA + i * RING_STRIDE;
     const n = this.queueSize;
-    return { desc: base, avail: base + 16 * n, used: base + 16 * n + ((6 + 2 * n + 4095) & ~4095) };
+    return { desc: base, avail: base + descTableBytes(n), used: base + descTableBytes(n) + ((availRingBytes(n, true) + 4095) & ~4095) };
   }
 
   /** The memory regions this guest passes with ADD_MEM_REG: one, or one per slotSize bytes. */

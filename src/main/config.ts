@@ -84,7 +84,7 @@ export interface Config {
   /**
    * force dirty logging on whatever the frontend negotiates (benchmarking the log path).
    * Without a frontend log (no SET_LOG_BASE, e.g. DPDK virtio-user) each device logs into
-   * a log it allocates itself (Device.ensureForcedLog), so the cost is real.
+   * a log the backend allocates itself (forced-log.ts), so the cost is real.
    */
   forceLog: boolean;
   /** HTTP endpoint for /stats, /metrics and /healthz, as HOST:PORT (null = off) */

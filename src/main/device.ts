@@ -15,12 +15,12 @@
  */
 import {
   DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, F, OFFLOAD_FEATURES, FeatureName, MAX_MEM_SLOTS,
-  MAX_QUEUE_SIZE, PACKED_EVENT_AREA, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
+  MAX_QUEUE_SIZE, NET_HDR_LEGACY, NET_HDR_MRG, PF, ProtocolFeatureName, VHOST_VRING_F_LOG, bit, hasBit, reqName,
 } from '../protocol/constants';
 import {
-  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, CTRL_SIGNALLED_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc, availRingBytes, descTableBytes,
-  usedRingBytes,
+  CTRL_INTS, CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_MAX_FRAME, CTRL_SIGNALLED_USED, LogDesc, QueueFeatures, RingLocation, STATS_SLOTS, VringDesc, RegionDesc,
 } from '../shared/types';
+import { PACKED_EVENT_AREA, availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
 import { Message, encodeReply, needsReply } from '../protocol/codec';
 import { safeClose } from './connection';
 import { log } from './log';
@@ -44,6 +44,38 @@ export interface Dataplane {
   injectFrame(port: number, frame: Uint8Array): void;
 }
 
+/** A dirty log as the workers get it (LogDesc), with the mapping it came from. */
+export type DeviceLog = LogDesc & LogArea;
+
+/**
+ * A dirty log of the backend's own for when the frontend sent none (SET_LOG_BASE), one per
+ * device. The frontend's log always comes first: the device consults this only without
+ * one. The default (FRONTEND_LOG_ONLY) has none: the workers log only what the frontend
+ * asked for (VHOST_F_LOG_ALL, VHOST_VRING_F_LOG). Forced logging for benchmarks is one
+ * (forced-log.ts).
+ */
+export interface LogPolicy {
+  /** the backend's log now, null without one */
+  readonly log: DeviceLog | null;
+  /**
+   * Whether a ring the frontend did not flag VHOST_VRING_F_LOG has its used ring logged
+   * at its guest address anyway (as a migration's log_guest_addr would be).
+   */
+  readonly logsUsedRing: boolean;
+  /** a ring starts and the frontend sent no log: make one for guest memory up to gpaEnd if wanted and none is held */
+  ringStarting(gpaEnd: number): void;
+  /** forget the backend's log: guest memory changed (it may not cover it), the frontend sent its own, or the device was reset */
+  drop(): void;
+}
+
+/** The default LogPolicy: no log but the frontend's. */
+const FRONTEND_LOG_ONLY: LogPolicy = {
+  log: null,
+  logsUsedRing: false,
+  ringStarting: () => {},
+  drop: () => {},
+};
+
 /** Per-interface settings the device needs. */
 export interface DeviceOptions {
   name: string;
@@ -58,17 +90,13 @@ export interface DeviceOptions {
   maskProtocolFeatures?: readonly ProtocolFeatureName[];
   mtu?: number | null;
   /**
-   * config `forceLog`: the workers log dirty pages whatever was negotiated. When the
-   * frontend never sent SET_LOG_BASE (e.g. DPDK virtio-user), the device allocates a log
-   * of its own so the log path really runs (see ensureForcedLog).
+   * Makes the device's LogPolicy (one per device, so per connection), consulted when the
+   * frontend sent no log; default FRONTEND_LOG_ONLY. Config `forceLog` gives forcedLog
+   * (forced-log.ts).
    */
-  forceLog?: boolean;
+  logPolicy?: (device: string) => LogPolicy;
 }
 
-/**
- * A device's negotiated state as a takeover hands it to the next process (handover/): all
- * plain data, fds as indices into the message's fd list. Taken with every ring stopped.
- */
 /** Where a ring stopped for a takeover, and its counters. */
 export interface RingPosition {
   index: number;
@@ -79,6 +107,11 @@ export interface RingPosition {
   started: boolean;
 }
 
+/**
+ * A device's negotiated state as a takeover hands it to the next process (handover/): all
+ * plain data, fds as indices into the message's fd list. Taken while the rings still run:
+ * their positions and counters come afterwards (RingPosition).
+ */
 export interface DeviceSnapshot {
   /** bigints as hex strings */
   features: string;
@@ -159,9 +192,10 @@ export class Device implements BackendRequests {
   /** the port's MTU (config mtu, then NET_SET_MTU); null = no limit */
   mtu: number | null;
   readonly mem = new MemoryTable();
-  log: (LogDesc & LogArea) | null = null;
-  /** `log` was allocated here for forceLog (not sent by the frontend). */
-  private ownLog = false;
+  /** the frontend's dirty log (SET_LOG_BASE, or handed over by a takeover); null without one */
+  private frontendLog: DeviceLog | null = null;
+  /** where a log comes from without the frontend's (DeviceOptions.logPolicy) */
+  private readonly logPolicy: LogPolicy;
   /** the file of the last log from SET_LOG_BASE: a repeat of the log in use (one per queue pair) is not mapped again. */
   private logFile: { dev: number; ino: number } | null = null;
   /** the frontend's log file (SET_LOG_BASE), kept open for a takeover; -1 without one */
@@ -184,6 +218,12 @@ export class Device implements BackendRequests {
     this.offeredProtocol = featureMask(DEFAULT_PROTOCOL_FEATURES, PF) & ~pmask;
     this.mtu = opts.mtu ?? null;
     this.vrings = Array.from({ length: opts.queuePairs * 2 }, (_, i) => new Vring(i));
+    this.logPolicy = opts.logPolicy?.(opts.name) ?? FRONTEND_LOG_ONLY;
+  }
+
+  /** The dirty log the workers write: the frontend's, else the LogPolicy's; null: none. */
+  get log(): DeviceLog | null {
+    return this.frontendLog ?? this.logPolicy.log;
   }
 
   get protocolFeaturesNegotiated(): boolean {
@@ -342,7 +382,7 @@ export class Device implements BackendRequests {
   maybeStart(v: Vring, req: string, parked = false): Promise<void> | null {
     if (v.started || !v.hasKick || !v.enabled || !v.addr || v.num === 0 || this.mem.count === 0) return null;
     const ring = this.describeRing(v, req, parked);
-    this.ensureForcedLog();
+    if (!this.frontendLog) this.logPolicy.ringStarting(this.mem.gpaEnd);
     const attached = this.dp.startRing(ring, this.mem.descs(), this.log, parked);
     v.started = true;
     log.debug('ring started', { dev: this.opts.name, ring: v.index, lastAvail: v.lastAvailIdx });
@@ -350,35 +390,13 @@ export class Device implements BackendRequests {
   }
 
   /**
-   * forceLog without a frontend log (no SET_LOG_BASE): give the workers a backend-owned log,
-   * a plain SharedArrayBuffer of one bit per 4 KiB page of guest memory (gpaEnd / 4096 / 8
-   * bytes, rounded up). Nobody reads it; it exists so forced logging costs what real logging
-   * costs. A later SET_LOG_BASE replaces it; a memory table that outgrows it drops it
-   * (dropOwnLog) and the next ring start allocates a bigger one.
-   */
-  private ensureForcedLog(): void {
-    if (!this.opts.forceLog || this.log) return;
-    const n = Math.max(8, Math.ceil(this.mem.gpaEnd / 4096 / 8));
-    this.log = { sab: new SharedArrayBuffer(n), offset: 0, size: n, mmapSize: n, mmapOffset: 0 };
-    this.ownLog = true;
-    log.info('forced dirty logging into a backend-allocated log', { dev: this.opts.name, size: n });
-  }
-
-  /** Forget a backend-owned log (before a memory change is checked against it). */
-  private dropOwnLog(): void {
-    if (this.ownLog) this.log = null;
-    this.ownLog = false;
-  }
-
-  /**
    * Where the used ring's writes are logged: the frontend's ring log address when it set
-   * VHOST_VRING_F_LOG, else -1 (not logged). Forced logging (benchmarks) logs the used ring
-   * at its guest address, as a migration's ring log address would: it costs what real
-   * logging costs.
+   * VHOST_VRING_F_LOG; else the used ring's guest address if the LogPolicy logs it anyway;
+   * else -1 (not logged).
    */
   private usedLogGpa(a: VringAddr): number {
     if ((a.flags & VHOST_VRING_F_LOG) !== 0) return a.log;
-    return this.opts.forceLog ? this.mem.uvaToGpa(a.used) : -1;
+    return this.logPolicy.logsUsedRing ? this.mem.uvaToGpa(a.used) : -1;
   }
 
   private describeRing(v: Vring, req: string, parked: boolean): VringDesc {
@@ -503,10 +521,10 @@ export class Device implements BackendRequests {
    */
   private dropMemory(): void {
     for (const r of this.mem.list()) native.retire(r.sab);
-    if (this.log && !this.ownLog) native.retire(this.log.sab);
+    if (this.frontendLog) native.retire(this.frontendLog.sab);
     this.mem.clear();
-    this.log = null;
-    this.ownLog = false;
+    this.frontendLog = null;
+    this.logPolicy.drop();
     safeClose(this.logFd);
     this.logFd = -1;
     this.logFile = null;
@@ -525,8 +543,8 @@ export class Device implements BackendRequests {
       status: this.status,
       mtu: this.mtu,
       regions: this.mem.list().map((r) => ({ gpa: r.gpa, size: r.size, uva: r.uva, mmapOffset: r.mmapOffset, refs: r.refs, fd: fd(r.fd) })),
-      // a backend-owned log (forceLog) is not the frontend's: the next process makes its own
-      log: this.log && !this.ownLog && this.logFd >= 0 ? { mmapSize: this.log.mmapSize, mmapOffset: this.log.mmapOffset, fd: fd(this.logFd) } : null,
+      // only the frontend's log: a LogPolicy's is the backend's, and the next process makes its own
+      log: this.frontendLog && this.logFd >= 0 ? { mmapSize: this.frontendLog.mmapSize, mmapOffset: this.frontendLog.mmapOffset, fd: fd(this.logFd) } : null,
       rings: this.vrings.map((v) => ({
         index: v.index, num: v.num, addr: v.addr, lastAvailIdx: v.lastAvailIdx, hasKick: v.hasKick, enabled: v.enabled,
         kick: v.kickFd >= 0 ? fd(v.kickFd) : -1, call: v.callFd >= 0 ? fd(v.callFd) : -1, err: v.errFd >= 0 ? fd(v.errFd) : -1,
@@ -565,7 +583,7 @@ export class Device implements BackendRequests {
       const fd = take(s.log.fd);
       const st = statFd(fd, req);
       const m = mapRegion({ gpa: 0, size: s.log.mmapSize, uva: 0, mmapOffset: s.log.mmapOffset }, fd, req, st);
-      this.log = { sab: m.sab, offset: m.sabOffset, size: s.log.mmapSize, mmapSize: s.log.mmapSize, mmapOffset: s.log.mmapOffset };
+      this.frontendLog = { sab: m.sab, offset: m.sabOffset, size: s.log.mmapSize, mmapSize: s.log.mmapSize, mmapOffset: s.log.mmapOffset };
       this.logFd = m.fd;
       this.logFile = { dev: st.dev, ino: st.ino };
     }
@@ -680,14 +698,16 @@ export class Device implements BackendRequests {
       throw new ProtocolError(rq.name, `${regions.length} regions but ${rq.fds.length} file descriptors`);
     }
     this.mem.replace(regions, rq.fds.splice(0), rq.name);
-    this.dropOwnLog(); // forceLog: re-allocated for the new memory at the next ring start
+    this.logPolicy.drop(); // a backend log may not cover the new memory: the next ring start makes one that does
     this.checkLogCoversMemory(rq.name);
     log.info('memory table set', { dev: this.opts.name, regions: regions.map((r) => `gpa 0x${r.gpa.toString(16)}+0x${r.size.toString(16)}`) });
   }
 
+  /** The frontend's log must cover guest memory (a LogPolicy's is made to, at ring start). */
   private checkLogCoversMemory(req: string): void {
-    if (this.log && this.log.size * 8 * 4096 < this.mem.gpaEnd) {
-      throw new ProtocolError(req, `dirty log of ${this.log.size} bytes covers ${this.log.size * 8 * 4096} bytes of guest memory, which ends at 0x${this.mem.gpaEnd.toString(16)}`);
+    const l = this.frontendLog;
+    if (l && l.size * 8 * 4096 < this.mem.gpaEnd) {
+      throw new ProtocolError(req, `dirty log of ${l.size} bytes covers ${l.size * 8 * 4096} bytes of guest memory, which ends at 0x${this.mem.gpaEnd.toString(16)}`);
     }
   }
 
@@ -696,26 +716,24 @@ export class Device implements BackendRequests {
     const st = statFd(fd, rq.name);
     // QEMU 7.2 sends SET_LOG_BASE once per queue pair, every one with the same shared log:
     // a repeat of the log in use is answered without a second mapping.
-    const cur = this.log;
+    const cur = this.frontendLog;
     const file = this.logFile;
-    if (cur && !this.ownLog && file && file.dev === st.dev && file.ino === st.ino && cur.mmapSize === area.mmapSize && cur.mmapOffset === area.mmapOffset) {
+    if (cur && file && file.dev === st.dev && file.ino === st.ino && cur.mmapSize === area.mmapSize && cur.mmapOffset === area.mmapOffset) {
       safeClose(fd);
       log.debug(`dirty log repeated (one ${rq.name} per queue pair): kept`, { dev: this.opts.name });
       return encodeU64(0);
     }
     const mapped = mapRegion({ gpa: 0, size: area.mmapSize, uva: 0, mmapOffset: area.mmapOffset }, fd, rq.name, st);
-    const previous = this.log;
-    const previousOwn = this.ownLog;
-    this.ownLog = false;
-    this.log = { sab: mapped.sab, offset: mapped.sabOffset, size: area.mmapSize, mmapSize: area.mmapSize, mmapOffset: area.mmapOffset };
+    const previous = this.frontendLog;
+    this.frontendLog = { sab: mapped.sab, offset: mapped.sabOffset, size: area.mmapSize, mmapSize: area.mmapSize, mmapOffset: area.mmapOffset };
     try {
       this.checkLogCoversMemory(rq.name);
     } catch (e) {
-      this.log = previous;
-      this.ownLog = previousOwn;
+      this.frontendLog = previous;
       safeClose(mapped.fd);
       throw e;
     }
+    this.logPolicy.drop(); // the frontend's log replaces a backend one
     safeClose(this.logFd);
     this.logFd = mapped.fd; // kept for a takeover (handover.ts)
     this.logFile = { dev: st.dev, ino: st.ino };
@@ -874,7 +892,7 @@ export class Device implements BackendRequests {
       log.debug(`memory region repeated (one ${rq.name} per queue pair): shared`, { dev: this.opts.name, region: added.index, refs: added.refs });
       return;
     }
-    this.dropOwnLog(); // forceLog: running rings keep the old log; rings started later get a new one
+    this.logPolicy.drop(); // running rings keep the log they hold; rings started later get one that covers the new memory
     this.checkLogCoversMemory(rq.name);
   }
 

@@ -15,6 +15,7 @@ import { safeClose } from './connection';
 import { DeviceSnapshot, RingPosition, Vring } from './device';
 import { log } from './log';
 import { WorkerPool } from './worker-pool';
+import { forcedLog } from './forced-log';
 import { MetricsServer, startMetrics } from './metrics';
 import { QueueStats } from './stats';
 
@@ -138,7 +139,7 @@ export class Forwarder {
     }
     const itf = new Interface(
       {
-        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, packedRing: c.packedRing, mtu: c.mtu, forceLog: this.config.forceLog,
+        name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, packedRing: c.packedRing, mtu: c.mtu, logPolicy: this.config.forceLog ? forcedLog : undefined,
         ownership: { owner: c.owner, group: c.group, permissions: c.permissions },
       },
       port,

@@ -202,8 +202,6 @@ export const VRING_PACKED_DESC_F_USED = 1 << 15;
 export const RING_EVENT_FLAGS_ENABLE = 0;
 export const RING_EVENT_FLAGS_DISABLE = 1;
 export const RING_EVENT_FLAGS_DESC = 2;
-/** bytes of the driver and of the device event suppression area (off_wrap u16, flags u16) */
-export const PACKED_EVENT_AREA = 4;
 
 /** Dirty log granularity (VHOST_LOG_PAGE). */
 export const LOG_PAGE = 4096;

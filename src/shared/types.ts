@@ -16,16 +16,6 @@ export interface RegionDesc {
   sabOffset: number;
 }
 
-/**
- * Split-ring sizes in bytes (virtio 1.x 2.7): flags, idx, the entries, and the event field
- * (used_event after the avail ring, avail_event after the used ring) only with
- * VIRTIO_RING_F_EVENT_IDX. The control plane and the worker check rings with these same
- * numbers: a ring that ends where its region ends is valid without EVENT_IDX.
- */
-export const descTableBytes = (size: number): number => 16 * size;
-export const availRingBytes = (size: number, eventIdx: boolean): number => 4 + 2 * size + (eventIdx ? 2 : 0);
-export const usedRingBytes = (size: number, eventIdx: boolean): number => 4 + 8 * size + (eventIdx ? 2 : 0);
-
 /** Where a ring part lives once translated: region index and byte offset inside that region. */
 export interface RingLocation {
   region: number;

@@ -24,7 +24,7 @@
  * the encoding of GET_VRING_BASE / SET_VRING_BASE for packed rings (QEMU, DPDK).
  */
 import {
-  DESC_SIZE, LOG_PAGE, MAX_QUEUE_SIZE, PACKED_EVENT_AREA, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
+  DESC_SIZE, LOG_PAGE, MAX_QUEUE_SIZE, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
   VRING_PACKED_DESC_F_USED,
 } from '../protocol/constants';
@@ -32,6 +32,7 @@ import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation, ST_BURSTS, ST_BYTES,
   ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
+import { PACKED_EVENT_AREA, packedIndex } from '../protocol/ring-layout';
 import { BULK_MIN, CopyQueue } from './bulk-copy';
 import { copyBytes, F64_EXACT } from './copy';
 import { DirtyLog } from './dirty-log';
@@ -51,11 +52,6 @@ const PAGE_INV = 1 / LOG_PAGE;
 /** The 4 bytes of a pushed 802.1Q tag, written here then copied like any source piece. */
 const tagBytes = new Uint8Array(8);
 const tagViews = makeViews(tagBytes.buffer, 0, 8);
-
-/** index | wrap << 15 (the ctrl slots and GET/SET_VRING_BASE) */
-export function packedIndex(idx: number, wrap: number): number {
-  return (idx & 0x7fff) | ((wrap & 1) << 15);
-}
 
 export class PackedVirtqueue implements RingQueue {
   readonly index: number;

@@ -14,8 +14,8 @@ import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_N
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
   ST_BURSTS, ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
-  availRingBytes, descTableBytes, usedRingBytes,
 } from '../shared/types';
+import { availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
 import { copyBytes, COPY_LOOP_MAX, F64_EXACT } from './copy';
 import { BULK_MIN, CopyQueue } from './bulk-copy';
 import { DescWalker } from './desc-walker';

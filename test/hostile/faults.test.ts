@@ -12,8 +12,8 @@ import vm from 'node:vm';
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SyntheticGuest, frame } from '../../src/frontend/guest';
-import { Bystander, MAC_V, MAC_W, startArena } from './harness';
-import { captureLogs, fdCount, tmpDir, waitUntil } from '../helpers/env';
+import { Bystander, MAC_V, MAC_W, startArena } from '../../kit/hostile/harness';
+import { captureLogs, fdCount, tmpDir, waitUntil } from '../../kit/env';
 
 // A forced GC before RSS readings: mappings of released guests are unmapped by their SAB's
 // deleter, i.e. only once V8 collects the SAB. Without a GC, RSS would measure V8's

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { VhostUserClient } from '../../src/frontend/vhost-user-client';
 import { Req } from '../../src/protocol/constants';
-import { captureLogs, startForwarder, waitUntil } from '../helpers/env';
+import { captureLogs, startForwarder, waitUntil } from '../../kit/env';
 
 t.test('a frontend that never reads its replies is reset; the control plane stays responsive', async (t) => {
   const env = await startForwarder(['a', 'b']);

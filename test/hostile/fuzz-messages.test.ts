@@ -1,13 +1,13 @@
 /**
- * Fuzz (a): random messages at a live forwarder (fuzz-messages-lib.ts for the properties).
+ * Fuzz (a): random messages at a live forwarder (kit/fuzz/messages.ts for the properties).
  * The corpus (corpus/messages.json) is replayed first; then a seeded, bounded fast-check run
  * (HOSTILE_FUZZ_RUNS / HOSTILE_FUZZ_SEED; scripts/fuzz.sh for long runs).
  */
 import t from 'tap';
-import { FUZZ_SEED, loadCorpus } from './fuzz-lib';
-import { MsgInput, fuzzMessages, fuzzOne } from './fuzz-messages-lib';
-import { Bystander, startArena } from './harness';
-import { fdCount } from '../helpers/env';
+import { FUZZ_SEED, loadCorpus } from '../../kit/fuzz/walker';
+import { MsgInput, fuzzMessages, fuzzOne } from '../../kit/fuzz/messages';
+import { Bystander, startArena } from '../../kit/hostile/harness';
+import { fdCount } from '../../kit/env';
 
 t.test('message corpus replays', async (t) => {
   const arena = await startArena();

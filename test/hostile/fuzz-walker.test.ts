@@ -8,7 +8,7 @@
  */
 import t from 'tap';
 import fc from 'fast-check';
-import { FUZZ_SEED, WalkerInput, loadCorpus, offloadWalkerInputArb, runWalker, walkerInputArb } from './fuzz-lib';
+import { FUZZ_SEED, WalkerInput, loadCorpus, offloadWalkerInputArb, runWalker, walkerInputArb } from '../../kit/fuzz/walker';
 
 t.test('walker corpus replays', async (t) => {
   const corpus = loadCorpus<WalkerInput & { expect: string }>('walker.json');

@@ -3,7 +3,7 @@
  * oversized payloads, bad versions, fd floods), payload values (regions, ring addresses,
  * queue sizes, log areas) and requests out of order, against a live forwarder whose
  * bystander pair keeps forwarding. Cases already in test/control-plane.test.ts are not
- * repeated here. Every case runs through runCase() (harness.ts): see README.md.
+ * repeated here. Every case runs through runCase() (kit/hostile/harness.ts): see README.md.
  */
 import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,7 +12,7 @@ import { VhostUserClient } from '../../src/frontend/vhost-user-client';
 import { FLAG_NEED_REPLY, FLAG_VERSION, Req, VRING_NOFD_MASK } from '../../src/protocol/constants';
 import { encodeLog, encodeMemoryTable, encodeSingleRegion, encodeU64, encodeVringAddr, encodeVringState } from '../../src/protocol/messages';
 import { encodeMessage } from '../../src/protocol/codec';
-import { Case, Ctx, UVA, negotiate, runCase, setMem, startArena } from './harness';
+import { Case, Ctx, UVA, negotiate, runCase, setMem, startArena } from '../../kit/hostile/harness';
 
 const MEM = 4 << 20;
 const Q = 256;

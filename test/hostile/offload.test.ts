@@ -10,8 +10,8 @@ import { PacketBatch } from '../../src/workers/packet-batch';
 import { ST_DROP_BAD_OFFLOAD, ST_PACKETS } from '../../src/shared/types';
 import { BAD_OFFLOAD_REASONS, MAX_OFFLOAD_FRAME, validate } from '../../src/workers/offload';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD } from '../../src/workers/vlan';
-import { BACKGROUND, eq, pattern } from '../vq-harness';
-import { GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GUEST_ALL, HOST_ALL, bits, build, forwardBurst, offloadPair, sum16 } from '../offload-lib';
+import { BACKGROUND, eq, pattern } from '../../kit/vq-harness';
+import { GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GUEST_ALL, HOST_ALL, bits, build, forwardBurst, offloadPair, sum16 } from '../../kit/offload-lib';
 
 const batch = new PacketBatch(32);
 

@@ -13,8 +13,8 @@ import { DriverRing } from '../../src/frontend/driver-ring';
 import { DEFAULT_WANT, SyntheticGuest, UVA_BASE, frame } from '../../src/frontend/guest';
 import { F, Req, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, bit } from '../../src/protocol/constants';
 import { encodeSingleRegion, encodeVringAddr, encodeVringState, encodeU64 } from '../../src/protocol/messages';
-import { Case, Ctx, MAC_V, MAC_W, kickTx, runCase, startArena } from './harness';
-import { waitUntil } from '../helpers/env';
+import { Case, Ctx, MAC_V, MAC_W, kickTx, runCase, startArena } from '../../kit/hostile/harness';
+import { waitUntil } from '../../kit/env';
 
 const NEXT = VRING_DESC_F_NEXT;
 const WRITE = VRING_DESC_F_WRITE;

@@ -17,7 +17,7 @@ import { PacketBatch } from '../../src/workers/packet-batch';
 import { CopyQueue } from '../../src/workers/bulk-copy';
 import { native } from '../../src/native';
 import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../src/protocol/constants';
-import { BACKGROUND, R0_SIZE, R1_SIZE, SAB_SIZE, layout, makeGuest, makeQueue, pattern } from '../vq-harness';
+import { BACKGROUND, R0_SIZE, R1_SIZE, SAB_SIZE, layout, makeGuest, makeQueue, pattern } from '../../kit/vq-harness';
 
 const RACER = `
 const { workerData } = require('node:worker_threads');

@@ -8,7 +8,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tmpDir } from '../helpers/env';
+import { tmpDir } from '../../kit/env';
 import { SyntheticGuest, macOf } from '../../src/frontend/guest';
 import { PF, hasBit } from '../../src/protocol/constants';
 import { Testpmd } from '../../kit/peers/testpmd';

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tmpDir, waitUntil } from '../helpers/env';
+import { tmpDir, waitUntil } from '../../kit/env';
 import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli.js');

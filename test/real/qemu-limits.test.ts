@@ -15,7 +15,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startForwarder } from '../helpers/env';
+import { startForwarder } from '../../kit/env';
 import { QemuGuest } from '../../kit/peers/qemu';
 
 const ETHTOOL = '/usr/sbin/ethtool';

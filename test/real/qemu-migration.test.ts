@@ -10,7 +10,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startForwarder, waitUntil } from '../helpers/env';
+import { startForwarder, waitUntil } from '../../kit/env';
 import { F, hasBit } from '../../src/protocol/constants';
 import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 

@@ -16,7 +16,7 @@ import t, { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startForwarder } from '../helpers/env';
+import { startForwarder } from '../../kit/env';
 import { GuestOptions, QemuGuest } from '../../kit/peers/qemu';
 
 type Env = Awaited<ReturnType<typeof startForwarder>>;

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
 import { F } from '../../src/protocol/constants';
-import { tmpDir } from '../helpers/env';
+import { tmpDir } from '../../kit/env';
 import { QemuGuest } from '../../kit/peers/qemu';
 
 t.test('jumbo frames with QEMU guests: host_mtu=9000 reaches eth0, 8972-byte pings pass, a 1500 port drops them by count', async (t) => {

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
-import { tmpDir } from '../helpers/env';
+import { tmpDir } from '../../kit/env';
 import { QemuGuest } from '../../kit/peers/qemu';
 
 const SECONDS = Number(process.env.OFFLOAD_IPERF_SECONDS ?? 10);

@@ -4,7 +4,7 @@
  * cross-connect and in bridge mode.
  */
 import t from 'tap';
-import { startForwarder } from '../helpers/env';
+import { startForwarder } from '../../kit/env';
 import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 import { F, hasBit } from '../../src/protocol/constants';
 

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
-import { tmpDir, waitUntil } from '../helpers/env';
+import { tmpDir, waitUntil } from '../../kit/env';
 import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 
 t.test('vhostfwd restarted under running QEMU guests (reconnect=1): traffic resumes', async (t) => {

@@ -12,7 +12,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { tmpDir, waitUntil } from '../helpers/env';
+import { tmpDir, waitUntil } from '../../kit/env';
 import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 import { VhostfwdProc } from '../../kit/vhostfwd-proc';
 

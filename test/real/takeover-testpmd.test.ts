@@ -5,7 +5,9 @@
  * testpmd's loop is drained: on both ports testpmd's TX equals what vhostfwd took and its
  * RX what vhostfwd delivered, port 1 received exactly what port 0 sent and back, and
  * vhostfwd's drop and error counters (carried across every takeover) are 0. The counts
- * would differ by every frame lost in a blackout.
+ * would differ by every frame lost in a blackout. Then the same with packed rings
+ * (`packedRing: true`, testpmd `packed_vq=1`), shorter: a packed ring carries no index in
+ * guest memory, its position (index and wrap counter) crosses only in the handover.
  */
 import t from 'tap';
 import fs from 'node:fs';
@@ -13,18 +15,22 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { api } from '../../src/ctl';
 import { QueueStats } from '../../src/main/stats';
-import { tmpDir, waitUntil } from '../helpers/env';
+import { tmpDir, waitUntil } from '../../kit/env';
 import { BackendCounts, Testpmd, stopAndDrain } from '../../kit/peers/testpmd';
 import { VhostfwdProc } from '../../kit/vhostfwd-proc';
 
 const LOOP_SECONDS = Number(process.env.VHOSTFWD_LOOP_SECONDS ?? 30);
 const TAKEOVERS = Number(process.env.VHOSTFWD_TAKEOVERS ?? 10);
 
-t.test(`testpmd loop through vhostfwd for ${LOOP_SECONDS} s with ${TAKEOVERS} takeovers: 0 drops, TX == RX exactly`, async (t) => {
+const runs = [
+  { rings: 'split', seconds: LOOP_SECONDS, takeovers: TAKEOVERS, packed: false },
+  { rings: 'packed', seconds: Math.max(5, Math.round(LOOP_SECONDS / 3)), takeovers: Math.max(2, Math.round(TAKEOVERS / 3)), packed: true },
+];
+for (const { rings, seconds: LOOP_SECONDS, takeovers: TAKEOVERS, packed } of runs) t.test(`testpmd loop (${rings} rings) through vhostfwd for ${LOOP_SECONDS} s with ${TAKEOVERS} takeovers: 0 drops, TX == RX exactly`, async (t) => {
   const dir = tmpDir('vhostfwd-tkpmd-');
   const sock = (n: string): string => path.join(dir, `${n}.sock`);
   fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({
-    interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') }],
+    interfaces: [{ name: 'a', socket: sock('a'), packedRing: packed }, { name: 'b', socket: sock('b'), packedRing: packed }],
     forwarding: { mode: 'xconnect', pairs: [['a', 'b']] },
     control: { socket: sock('control') },
   }));
@@ -63,7 +69,7 @@ t.test(`testpmd loop through vhostfwd for ${LOOP_SECONDS} s with ${TAKEOVERS} ta
     }));
 
   // testpmd connects at once: it starts once vhostfwd listens
-  fe = new Testpmd({ role: 'frontend', sockets: [sock('a'), sock('b')], lcores: [1, 0], prefix: `vhostfwd-tk-${process.pid}`, txpkts: 64 });
+  fe = new Testpmd({ role: 'frontend', sockets: [sock('a'), sock('b')], lcores: [1, 0], prefix: `vhostfwd-tk-${process.pid}`, txpkts: 64, devargs: packed ? 'packed_vq=1' : undefined });
   await fe.ready();
   t.notMatch(fe.output, /Fail to start port|Failed to setup|Cannot/i, 'no port failed to start');
   await fe.cmd('start tx_first 4');
@@ -84,6 +90,11 @@ t.test(`testpmd loop through vhostfwd for ${LOOP_SECONDS} s with ${TAKEOVERS} ta
     cur = next;
     // the loop goes on through the new process and its counters go on from the old one's
     await waitUntil(() => counts()[1].rx > before[1].rx + 1000, 30_000, `packets looping after takeover ${k + 1}`);
+  }
+  for (const n of ['a', 'b']) {
+    const r = await api(sock('control'), 'GET', `/v1/interfaces/${n}`);
+    const f = (r.body as { features?: string[] }).features ?? [];
+    t.equal(f.includes('VIRTIO_F_RING_PACKED'), packed, `after the takeovers, ${n}: VIRTIO_F_RING_PACKED ${packed ? '' : 'not '}negotiated (${rings} rings)`);
   }
   const looped = counts();
   const d = await stopAndDrain(fe, counts);

@@ -13,7 +13,7 @@ import t, { Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startForwarder, tmpDir, waitUntil } from '../helpers/env';
+import { startForwarder, tmpDir, waitUntil } from '../../kit/env';
 import { parseConfig } from '../../src/main/config';
 import { SyntheticGuest, macOf } from '../../src/frontend/guest';
 import { BackendCounts, Testpmd, stopAndDrain } from '../../kit/peers/testpmd';
@@ -121,7 +121,7 @@ t.test('testpmd virtio_user without MRG_RXBUF (mrg_rxbuf=0): one RX buffer a pac
 });
 
 t.test('testpmd virtio_user in server mode, vhostfwd connects as the client', async (t) => {
-  const { tmpDir } = await import('../helpers/env');
+  const { tmpDir } = await import('../../kit/env');
   const dir = tmpDir();
   const sa = `${dir}/a.sock`;
   const sb = `${dir}/b.sock`;

@@ -1,5 +1,6 @@
 /**
- * Scaffolding of the hostile-guest suite (see README.md next to this file).
+ * Scaffolding of the hostile-guest suite (test/hostile/, see its README.md); also the
+ * arena of the message fuzzer (kit/fuzz/messages.ts).
  *
  * An "arena" is one in-process forwarder with four interfaces: the victim `v` and its
  * cross-connect peer `w`, and a bystander pair `b1` <-> `b2` that carries credit-based
@@ -22,7 +23,7 @@ import { Traffic } from '../../src/frontend/traffic';
 import { F, Req, bit } from '../../src/protocol/constants';
 import { encodeMemoryTable } from '../../src/protocol/messages';
 import { LogLine } from '../../src/main/log';
-import { captureLogs, fdCount, startForwarder, waitUntil } from '../helpers/env';
+import { captureLogs, fdCount, startForwarder, waitUntil } from '../env';
 
 export const UVA = 0x7f0000000000;
 

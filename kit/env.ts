@@ -3,10 +3,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseConfig } from '../../src/main/config';
-import { Forwarder } from '../../src/main/forwarder';
-import { LogLine, setLevel, setSink } from '../../src/main/log';
-import { GuestOptions, SyntheticGuest, macOf } from '../../src/frontend/guest';
+import { parseConfig } from '../src/main/config';
+import { Forwarder } from '../src/main/forwarder';
+import { LogLine, setLevel, setSink } from '../src/main/log';
+import { GuestOptions, SyntheticGuest, macOf } from '../src/frontend/guest';
 
 // Tests read log lines through captureLogs() (the sink sees every level); keep stderr quiet.
 if (!process.env.VHOSTFWD_LOG) setLevel('warn');

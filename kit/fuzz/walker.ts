@@ -2,7 +2,8 @@
  * Property-based fuzzing of the two places a hostile peer feeds bytes into (fast-check,
  * seeded): the descriptor walker / Virtqueue over random rings in a plain SharedArrayBuffer,
  * and the message layer (Framer + Device.handle) of a live forwarder. Used by the bounded
- * runs in fuzz-*.test.ts and the long runs of bench/fuzz.ts (scripts/fuzz.sh).
+ * runs in test/hostile/fuzz-*.test.ts and the long runs of bench/fuzz.ts (scripts/fuzz.sh);
+ * the message layer's properties are in messages.ts next to this file.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,6 +18,8 @@ import { EDIT_POP, EDIT_PUSH } from '../../src/workers/vlan';
 import { makeGuest, vringDesc, layout, R0_SIZE, R1_SIZE } from '../vq-harness';
 import { GUEST_ALL, HOST_ALL, build } from '../offload-lib';
 
+// The corpus is the suite's data (test/hostile/corpus/, replayed by the fuzz tests), read and
+// written in the source tree: three levels up from dist/kit/fuzz/ is the repository root.
 const CORPUS_DIR = path.join(__dirname, '..', '..', '..', 'test', 'hostile', 'corpus');
 export const FUZZ_SEED = Number(process.env.HOSTILE_FUZZ_SEED ?? 20240611);
 

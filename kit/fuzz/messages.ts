@@ -1,6 +1,6 @@
 /**
  * Fuzz (a): random vhost-user messages (headers, payloads, fd counts, truncations) thrown at
- * the victim interface of a live forwarder (arena of harness.ts) while the bystander pair
+ * the victim interface of a live forwarder (arena of kit/hostile/harness.ts) while the bystander pair
  * forwards. One fuzzed message per connection, after an optional negotiation prefix, then a
  * GET_FEATURES probe. Properties (a failure throws with the input):
  *  - the process never crashes and never hangs: the probe is answered or the connection is
@@ -19,8 +19,8 @@ import { FLAG_NEED_REPLY, FLAG_VERSION, Req, hasBit } from '../../src/protocol/c
 import { encodeMessage } from '../../src/protocol/codec';
 import { SPEC_REQUESTS, allowedFds, allowedSize, specById } from '../oracle/vhost-user-spec';
 import { LogLine } from '../../src/main/log';
-import { captureLogs, fdCount, waitUntil } from '../helpers/env';
-import { Arena, Bystander, negotiate, startArena } from './harness';
+import { captureLogs, fdCount, waitUntil } from '../env';
+import { Arena, Bystander, negotiate, startArena } from '../hostile/harness';
 
 export interface MsgInput {
   /** 0: nothing before; 1: features without PROTOCOL_FEATURES; 2: with them (all offered acked) */
