@@ -20,8 +20,8 @@ import { QueueStats } from '../src/main/stats';
 import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { api } from '../src/ctl';
-import { tmpDir, waitUntil } from './helpers/env';
-import { l4Verifies } from './offload-lib';
+import { tmpDir, waitUntil } from '../kit/env';
+import { l4Verifies } from '../kit/offload-lib';
 
 const why = canUseNetns();
 if (why) t.plan(0, `AF_PACKET uplink tests need root, ip netns and python3: ${why}`);

@@ -26,7 +26,7 @@ import { PacketBatch } from '../src/workers/packet-batch';
 import { TAP_HDR, TAP_SLOT, TapQueue } from '../src/workers/tap-port';
 import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
-import { tmpDir, waitUntil } from './helpers/env';
+import { tmpDir, waitUntil } from '../kit/env';
 
 const why = canUseNetns();
 if (why) t.plan(0, `TAP uplink tests need root, ip netns and python3: ${why}`);

@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 import { NetNs, canUseNetns, linkExists, run } from '../../kit/peers/netns';
-import { tmpDir } from '../helpers/env';
+import { tmpDir } from '../../kit/env';
 import { parseConfig } from '../../src/main/config';
 import { Forwarder } from '../../src/main/forwarder';
 
