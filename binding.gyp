@@ -16,7 +16,9 @@
         "addon/v8_bridge.cc",
         "addon/memory_v8.cc",
         "addon/copy_v8.cc",
-        "addon/log_v8.cc"
+        "addon/log_v8.cc",
+        "addon/uplink_v8.cc",
+        "addon/packet.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": [

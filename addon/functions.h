@@ -48,4 +48,17 @@ Napi::Value CopyRegister(const Napi::CallbackInfo& info);
 Napi::Value CopyUnregister(const Napi::CallbackInfo& info);
 Napi::Value CopyBatch(const Napi::CallbackInfo& info);
 
+// uplink_v8.cc: TAP uplink ports (issue 22)
+Napi::Value TapOpen(const Napi::CallbackInfo& info);
+Napi::Value TapInfo(const Napi::CallbackInfo& info);
+Napi::Value TapRead(const Napi::CallbackInfo& info);
+Napi::Value TapWrite(const Napi::CallbackInfo& info);
+
+// packet.cc: AF_PACKET uplink ports (issue 22)
+Napi::Value PacketOpen(const Napi::CallbackInfo& info);
+Napi::Value PacketKick(const Napi::CallbackInfo& info);
+Napi::Value PacketError(const Napi::CallbackInfo& info);
+Napi::Value PacketInfo(const Napi::CallbackInfo& info);
+Napi::Value IfIndex(const Napi::CallbackInfo& info);
+
 }  // namespace vhostfwd

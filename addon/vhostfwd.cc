@@ -28,6 +28,10 @@
 //   hot_tls.h      the per-thread tables of the per-burst helpers (HOT_TLS, initial-exec)
 //   copy_v8.cc     bulk copy: copyRegister/Unregister/Batch/Bind/Run
 //   log_v8.cc      dirty-log page marking: logBind/logUnbind/logRun
+//   uplink_v8.cc   TAP uplink ports: tapOpen/tapInfo, and tapRead/tapWrite (a burst between
+//                  the fd and a buffer of the copy table)
+//   packet.cc      AF_PACKET uplink ports: packetOpen (TPACKET_V2 rings), packetKick, packetError,
+//                  packetInfo, ifIndex
 
 #include <napi.h>
 
@@ -82,6 +86,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"copyRegister", CopyRegister},
       {"copyUnregister", CopyUnregister},
       {"copyBatch", CopyBatch},
+      {"tapOpen", TapOpen},
+      {"tapInfo", TapInfo},
+      {"tapRead", TapRead},
+      {"tapWrite", TapWrite},
+      {"packetOpen", PacketOpen},
+      {"packetKick", PacketKick},
+      {"packetError", PacketError},
+      {"packetInfo", PacketInfo},
+      {"ifIndex", IfIndex},
   };
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   SetV8Function(env, exports, "copyBind", CopyBind);

@@ -10,6 +10,7 @@ import { hideBin } from 'yargs/helpers';
 import { Config, ConfigError, DEFAULT_CONTROL_SOCKET, loadConfig, parseConfig } from './main/config';
 import { Forwarder } from './main/forwarder';
 import { SocketPathError } from './main/interface';
+import { UplinkOpenError } from './main/ports/uplink';
 import { ControlServer, ControlSocketError, startControl } from './main/control/server';
 import { OwnershipError } from './main/control/ownership';
 import { StateFileError, readState, writeState } from './main/control/state';
@@ -289,7 +290,7 @@ function fail(e: unknown): never {
     process.stderr.write(`vhostfwd: ${e.code}: ${e.message}\n`);
     process.exit(e.code === 'TAKEOVER_FAILED' ? 1 : EXIT_USAGE);
   }
-  if (e instanceof SocketPathError || e instanceof StateFileError || e instanceof ControlSocketError || e instanceof OwnershipError || e instanceof HandoverSocketError) {
+  if (e instanceof SocketPathError || e instanceof UplinkOpenError || e instanceof StateFileError || e instanceof ControlSocketError || e instanceof OwnershipError || e instanceof HandoverSocketError) {
     process.stderr.write(`vhostfwd: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }

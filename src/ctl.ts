@@ -77,10 +77,17 @@ export function vlanArg(s: string): Record<string, unknown> {
 export function render(command: string, body: unknown): string {
   const b = body as Row;
   switch (command) {
-    case 'list':
-      return table((b.interfaces as Row[]) ?? [], ['name', 'port', 'mode', 'queues', 'connected', 'socket']);
-    case 'add':
-    case 'show': {
+    case 'list': {
+      const ups = (b.uplinks as Row[]) ?? [];
+      return table((b.interfaces as Row[]) ?? [], ['name', 'port', 'mode', 'queues', 'connected', 'socket']) + (ups.length ? '\n' + table(ups, ['name', 'port', 'type', 'device', 'running', 'worker', 'failed']) : '');
+    }
+    case 'show':
+    case 'add': {
+      if (typeof b.type === 'string') {
+        // an uplink port
+        const up = ['name', 'port', 'type', 'device', 'running', 'worker', 'failed'].map((k) => `${(k + ':').padEnd(20)}${String(b[k])}`);
+        return up.join('\n') + '\n\n' + table((b.queues as Row[]) ?? [], ['iface', 'queue', 'dir', 'packets', 'bytes', 'dropNoBuffer', 'dropNoDest', 'dropTooBig', 'dropBadOffload', 'gsoPassed', 'gsoSegmented', 'csumSoftware', 'errors']);
+      }
       const head = ['name', 'port', 'socket', 'mode', 'queues', 'connected', 'connections'].map((k) => `${(k + ':').padEnd(20)}${String(b[k])}`);
       head.push(`${'features:'.padEnd(20)}${((b.features as string[]) ?? []).join(' ') || '-'}`);
       head.push(`${'protocol features:'.padEnd(20)}${((b.protocolFeatures as string[]) ?? []).join(' ') || '-'}`);

@@ -202,6 +202,45 @@ export interface Native {
    * inside the log).
    */
   logRun(id: number, count: number, fenced: boolean): number;
+
+  /**
+   * Open (or create) the TAP device `name` (1..15 bytes) from /dev/net/tun: IFF_TAP | IFF_NO_PI |
+   * IFF_VNET_HDR, a 12-byte virtio-net header (TUNSETVNETHDRSZ), O_NONBLOCK | O_CLOEXEC, and
+   * TUNSETOFFLOAD(offloads) (TUN_F_* bits: what the kernel may send with a partial checksum or
+   * as a GSO frame). Returns the fd and the device's name.
+   */
+  tapOpen(name: string, offloads: number): { fd: number; name: string };
+  /** The name and vnet header size of a TAP fd; throws (ENOTTY, EBADFD, EINVAL) for anything else. */
+  tapInfo(fd: number): { name: string; vnetHdr: number };
+  /**
+   * Read up to `max` frames from a TAP fd, frame k into slot k (`slot` bytes each) of the
+   * buffer registered as `id` (copyRegister), its length (header included) into lens[k]; a
+   * length over `slot` means the frame was cut (the kernel reports its whole length). Returns
+   * the frames read, 0 when none waits (EAGAIN); throws on other errors (EBADFD: the device is gone).
+   */
+  tapRead(fd: number, id: number, slot: number, max: number, lens: Int32Array): number;
+  /**
+   * Write `count` frames (lens[k] bytes from slot k of buffer `id`) to a TAP fd. Returns the
+   * frames consumed: it stops at EAGAIN; a frame the kernel refused has lens[k] set to -errno.
+   */
+  tapWrite(fd: number, id: number, slot: number, count: number, lens: Int32Array): number;
+
+  /**
+   * An AF_PACKET socket on `device` with TPACKET_V2 RX and TX rings of `frames` frames of
+   * `frameSize` bytes (powers of two: 2048..131072, 8..65536), PACKET_VNET_HDR (a 10-byte
+   * header before each frame), PACKET_LOSS, PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING, bound
+   * to the device (ETH_P_ALL). Map both rings with mmap(fd, 2 * ringBytes, 0): RX first.
+   * txData: where a TX frame's data starts in its slot; hdrLen: the RX frame header's size.
+   */
+  packetOpen(device: string, frameSize: number, frames: number): { fd: number; ifindex: number; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number };
+  /** send(fd, NULL, 0, MSG_DONTWAIT): the TX ring's requested frames go out. 0, or -errno. */
+  packetKick(fd: number): number;
+  /** getsockopt(SO_ERROR): the socket's pending error, cleared by the read (0: none). */
+  packetError(fd: number): number;
+  /** An AF_PACKET socket's bound ifindex, TPACKET version and PACKET_VNET_HDR; throws (EPROTOTYPE, ENOTSOCK) for any other fd. */
+  packetInfo(fd: number): { ifindex: number; version: number; vnetHdr: boolean };
+  /** if_nametoindex(3): 0 when there is no such device. */
+  ifIndex(name: string): number;
 }
 
 // The addon's exports object is built by N-API one property at a time and ends up in

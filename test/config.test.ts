@@ -64,3 +64,49 @@ t.test('interfaces may all come at run time: an empty list, the control API on b
   const o = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock', owner: 'libvirt-qemu', group: 64055, permissions: '660' }] }, 2).interfaces[0];
   t.same([o.owner, o.group, o.permissions], ['libvirt-qemu', 64055, 0o660], 'ownership kept as given, the mode parsed as octal');
 });
+
+t.test('TAP uplink ports (issue 22): parsed, defaults, errors named, and round-tripped', async (t) => {
+  const { interfaceToRaw } = await import('../src/main/config');
+  const c = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock' }, { type: 'tap', name: 'vf0' }] }, 2);
+  const tap = c.interfaces[1];
+  t.equal(tap.type, 'tap');
+  t.equal(tap.name, 'vf0');
+  t.equal(tap.offloads, true, 'offloads on by default');
+  t.equal(tap.mtu, null);
+  t.equal(c.interfaces[0].type, 'vhost-user', 'a port without type is vhost-user');
+  t.same(c.forwarding, { mode: 'xconnect', pairs: [['vm1', 'vf0']] }, 'a guest and a TAP default to a cross-connect');
+  t.same(c.workers[0].queues.sort(), ['vf0:0', 'vm1:0'], "the TAP's queue is placed like a queue pair");
+  t.same(interfaceToRaw(tap), { type: 'tap', name: 'vf0' }, 'the config form (state file, show) is minimal');
+  const back = parseConfig({ interfaces: [interfaceToRaw({ ...tap, mtu: 9000, offloads: false })] }, 2);
+  t.same([back.interfaces[0].mtu, back.interfaces[0].offloads], [9000, false], 'mtu and offloads round-trip');
+  t.equal(parseConfig({ interfaces: [{ type: 'tap', name: 'vf0' }, { type: 'tap', name: 'vf1' }] }, 2).interfaces.length, 2, 'two TAPs (no socket to clash)');
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['a name over 15 bytes', { type: 'tap', name: 'vf0123456789abcd' }, /^interfaces\[0\]\.name: expected a network device name of 1\.\.15/],
+    ['a name with a slash', { type: 'tap', name: 'a/b' }, /^interfaces\[0\]\.name: expected a network device name/],
+    ['the name ..', { type: 'tap', name: '..' }, /^interfaces\[0\]\.name: expected a network device name/],
+    ['a socket on a TAP', { type: 'tap', name: 'vf0', socket: '/tmp/x' }, /^interfaces\[0\]\.socket: expected one of the keys type, name, mtu, offloads, vlan/],
+    ['queues on a TAP', { type: 'tap', name: 'vf0', queues: 2 }, /^interfaces\[0\]\.queues: expected one of the keys/],
+    ['an unknown type', { type: 'vxlan', name: 'vf0' }, /^interfaces\[0\]\.type: expected "vhost-user", "tap" or "af_packet"/],
+    ['a bad mtu', { type: 'tap', name: 'vf0', mtu: 10 }, /^interfaces\[0\]\.mtu: expected an integer 68\.\.65535/],
+  ];
+  for (const [what, itf, re] of bad) t.throws(() => parseConfig({ interfaces: [itf] }, 2), re, what);
+  t.throws(() => parseConfig({ interfaces: [{ type: 'tap', name: 'vf0' }, { name: 'vf0', socket: '/tmp/a' }] }, 2), /^interfaces\[1\]\.name: expected a name used once/, 'a TAP and a guest port share one name space');
+});
+
+t.test('AF_PACKET uplink ports (issue 22): parsed, defaults, errors named, and round-tripped', async (t) => {
+  const { interfaceToRaw } = await import('../src/main/config');
+  const c = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock' }, { type: 'af_packet', device: 'eth1' }] }, 2);
+  const p = c.interfaces[1];
+  t.same([p.type, p.name, p.device, p.frameSize, p.frames, p.offloads], ['af_packet', 'eth1', 'eth1', 2048, 1024, true], 'the port is named after its device; 1024 frames of 2048 bytes');
+  t.same(interfaceToRaw(p), { type: 'af_packet', device: 'eth1' }, 'the config form is minimal');
+  const named = parseConfig({ interfaces: [{ type: 'af_packet', device: 'eth1', name: 'uplink', frameSize: 131072, frames: 64 }] }, 2).interfaces[0];
+  t.same(interfaceToRaw(named), { type: 'af_packet', device: 'eth1', name: 'uplink', frameSize: 131072, frames: 64 }, 'name, frameSize and frames round-trip');
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['no device', { type: 'af_packet' }, /^interfaces\[0\]\.device: expected a non-empty string/],
+    ['a frame size not a power of two', { type: 'af_packet', device: 'eth1', frameSize: 3000 }, /^interfaces\[0\]\.frameSize: expected a power of two 2048\.\.131072/],
+    ['frames not a power of two', { type: 'af_packet', device: 'eth1', frames: 100 }, /^interfaces\[0\]\.frames: expected a power of two 8\.\.65536/],
+    ['a socket', { type: 'af_packet', device: 'eth1', socket: '/tmp/x' }, /^interfaces\[0\]\.socket: expected one of the keys/],
+  ];
+  for (const [what, itf, re] of bad) t.throws(() => parseConfig({ interfaces: [itf] }, 2), re, what);
+  t.throws(() => parseConfig({ interfaces: [{ type: 'tap', name: 'vf0' }, { type: 'af_packet', device: 'vf0', name: 'x' }] }, 2), /^interfaces\[1\]\.device: expected a network device used by one uplink port only/, 'one device, one uplink port');
+});

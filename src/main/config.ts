@@ -10,7 +10,18 @@ import { F, FeatureName, PF, ProtocolFeatureName } from '../protocol/constants';
 import { PortVlan } from '../shared/worker-protocol';
 
 export interface InterfaceConfig {
+  /**
+   * "vhost-user" (default): a guest on a vhost-user socket; "tap": an uplink port, the kernel
+   * TAP device `name`; "af_packet": an uplink port, a packet socket on `device` (issue 22;
+   * socket is "" and the vhost-user keys keep their defaults)
+   */
+  type: 'vhost-user' | 'tap' | 'af_packet';
   name: string;
+  /** uplinks: the network device (a TAP's is its name; "" for vhost-user) */
+  device: string;
+  /** af_packet: bytes per ring frame (a power of two 2048..131072) and frames per ring (8..65536) */
+  frameSize: number;
+  frames: number;
   socket: string;
   mode: 'server' | 'client';
   queues: number;
@@ -152,7 +163,9 @@ function permissions(v: unknown, path: string): number | null {
 /** One interface as the config file and the control API's add request give it. */
 export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  checkKeys(v, path, ['name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'packedRing', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
+  if (v.type === 'tap' || v.type === 'af_packet') return parseUplink(v, path, v.type);
+  if (v.type !== undefined && v.type !== 'vhost-user') throw new ConfigError(`${path}.type`, '"vhost-user", "tap" or "af_packet"', v.type);
+  checkKeys(v, path, ['type', 'name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'packedRing', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
   const steering = v.steering ?? 'hash';
   if (steering !== 'hash' && steering !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
   if (typeof v.name === 'string' && !NAME_RE.test(v.name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
@@ -162,7 +175,11 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(co)) throw new ConfigError(`${path}.coalesce`, 'an object {frames, usecs}', co);
   checkKeys(co, `${path}.coalesce`, ['frames', 'usecs']);
   return {
+    type: 'vhost-user',
     name: str(v.name, `${path}.name`),
+    device: '',
+    frameSize: 0,
+    frames: 0,
     socket: str(v.socket, `${path}.socket`),
     mode,
     queues: int(v.queues, `${path}.queues`, 1, MAX_QUEUE_PAIRS, 1),
@@ -176,6 +193,64 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
     steering,
     vlan: parseVlan(v.vlan, `${path}.vlan`),
     ...ownership(v, path, mode),
+  };
+}
+
+/** Kernel interface names: 1..15 bytes (IFNAMSIZ - 1), no '/', no whitespace, not . or .. */
+const IFNAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}$/;
+
+/**
+ * Uplink ports (issue 22): `{"type": "tap", "name": "vf0"}`, a TAP (`name` is the kernel
+ * device's and the port's), or `{"type": "af_packet", "device": "eth1"}`, a packet socket on
+ * an existing device (the port's `name` defaults to the device's).
+ */
+function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet'): InterfaceConfig {
+  const ifname = (x: unknown, at: string): string => {
+    const n = str(x, at);
+    if (!IFNAME_RE.test(n)) throw new ConfigError(at, 'a network device name of 1..15 letters, digits, _ . -', x);
+    return n;
+  };
+  let name: string;
+  let device: string;
+  let frameSize = 0;
+  let frames = 0;
+  if (type === 'tap') {
+    checkKeys(v, path, ['type', 'name', 'mtu', 'offloads', 'vlan']);
+    name = device = ifname(v.name, `${path}.name`);
+  } else {
+    checkKeys(v, path, ['type', 'device', 'name', 'mtu', 'offloads', 'vlan', 'frameSize', 'frames']);
+    device = ifname(v.device, `${path}.device`);
+    name = v.name === undefined ? device : str(v.name, `${path}.name`);
+    if (!NAME_RE.test(name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
+    const pow2 = (x: unknown, at: string, min: number, max: number, dflt: number): number => {
+      const n = int(x, at, min, max, dflt);
+      if ((n & (n - 1)) !== 0) throw new ConfigError(at, `a power of two ${min}..${max}`, x);
+      return n;
+    };
+    frameSize = pow2(v.frameSize, `${path}.frameSize`, 2048, 131072, 2048);
+    frames = pow2(v.frames, `${path}.frames`, 8, 65536, 1024);
+  }
+  return {
+    type,
+    name,
+    device,
+    frameSize,
+    frames,
+    socket: '',
+    mode: 'server',
+    queues: 1,
+    maskFeatures: [],
+    maskProtocolFeatures: [],
+    offloads: bool(v.offloads, `${path}.offloads`, true),
+    packedRing: false,
+    mtu: v.mtu === undefined ? null : int(v.mtu, `${path}.mtu`, 68, 65535),
+    coalesceFrames: 0,
+    coalesceUsecs: 0,
+    steering: 'hash',
+    vlan: parseVlan(v.vlan, `${path}.vlan`),
+    owner: null,
+    group: null,
+    permissions: null,
   };
 }
 
@@ -217,6 +292,17 @@ function ownership(v: Obj, path: string, mode: string): Pick<InterfaceConfig, 'o
 
 /** The config-file form of an interface (what the state file stores and `show` returns as spec). */
 export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
+  if (c.type !== 'vhost-user') {
+    const t: Record<string, unknown> = c.type === 'tap' ? { type: 'tap', name: c.name } : { type: 'af_packet', device: c.device };
+    if (c.type === 'af_packet' && c.name !== c.device) t.name = c.name;
+    if (c.type === 'af_packet' && c.frameSize !== 2048) t.frameSize = c.frameSize;
+    if (c.type === 'af_packet' && c.frames !== 1024) t.frames = c.frames;
+    if (c.mtu !== null) t.mtu = c.mtu;
+    if (!c.offloads) t.offloads = false;
+    if (c.vlan?.mode === 'access') t.vlan = { mode: 'access', tag: c.vlan.tag };
+    if (c.vlan?.mode === 'trunk') t.vlan = c.vlan.native === null ? { mode: 'trunk', allowed: [...c.vlan.allowed] } : { mode: 'trunk', allowed: [...c.vlan.allowed], native: c.vlan.native };
+    return t;
+  }
   const o: Record<string, unknown> = { name: c.name, socket: c.socket, mode: c.mode, queues: c.queues };
   if (c.mtu !== null) o.mtu = c.mtu;
   if (c.maskFeatures.length) o.maskFeatures = c.maskFeatures;
@@ -242,9 +328,14 @@ export function parseConfig(raw: unknown, cpuCount: number): Config {
   const interfaces = raw.interfaces.map((v, i) => parseInterface(v, `interfaces[${i}]`));
   const seen = new Set<string>();
   const sockets = new Set<string>();
+  const devices = new Set<string>();
   interfaces.forEach((itf, i) => {
+    if (itf.type !== 'vhost-user') {
+      if (devices.has(itf.device)) throw new ConfigError(`interfaces[${i}].${itf.type === 'tap' ? 'name' : 'device'}`, 'a network device used by one uplink port only', itf.device);
+      devices.add(itf.device);
+    }
     if (seen.has(itf.name)) throw new ConfigError(`interfaces[${i}].name`, 'a name used once', itf.name);
-    if (sockets.has(itf.socket)) throw new ConfigError(`interfaces[${i}].socket`, 'a socket path used once', itf.socket);
+    if (itf.type === 'vhost-user' && sockets.has(itf.socket)) throw new ConfigError(`interfaces[${i}].socket`, 'a socket path used once', itf.socket);
     seen.add(itf.name);
     sockets.add(itf.socket);
   });

@@ -170,6 +170,11 @@ export class Vring {
 
 let nextDeviceId = 1;
 
+/** A new device id: devices and uplink ports (ports/) share the one space the workers key rings by. */
+export function newDeviceId(): number {
+  return nextDeviceId++;
+}
+
 function featureMask(names: readonly string[], table: Readonly<Record<string, number>>): bigint {
   let m = 0n;
   for (const n of names) m |= bit(table[n]);
@@ -177,7 +182,7 @@ function featureMask(names: readonly string[], table: Readonly<Record<string, nu
 }
 
 export class Device implements BackendRequests {
-  readonly id = nextDeviceId++;
+  readonly id = newDeviceId();
   readonly offered: bigint;
   readonly offeredProtocol: bigint;
   features = 0n;

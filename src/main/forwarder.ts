@@ -10,6 +10,7 @@ import { MAC_TABLE_BYTES, MacTable } from '../workers/mac-table';
 import { native } from '../native';
 import { Config, Forwarding, InterfaceConfig } from './config';
 import { Interface } from './interface';
+import { UplinkPort, UplinkSnapshot } from './ports/uplink';
 import { safeClose } from './connection';
 import { DeviceSnapshot, RingPosition, Vring } from './device';
 import { log } from './log';
@@ -45,14 +46,16 @@ export interface ForwarderSnapshot {
   /** the bridge's MAC table: index of a memfd holding its bytes (learned entries survive the takeover) */
   macTable: number;
   interfaces: Array<{ name: string; listen: number; conn: number; device: DeviceSnapshot | null }>;
+  /** uplink ports: their fds (indices) and AF_PACKET ring geometry; absent from a process without any */
+  uplinks?: UplinkSnapshot[];
 }
 
 /** Where each handed ring stopped, with its counters (the takeover's last message before the successor polls). */
 export type HandoverPositions = Array<{ name: string; rings: RingPosition[] }>;
 
 export class Forwarder {
-  /** interfaces by port number; a removed interface leaves a hole that the next add reuses */
-  private readonly ports: Array<Interface | null> = [];
+  /** ports by number: vhost-user interfaces and uplinks; a removed interface leaves a hole that the next add reuses */
+  private readonly ports: Array<Interface | UplinkPort | null> = [];
   private readonly specs = new Map<string, InterfaceConfig>();
   private forwarding: Forwarding;
   /** TX polling worker by "iface:queue" (config workers, then control API moves) */
@@ -83,14 +86,25 @@ export class Forwarder {
     });
     for (const c of config.interfaces) this.place(c);
     this.pool.onBroken = (device, index, reason) => {
+      const up = this.uplinks.find((u) => u.id === device);
+      if (up) return up.onBroken(index, reason);
       const itf = this.interfaces.find((i) => i.device?.id === device);
       if (itf?.device) itf.device.brokenByGuest(`ring ${index}: ${reason}`);
     };
   }
 
-  /** The interfaces in port order. */
+  /** The vhost-user interfaces in port order. */
   get interfaces(): Interface[] {
-    return this.ports.filter((p): p is Interface => p !== null);
+    return this.ports.filter((p): p is Interface => p instanceof Interface);
+  }
+
+  /** The uplink ports (TAP) in port order. */
+  get uplinks(): UplinkPort[] {
+    return this.ports.filter((p): p is UplinkPort => p instanceof UplinkPort);
+  }
+
+  uplink(name: string): UplinkPort | undefined {
+    return this.uplinks.find((u) => u.name === name);
   }
 
   interface(name: string): Interface | undefined {
@@ -110,12 +124,19 @@ export class Forwarder {
     return this.forwarding.mode === 'xconnect' ? { mode: 'xconnect', pairs: this.forwarding.pairs.map(([a, b]) => [a, b]) } : { ...this.forwarding };
   }
 
-  /** A port number for a new interface and the Interface itself (not started). */
-  private place(c: InterfaceConfig): Interface {
+  /** A port number for a new interface and the Interface (or uplink) itself (not started). */
+  private place(c: InterfaceConfig): Interface | UplinkPort {
     const kept = this.opts.ports?.[c.name];
     let port = kept !== undefined && Number.isInteger(kept) && kept >= 0 && kept < 4096 && !this.ports[kept] ? kept : this.ports.indexOf(null);
     if (port < 0) port = this.ports.length;
     while (this.ports.length < port) this.ports.push(null);
+    if (c.type !== 'vhost-user') {
+      const up = new UplinkPort({ kind: c.type, name: c.name, device: c.device, frameSize: c.frameSize, frames: c.frames, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
+      this.ports[port] = up;
+      this.specs.set(c.name, c);
+      if (!this.placement.has(`${c.name}:0`)) this.placement.set(`${c.name}:0`, 0);
+      return up;
+    }
     const itf = new Interface(
       {
         name: c.name, socket: c.socket, mode: c.mode, queuePairs: c.queues, maskFeatures: c.maskFeatures, maskProtocolFeatures: c.maskProtocolFeatures, offloads: c.offloads, packedRing: c.packedRing, mtu: c.mtu, logPolicy: this.config.forceLog ? forcedLog : undefined,
@@ -153,12 +174,13 @@ export class Forwarder {
    * before this returns; other ports are not touched beyond a new forwarding plan.
    */
   addInterface(c: InterfaceConfig): Interface {
+    if (c.type !== 'vhost-user') throw new ControlError(400, 'type', `${c.type} ports come from the config file (the control API adds vhost-user interfaces only, for now)`);
     if (this.specs.has(c.name)) throw new ControlError(409, 'name', `interface ${c.name} exists`);
     const clash = [...this.specs.values()].find((o) => o.socket === c.socket);
     if (clash) throw new ControlError(409, 'socket', `socket ${c.socket} is used by interface ${clash.name}`);
     if (c.mode === 'server' && socketIsLive(c.socket)) throw new ControlError(409, 'socket', `a live socket is at ${c.socket} (another process listens there)`);
     if (c.vlan !== null && this.forwarding.mode !== 'bridge') throw new ControlError(400, 'vlan', 'no vlan with forwarding.mode "xconnect" (VLANs are a bridge feature)');
-    const itf = this.place(c);
+    const itf = this.place(c) as Interface;
     if (this.started) {
       // before its rings can attach: a frame from the port is never bridged without its VLANs
       this.pool.setVlan(itf.port, c.vlan);
@@ -186,6 +208,8 @@ export class Forwarder {
    * its pair and the MACs learned on it are dropped. Resolves when all of that is done.
    */
   async removeInterface(name: string): Promise<void> {
+    const up = this.uplink(name);
+    if (up) throw new ControlError(409, 'name', `${name} is a ${up.kind} port: it goes with the config file (the control API removes vhost-user interfaces only, for now)`);
     const itf = this.interface(name);
     if (!itf) throw new ControlError(404, 'name', `no interface ${name}`);
     await itf.stop();
@@ -201,7 +225,7 @@ export class Forwarder {
   }
 
   /** Drop an interface from the set: its port number, spec, placement and pair. */
-  private forget(itf: Interface): void {
+  private forget(itf: Interface | UplinkPort): void {
     const name = itf.name;
     this.ports[itf.port] = null;
     this.specs.delete(name);
@@ -239,18 +263,21 @@ export class Forwarder {
     this.placement.set(`${name}:${queue}`, worker);
     const d = this.interface(name)?.device;
     if (d) await this.pool.moveRing(d.id, 2 * queue + 1, worker);
+    // an uplink's ring 1 (from the device) is its polled ring
+    const up = this.uplink(name);
+    if (up?.running) await this.pool.moveRing(up.id, 1, worker);
     this.changed();
   }
 
   /** Port numbers by interface name (a takeover keeps them: the MAC table and the plan hold them). */
   portMap(): Record<string, number> {
-    return Object.fromEntries(this.interfaces.map((i) => [i.name, i.port]));
+    return Object.fromEntries(this.ports.filter((p) => p !== null).map((i) => [i.name, i.port]));
   }
 
   /** Interfaces, forwarding and placement as plain data (the state file, `show`). */
   state(): ForwarderState {
     return {
-      interfaces: this.interfaces.map((i) => this.specs.get(i.name)).filter((c): c is InterfaceConfig => c !== undefined),
+      interfaces: this.ports.map((i) => (i ? this.specs.get(i.name) : undefined)).filter((c): c is InterfaceConfig => c !== undefined),
       forwarding: this.forwardingState,
       placement: Object.fromEntries([...this.placement.entries()].sort()),
     };
@@ -274,10 +301,22 @@ export class Forwarder {
     await this.pool.start();
   }
 
-  /** Start the forwarder: its workers, their plan, every interface. */
+  /** Start the forwarder: its workers, their plan, every port. */
   async start(): Promise<void> {
     await this.prestart();
     this.configurePool();
+    for (const u of this.uplinks) {
+      try {
+        await u.start();
+      } catch (e) {
+        if (!this.opts.leaveOutFailed) {
+          await this.stopUplinks();
+          throw e;
+        }
+        log.error('interface left out: its device cannot be opened', { iface: u.name, error: (e as Error).message });
+        this.forget(u);
+      }
+    }
     for (const i of this.interfaces) {
       try {
         i.start();
@@ -318,7 +357,7 @@ export class Forwarder {
         lastT = t;
       }, this.config.statsInterval * 1000);
     }
-    log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), workers: this.pool.size, mode: this.forwarding.mode, cpus: os.cpus().length });
+    log.info('forwarder started', { interfaces: this.interfaces.map((i) => i.name), uplinks: this.uplinks.map((u) => u.name), workers: this.pool.size, mode: this.forwarding.mode, cpus: os.cpus().length });
   }
 
   // ---- takeover (handover/) ----
@@ -366,6 +405,7 @@ export class Forwarder {
         if (d && device) this.described.set(i.name, d.id);
         return { name: i.name, listen: h.listen >= 0 ? fd(h.listen) : -1, conn: h.conn >= 0 && d ? fd(h.conn) : -1, device };
       }),
+      uplinks: this.uplinks.filter((u) => u.fd >= 0).map((u) => u.snapshot(fd)),
     };
   }
 
@@ -387,7 +427,11 @@ export class Forwarder {
     // entries and reads its mailbox in order, so it leaves its TX rings before its RX rings.
     this.pool.resetAckWindow();
     const stops: Promise<void>[] = [];
-    for (const parity of [1, 0]) for (const d of devices) for (const v of d.vrings) if (v.started && (v.index & 1) === parity) stops.push(d.stopRing(v));
+    for (const parity of [1, 0] as const) {
+      // an uplink's ring 1 (from the device) is a TX ring here, its ring 0 an RX ring
+      for (const u of this.uplinks) stops.push(u.stopRing(parity));
+      for (const d of devices) for (const v of d.vrings) if (v.started && (v.index & 1) === parity) stops.push(d.stopRing(v));
+    }
     await Promise.all(stops);
     const firstStopAt = this.pool.ackTimes().first;
     this.copyMacTable();
@@ -396,6 +440,7 @@ export class Forwarder {
       const running = this.handedRings.get(d.id) ?? [];
       return { name: i.name, rings: d.vrings.map((v) => ({ index: v.index, lastAvailIdx: v.lastAvailIdx, stats: [...new Float64Array(v.stats)], started: running.includes(v) })) };
     });
+    for (const u of this.uplinks) if (u.fd >= 0) positions.push(u.position());
     return { positions, firstStopAt: Number.isFinite(firstStopAt) ? firstStopAt : performance.timeOrigin + performance.now() };
   }
 
@@ -426,6 +471,7 @@ export class Forwarder {
   /** Old side, the takeover failed: restart the rings it stopped (if it got that far) and take things in again. */
   async resumeAfterHandover(): Promise<void> {
     this.dropMacFile();
+    await Promise.all(this.uplinks.map((u) => u.resume()));
     await this.startRingsRxFirst();
     for (const i of this.interfaces) i.resumeAfterHandover();
     this.handedRings.clear();
@@ -438,6 +484,7 @@ export class Forwarder {
     this.dropMacFile();
     if (this.statsTimer) clearInterval(this.statsTimer);
     for (const i of this.interfaces) i.abandon();
+    for (const u of this.uplinks) u.abandon();
     await this.pool.stop();
   }
 
@@ -463,6 +510,12 @@ export class Forwarder {
       const h = byName.get(i.name);
       if (h) i.prepareAdopt(fdAt(h.listen), fdAt(h.conn), h.device, fds);
     }
+    // a TAP's fd: checked now, its rings start once the previous process stopped reading it
+    const upByName = new Map((snap.uplinks ?? []).map((h) => [h.name, h]));
+    for (const u of this.uplinks) {
+      const h = upByName.get(u.name);
+      if (h && fdAt(h.fd) >= 0) u.adoptFd(fdAt(h.fd), h.packet);
+    }
     // The workers build every ring now (views, walkers, logs), parked: after the stop only
     // the positions remain to be set.
     await this.startRingsRxFirst(true);
@@ -481,9 +534,26 @@ export class Forwarder {
       const p = byName.get(i.name);
       if (p && i.device) i.device.adoptPositions(p.rings);
     }
+    // uplinks: ring 0 (towards the device) before the guests' TX rings run, ring 1 (from it)
+    // after their RX rings do, as startRingsRxFirst orders a guest's
+    for (const u of this.uplinks) {
+      const p = byName.get(u.name);
+      if (p) u.restorePositions(p.rings);
+    }
     this.pool.resetAckWindow();
+    await Promise.all(this.uplinks.map((u) => u.startRing(0)));
     await this.pool.unpark();
+    await Promise.all(this.uplinks.map((u) => u.startRing(1)));
     const lastStartAt = this.pool.ackTimes().last;
+    for (const u of this.uplinks) {
+      if (u.fd >= 0) continue;
+      // not handed over (the previous process had lost it): opened here
+      try {
+        await u.start();
+      } catch (e) {
+        log.error('interface left out: its device cannot be opened', { iface: u.name, error: (e as Error).message });
+      }
+    }
     await this.startRingsRxFirst(); // none, unless a ring could not be built parked
     for (const i of this.interfaces) {
       if (i.adopting) i.finishAdopt();
@@ -522,28 +592,11 @@ export class Forwarder {
       const d = itf.device;
       if (!d) continue;
       for (const v of d.vrings) {
-        const s = new Float64Array(v.stats);
-        out.push({
-          iface: itf.name,
-          queue: v.index >> 1,
-          dir: v.index & 1 ? 'tx' : 'rx',
-          packets: s[ST_PACKETS],
-          bytes: s[ST_BYTES],
-          dropNoBuffer: s[ST_DROP_NO_BUF],
-          dropNoDest: s[ST_DROP_NO_DEST],
-          dropTooBig: s[ST_DROP_TOO_BIG],
-          dropVlan: s[ST_DROP_VLAN],
-          dropBadOffload: s[ST_DROP_BAD_OFFLOAD],
-          gsoPassed: s[ST_GSO_PASSED],
-          gsoSegmented: s[ST_GSO_SEGMENTED],
-          csumSoftware: s[ST_CSUM_SW],
-          errors: s[ST_ERRORS],
-          notifications: s[ST_NOTIFY],
-          kicks: s[ST_KICKS],
-          dirtyPages: s[ST_DIRTY_PAGES],
-          bursts: s[ST_BURSTS],
-        });
+        out.push(queueStats(itf.name, v.index, new Float64Array(v.stats)));
       }
+    }
+    for (const u of this.uplinks) {
+      for (const index of [0, 1]) out.push(queueStats(u.name, index, new Float64Array(u.ringStats[index])));
     }
     return out;
   }
@@ -562,8 +615,37 @@ export class Forwarder {
     await this.metrics?.close();
     this.metrics = null;
     for (const i of this.interfaces) await i.stop();
+    await this.stopUplinks();
     await this.pool.stop();
   }
+
+  private async stopUplinks(): Promise<void> {
+    for (const u of this.uplinks) await u.stop();
+  }
+}
+
+/** One ring's counters as the stats view shows them (index: even = towards the port, odd = from it). */
+function queueStats(iface: string, index: number, s: Float64Array): QueueStats {
+  return {
+    iface,
+    queue: index >> 1,
+    dir: index & 1 ? 'tx' : 'rx',
+    packets: s[ST_PACKETS],
+    bytes: s[ST_BYTES],
+    dropNoBuffer: s[ST_DROP_NO_BUF],
+    dropNoDest: s[ST_DROP_NO_DEST],
+    dropTooBig: s[ST_DROP_TOO_BIG],
+    dropVlan: s[ST_DROP_VLAN],
+    dropBadOffload: s[ST_DROP_BAD_OFFLOAD],
+    gsoPassed: s[ST_GSO_PASSED],
+    gsoSegmented: s[ST_GSO_SEGMENTED],
+    csumSoftware: s[ST_CSUM_SW],
+    errors: s[ST_ERRORS],
+    notifications: s[ST_NOTIFY],
+    kicks: s[ST_KICKS],
+    dirtyPages: s[ST_DIRTY_PAGES],
+    bursts: s[ST_BURSTS],
+  };
 }
 
 /** Whether something accepts connections at `path` (a listener of another process). */

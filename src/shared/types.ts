@@ -108,6 +108,12 @@ export interface VringDesc {
   ctrl: SharedArrayBuffer;
   /** Float64Array(STATS_SLOTS) over this SAB. */
   stats: SharedArrayBuffer;
+  /**
+   * An uplink port's ring instead of a guest's (issue 22): index 1 = frames from the device
+   * (polled, the worker sleeps on `fd`), index 0 = frames towards it. No guest memory: the
+   * worker makes its own frame buffers; desc/avail/used, kickFd and callFd are unused.
+   */
+  uplink?: { kind: 'tap'; fd: number } | { kind: 'af_packet'; fd: number; ring: SharedArrayBuffer; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number };
 }
 
 /** The dirty log of one device (SET_LOG_BASE), as a SAB. Bit n of the log = guest page n (gpa >> 12). */

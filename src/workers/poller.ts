@@ -8,7 +8,7 @@
  */
 import { MessagePort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { native } from '../native';
-import { CTRL_MAX_FRAME, LogDesc, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_NOTIFY, ST_KICKS } from '../shared/types';
+import { CTRL_MAX_FRAME, LogDesc, VringDesc, ST_DROP_NO_DEST, ST_DROP_TOO_BIG, ST_DROP_VLAN, ST_NOTIFY, ST_KICKS } from '../shared/types';
 import { FromWorker, ToWorker, W_EMPTY_WAKES, W_MAILBOX, W_RUN, W_SLEEPING, W_SLEEPS, WorkerInit } from '../shared/worker-protocol';
 import { DirtyLog } from './dirty-log';
 import { GuestMemory } from './guest-memory';
@@ -19,6 +19,8 @@ import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
 import { PackedVirtqueue } from './packed-ring';
 import type { RingQueue } from './ring-format';
 import { Virtqueue } from './virtqueue';
+import { TapQueue } from './tap-port';
+import { PacketQueue } from './packet-port';
 import { wireLen } from './offload';
 import { TSO } from './ordering';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, KIND_NONE, TPID_8021AD, TPID_8021Q, VlanPorts, editDelta, egressEdit } from './vlan';
@@ -43,6 +45,8 @@ interface Ring {
   logUsedGpa: number;
   kickFd: number;
   callFd: number;
+  /** an uplink port's ring (tap-port.ts): kickFd is its device fd, never read as an eventfd */
+  uplink: boolean;
   stats: Float64Array;
   /** interrupt coalescing (RX rings): notifications held back and since when */
   pending: number;
@@ -109,6 +113,7 @@ function rebuildWaitSet(): void {
 }
 
 function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring {
+  if (m.ring.uplink) return makeUplink(m.ring, m.ring.uplink);
   const mem = new GuestMemory(m.regions);
   const log = new DirtyLog();
   log.enableNative(native);
@@ -133,7 +138,34 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
     logUsedGpa: m.ring.logUsedGpa,
     kickFd: m.ring.kickFd,
     callFd: m.ring.callFd,
+    uplink: false,
     stats: new Float64Array(m.ring.stats),
+    pending: 0,
+    pendingSince: 0,
+  };
+}
+
+/** An uplink port's ring (tap-port.ts): its frames live in the queue's own buffer, no log. */
+function makeUplink(d: VringDesc, up: NonNullable<VringDesc['uplink']>): Ring {
+  const vq = up.kind === 'tap' ? new TapQueue(d, up) : new PacketQueue(d, up);
+  vq.bulk = bulk;
+  vq.onBadOffload = (reason, suppressed) => send({ op: 'bad-offload', device: d.device, index: d.index, reason, suppressed });
+  return {
+    device: d.device,
+    index: d.index,
+    port: d.port,
+    pair: d.index >> 1,
+    vq,
+    mem: vq.mem,
+    dirty: new DirtyLog(),
+    forceLog: false,
+    logAll: false,
+    log: null,
+    logUsedGpa: -1,
+    kickFd: (d.index & 1) === 1 ? up.fd : -1,
+    callFd: -1,
+    uplink: true,
+    stats: vq.stats,
     pending: 0,
     pendingSince: 0,
   };
@@ -810,7 +842,7 @@ function sleep(): void {
   Atomics.store(ctrl, W_SLEEPING, 0);
   native.eventfdRead(init.wakeFd);
   for (const r of txRings) {
-    if (r.kickFd >= 0 && native.eventfdRead(r.kickFd) > 0) r.stats[ST_KICKS]++;
+    if (r.kickFd >= 0 && !r.uplink && native.eventfdRead(r.kickFd) > 0) r.stats[ST_KICKS]++;
     r.vq.disableNotify();
   }
 }

@@ -18,6 +18,7 @@ import { F, PF } from '../../protocol/constants';
 import { ConfigError, interfaceToRaw, parseInterface } from '../config';
 import { ControlError, Forwarder } from '../forwarder';
 import { Interface, SocketPathError } from '../interface';
+import type { UplinkPort } from '../ports/uplink';
 import { log } from '../log';
 import { OwnershipError } from './ownership';
 
@@ -63,6 +64,17 @@ function names(bits: bigint, table: Readonly<Record<string, number>>): string[] 
 
 function summary(i: Interface): Record<string, unknown> {
   return { name: i.name, port: i.port, socket: i.opts.socket, mode: i.opts.mode, queues: i.opts.queuePairs, connected: i.device !== null };
+}
+
+/** An uplink port (TAP, AF_PACKET) in `list`. */
+function uplinkSummary(fwd: Forwarder, u: UplinkPort): Record<string, unknown> {
+  return { name: u.name, port: u.port, type: u.kind, device: u.opts.device, running: u.running, failed: u.failed, worker: fwd.workerOf(u.name, 0) };
+}
+
+/** `show` of an uplink port: its summary, its config form and its two queues' counters. */
+function describeUplink(fwd: Forwarder, u: UplinkPort): Record<string, unknown> {
+  const spec = fwd.spec(u.name);
+  return { ...uplinkSummary(fwd, u), spec: spec ? interfaceToRaw(spec) : {}, queues: fwd.stats().filter((s) => s.iface === u.name) };
 }
 
 /** `show`: connection, negotiated features by name, every ring with its counters, the memory slots. */
@@ -208,7 +220,7 @@ export async function startControl(fwd: Forwarder, opts: ControlOptions): Promis
     if (rest[0] === 'interfaces') {
       if (rest.length === 1) {
         only('GET', 'POST');
-        if (m === 'GET') return [200, { interfaces: fwd.interfaces.map(summary) }];
+        if (m === 'GET') return [200, { interfaces: fwd.interfaces.map(summary), uplinks: fwd.uplinks.map((u) => uplinkSummary(fwd, u)) }];
         const body = await readBody(req);
         let c;
         try {
@@ -217,6 +229,7 @@ export async function startControl(fwd: Forwarder, opts: ControlOptions): Promis
           if (e instanceof ConfigError) throw new HttpError(400, e.message.replace(/^\./, ''), e.path.replace(/^\./, '') || '(body)');
           throw e;
         }
+        if (c.type !== 'vhost-user') throw new HttpError(400, `${c.type} ports come from the config file (the API adds vhost-user interfaces only, for now)`, 'type');
         checkSocketPath(c.socket, opts.socketDir);
         const cfg = c;
         return serial(() => {
@@ -234,6 +247,8 @@ export async function startControl(fwd: Forwarder, opts: ControlOptions): Promis
       if (rest.length === 2) {
         only('GET', 'DELETE');
         if (m === 'GET') {
+          const up = fwd.uplink(name);
+          if (up) return [200, describeUplink(fwd, up)];
           const i = fwd.interface(name);
           if (!i) throw new HttpError(404, `no interface ${name}`, 'name');
           return [200, describe(fwd, i)];

@@ -39,6 +39,7 @@ import { Config } from '../config';
 import { safeClose } from '../connection';
 import { StateFormatError, stateFromJson, stateToJson } from '../control/state';
 import { Forwarder, ForwarderSnapshot, ForwarderState, HandoverPositions } from '../forwarder';
+import type { UplinkSnapshot } from '../ports/uplink';
 import { log } from '../log';
 import { HandoverChannel, HandoverError } from './channel';
 import { SnapshotError, checkDeviceSnapshot, checkPositions } from './snapshot';
@@ -305,7 +306,25 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
       throw e;
     }
   });
-  return { macTable: s.macTable, interfaces };
+  const ups = new Map(want.interfaces.filter((i) => i.type !== 'vhost-user').map((i) => [i.name, i.type]));
+  const uplinks = s.uplinks === undefined ? [] : Array.isArray(s.uplinks) ? s.uplinks.map((u: unknown, k) => uplinkFrom(u, k, ups)) : [];
+  if (s.uplinks !== undefined && !Array.isArray(s.uplinks)) throw new TakeoverError('the snapshot\'s uplinks are not a list');
+  return { macTable: s.macTable, interfaces, uplinks };
+}
+
+/** An uplink port's record: an uplink of the announced state, an fd index, an AF_PACKET port's ring geometry (checked against the config by UplinkPort.adoptFd). */
+function uplinkFrom(v: unknown, k: number, ups: Map<string, string>): UplinkSnapshot {
+  const r = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
+  const kind = typeof r.name === 'string' ? ups.get(r.name) : undefined;
+  if (typeof r.name !== 'string' || kind === undefined) throw new TakeoverError(`the snapshot names an uplink that was not announced: ${JSON.stringify(v).slice(0, 100)}`);
+  if (typeof r.fd !== 'number' || !Number.isInteger(r.fd) || r.fd < 0) throw new TakeoverError(`uplinks[${k}] (${r.name}): fd index`);
+  if (kind !== 'af_packet') return { name: r.name, fd: r.fd };
+  const g = (typeof r.packet === 'object' && r.packet !== null ? r.packet : {}) as Record<string, unknown>;
+  const n = (x: unknown): number => {
+    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new TakeoverError(`uplinks[${k}] (${r.name}): ring geometry ${JSON.stringify(r.packet)}`);
+    return x;
+  };
+  return { name: r.name, fd: r.fd, packet: { ringBytes: n(g.ringBytes), frameSize: n(g.frameSize), frames: n(g.frames), txData: n(g.txData), hdrLen: n(g.hdrLen) } };
 }
 
 function die(step: string): void {

@@ -1,0 +1,265 @@
+/**
+ * Uplink ports, the control side (issue 22): a kernel TAP device (IFF_TAP | IFF_NO_PI |
+ * IFF_VNET_HDR, 12-byte header, non-blocking) or an AF_PACKET socket on a device (TPACKET_V2
+ * RX and TX rings, mapped here into a SharedArrayBuffer as guest memory is), opened by the
+ * addon, and their two rings handed to the workers like a guest's: index 1 (frames from the
+ * device) polled by the worker the placement names for "name:0", index 0 (frames towards
+ * it) a destination for every worker. The data side: src/workers/tap-port.ts, packet-port.ts.
+ *
+ * The device is the operator's to configure (addresses, up, MTU, namespace); vhostfwd only
+ * holds it open. A port that cannot be opened fails start() with an UplinkOpenError naming
+ * the device and the cause, as a vhost-user socket that cannot be made does.
+ */
+import { F } from '../../protocol/constants';
+import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc } from '../../shared/types';
+import { native } from '../../native';
+import { safeClose } from '../connection';
+import { Dataplane, newDeviceId } from '../device';
+import { log } from '../log';
+
+/** linux/if_tun.h: what TUNSETOFFLOAD lets the kernel hand us */
+const TUN_F_CSUM = 0x01;
+const TUN_F_TSO4 = 0x02;
+const TUN_F_TSO6 = 0x04;
+const TUN_F_TSO_ECN = 0x08;
+
+const bit = (n: number): number => 2 ** n;
+/** frames from the kernel with offloads on: a partial checksum, TCP GSO (ECN too) */
+const FROM_KERNEL = bit(F.VIRTIO_NET_F_CSUM) | bit(F.VIRTIO_NET_F_HOST_TSO4) | bit(F.VIRTIO_NET_F_HOST_TSO6) | bit(F.VIRTIO_NET_F_HOST_ECN);
+/**
+ * frames towards the kernel with offloads on: what tun's virtio_net_hdr_to_skb takes and the
+ * stack then handles itself. UFO is left to the software path (offload.ts fragments it).
+ */
+const TO_KERNEL = bit(F.VIRTIO_NET_F_GUEST_CSUM) | bit(F.VIRTIO_NET_F_GUEST_TSO4) | bit(F.VIRTIO_NET_F_GUEST_TSO6) | bit(F.VIRTIO_NET_F_GUEST_ECN);
+
+export class UplinkOpenError extends Error {
+  constructor(readonly iface: string, kind: UplinkKind, device: string, cause: NodeJS.ErrnoException) {
+    const code = cause.code ?? '';
+    const why: Record<string, string> = {
+      ENOENT: '/dev/net/tun does not exist (modprobe tun)',
+      EACCES: 'permission denied (CAP_NET_ADMIN is needed to create a TAP)',
+      EPERM: 'not permitted (CAP_NET_ADMIN is needed to create a TAP)',
+      EBUSY: 'the device is held by another process (or is not a TAP with a virtio-net header)',
+      EINVAL: kind === 'tap' ? 'the name is taken by a device that is not a TAP of this kind' : 'invalid ring geometry',
+      ENODEV: 'no such network device',
+    };
+    if (kind === 'af_packet') Object.assign(why, { EPERM: 'not permitted (CAP_NET_RAW is needed for a packet socket)', EACCES: 'permission denied (CAP_NET_RAW)' });
+    super(`interface ${iface}: cannot open ${kind === 'tap' ? 'TAP' : 'an AF_PACKET socket on'} ${device}: ${why[code] ?? cause.message}${code ? ` (${cause.syscall ?? 'open'} ${code})` : ''}`);
+    this.name = 'UplinkOpenError';
+  }
+}
+
+/** The TPACKET_V2 ring geometry the workers need (native.packetOpen's). */
+export interface PacketGeometry {
+  ringBytes: number;
+  frameSize: number;
+  frames: number;
+  txData: number;
+  hdrLen: number;
+}
+
+/**
+ * A takeover's record of an uplink port: its fd (the index in the message) and, for AF_PACKET,
+ * its rings' geometry. Its counters and ring heads travel with the positions.
+ */
+export interface UplinkSnapshot {
+  name: string;
+  fd: number;
+  packet?: PacketGeometry;
+}
+
+export type UplinkKind = 'tap' | 'af_packet';
+
+/** TPACKET_V2: the RX frame header's size (struct tpacket2_hdr, aligned) and where a TX frame's data starts */
+const PACKET_HDR_LEN = 32;
+const PACKET_TX_DATA = 32;
+
+export interface UplinkOptions {
+  kind: UplinkKind;
+  /** the port's name (pairs, stats) */
+  name: string;
+  /** the network device: the TAP's name, or the device the packet socket binds to */
+  device: string;
+  /** AF_PACKET: ring frames of this many bytes (a power of two), and frames per ring */
+  frameSize: number;
+  frames: number;
+  /** offloads both ways (TUNSETOFFLOAD; the header handed over): default true */
+  offloads: boolean;
+  /** frames towards the kernel over mtu + 18 are dropped as too big; null: no limit */
+  mtu: number | null;
+}
+
+export class UplinkPort {
+  readonly id = newDeviceId();
+  /** the TAP fd, -1 when closed */
+  fd = -1;
+  /** ring 0: towards the kernel; ring 1: from it (the guest's RX / TX naming) */
+  readonly ringStats: [SharedArrayBuffer, SharedArrayBuffer] = [new SharedArrayBuffer(STATS_SLOTS * 8), new SharedArrayBuffer(STATS_SLOTS * 8)];
+  /** rings 0 and 1 handed to the workers */
+  private readonly started = [false, false];
+  /** why a worker gave the port up (the device went away), null while it runs */
+  failed: string | null = null;
+
+  /** AF_PACKET: the mapped rings and their geometry (null for a TAP) */
+  private packet: ({ ring: SharedArrayBuffer } & PacketGeometry) | null = null;
+  /**
+   * each ring's control words, kept for the port's life: an AF_PACKET ring's head lives there
+   * (CTRL_LAST_AVAIL) across a stop and a start, a move to another worker and a takeover
+   */
+  private readonly ringCtrl: [SharedArrayBuffer, SharedArrayBuffer] = [new SharedArrayBuffer(CTRL_INTS * 4), new SharedArrayBuffer(CTRL_INTS * 4)];
+
+  constructor(readonly opts: UplinkOptions, readonly port: number, private readonly dp: Dataplane) {
+    if (opts.mtu !== null) new Int32Array(this.ringCtrl[0])[CTRL_MAX_FRAME] = opts.mtu + 18;
+  }
+
+  get kind(): UplinkKind {
+    return this.opts.kind;
+  }
+
+  get name(): string {
+    return this.opts.name;
+  }
+
+  get running(): boolean {
+    return this.started[0] || this.started[1];
+  }
+
+  /** Hand ring `index` to the workers (0: towards the device, 1: from it), unless it runs. */
+  async startRing(index: 0 | 1): Promise<void> {
+    if (this.started[index] || this.fd < 0) return;
+    this.started[index] = true;
+    await this.dp.startRing(this.ring(index), [], null);
+  }
+
+  /** Take ring `index` from the workers (at a burst boundary), unless it is stopped. */
+  async stopRing(index: 0 | 1): Promise<void> {
+    if (!this.started[index]) return;
+    this.started[index] = false;
+    await this.dp.stopRing(this.id, index);
+  }
+
+  /**
+   * Takeover, new side: the previous process's TAP fd, checked (a TAP of this name with a
+   * 12-byte header); its rings start later (startRing), once the previous process stopped them.
+   */
+  adoptFd(fd: number, geometry?: PacketGeometry): void {
+    if (this.kind === 'tap') {
+      const info = native.tapInfo(fd);
+      if (info.name !== this.opts.device || info.vnetHdr !== 12) throw new Error(`interface ${this.name}: the fd handed over is TAP ${info.name} with a ${info.vnetHdr}-byte header`);
+    } else {
+      // the packet socket: bound to this device, TPACKET_V2 with virtio-net headers, and rings
+      // of the geometry this config asks for (the mapping is made from it)
+      const info = native.packetInfo(fd);
+      const ifindex = native.ifIndex(this.opts.device);
+      if (info.version !== 2 || !info.vnetHdr || info.ifindex !== ifindex) throw new Error(`interface ${this.name}: the fd handed over is not a TPACKET_V2 socket with virtio-net headers on ${this.opts.device} (ifindex ${info.ifindex}, version ${info.version})`);
+      const g = geometry;
+      if (!g || g.frameSize !== this.opts.frameSize || g.frames !== this.opts.frames || g.ringBytes !== g.frames * g.frameSize || g.txData !== PACKET_TX_DATA || g.hdrLen !== PACKET_HDR_LEN) {
+        throw new Error(`interface ${this.name}: the rings handed over are not ${this.opts.frames} frames of ${this.opts.frameSize} bytes: ${JSON.stringify(g ?? null)}`);
+      }
+      this.packet = { ring: native.mmap(fd, 2 * g.ringBytes, 0), ringBytes: g.ringBytes, frameSize: g.frameSize, frames: g.frames, txData: g.txData, hdrLen: g.hdrLen };
+    }
+    this.fd = fd;
+    this.failed = null;
+  }
+
+  /** Open the device and start both rings, towards the device first. */
+  async start(): Promise<void> {
+    if (this.kind === 'tap') {
+      try {
+        this.fd = native.tapOpen(this.opts.device, this.opts.offloads ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0).fd;
+      } catch (e) {
+        throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
+      }
+    } else {
+      let p: ReturnType<typeof native.packetOpen>;
+      try {
+        p = native.packetOpen(this.opts.device, this.opts.frameSize, this.opts.frames);
+      } catch (e) {
+        throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
+      }
+      this.fd = p.fd;
+      try {
+        if (p.txData !== PACKET_TX_DATA || p.hdrLen !== PACKET_HDR_LEN) throw new Error(`unexpected TPACKET_V2 header sizes ${p.hdrLen}/${p.txData}`);
+        this.packet = { ring: native.mmap(p.fd, 2 * p.ringBytes, 0), ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen };
+      } catch (e) {
+        safeClose(p.fd);
+        this.fd = -1;
+        throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
+      }
+    }
+    this.failed = null;
+    await this.startRing(0);
+    await this.startRing(1);
+    log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames } : {}) });
+  }
+
+  private ring(index: 0 | 1): VringDesc {
+    const ctrl = this.ringCtrl[index];
+    // AF_PACKET with ring frames too small for a GSO frame: partial checksums only (GSO frames
+    // are segmented towards it, and the kernel's would not fit a frame: cut, dropped, counted)
+    const gso = this.packet === null || this.packet.frameSize >= 65536 + 128;
+    const csumOnly = index === 0 ? bit(F.VIRTIO_NET_F_GUEST_CSUM) : bit(F.VIRTIO_NET_F_CSUM);
+    const features: QueueFeatures = {
+      hdrLen: 12, mrgRxbuf: true, eventIdx: false, indirect: false, inOrder: false, packed: false, logAll: false,
+      netBits: !this.opts.offloads ? 0 : !gso ? csumOnly : index === 0 ? TO_KERNEL : FROM_KERNEL,
+    };
+    const nowhere = { region: 0, offset: 0 };
+    return {
+      device: this.id, port: this.port, index, size: 0, desc: nowhere, avail: nowhere, used: nowhere, logUsedGpa: -1, kickFd: -1, callFd: -1,
+      features, ctrl, stats: this.ringStats[index], uplink: this.packet ? { kind: 'af_packet', fd: this.fd, ...this.packet } : { kind: 'tap', fd: this.fd },
+    };
+  }
+
+  /** A worker gave a ring up (the device went away): stop the other ring too, keep the fd for stop(). */
+  onBroken(index: number, reason: string): void {
+    if (!this.running || this.failed !== null) return;
+    this.failed = `ring ${index}: ${reason}`;
+    log.error(`${this.kind} port failed: its rings stopped (restart once the device is back)`, { iface: this.name, reason: this.failed });
+    this.started[index] = false;
+    void this.stopRing(index === 0 ? 1 : 0).catch(() => undefined);
+  }
+
+  /** Stop the rings, from the kernel first, and close the fd (the kernel deletes a non-persistent TAP). */
+  async stop(): Promise<void> {
+    await this.stopRing(1);
+    await this.stopRing(0);
+    safeClose(this.fd);
+    this.fd = -1;
+    if (this.packet) native.retire(this.packet.ring);
+    this.packet = null;
+  }
+
+  /** Takeover failed, old side: run again on the same fd (the rings it stopped). */
+  async resume(): Promise<void> {
+    if (this.failed !== null) return;
+    await this.startRing(0);
+    await this.startRing(1);
+  }
+
+  /** Takeover succeeded, old side: the successor holds the device; let go of the fd. */
+  abandon(): void {
+    this.started[0] = this.started[1] = false;
+    safeClose(this.fd);
+    this.fd = -1;
+  }
+
+  /** Takeover, old side: the fd (numbered for the message); the counters follow with the positions. */
+  snapshot(fd: (n: number) => number): UplinkSnapshot {
+    const p = this.packet;
+    return p ? { name: this.name, fd: fd(this.fd), packet: { ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen } } : { name: this.name, fd: fd(this.fd) };
+  }
+
+  /** Takeover, old side, rings stopped: the counters, as the positions message carries a device's. */
+  position(): { name: string; rings: Array<{ index: number; lastAvailIdx: number; stats: number[]; started: boolean }> } {
+    return { name: this.name, rings: ([0, 1] as const).map((i) => ({ index: i, lastAvailIdx: new Int32Array(this.ringCtrl[i])[CTRL_LAST_AVAIL] & 0xffff, stats: Array.from(new Float64Array(this.ringStats[i])), started: true })) };
+  }
+
+  /** New side: the counters continue where the old process left them, an AF_PACKET ring from where it stopped. */
+  restorePositions(rings: ReadonlyArray<{ index: number; lastAvailIdx: number; stats: readonly number[] }>): void {
+    for (const r of rings) {
+      if (r.index !== 0 && r.index !== 1) continue;
+      new Float64Array(this.ringStats[r.index]).set(r.stats.slice(0, STATS_SLOTS));
+      if (this.packet) new Int32Array(this.ringCtrl[r.index])[CTRL_LAST_AVAIL] = r.lastAvailIdx & (this.packet.frames - 1);
+    }
+  }
+}
