@@ -18,7 +18,8 @@
         "addon/copy_v8.cc",
         "addon/log_v8.cc",
         "addon/uplink_v8.cc",
-        "addon/packet.cc"
+        "addon/packet.cc",
+        "addon/xdp.cc"
       ],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": [

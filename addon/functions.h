@@ -61,4 +61,9 @@ Napi::Value PacketError(const Napi::CallbackInfo& info);
 Napi::Value PacketInfo(const Napi::CallbackInfo& info);
 Napi::Value IfIndex(const Napi::CallbackInfo& info);
 
+// xdp.cc: AF_XDP uplink ports (issue 22)
+Napi::Value XdpOpen(const Napi::CallbackInfo& info);
+Napi::Value XdpKick(const Napi::CallbackInfo& info);
+Napi::Value XdpWakeRx(const Napi::CallbackInfo& info);
+
 }  // namespace vhostfwd

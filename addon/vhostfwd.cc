@@ -32,6 +32,8 @@
 //                  the fd and a buffer of the copy table)
 //   packet.cc      AF_PACKET uplink ports: packetOpen (TPACKET_V2 rings), packetKick, packetError,
 //                  packetInfo, ifIndex
+//   xdp.cc         AF_XDP uplink ports: xdpOpen (UMEM, rings, XSKMAP, program, link), xdpKick,
+//                  xdpWakeRx
 
 #include <napi.h>
 
@@ -95,6 +97,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"packetError", PacketError},
       {"packetInfo", PacketInfo},
       {"ifIndex", IfIndex},
+      {"xdpOpen", XdpOpen},
+      {"xdpKick", XdpKick},
+      {"xdpWakeRx", XdpWakeRx},
   };
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   SetV8Function(env, exports, "copyBind", CopyBind);

@@ -29,6 +29,33 @@ interface RecvResult {
 }
 
 /** A readiness watch on a fd, driven by the libuv loop of the calling thread (uv_poll_t). */
+/** One AF_XDP ring as xdpOpen describes it: byte offsets in its mapping, the mapping's size and mmap offset. */
+export interface XdpRingInfo {
+  producer: number;
+  consumer: number;
+  desc: number;
+  flags: number;
+  bytes: number;
+  pgoff: number;
+}
+
+interface XdpOpened {
+  fd: number;
+  umemFd: number;
+  linkFd: number;
+  ifindex: number;
+  umemBytes: number;
+  frameSize: number;
+  frames: number;
+  entries: number;
+  zeroCopy: boolean;
+  driverMode: boolean;
+  rx: XdpRingInfo;
+  tx: XdpRingInfo;
+  fill: XdpRingInfo;
+  comp: XdpRingInfo;
+}
+
 export interface PollHandle {
   /** stop watching and release the uv handle (idempotent); does not close the fd. */
   close(): void;
@@ -241,6 +268,23 @@ export interface Native {
   packetInfo(fd: number): { ifindex: number; version: number; vnetHdr: boolean };
   /** if_nametoindex(3): 0 when there is no such device. */
   ifIndex(name: string): number;
+
+  /**
+   * An AF_XDP socket on queue `queue` of `device` (addon/xdp.cc): a UMEM of `frames` frames of
+   * `frameSize` bytes (a memfd: map it with mmap(umemFd, umemBytes, 0), then close umemFd),
+   * fill/completion/RX/TX rings of `entries` (frames / 2) entries each (map ring r with
+   * mmap(fd, r.bytes, r.pgoff); producer, consumer, flags and desc are byte offsets in it), an
+   * XSKMAP holding the socket at index queue and the redirecting XDP program attached as a
+   * bpf_link (close linkFd to detach it). Bound zero-copy if the driver can, copy mode
+   * otherwise (zeroCopy); the program in driver mode if it can, generic otherwise (driverMode).
+   * Errors: code is the errno name, syscall the step (XDP_UMEM_REG, bind AF_XDP,
+   * XDP_MAP_CREATE_FAILED, XDP_MAP_UPDATE_FAILED, XDP_PROG_LOAD_FAILED, XDP_ATTACH_FAILED, ...).
+   */
+  xdpOpen(device: string, queue: number, frameSize: number, frames: number): XdpOpened;
+  /** sendto(MSG_DONTWAIT) up to `rounds` times while the kernel says EAGAIN: the TX ring's frames go out. 0, or -errno. */
+  xdpKick(fd: number, rounds: number): number;
+  /** recvfrom(MSG_DONTWAIT): the wakeup the fill ring's XDP_RING_NEED_WAKEUP asks for. 0, or -errno. */
+  xdpWakeRx(fd: number): number;
 }
 
 // The addon's exports object is built by N-API one property at a time and ends up in

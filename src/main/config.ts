@@ -12,16 +12,19 @@ import { PortVlan } from '../shared/worker-protocol';
 export interface InterfaceConfig {
   /**
    * "vhost-user" (default): a guest on a vhost-user socket; "tap": an uplink port, the kernel
-   * TAP device `name`; "af_packet": an uplink port, a packet socket on `device` (issue 22;
-   * socket is "" and the vhost-user keys keep their defaults)
+   * TAP device `name`; "af_packet": an uplink port, a packet socket on `device`; "af_xdp": an
+   * uplink port, an XDP socket on queue `queue` of `device` (issue 22; socket is "" and the
+   * vhost-user keys keep their defaults)
    */
-  type: 'vhost-user' | 'tap' | 'af_packet';
+  type: 'vhost-user' | 'tap' | 'af_packet' | 'af_xdp';
   name: string;
   /** uplinks: the network device (a TAP's is its name; "" for vhost-user) */
   device: string;
   /** af_packet: bytes per ring frame (a power of two 2048..131072) and frames per ring (8..65536) */
   frameSize: number;
   frames: number;
+  /** af_xdp: the device's queue the socket binds to (0 for the other types) */
+  queue: number;
   socket: string;
   mode: 'server' | 'client';
   queues: number;
@@ -163,8 +166,8 @@ function permissions(v: unknown, path: string): number | null {
 /** One interface as the config file and the control API's add request give it. */
 export function parseInterface(v: unknown, path: string): InterfaceConfig {
   if (!isObj(v)) throw new ConfigError(path, 'an object', v);
-  if (v.type === 'tap' || v.type === 'af_packet') return parseUplink(v, path, v.type);
-  if (v.type !== undefined && v.type !== 'vhost-user') throw new ConfigError(`${path}.type`, '"vhost-user", "tap" or "af_packet"', v.type);
+  if (v.type === 'tap' || v.type === 'af_packet' || v.type === 'af_xdp') return parseUplink(v, path, v.type);
+  if (v.type !== undefined && v.type !== 'vhost-user') throw new ConfigError(`${path}.type`, '"vhost-user", "tap", "af_packet" or "af_xdp"', v.type);
   checkKeys(v, path, ['type', 'name', 'socket', 'mode', 'queues', 'maskFeatures', 'maskProtocolFeatures', 'offloads', 'packedRing', 'mtu', 'coalesce', 'steering', 'vlan', 'owner', 'group', 'permissions']);
   const steering = v.steering ?? 'hash';
   if (steering !== 'hash' && steering !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
@@ -180,6 +183,7 @@ export function parseInterface(v: unknown, path: string): InterfaceConfig {
     device: '',
     frameSize: 0,
     frames: 0,
+    queue: 0,
     socket: str(v.socket, `${path}.socket`),
     mode,
     queues: int(v.queues, `${path}.queues`, 1, MAX_QUEUE_PAIRS, 1),
@@ -202,9 +206,11 @@ const IFNAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}$/;
 /**
  * Uplink ports (issue 22): `{"type": "tap", "name": "vf0"}`, a TAP (`name` is the kernel
  * device's and the port's), or `{"type": "af_packet", "device": "eth1"}`, a packet socket on
- * an existing device (the port's `name` defaults to the device's).
+ * an existing device (the port's `name` defaults to the device's), or `{"type": "af_xdp",
+ * "device": "eth1", "queue": 0}`, an XDP socket on one queue of an existing device (UMEM
+ * `frames` frames of `frameSize` 2048 or 4096 bytes, half for each direction).
  */
-function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet'): InterfaceConfig {
+function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet' | 'af_xdp'): InterfaceConfig {
   const ifname = (x: unknown, at: string): string => {
     const n = str(x, at);
     if (!IFNAME_RE.test(n)) throw new ConfigError(at, 'a network device name of 1..15 letters, digits, _ . -', x);
@@ -214,11 +220,12 @@ function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet'): Interface
   let device: string;
   let frameSize = 0;
   let frames = 0;
+  let queue = 0;
   if (type === 'tap') {
     checkKeys(v, path, ['type', 'name', 'mtu', 'offloads', 'vlan']);
     name = device = ifname(v.name, `${path}.name`);
   } else {
-    checkKeys(v, path, ['type', 'device', 'name', 'mtu', 'offloads', 'vlan', 'frameSize', 'frames']);
+    checkKeys(v, path, ['type', 'device', 'name', 'mtu', 'offloads', 'vlan', 'frameSize', 'frames', ...(type === 'af_xdp' ? ['queue'] : [])]);
     device = ifname(v.device, `${path}.device`);
     name = v.name === undefined ? device : str(v.name, `${path}.name`);
     if (!NAME_RE.test(name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
@@ -227,8 +234,15 @@ function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet'): Interface
       if ((n & (n - 1)) !== 0) throw new ConfigError(at, `a power of two ${min}..${max}`, x);
       return n;
     };
-    frameSize = pow2(v.frameSize, `${path}.frameSize`, 2048, 131072, 2048);
-    frames = pow2(v.frames, `${path}.frames`, 8, 65536, 1024);
+    if (type === 'af_xdp') {
+      // a UMEM chunk is at most a page (aligned mode)
+      frameSize = pow2(v.frameSize, `${path}.frameSize`, 2048, 4096, 2048);
+      frames = pow2(v.frames, `${path}.frames`, 16, 65536, 4096);
+      queue = int(v.queue, `${path}.queue`, 0, 1023, 0);
+    } else {
+      frameSize = pow2(v.frameSize, `${path}.frameSize`, 2048, 131072, 2048);
+      frames = pow2(v.frames, `${path}.frames`, 8, 65536, 1024);
+    }
   }
   return {
     type,
@@ -236,6 +250,7 @@ function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet'): Interface
     device,
     frameSize,
     frames,
+    queue,
     socket: '',
     mode: 'server',
     queues: 1,
@@ -293,10 +308,10 @@ function ownership(v: Obj, path: string, mode: string): Pick<InterfaceConfig, 'o
 /** The config-file form of an interface (what the state file stores and `show` returns as spec). */
 export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
   if (c.type !== 'vhost-user') {
-    const t: Record<string, unknown> = c.type === 'tap' ? { type: 'tap', name: c.name } : { type: 'af_packet', device: c.device };
-    if (c.type === 'af_packet' && c.name !== c.device) t.name = c.name;
-    if (c.type === 'af_packet' && c.frameSize !== 2048) t.frameSize = c.frameSize;
-    if (c.type === 'af_packet' && c.frames !== 1024) t.frames = c.frames;
+    const t: Record<string, unknown> = c.type === 'tap' ? { type: 'tap', name: c.name } : c.type === 'af_xdp' ? { type: 'af_xdp', device: c.device, queue: c.queue } : { type: 'af_packet', device: c.device };
+    if (c.type !== 'tap' && c.name !== c.device) t.name = c.name;
+    if (c.type !== 'tap' && c.frameSize !== 2048) t.frameSize = c.frameSize;
+    if (c.type !== 'tap' && c.frames !== (c.type === 'af_xdp' ? 4096 : 1024)) t.frames = c.frames;
     if (c.mtu !== null) t.mtu = c.mtu;
     if (!c.offloads) t.offloads = false;
     if (c.vlan?.mode === 'access') t.vlan = { mode: 'access', tag: c.vlan.tag };

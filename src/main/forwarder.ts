@@ -131,7 +131,7 @@ export class Forwarder {
     if (port < 0) port = this.ports.length;
     while (this.ports.length < port) this.ports.push(null);
     if (c.type !== 'vhost-user') {
-      const up = new UplinkPort({ kind: c.type, name: c.name, device: c.device, frameSize: c.frameSize, frames: c.frames, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
+      const up = new UplinkPort({ kind: c.type, name: c.name, device: c.device, frameSize: c.frameSize, frames: c.frames, queue: c.queue, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
       this.ports[port] = up;
       this.specs.set(c.name, c);
       if (!this.placement.has(`${c.name}:0`)) this.placement.set(`${c.name}:0`, 0);

@@ -113,7 +113,34 @@ export interface VringDesc {
    * (polled, the worker sleeps on `fd`), index 0 = frames towards it. No guest memory: the
    * worker makes its own frame buffers; desc/avail/used, kickFd and callFd are unused.
    */
-  uplink?: { kind: 'tap'; fd: number } | { kind: 'af_packet'; fd: number; ring: SharedArrayBuffer; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number };
+  uplink?: { kind: 'tap'; fd: number } | { kind: 'af_packet'; fd: number; ring: SharedArrayBuffer; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number } | XskDesc;
+}
+
+/** One AF_XDP ring mapped into a SAB: byte offsets of its producer, consumer and flags words and of its descriptors. */
+export interface XskRing {
+  sab: SharedArrayBuffer;
+  producer: number;
+  consumer: number;
+  flags: number;
+  desc: number;
+}
+
+/**
+ * An AF_XDP port's socket, UMEM and rings (src/workers/xsk-port.ts): `frames` UMEM frames of
+ * `frameSize` bytes, the first `entries` (frames / 2) for frames from the device (fill, RX),
+ * the rest towards it (TX slot k uses frame entries + k; completion), rings of `entries`.
+ */
+export interface XskDesc {
+  kind: 'af_xdp';
+  fd: number;
+  umem: SharedArrayBuffer;
+  frameSize: number;
+  frames: number;
+  entries: number;
+  rx: XskRing;
+  tx: XskRing;
+  fill: XskRing;
+  comp: XskRing;
 }
 
 /** The dirty log of one device (SET_LOG_BASE), as a SAB. Bit n of the log = guest page n (gpa >> 12). */

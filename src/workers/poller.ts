@@ -21,6 +21,7 @@ import type { RingQueue } from './ring-format';
 import { Virtqueue } from './virtqueue';
 import { TapQueue } from './tap-port';
 import { PacketQueue } from './packet-port';
+import { XskQueue } from './xsk-port';
 import { wireLen } from './offload';
 import { TSO } from './ordering';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, KIND_NONE, TPID_8021AD, TPID_8021Q, VlanPorts, editDelta, egressEdit } from './vlan';
@@ -147,7 +148,7 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
 
 /** An uplink port's ring (tap-port.ts): its frames live in the queue's own buffer, no log. */
 function makeUplink(d: VringDesc, up: NonNullable<VringDesc['uplink']>): Ring {
-  const vq = up.kind === 'tap' ? new TapQueue(d, up) : new PacketQueue(d, up);
+  const vq = up.kind === 'tap' ? new TapQueue(d, up) : up.kind === 'af_xdp' ? new XskQueue(d, up) : new PacketQueue(d, up);
   vq.bulk = bulk;
   vq.onBadOffload = (reason, suppressed) => send({ op: 'bad-offload', device: d.device, index: d.index, reason, suppressed });
   return {

@@ -195,6 +195,14 @@ async function giveAway(fd: number, fwd: Forwarder, hooks: HandoverHooks, versio
       log.warn('takeover refused', { error, pid });
       return false;
     }
+    const xdp = fwd.uplinks.filter((u) => u.kind === 'af_xdp').map((u) => u.name);
+    if (xdp.length > 0) {
+      // the UMEM, its four rings and the bpf_link do not travel (yet): refused before anything stops
+      const error = `af_xdp ports cannot be handed over yet (${xdp.join(', ')}); nothing was stopped: restart instead`;
+      ch.send({ error, code: 'AF_XDP_NOT_HANDED_OVER' });
+      log.warn('takeover refused', { error, pid });
+      return false;
+    }
     log.info('takeover step 1/5: a successor connected', { pid, version: hello.msg.version });
     const state = fwd.state();
     const stateText = JSON.stringify(stateToJson(state));

@@ -11,8 +11,8 @@
  * the device and the cause, as a vhost-user socket that cannot be made does.
  */
 import { F } from '../../protocol/constants';
-import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc } from '../../shared/types';
-import { native } from '../../native';
+import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc, XskDesc, XskRing } from '../../shared/types';
+import { native, XdpRingInfo } from '../../native';
 import { safeClose } from '../connection';
 import { Dataplane, newDeviceId } from '../device';
 import { log } from '../log';
@@ -44,7 +44,19 @@ export class UplinkOpenError extends Error {
       ENODEV: 'no such network device',
     };
     if (kind === 'af_packet') Object.assign(why, { EPERM: 'not permitted (CAP_NET_RAW is needed for a packet socket)', EACCES: 'permission denied (CAP_NET_RAW)' });
-    super(`interface ${iface}: cannot open ${kind === 'tap' ? 'TAP' : 'an AF_PACKET socket on'} ${device}: ${why[code] ?? cause.message}${code ? ` (${cause.syscall ?? 'open'} ${code})` : ''}`);
+    if (kind === 'af_xdp') {
+      // the step that failed names the error (addon/xdp.cc): XDP_ATTACH_FAILED, XDP_PROG_LOAD_FAILED, ...
+      Object.assign(why, {
+        EPERM: 'not permitted (CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF or CAP_SYS_ADMIN are needed, and RLIMIT_MEMLOCK room for the UMEM on old kernels)',
+        EACCES: 'permission denied (CAP_NET_RAW, CAP_BPF)',
+        EINVAL: cause.syscall === 'bind AF_XDP' ? 'the device has no such queue' : cause.message,
+        EBUSY: cause.syscall === 'XDP_ATTACH_FAILED' ? 'an XDP program is attached to the device already (not ours to replace)' : 'the queue is bound to another XDP socket',
+        EEXIST: 'an XDP program is attached to the device already (not ours to replace)',
+        EAFNOSUPPORT: 'the kernel has no AF_XDP (CONFIG_XDP_SOCKETS)',
+      });
+    }
+    const what = kind === 'tap' ? 'TAP' : kind === 'af_xdp' ? 'an AF_XDP socket on' : 'an AF_PACKET socket on';
+    super(`interface ${iface}: cannot open ${what} ${device}: ${why[code] ?? cause.message}${code ? ` (${cause.syscall ?? 'open'} ${code})` : ''}`);
     this.name = 'UplinkOpenError';
   }
 }
@@ -68,7 +80,7 @@ export interface UplinkSnapshot {
   packet?: PacketGeometry;
 }
 
-export type UplinkKind = 'tap' | 'af_packet';
+export type UplinkKind = 'tap' | 'af_packet' | 'af_xdp';
 
 /** TPACKET_V2: the RX frame header's size (struct tpacket2_hdr, aligned) and where a TX frame's data starts */
 const PACKET_HDR_LEN = 32;
@@ -83,6 +95,8 @@ export interface UplinkOptions {
   /** AF_PACKET: ring frames of this many bytes (a power of two), and frames per ring */
   frameSize: number;
   frames: number;
+  /** AF_XDP: the device queue */
+  queue: number;
   /** offloads both ways (TUNSETOFFLOAD; the header handed over): default true */
   offloads: boolean;
   /** frames towards the kernel over mtu + 18 are dropped as too big; null: no limit */
@@ -102,6 +116,9 @@ export class UplinkPort {
 
   /** AF_PACKET: the mapped rings and their geometry (null for a TAP) */
   private packet: ({ ring: SharedArrayBuffer } & PacketGeometry) | null = null;
+  /** AF_XDP: the UMEM and rings (the socket is `fd`) and the bpf_link that holds the program on the device */
+  private xsk: XskDesc | null = null;
+  private linkFd = -1;
   /**
    * each ring's control words, kept for the port's life: an AF_PACKET ring's head lives there
    * (CTRL_LAST_AVAIL) across a stop and a start, a move to another worker and a takeover
@@ -170,6 +187,8 @@ export class UplinkPort {
       } catch (e) {
         throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
       }
+    } else if (this.kind === 'af_xdp') {
+      this.openXsk();
     } else {
       let p: ReturnType<typeof native.packetOpen>;
       try {
@@ -190,7 +209,54 @@ export class UplinkPort {
     this.failed = null;
     await this.startRing(0);
     await this.startRing(1);
-    log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames } : {}) });
+    log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames } : {}), ...this.xskInfo });
+  }
+
+  /** AF_XDP: how the socket and the program run (logged, shown), null otherwise */
+  xskInfo: { queue: number; frameSize: number; frames: number; mode: 'zero-copy' | 'copy'; xdp: 'driver' | 'generic' } | null = null;
+
+  /**
+   * AF_XDP: the socket, UMEM, rings, XSKMAP and program (native.xdpOpen), the UMEM and the
+   * rings mapped here into SharedArrayBuffers for the workers, the fill ring given every
+   * chunk of the RX half before the first frame can arrive.
+   */
+  private openXsk(): void {
+    let x: ReturnType<typeof native.xdpOpen>;
+    try {
+      x = native.xdpOpen(this.opts.device, this.opts.queue, this.opts.frameSize, this.opts.frames);
+    } catch (e) {
+      throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
+    }
+    this.fd = x.fd;
+    this.linkFd = x.linkFd;
+    try {
+      const ring = (r: XdpRingInfo): XskRing => ({ sab: native.mmap(x.fd, r.bytes, r.pgoff), producer: r.producer, consumer: r.consumer, flags: r.flags, desc: r.desc });
+      const d: XskDesc = { kind: 'af_xdp', fd: x.fd, umem: native.mmap(x.umemFd, x.umemBytes, 0), frameSize: x.frameSize, frames: x.frames, entries: x.entries, rx: ring(x.rx), tx: ring(x.tx), fill: ring(x.fill), comp: ring(x.comp) };
+      const fill = new Uint32Array(d.fill.sab);
+      for (let k = 0; k < x.entries; k++) {
+        fill[(d.fill.desc >> 2) + 2 * k] = k * x.frameSize;
+        fill[(d.fill.desc >> 2) + 2 * k + 1] = 0;
+      }
+      Atomics.store(fill, d.fill.producer >> 2, x.entries);
+      this.xsk = d;
+    } catch (e) {
+      this.closeXsk();
+      throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
+    } finally {
+      safeClose(x.umemFd);
+    }
+    this.xskInfo = { queue: this.opts.queue, frameSize: x.frameSize, frames: x.frames, mode: x.zeroCopy ? 'zero-copy' : 'copy', xdp: x.driverMode ? 'driver' : 'generic' };
+  }
+
+  /** The program leaves the device with its link, the socket (and its UMEM pins) with its fd. */
+  private closeXsk(): void {
+    safeClose(this.linkFd);
+    this.linkFd = -1;
+    safeClose(this.fd);
+    this.fd = -1;
+    const d = this.xsk;
+    this.xsk = null;
+    if (d) for (const sab of [d.umem, d.rx.sab, d.tx.sab, d.fill.sab, d.comp.sab]) native.retire(sab);
   }
 
   private ring(index: 0 | 1): VringDesc {
@@ -199,14 +265,16 @@ export class UplinkPort {
     // are segmented towards it, and the kernel's would not fit a frame: cut, dropped, counted)
     const gso = this.packet === null || this.packet.frameSize >= 65536 + 128;
     const csumOnly = index === 0 ? bit(F.VIRTIO_NET_F_GUEST_CSUM) : bit(F.VIRTIO_NET_F_CSUM);
+    // AF_XDP: no virtio-net header crosses, so no offload either way (completed, segmented before)
+    const netBits = !this.opts.offloads || this.kind === 'af_xdp' ? 0 : !gso ? csumOnly : index === 0 ? TO_KERNEL : FROM_KERNEL;
     const features: QueueFeatures = {
       hdrLen: 12, mrgRxbuf: true, eventIdx: false, indirect: false, inOrder: false, packed: false, logAll: false,
-      netBits: !this.opts.offloads ? 0 : !gso ? csumOnly : index === 0 ? TO_KERNEL : FROM_KERNEL,
+      netBits,
     };
     const nowhere = { region: 0, offset: 0 };
     return {
       device: this.id, port: this.port, index, size: 0, desc: nowhere, avail: nowhere, used: nowhere, logUsedGpa: -1, kickFd: -1, callFd: -1,
-      features, ctrl, stats: this.ringStats[index], uplink: this.packet ? { kind: 'af_packet', fd: this.fd, ...this.packet } : { kind: 'tap', fd: this.fd },
+      features, ctrl, stats: this.ringStats[index], uplink: this.xsk ?? (this.packet ? { kind: 'af_packet', fd: this.fd, ...this.packet } : { kind: 'tap', fd: this.fd }),
     };
   }
 
@@ -223,6 +291,7 @@ export class UplinkPort {
   async stop(): Promise<void> {
     await this.stopRing(1);
     await this.stopRing(0);
+    if (this.kind === 'af_xdp') this.closeXsk();
     safeClose(this.fd);
     this.fd = -1;
     if (this.packet) native.retire(this.packet.ring);

@@ -1,0 +1,386 @@
+/**
+ * An AF_XDP uplink port on a worker (issue 22): the XDP socket's UMEM and its four rings,
+ * each mapped by the main thread into a SharedArrayBuffer (addon/xdp.cc, the mmap bridge),
+ * walked here with Atomics on their producer and consumer words: no addon call per frame,
+ * the same per-burst interface as every other ring (ring-format.ts).
+ *
+ *  - "TX" (index 1, frames from the device): dequeueBurst takes the RX ring's descriptors
+ *    and describes each frame in place in the UMEM (the destination's enqueue is the one
+ *    copy); completeBurst, once every deferred copy ran, hands the frames' chunks back on the
+ *    fill ring (and wakes the driver if the fill ring asks: XDP_RING_NEED_WAKEUP). The worker
+ *    sleeps on the socket (POLLIN: the RX ring has frames).
+ *  - "RX" (index 0, frames towards the device): each frame is copied into the UMEM frame of
+ *    the next TX ring slot (slot k always uses frame entries + k, free again once the
+ *    completion ring has gone past it), the descriptors published once a burst (release),
+ *    then a sendto() kick only when the TX ring says XDP_RING_NEED_WAKEUP (copy mode: always).
+ *    Several workers may send: the ring's lock is in ctrl, its position in the ring itself.
+ *
+ * No virtio-net header crosses an XDP socket: the port's features carry no offloads, so a
+ * guest's frame with a partial checksum or GSO goes through the software path of offload.ts
+ * (completed, segmented) before it reaches rxReserve, as towards a guest without offloads.
+ *
+ * The kernel writes the RX ring, the wire decides what is in it: a descriptor whose address
+ * is outside the RX half of the UMEM, or whose frame crosses its chunk or is shorter than an
+ * Ethernet header, is dropped and counted (ST_ERRORS); nothing is read or written outside the
+ * UMEM. A chunk whose address was bad is not handed back (it is not one of ours).
+ */
+import { native } from '../native';
+import { CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc, XskDesc, XskRing } from '../shared/types';
+import type { CopyQueue } from './bulk-copy';
+import { copyBytes } from './copy';
+import { GuestMemory, RegionViews, makeViews } from './guest-memory';
+import { enqueueOffload } from './offload';
+import { BURST, PacketBatch } from './packet-batch';
+import type { RingQueue } from './ring-format';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+
+/** linux/if_xdp.h: a ring's flags word asks for a syscall */
+const XDP_RING_NEED_WAKEUP = 1;
+/** copy mode sends at most this many frames per sendto() (the kernel's TX_BATCH_SIZE) */
+const KERNEL_TX_BATCH = 32;
+const MIN_FRAME = 14;
+
+/** A ring's words as Uint32Array indices. */
+class Ring {
+  readonly u32: Uint32Array;
+  readonly prod: number;
+  readonly cons: number;
+  readonly flags: number;
+  readonly desc: number;
+  constructor(r: XskRing) {
+    if ((r.producer | r.consumer | r.flags | r.desc) & 3 || r.desc >= r.sab.byteLength) throw new Error('AF_XDP ring offsets do not fit their mapping');
+    this.u32 = new Uint32Array(r.sab);
+    this.prod = r.producer >> 2;
+    this.cons = r.consumer >> 2;
+    this.flags = r.flags >> 2;
+    this.desc = r.desc >> 2;
+  }
+}
+
+export class XskQueue implements RingQueue {
+  readonly index: number;
+  readonly size: number;
+  readonly ctrl: Int32Array;
+  readonly stats: Float64Array;
+  readonly features: QueueFeatures;
+  bulk: CopyQueue | null = null;
+  onBadOffload: ((reason: string, suppressed: number) => void) | null = null;
+  /** region 0: the UMEM */
+  readonly mem: GuestMemory;
+  private readonly fd: number;
+  private readonly fs: number;
+  private readonly mask: number;
+  /** bytes of the UMEM's RX half (frames below it are the fill ring's) */
+  private readonly rxBytes: number;
+  private readonly view: RegionViews;
+  private readonly rx: Ring;
+  private readonly tx: Ring;
+  private readonly fill: Ring;
+  private readonly comp: Ring;
+  /** chunks taken by the burst, handed back to the fill ring by completeBurst */
+  private readonly taken: Uint32Array = new Uint32Array(BURST);
+  private nTaken = 0;
+  // TX: our producer (read from the ring under the lock), the completion consumer, the frame being written
+  private txProd = 0;
+  private compCons = 0;
+  private published = 0;
+  private wSlot = 0;
+  private wPos = 0;
+  private wEnd = 0;
+
+  constructor(vd: VringDesc, d: XskDesc) {
+    this.index = vd.index;
+    this.fd = d.fd;
+    this.fs = d.frameSize;
+    this.size = d.entries;
+    this.mask = d.entries - 1;
+    this.features = { ...vd.features };
+    this.ctrl = new Int32Array(vd.ctrl);
+    this.stats = new Float64Array(vd.stats);
+    if (d.entries * 2 !== d.frames || (d.entries & this.mask) !== 0 || (d.frameSize & (d.frameSize - 1)) !== 0 || d.umem.byteLength < d.frames * d.frameSize) throw new Error('AF_XDP UMEM geometry does not fit its mapping');
+    this.rx = new Ring(d.rx);
+    this.tx = new Ring(d.tx);
+    this.fill = new Ring(d.fill);
+    this.comp = new Ring(d.comp);
+    const rings: Array<[Ring, number]> = [[this.rx, 4], [this.tx, 4], [this.fill, 2], [this.comp, 2]];
+    for (const [r, words] of rings) if (r.desc + words * d.entries > r.u32.length) throw new Error('AF_XDP ring descriptors do not fit their mapping');
+    this.rxBytes = d.entries * d.frameSize;
+    this.mem = new GuestMemory([{ gpa: 0, size: d.umem.byteLength, uva: 0, sab: d.umem, sabOffset: 0 }]);
+    this.mem.enableBulk(native);
+    this.view = this.mem.views[0];
+  }
+
+  dispose(): void {
+    this.mem.dispose();
+  }
+
+  reload(): void {
+    // the positions live in the rings themselves
+  }
+
+  setLogging(): void {
+    // no guest memory behind an XDP socket: nothing to log
+  }
+
+  // ---------------------------------------------------------------- from the device
+
+  dequeueBurst(batch: PacketBatch, max: number): number {
+    batch.reset();
+    if (this.nTaken > 0) this.handBack();
+    if (max > batch.capacity) max = batch.capacity;
+    const rx = this.rx;
+    const u32 = rx.u32;
+    const cons = u32[rx.cons];
+    let avail = (Atomics.load(u32, rx.prod) - cons) >>> 0;
+    if (avail === 0) return 0;
+    if (avail > max) avail = max;
+    const fs = this.fs;
+    const rxBytes = this.rxBytes;
+    const stats = this.stats;
+    let bytes = 0;
+    for (let k = 0; k < avail; k++) {
+      const d = rx.desc + 4 * ((cons + k) & this.mask);
+      const addr = u32[d];
+      const len = u32[d + 2];
+      if (u32[d + 1] !== 0 || addr >= rxBytes) {
+        stats[ST_ERRORS]++; // not a chunk of the fill ring's half: not ours to read, nor to hand back
+        continue;
+      }
+      const chunk = addr & ~(fs - 1);
+      this.taken[this.nTaken++] = chunk;
+      if (len < MIN_FRAME || addr - chunk + len > fs) {
+        stats[ST_ERRORS]++; // no Ethernet header, or a frame past its chunk
+        continue;
+      }
+      const p = batch.count++;
+      const s = batch.nSegs++;
+      batch.head[p] = 0;
+      batch.pktLen[p] = len;
+      batch.segStart[p] = s;
+      batch.segCount[p] = 1;
+      batch.segRegion[s] = 0;
+      batch.segOffset[s] = addr;
+      batch.segLen[s] = len;
+      bytes += len;
+    }
+    // the RX ring's slots are free again; the frames stay ours until the fill ring has them
+    Atomics.store(u32, rx.cons, (cons + avail) >>> 0);
+    const n = batch.count;
+    if (n > 0) {
+      stats[ST_PACKETS] += n;
+      stats[ST_BYTES] += bytes;
+      stats[ST_BURSTS]++;
+    } else if (this.nTaken > 0) {
+      this.handBack(); // every frame taken was dropped: completeBurst will not be called
+    }
+    return n;
+  }
+
+  /** The burst's chunks go back to the fill ring once every copy out of them ran. */
+  private handBack(): void {
+    this.bulk?.run();
+    const f = this.fill;
+    const u32 = f.u32;
+    const prod = u32[f.prod];
+    const room = this.size - ((prod - Atomics.load(u32, f.cons)) >>> 0);
+    const n = this.nTaken < room ? this.nTaken : room; // never short: the fill ring holds every RX chunk
+    for (let k = 0; k < n; k++) {
+      const d = f.desc + 2 * ((prod + k) & this.mask);
+      u32[d] = this.taken[k];
+      u32[d + 1] = 0;
+    }
+    Atomics.store(u32, f.prod, (prod + n) >>> 0);
+    this.nTaken = 0;
+    if ((Atomics.load(u32, f.flags) & XDP_RING_NEED_WAKEUP) !== 0 && native.xdpWakeRx(this.fd) < 0) this.stats[ST_ERRORS]++;
+  }
+
+  completeBurst(): boolean {
+    this.handBack();
+    return false;
+  }
+
+  // ---------------------------------------------------------------- towards the device
+
+  acquire(): void {
+    const ctrl = this.ctrl;
+    while (Atomics.compareExchange(ctrl, CTRL_LOCK, 0, 1) !== 0) {
+      // brief spin: the holder writes at most a burst
+    }
+    this.txProd = this.published = this.tx.u32[this.tx.prod];
+    this.reap();
+  }
+
+  /** The completion ring: every frame the kernel is done with frees its TX slot (their order is the TX ring's). */
+  private reap(): void {
+    const c = this.comp;
+    const prod = Atomics.load(c.u32, c.prod);
+    if (prod !== c.u32[c.cons]) Atomics.store(c.u32, c.cons, prod);
+    this.compCons = prod;
+  }
+
+  release(): void {
+    this.publish();
+    Atomics.store(this.ctrl, CTRL_LOCK, 0);
+  }
+
+  abandon(): void {
+    this.bulk?.discard();
+    Atomics.store(this.ctrl, CTRL_LOCK, 0);
+  }
+
+  /** The frames written go to the kernel: the descriptors after their bytes, then a kick if the ring asks for one. */
+  private publish(): void {
+    const queued = (this.txProd - this.published) >>> 0;
+    if (queued === 0) return;
+    this.bulk?.run();
+    const tx = this.tx;
+    Atomics.store(tx.u32, tx.prod, this.txProd);
+    this.published = this.txProd;
+    if ((Atomics.load(tx.u32, tx.flags) & XDP_RING_NEED_WAKEUP) !== 0 && native.xdpKick(this.fd, Math.ceil(queued / KERNEL_TX_BATCH) + 1) < 0) this.stats[ST_ERRORS]++;
+  }
+
+  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
+    let done = 0;
+    for (let k = 0; k < count; k++) if (this.enqueue(srcMem, batch, pick === null ? k : pick[k], 0)) done++;
+    if (done > 0) this.stats[ST_BURSTS]++;
+    return done;
+  }
+
+  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
+    let done = 0;
+    for (let k = 0; k < count; k++) {
+      const i = pick[k];
+      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
+    }
+    if (done > 0) this.stats[ST_BURSTS]++;
+    return done;
+  }
+
+  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
+    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
+    const len = batch.pktLen[i] + editDelta(edit);
+    if (!this.rxReserve(len, null)) return false;
+    this.rxPutPacket(srcMem, batch, i, edit);
+    this.rxCommit(len);
+    return true;
+  }
+
+  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
+    if (!this.rxReserve(len, null)) return false;
+    this.rxPut(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
+    this.rxCommit(len);
+    return true;
+  }
+
+  /** `hdr` is ignored: no virtio-net header on an XDP socket (the frame has no offload left by now). */
+  rxReserve(len: number, _hdr: Uint8Array | null): boolean {
+    if (len > this.fs || len < MIN_FRAME) {
+      this.stats[ST_DROP_TOO_BIG]++;
+      return false;
+    }
+    if (((this.txProd - this.compCons) >>> 0) >= this.size) {
+      // every TX frame is in flight: send what is written, see what came back
+      this.publish();
+      this.reap();
+      if (((this.txProd - this.compCons) >>> 0) >= this.size) {
+        this.stats[ST_DROP_NO_BUF]++;
+        return false;
+      }
+    }
+    const o = (this.size + (this.txProd & this.mask)) * this.fs;
+    this.wSlot = o;
+    this.wPos = o;
+    this.wEnd = o + len;
+    return true;
+  }
+
+  rxPut(src: RegionViews, off: number, len: number): void {
+    if (len > this.wEnd - this.wPos) len = this.wEnd - this.wPos;
+    if (len <= 0) return;
+    copyBytes(this.view, this.wPos, src, off, len);
+    this.wPos += len;
+  }
+
+  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
+    const views = srcMem.views;
+    const end = batch.segStart[i] + batch.segCount[i];
+    if (edit === 0) {
+      for (let s = batch.segStart[i]; s < end; s++) this.rxPut(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
+      return;
+    }
+    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
+    let pos = 0;
+    for (let s = batch.segStart[i]; s < end; s++) {
+      const v = views[batch.segRegion[s]];
+      let off = batch.segOffset[s];
+      let n = batch.segLen[s];
+      if (pos < 12) {
+        const k = n < 12 - pos ? n : 12 - pos;
+        this.rxPut(v, off, k);
+        pos += k;
+        off += k;
+        n -= k;
+        if (pos === 12 && (edit & EDIT_PUSH) !== 0 && this.wEnd - this.wPos >= 4) {
+          const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
+          const u8 = this.view.u8;
+          u8[this.wPos] = tpid >>> 8;
+          u8[this.wPos + 1] = tpid & 0xff;
+          u8[this.wPos + 2] = (edit >>> 8) & 0xff;
+          u8[this.wPos + 3] = edit & 0xff;
+          this.wPos += 4;
+        }
+      }
+      if (n > 0 && pos < skipEnd) {
+        const k = n < skipEnd - pos ? n : skipEnd - pos;
+        pos += k;
+        off += k;
+        n -= k;
+      }
+      if (n > 0) {
+        this.rxPut(v, off, n);
+        pos += n;
+      }
+    }
+  }
+
+  rxPoke(pos: number, value: number): void {
+    const at = this.wSlot + pos;
+    if (at < this.wEnd) this.view.u8[at] = value;
+  }
+
+  rxCommit(len: number): void {
+    const tx = this.tx;
+    const d = tx.desc + 4 * (this.txProd & this.mask);
+    const u32 = tx.u32;
+    u32[d] = this.wSlot;
+    u32[d + 1] = 0;
+    u32[d + 2] = len;
+    u32[d + 3] = 0;
+    this.txProd = (this.txProd + 1) >>> 0;
+    this.stats[ST_PACKETS]++;
+    this.stats[ST_BYTES] += len;
+  }
+
+  flush(): boolean {
+    this.publish();
+    return false;
+  }
+
+  // ---------------------------------------------------------------- notifications
+
+  enableNotify(): boolean {
+    return false;
+  }
+
+  disableNotify(): void {
+    // nothing to turn off: the socket's POLLIN is the notification
+  }
+
+  get lastAvailIdx(): number {
+    return this.rx.u32[this.rx.cons] & 0xffff;
+  }
+
+  get lastUsedIdx(): number {
+    return this.tx.u32[this.tx.prod] & 0xffff;
+  }
+}
