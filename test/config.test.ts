@@ -86,7 +86,7 @@ t.test('TAP uplink ports (issue 22): parsed, defaults, errors named, and round-t
     ['the name ..', { type: 'tap', name: '..' }, /^interfaces\[0\]\.name: expected a network device name/],
     ['a socket on a TAP', { type: 'tap', name: 'vf0', socket: '/tmp/x' }, /^interfaces\[0\]\.socket: expected one of the keys type, name, mtu, offloads, vlan/],
     ['queues on a TAP', { type: 'tap', name: 'vf0', queues: 2 }, /^interfaces\[0\]\.queues: expected one of the keys/],
-    ['an unknown type', { type: 'vxlan', name: 'vf0' }, /^interfaces\[0\]\.type: expected "vhost-user", "tap" or "af_packet"/],
+    ['an unknown type', { type: 'vxlan', name: 'vf0' }, /^interfaces\[0\]\.type: expected "vhost-user", "tap", "af_packet" or "af_xdp"/],
     ['a bad mtu', { type: 'tap', name: 'vf0', mtu: 10 }, /^interfaces\[0\]\.mtu: expected an integer 68\.\.65535/],
   ];
   for (const [what, itf, re] of bad) t.throws(() => parseConfig({ interfaces: [itf] }, 2), re, what);
@@ -109,4 +109,30 @@ t.test('AF_PACKET uplink ports (issue 22): parsed, defaults, errors named, and r
   ];
   for (const [what, itf, re] of bad) t.throws(() => parseConfig({ interfaces: [itf] }, 2), re, what);
   t.throws(() => parseConfig({ interfaces: [{ type: 'tap', name: 'vf0' }, { type: 'af_packet', device: 'vf0', name: 'x' }] }, 2), /^interfaces\[1\]\.device: expected a network device used by one uplink port only/, 'one device, one uplink port');
+});
+
+t.test('AF_XDP uplink ports (issue 22): parsed, defaults, errors named, and round-tripped', async (t) => {
+  const { interfaceToRaw } = await import('../src/main/config');
+  const c = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock' }, { type: 'af_xdp', device: 'eth1', queue: 0 }] }, 2);
+  const p = c.interfaces[1];
+  t.same([p.type, p.name, p.device, p.queue, p.frameSize, p.frames], ['af_xdp', 'eth1', 'eth1', 0, 2048, 4096], 'named after its device; queue 0; 4096 UMEM frames of 2048 bytes');
+  t.same(interfaceToRaw(p), { type: 'af_xdp', device: 'eth1', queue: 0 }, 'the config form is minimal (the queue always written)');
+  t.equal(parseConfig({ interfaces: [{ type: 'af_xdp', device: 'eth1' }] }, 2).interfaces[0].queue, 0, 'queue defaults to 0');
+  const named = parseConfig({ interfaces: [{ type: 'af_xdp', device: 'eth1', queue: 3, name: 'wire', frameSize: 4096, frames: 64, mtu: 1500 }] }, 2).interfaces[0];
+  t.same(interfaceToRaw(named), { type: 'af_xdp', device: 'eth1', queue: 3, name: 'wire', frameSize: 4096, frames: 64, mtu: 1500 }, 'queue, name, frameSize, frames and mtu round-trip');
+  t.same(parseConfig({ interfaces: [interfaceToRaw(named)] }, 2).interfaces[0], named, 'and parse back the same');
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['no device', { type: 'af_xdp', queue: 0 }, /^interfaces\[0\]\.device: expected a non-empty string/],
+    ['a negative queue', { type: 'af_xdp', device: 'eth1', queue: -1 }, /^interfaces\[0\]\.queue: expected an integer 0\.\.1023/],
+    ['a frame size over a page', { type: 'af_xdp', device: 'eth1', frameSize: 8192 }, /^interfaces\[0\]\.frameSize: expected an integer 2048\.\.4096/],
+    ['too few frames', { type: 'af_xdp', device: 'eth1', frames: 8 }, /^interfaces\[0\]\.frames: expected an integer 16\.\.65536/],
+    ['a socket', { type: 'af_xdp', device: 'eth1', socket: '/tmp/x' }, /^interfaces\[0\]\.socket: expected one of the keys/],
+    ['a queue on af_packet', { type: 'af_packet', device: 'eth1', queue: 1 }, /^interfaces\[0\]\.queue: expected one of the keys/],
+  ];
+  for (const [what, itf, re] of bad) t.throws(() => parseConfig({ interfaces: [itf] }, 2), re, what);
+  t.throws(() => parseConfig({ interfaces: [{ type: 'af_packet', device: 'eth1' }, { type: 'af_xdp', device: 'eth1', name: 'x' }] }, 2), /^interfaces\[1\]\.device: expected a network device used by one uplink port only/, 'one device, one uplink port (one XDP program per device)');
+  const { checkSchema } = await import('../src/main/config');
+  t.doesNotThrow(() => checkSchema({ interfaces: [{ type: 'af_xdp', device: 'eth1', queue: 2, frameSize: 4096, frames: 64, mtu: 1500 }] }), 'the schema takes an af_xdp port');
+  t.throws(() => checkSchema({ interfaces: [{ type: 'af_xdp', device: 'eth1', frameSize: 8192 }] }), 'the schema refuses a UMEM frame over a page');
+  t.throws(() => checkSchema({ interfaces: [{ type: 'af_packet', device: 'eth1', queue: 0 }] }), 'the schema refuses a queue on af_packet');
 });

@@ -268,6 +268,43 @@ t.test('AF_XDP: the program goes with a killed process; a takeover is refused by
   t.notOk(xdpOn(here), 'SIGKILL: no XDP program left on the device (the bpf_link went with the process)');
 });
 
+t.test('AF_XDP: opening errors are named by step (no such queue, queue taken, a program on the device already); nothing left attached', async (t) => {
+  const here = `vxg${tag}`;
+  const there = `vxh${tag}`;
+  try {
+    run('ip', ['link', 'del', here]);
+  } catch {
+    // none left behind
+  }
+  // two queues each way, so a second socket can bind queue 1 and fail only at the attach
+  run('ip', ['link', 'add', here, 'numtxqueues', '2', 'numrxqueues', '2', 'type', 'veth', 'peer', 'name', there, 'numtxqueues', '2', 'numrxqueues', '2']);
+  made.push(here);
+  const forwarders: Forwarder[] = [];
+  t.teardown(async () => {
+    for (const f of forwarders) await f.stop().catch(() => undefined);
+    try {
+      run('ip', ['link', 'del', here]);
+    } catch {
+      // gone
+    }
+  });
+  run('ip', ['link', 'set', here, 'up']);
+  const open = async (queue: number): Promise<Forwarder> => {
+    const f = new Forwarder(parseConfig({ interfaces: [{ type: 'af_xdp', device: here, queue, frames: 64 }] }, 1));
+    forwarders.push(f);
+    await f.start();
+    return f;
+  };
+  await t.rejects(open(7), /cannot open an AF_XDP socket on vxg\d+: the device has no such queue \(bind AF_XDP EINVAL\)/, 'queue 7 of a two-queue veth: named');
+  t.notOk(xdpOn(here), 'nothing attached after the failure');
+  const first = await open(0);
+  t.ok(xdpOn(here), 'the first port attached its program');
+  await t.rejects(open(0), /cannot open an AF_XDP socket on vxg\d+: the queue is bound to another XDP socket \(bind AF_XDP EBUSY\)/, 'the same queue again: bound already, named');
+  await t.rejects(open(1), /cannot open an AF_XDP socket on vxg\d+: an XDP program is attached to the device already \(not ours to replace\) \(XDP_ATTACH_FAILED E(BUSY|EXIST)\)/, 'queue 1: the socket binds, the attach is refused, named XDP_ATTACH_FAILED');
+  await first.stop();
+  t.notOk(xdpOn(here), 'the program left with the port; the failed ones left nothing');
+});
+
 t.test('AF_XDP: bogus RX descriptors are dropped and counted, never read outside the UMEM; the good ones go on', async (t) => {
   // a synthetic UMEM and rings (no kernel): what the worker sees if the RX ring lies
   const entries = 8;
