@@ -10,6 +10,9 @@
 // then sendto). The libraries would save no syscall per burst and would add a build and a
 // runtime dependency (libxdp's own XDP dispatcher program and its pinning in bpffs on top), so
 // a fresh `npm install` would need Debian's libxdp-dev/libbpf-dev: not worth it.
+// Measured (bench/xdp-kick.ts, veth, copy mode, kernel 6.18): an empty sendto kick 0.21 us,
+// the fill ring's recvfrom 0.25 us, a 32-frame burst 7.4 us (231 ns a frame: copy mode builds
+// and sends each frame's skb inside the kick), so the kick's cost is per frame, not per call.
 //
 // The UMEM is a memfd: mapped here once to register it (XDP_UMEM_REG pins the pages, then
 // this mapping goes), and mapped again by the caller through the mmap/SAB bridge, so the
