@@ -22,6 +22,9 @@ import { QueueStats } from '../src/main/stats';
 import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { tmpDir, waitUntil } from '../kit/env';
+import { api } from '../src/ctl';
+import { startControl } from '../src/main/control/server';
+import Ajv2020 from 'ajv/dist/2020';
 import { CTRL_INTS, ST_DROP_NO_BUF, ST_ERRORS, STATS_SLOTS, VringDesc, XskDesc } from '../src/shared/types';
 import { HOST_ALL, build, offloadPair, refComplete, refSegments } from '../kit/offload-lib';
 import { pattern } from '../kit/vq-harness';
@@ -183,6 +186,58 @@ t.test('xconnect guest <-> AF_XDP on a veth: byte-exact both ways, counters righ
   t.equal(q(fwd.stats(), here, 'rx')?.dropTooBig, 1, 'a guest frame over a UMEM frame: dropped, counted as too big');
   await fwd.stop();
   t.notOk(xdpOn(here), 'no XDP program left on the device after vhostfwd stops');
+});
+
+t.test('control API: an AF_XDP port in list and show (valid against the OpenAPI document); its polling moved to another worker, frames go on both ways', async (t) => {
+  const doc = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'schema', 'control-api.openapi.json'), 'utf8')) as Record<string, unknown>;
+  const ajv = new Ajv2020({ strict: false, allErrors: true });
+  ajv.addSchema({ ...doc, $id: 'api' });
+  const valid = (name: string, v: unknown): string | null => {
+    const check = ajv.getSchema(`api#/components/schemas/${name}`);
+    if (!check) return `no schema ${name}`;
+    return check(v) ? null : ajv.errorsText(check.errors);
+  };
+  const here = `vxi${tag}`;
+  const there = `vxj${tag}`;
+  const ns = vethPair(t, here, there);
+  const dir = tmpDir('vhostfwd-xdpctl-');
+  const fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: path.join(dir, 'a.sock') }, { type: 'af_xdp', device: here, queue: 0, frames: 64 }], workers: [{ queues: ['a:0', `${here}:0`] }, { queues: [] }], control: false }, os.cpus().length));
+  let a: SyntheticGuest | null = null;
+  let ctl: Awaited<ReturnType<typeof startControl>> | null = null;
+  t.teardown(async () => {
+    a?.close();
+    await ctl?.close();
+    await fwd.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await fwd.start();
+  const sock = path.join(dir, 'control.sock');
+  ctl = await startControl(fwd, { socket: sock, socketDir: null, version: 'test' });
+  a = await SyntheticGuest.start({ socket: path.join(dir, 'a.sock'), mac: macOf(1) });
+  const list = await api(sock, 'GET', '/v1/interfaces');
+  t.equal(valid('InterfaceList', list.body), null, 'the list is valid against InterfaceList');
+  const ups = (list.body as { uplinks: Array<Record<string, unknown>> }).uplinks;
+  t.same(ups.map((u) => [u.name, u.type, u.device, u.running, u.worker]), [[here, 'af_xdp', here, true, 0]], 'the AF_XDP port is listed: running, polled by worker 0');
+  const show = await api(sock, 'GET', `/v1/interfaces/${here}`);
+  t.equal(valid('UplinkInfo', show.body), null, 'show is valid against UplinkInfo');
+  t.same((show.body as { spec: unknown }).spec, { type: 'af_xdp', device: here, queue: 0, frames: 64 }, 'with its config form');
+  let seq = 0;
+  const both = async (what: string): Promise<void> => {
+    const out = Array.from({ length: 40 }, (_, i) => frame(macOf(2), macOf(1), 60 + 35 * i, seq++));
+    const cap = await ns.capture(there, ETH_TEST, out.length, 5000);
+    a?.send(0, out);
+    sameFrames(t, await cap.frames, out, `${what}: guest -> device`);
+    const back = Array.from({ length: 30 }, (_, i) => frame(macOf(1), macOf(2), 60 + 45 * i, seq++));
+    ns.send(there, back);
+    sameFrames(t, await guestFrames(a as SyntheticGuest, back.length, 5000), back, `${what}: device -> guest`);
+  };
+  await both('polled by worker 0');
+  const move = await api(sock, 'PUT', `/v1/interfaces/${here}/queues/0`, { worker: 1 });
+  t.equal(move.status, 200, 'its polling moves to worker 1');
+  t.equal(fwd.workerOf(here, 0), 1, 'placement says worker 1');
+  await both('polled by worker 1');
+  await both('polled by worker 1, again (the rings went round)');
+  t.equal(fwd.stats().filter((x) => x.iface === here).reduce((n, x) => n + x.errors + x.dropNoBuffer + x.dropTooBig, 0), 0, 'no drops or errors');
 });
 
 t.test('AF_XDP: a guest TSO frame is segmented and a partial checksum completed in software (no virtio-net header crosses); TX slots come back through the completion ring', async (t) => {
