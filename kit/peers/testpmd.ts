@@ -42,6 +42,8 @@ export interface TestpmdOptions {
   macs?: string[];
   /** destination MAC per port (`--eth-peer`), used by the mac and txonly modes, port order */
   ethPeers?: string[];
+  /** more EAL --vdev ports after the vhost-user ones, e.g. `net_af_packet0,iface=eth1` (bench/uplink.ts) */
+  vdevs?: string[];
 }
 
 export class Testpmd {
@@ -62,6 +64,7 @@ export class Testpmd {
       `--file-prefix=${o.prefix}`, '-m', String(o.memMb ?? 512),
       ...(o.role === 'frontend' ? ['--single-file-segments'] : []),
       ...vdevs,
+      ...(o.vdevs ?? []).flatMap((v) => ['--vdev', v]),
       '--', '-i', `--forward-mode=${o.forwardMode ?? 'io'}`, `--nb-cores=${Math.max(1, o.lcores.length - 1)}`,
       `--rxq=${q}`, `--txq=${q}`,
       ...(o.txpkts ? [`--txpkts=${o.txpkts}`] : []),

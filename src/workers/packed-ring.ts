@@ -38,7 +38,7 @@ import { copyBytes, F64_EXACT } from './copy';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
 import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
-import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
+import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, enqueueOffload, validateBurst } from './offload';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
@@ -316,6 +316,8 @@ export class PackedVirtqueue implements RingQueue {
     const d32 = this.d32;
     const size = this.size;
     const hdrLen = this.features.hdrLen;
+    // the header's flags and gso_type only when the guest negotiated a host offload (split ring: same)
+    const hostOffload = (this.features.netBits & HOST_OFFLOADS) !== 0;
     const mem = this.mem;
     const tso = TSO;
     // the last buffer's region as a window in locals (guest-memory.ts window(), as the split
@@ -360,8 +362,8 @@ export class PackedVirtqueue implements RingQueue {
           const off = (cOff + d) | 0;
           const u8 = cU8!;
           const p = batch.count;
-          const fl = u8[off];
-          const gt = u8[off + 1];
+          const fl = hostOffload ? u8[off] : 0;
+          const gt = hostOffload ? u8[off + 1] : 0;
           // zero in the batch already (PacketBatch.reset): stored only when set
           if ((fl | gt) !== 0) {
             batch.flags[p] = fl;
@@ -448,9 +450,11 @@ export class PackedVirtqueue implements RingQueue {
     }
     if (hdrLeft > 0) throw new GuestError('TX chain shorter than the virtio-net header', `slot ${this.lastAvail}`);
     const p = batch.count++;
-    batch.flags[p] = this.txHdr[0];
-    batch.gsoType[p] = this.txHdr[1];
-    if ((this.txHdr[0] | this.txHdr[1]) !== 0) readNetHdr(batch, p, this.txHdr, 0);
+    if ((this.txHdr[0] | this.txHdr[1]) !== 0 && (this.features.netBits & HOST_OFFLOADS) !== 0) {
+      batch.flags[p] = this.txHdr[0];
+      batch.gsoType[p] = this.txHdr[1];
+      readNetHdr(batch, p, this.txHdr, 0);
+    }
     batch.head[p] = id;
     batch.pktLen[p] = total;
     batch.segStart[p] = segMark;

@@ -25,7 +25,7 @@ import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN 
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
-import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
+import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, enqueueOffload, validateBurst } from './offload';
 import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
 
 export { GuestError } from './guest-error';
@@ -220,7 +220,9 @@ export class Virtqueue implements RingQueue {
     let cSpan = 0;
     let cOff = 0;
     let cU8: Uint8Array | null = null;
-    // offloads: each packet's flags and gso_type (the rest of the header only when non-zero)
+    // offloads: each packet's flags and gso_type (the rest of the header only when non-zero),
+    // when the guest negotiated a host offload at all
+    const hostOffload = (this.features.netBits & HOST_OFFLOADS) !== 0;
     const hFlags = batch.flags;
     const hGso = batch.gsoType;
     // The batch's arrays and counters in locals (written back before dequeueChain and at the
@@ -274,14 +276,16 @@ export class Virtqueue implements RingQueue {
             const len = dlen - hdrLen;
             // the virtio-net header: flags and gso_type, zero unless the guest asks for an
             // offload; then the rest of it (offload.ts validates it after the loop)
-            const ho = cOff + d;
-            const fl = cU8![ho];
-            const gt = cU8![ho + 1];
-            // zero in the batch already (PacketBatch.reset): stored only when set
-            if ((fl | gt) !== 0) {
-              hFlags[count] = fl;
-              hGso[count] = gt;
-              readNetHdr(batch, count, cU8!, ho);
+            if (hostOffload) {
+              const ho = cOff + d;
+              const fl = cU8![ho];
+              const gt = cU8![ho + 1];
+              // zero in the batch already (PacketBatch.reset): stored only when set
+              if ((fl | gt) !== 0) {
+                hFlags[count] = fl;
+                hGso[count] = gt;
+                readNetHdr(batch, count, cU8!, ho);
+              }
             }
             segRegion[nSegs] = cr;
             segOffset[nSegs] = cOff + d + hdrLen;
@@ -379,9 +383,11 @@ export class Virtqueue implements RingQueue {
     }
     if (hdrLeft > 0) throw new GuestError('TX chain shorter than the virtio-net header', `head ${head}`);
     const p = batch.count++;
-    batch.flags[p] = this.txHdr[0];
-    batch.gsoType[p] = this.txHdr[1];
-    if ((this.txHdr[0] | this.txHdr[1]) !== 0) readNetHdr(batch, p, this.txHdr, 0);
+    if ((this.txHdr[0] | this.txHdr[1]) !== 0 && (this.features.netBits & HOST_OFFLOADS) !== 0) {
+      batch.flags[p] = this.txHdr[0];
+      batch.gsoType[p] = this.txHdr[1];
+      readNetHdr(batch, p, this.txHdr, 0);
+    }
     batch.head[p] = head;
     batch.pktLen[p] = total;
     batch.segStart[p] = segMark;
