@@ -11,7 +11,9 @@
  * ports (io forward, the same pairs). Mpps = frames the frontend received per second, both
  * ports summed. Prints a table, writes bench/results/uplink/<time>.json and latest.{json,txt}.
  *
- *   node dist/bench/uplink.js [--sizes 64,1518] [--rounds 3] [--duration 5] [--warmup 2] [--burst-frames 4]
+ * --type af_xdp: the same with AF_XDP uplinks (vhostfwd `af_xdp` ports, DPDK `net_af_xdp`).
+ *
+ *   node dist/bench/uplink.js [--type af_packet|af_xdp] [--sizes 64,1518] [--rounds 3] [--duration 5] [--warmup 2] [--burst-frames 4]
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,6 +30,7 @@ const ROOT = path.join(__dirname, '..', '..');
 const U1 = 'vfu1a';
 const U2 = 'vfu2a';
 type Backend = 'vhostfwd' | 'dpdk';
+type UplinkType = 'af_packet' | 'af_xdp';
 
 function delUplinks(): void {
   for (const d of [U1, U2]) {
@@ -41,7 +44,8 @@ function delUplinks(): void {
 
 function veths(ns: NetNs): void {
   for (const [a, b] of [[U1, 'vfu1b'], [U2, 'vfu2b']]) {
-    run('ip', ['link', 'add', a, 'mtu', '9000', 'type', 'veth', 'peer', 'name', b, 'mtu', '9000']);
+    // 1518-byte frames need 1504; native XDP on a veth refuses a peer MTU above a page's room
+    run('ip', ['link', 'add', a, 'mtu', '2000', 'type', 'veth', 'peer', 'name', b, 'mtu', '2000']);
     run('sysctl', ['-qw', `net.ipv6.conf.${a}.disable_ipv6=1`]);
     ns.adopt(b);
     run('ip', ['link', 'set', a, 'up']);
@@ -54,7 +58,7 @@ function veths(ns: NetNs): void {
   }
 }
 
-async function trial(backend: Backend, size: number, a: { duration: number; warmup: number; burstFrames: number }, dir: string): Promise<number> {
+async function trial(backend: Backend, type: UplinkType, size: number, a: { duration: number; warmup: number; burstFrames: number }, dir: string): Promise<number> {
   const sock = (n: string): string => path.join(dir, `${n}.sock`);
   for (const n of ['a', 'b', 'control']) fs.rmSync(sock(n), { force: true });
   let vf: VhostfwdProc | null = null;
@@ -65,7 +69,7 @@ async function trial(backend: Backend, size: number, a: { duration: number; warm
       const cfg = {
         interfaces: [
           { name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') },
-          { type: 'af_packet', device: U1 }, { type: 'af_packet', device: U2 },
+          ...[U1, U2].map((device) => (type === 'af_xdp' ? { type, device, queue: 0 } : { type, device })),
         ],
         forwarding: { mode: 'xconnect', pairs: [['a', U1], ['b', U2]] },
         workers: [{ cpus: [1], queues: ['a:0', 'b:0', `${U1}:0`, `${U2}:0`] }],
@@ -78,7 +82,9 @@ async function trial(backend: Backend, size: number, a: { duration: number; warm
       // ports 0, 1: net_vhost a, b; 2, 3: the AF_PACKET uplinks; io forward pairs 0-2 and 1-3
       be = new Testpmd({
         role: 'backend', sockets: [sock('a'), sock('b')], lcores: [0, 1], prefix: `vhf-bu-be-${process.pid}`,
-        vdevs: [`net_af_packet0,iface=${U1},qpairs=1,blocksz=16384,framesz=2048,framecnt=2048,qdisc_bypass=1`, `net_af_packet1,iface=${U2},qpairs=1,blocksz=16384,framesz=2048,framecnt=2048,qdisc_bypass=1`],
+        vdevs: [U1, U2].map((d, i) => (type === 'af_xdp'
+          ? `net_af_xdp${i},iface=${d},start_queue=0,queue_count=1`
+          : `net_af_packet${i},iface=${d},qpairs=1,blocksz=16384,framesz=2048,framecnt=2048,qdisc_bypass=1`)),
         extraArgs: ['--portlist=0,2,1,3'],
       });
       await be.ready(60_000);
@@ -106,6 +112,7 @@ async function trial(backend: Backend, size: number, a: { duration: number; warm
 
 async function main(): Promise<void> {
   const a = await yargs(hideBin(process.argv))
+    .option('type', { choices: ['af_packet', 'af_xdp'] as const, default: 'af_packet' as const, describe: 'uplink port type' })
     .option('sizes', { type: 'string', default: '64,1518' })
     .option('rounds', { type: 'number', default: 3 })
     .option('duration', { type: 'number', default: 5 })
@@ -133,7 +140,7 @@ async function main(): Promise<void> {
       const got: Record<Backend, number[]> = { vhostfwd: [], dpdk: [] };
       for (let r = 0; r < a.rounds; r++) {
         for (const b of ['vhostfwd', 'dpdk'] as const) {
-          const mpps = await trial(b, size, { duration: a.duration, warmup: a.warmup, burstFrames: a['burst-frames'] }, dir);
+          const mpps = await trial(b, a.type, size, { duration: a.duration, warmup: a.warmup, burstFrames: a['burst-frames'] }, dir);
           got[b].push(mpps);
           process.stderr.write(`${size} B round ${r + 1} ${b}: ${mpps.toFixed(3)} Mpps\n`);
         }
@@ -144,7 +151,8 @@ async function main(): Promise<void> {
     cleanup();
   }
   const when = new Date().toISOString();
-  const lines = [`uplink loop: testpmd virtio-user -> backend -> AF_PACKET on veth -> tc mirred -> veth -> AF_PACKET -> backend -> testpmd (${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}, ${a.rounds} alternating rounds of ${a.duration} s)`, 'size  vhostfwd Mpps  DPDK Mpps  vf/DPDK'];
+  const T = a.type === 'af_xdp' ? 'AF_XDP' : 'AF_PACKET';
+  const lines = [`uplink loop: testpmd virtio-user -> backend -> ${T} on veth -> tc mirred -> veth -> ${T} -> backend -> testpmd (${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}, ${a.rounds} alternating rounds of ${a.duration} s)`, 'size  vhostfwd Mpps  DPDK Mpps  vf/DPDK'];
   for (const size of sizes) {
     const v = rows.find((x) => x.size === size && x.backend === 'vhostfwd')?.median ?? Number.NaN;
     const d = rows.find((x) => x.size === size && x.backend === 'dpdk')?.median ?? Number.NaN;
@@ -152,9 +160,9 @@ async function main(): Promise<void> {
   }
   const txt = lines.join('\n');
   process.stdout.write(`${txt}\n`);
-  const out = path.join(ROOT, 'bench', 'results', 'uplink');
+  const out = path.join(ROOT, 'bench', 'results', 'uplink', a.type);
   fs.mkdirSync(out, { recursive: true });
-  const json = JSON.stringify({ when, host: { cpus: os.cpus().length, load: os.loadavg() }, options: { sizes, rounds: a.rounds, duration: a.duration, warmup: a.warmup, burstFrames: a['burst-frames'] }, rows }, null, 2) + '\n';
+  const json = JSON.stringify({ when, host: { cpus: os.cpus().length, load: os.loadavg() }, options: { type: a.type, sizes, rounds: a.rounds, duration: a.duration, warmup: a.warmup, burstFrames: a['burst-frames'] }, rows }, null, 2) + '\n';
   fs.writeFileSync(path.join(out, `${when.replace(/[:.]/g, '-')}.json`), json);
   fs.writeFileSync(path.join(out, 'latest.json'), json);
   fs.writeFileSync(path.join(out, 'latest.txt'), `${txt}\n`);
