@@ -22,7 +22,7 @@
  */
 import { native } from '../native';
 import { CTRL_LAST_AVAIL, CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc } from '../shared/types';
-import type { CopyQueue } from './bulk-copy';
+import { BULK_MIN, type CopyQueue } from './bulk-copy';
 import { copyBytes } from './copy';
 import { GuestMemory, RegionViews, makeViews } from './guest-memory';
 import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
@@ -84,6 +84,14 @@ export class PacketQueue implements RingQueue {
   private wPos = 0;
   private wEnd = 0;
   private queued = 0;
+  /**
+   * The TX frames written since the last kick, by slot offset: their status words go to
+   * SEND_REQUEST in kick(), after the burst's deferred copies ran (the kernel reads a TX
+   * frame only inside send(2)), so a burst's copies are one addon call, as on guest rings
+   */
+  private readonly sent: Int32Array;
+  /** the rings' id in the worker's bulk copier */
+  private readonly ringId: number;
   private badReportAt = -Infinity;
   private badSuppressed = 0;
 
@@ -104,6 +112,8 @@ export class PacketQueue implements RingQueue {
     ]);
     this.mem.enableBulk(native);
     this.view = this.mem.views[0];
+    this.ringId = (this.mem.bulkIds as Int32Array)[0];
+    this.sent = new Int32Array(this.size);
     this.u8 = this.view.u8;
     this.u16 = new Uint16Array(d.ring);
     this.u32 = new Uint32Array(d.ring);
@@ -266,11 +276,21 @@ export class PacketQueue implements RingQueue {
 
   abandon(): void {
     this.bulk?.discard();
+    // frames written but not published stay AVAILABLE; the head (not stored back) rewinds
+    this.queued = 0;
     if (TSO) this.ctrl[CTRL_LOCK] = 0;
     else Atomics.store(this.ctrl, CTRL_LOCK, 0);
   }
 
   private kick(): void {
+    this.bulk?.run();
+    const i32 = this.i32;
+    const sent = this.sent;
+    const n = this.queued;
+    for (let k = 0; k < n; k++) {
+      if (TSO) i32[sent[k] >> 2] = TP_STATUS_SEND_REQUEST;
+      else Atomics.store(i32, sent[k] >> 2, TP_STATUS_SEND_REQUEST);
+    }
     this.queued = 0;
     if (native.packetKick(this.fd) < 0) this.stats[ST_ERRORS]++;
   }
@@ -341,7 +361,21 @@ export class PacketQueue implements RingQueue {
     const views = srcMem.views;
     const end = batch.segStart[i] + batch.segCount[i];
     if (edit === 0) {
-      for (let s = batch.segStart[i]; s < end; s++) this.rxPut(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
+      const bulk = this.bulk;
+      const ids = srcMem.bulkIds;
+      for (let s = batch.segStart[i]; s < end; s++) {
+        const r = batch.segRegion[s];
+        let n = batch.segLen[s];
+        if (bulk !== null && ids !== null && n >= BULK_MIN) {
+          if (n > this.wEnd - this.wPos) n = this.wEnd - this.wPos;
+          if (n <= 0) continue;
+          // run with the burst's other copies, before kick() publishes the frame
+          bulk.add(ids[r], srcMem.regions[r].sabOffset + batch.segOffset[s], this.ringId, this.wPos, n);
+          this.wPos += n;
+        } else {
+          this.rxPut(views[r], batch.segOffset[s], n);
+        }
+      }
       return;
     }
     const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
@@ -385,12 +419,9 @@ export class PacketQueue implements RingQueue {
   }
 
   rxCommit(len: number): void {
-    // the bytes before the status: a deferred copy into this frame must have run
-    this.bulk?.run();
     const o = this.wSlot;
     this.u32[(o >> 2) + 1] = VNET + len;
-    if (TSO) this.i32[o >> 2] = TP_STATUS_SEND_REQUEST;
-    else Atomics.store(this.i32, o >> 2, TP_STATUS_SEND_REQUEST);
+    this.sent[this.queued] = o; // published by kick()
     this.head = (this.head + 1) & this.mask;
     this.queued++;
     this.stats[ST_PACKETS]++;

@@ -26,7 +26,7 @@
  */
 import { native } from '../native';
 import { CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc, XskDesc, XskRing } from '../shared/types';
-import type { CopyQueue } from './bulk-copy';
+import { BULK_MIN, type CopyQueue } from './bulk-copy';
 import { copyBytes } from './copy';
 import { GuestMemory, RegionViews, makeViews } from './guest-memory';
 import { enqueueOffload } from './offload';
@@ -305,7 +305,22 @@ export class XskQueue implements RingQueue {
     const views = srcMem.views;
     const end = batch.segStart[i] + batch.segCount[i];
     if (edit === 0) {
-      for (let s = batch.segStart[i]; s < end; s++) this.rxPut(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
+      const bulk = this.bulk;
+      const ids = srcMem.bulkIds;
+      const umemId = (this.mem.bulkIds as Int32Array)[0];
+      for (let s = batch.segStart[i]; s < end; s++) {
+        const r = batch.segRegion[s];
+        let n = batch.segLen[s];
+        if (bulk !== null && ids !== null && n >= BULK_MIN) {
+          if (n > this.wEnd - this.wPos) n = this.wEnd - this.wPos;
+          if (n <= 0) continue;
+          // with the burst's other copies, one addon call, before publish() hands the frame over
+          bulk.add(ids[r], srcMem.regions[r].sabOffset + batch.segOffset[s], umemId, this.wPos, n);
+          this.wPos += n;
+        } else {
+          this.rxPut(views[r], batch.segOffset[s], n);
+        }
+      }
       return;
     }
     const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
