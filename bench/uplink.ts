@@ -51,11 +51,7 @@ function veths(ns: NetNs): void {
     run('ip', ['link', 'set', a, 'up']);
   }
   // the far ends: whatever comes in on one leaves by the other
-  for (const [from, to] of [['vfu1b', 'vfu2b'], ['vfu2b', 'vfu1b']]) {
-    ns.exec('tc', 'qdisc', 'add', 'dev', from, 'ingress');
-    // u32 matching everything (matchall is not built into every kernel)
-    ns.exec('tc', 'filter', 'add', 'dev', from, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', to);
-  }
+  ns.mirror('vfu1b', 'vfu2b');
 }
 
 async function trial(backend: Backend, type: UplinkType, size: number, a: { duration: number; warmup: number; burstFrames: number }, dir: string): Promise<number> {

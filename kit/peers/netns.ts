@@ -122,6 +122,18 @@ export class NetNs {
     };
   }
 
+  /**
+   * Join two devices inside the namespace back to back: whatever comes in on one leaves by
+   * the other (tc ingress, u32 match-all, mirred redirect; matchall is not built into every
+   * kernel). An uplink's frames out of one veth come back in on the other (bench/uplink.ts).
+   */
+  mirror(a: string, b: string): void {
+    for (const [from, to] of [[a, b], [b, a]]) {
+      this.exec('tc', 'qdisc', 'add', 'dev', from, 'ingress');
+      this.exec('tc', 'filter', 'add', 'dev', from, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', to);
+    }
+  }
+
   /** Delete the namespace and every device in it (idempotent). */
   remove(): void {
     if (this.removed) return;
