@@ -22,14 +22,14 @@
  */
 import { native } from '../native';
 import { CTRL_LAST_AVAIL, CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc } from '../shared/types';
-import { BULK_MIN, type CopyQueue } from './bulk-copy';
-import { copyBytes } from './copy';
-import { GuestMemory, RegionViews, makeViews } from './guest-memory';
-import { BAD_OFFLOAD_REASONS, enqueueOffload, validateBurst } from './offload';
+import type { CopyQueue } from './bulk-copy';
+import { GuestMemory, RegionViews } from './guest-memory';
+import { BAD_OFFLOAD_REASONS, validateBurst } from './offload';
 import { TSO } from './ordering';
 import { BURST, PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
-import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+import { SlotWriter } from './slot-writer';
+import { TPID_8021Q } from './vlan';
 
 /** The ring's geometry, from native.packetOpen (the ring SAB is RX then TX, ringBytes each). */
 export interface PacketDesc {
@@ -56,7 +56,7 @@ const TP_STATUS_SEND_REQUEST = 1;
 const VNET = 10;
 const DATA_VALID = 2;
 
-export class PacketQueue implements RingQueue {
+export class PacketQueue extends SlotWriter implements RingQueue {
   readonly index: number;
   readonly size: number;
   readonly ctrl: Int32Array;
@@ -72,7 +72,7 @@ export class PacketQueue implements RingQueue {
   private readonly u16: Uint16Array;
   private readonly u32: Uint32Array;
   private readonly i32: Int32Array;
-  private readonly view: RegionViews;
+  protected readonly view: RegionViews;
   private readonly tags: Uint8Array;
   private readonly mask: number;
   /** RX ring frames taken by the burst, handed back by completeBurst */
@@ -81,8 +81,6 @@ export class PacketQueue implements RingQueue {
   private head = 0;
   // TX: the frame being written
   private wSlot = 0;
-  private wPos = 0;
-  private wEnd = 0;
   private queued = 0;
   /**
    * The TX frames written since the last kick, by slot offset: their status words go to
@@ -90,12 +88,11 @@ export class PacketQueue implements RingQueue {
    * frame only inside send(2)), so a burst's copies are one addon call, as on guest rings
    */
   private readonly sent: Int32Array;
-  /** the rings' id in the worker's bulk copier */
-  private readonly ringId: number;
   private badReportAt = -Infinity;
   private badSuppressed = 0;
 
   constructor(vd: VringDesc, d: PacketDesc) {
+    super();
     this.index = vd.index;
     this.d = d;
     this.fd = d.fd;
@@ -112,7 +109,8 @@ export class PacketQueue implements RingQueue {
     ]);
     this.mem.enableBulk(native);
     this.view = this.mem.views[0];
-    this.ringId = (this.mem.bulkIds as Int32Array)[0];
+    // TX frames' copies batched: kick() publishes the frames after the batch ran
+    this.copyId = (this.mem.bulkIds as Int32Array)[0];
     this.sent = new Int32Array(this.size);
     this.u8 = this.view.u8;
     this.u16 = new Uint16Array(d.ring);
@@ -295,39 +293,6 @@ export class PacketQueue implements RingQueue {
     if (native.packetKick(this.fd) < 0) this.stats[ST_ERRORS]++;
   }
 
-  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) if (this.enqueue(srcMem, batch, pick === null ? k : pick[k], 0)) done++;
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) {
-      const i = pick[k];
-      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
-    }
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
-    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
-    const len = batch.pktLen[i] + editDelta(edit);
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPutPacket(srcMem, batch, i, edit);
-    this.rxCommit(len);
-    return true;
-  }
-
-  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPut(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
-    this.rxCommit(len);
-    return true;
-  }
-
   rxReserve(len: number, hdr: Uint8Array | null): boolean {
     const d = this.d;
     if (d.txData + VNET + len > d.frameSize) {
@@ -348,69 +313,6 @@ export class PacketQueue implements RingQueue {
     this.wPos = h + VNET;
     this.wEnd = h + VNET + len;
     return true;
-  }
-
-  rxPut(src: RegionViews, off: number, len: number): void {
-    if (len > this.wEnd - this.wPos) len = this.wEnd - this.wPos;
-    if (len <= 0) return;
-    copyBytes(this.view, this.wPos, src, off, len);
-    this.wPos += len;
-  }
-
-  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
-    const views = srcMem.views;
-    const end = batch.segStart[i] + batch.segCount[i];
-    if (edit === 0) {
-      const bulk = this.bulk;
-      const ids = srcMem.bulkIds;
-      for (let s = batch.segStart[i]; s < end; s++) {
-        const r = batch.segRegion[s];
-        let n = batch.segLen[s];
-        if (bulk !== null && ids !== null && n >= BULK_MIN) {
-          if (n > this.wEnd - this.wPos) n = this.wEnd - this.wPos;
-          if (n <= 0) continue;
-          // run with the burst's other copies, before kick() publishes the frame
-          bulk.add(ids[r], srcMem.regions[r].sabOffset + batch.segOffset[s], this.ringId, this.wPos, n);
-          this.wPos += n;
-        } else {
-          this.rxPut(views[r], batch.segOffset[s], n);
-        }
-      }
-      return;
-    }
-    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
-    let pos = 0;
-    for (let s = batch.segStart[i]; s < end; s++) {
-      const v = views[batch.segRegion[s]];
-      let off = batch.segOffset[s];
-      let n = batch.segLen[s];
-      if (pos < 12) {
-        const k = n < 12 - pos ? n : 12 - pos;
-        this.rxPut(v, off, k);
-        pos += k;
-        off += k;
-        n -= k;
-        if (pos === 12 && (edit & EDIT_PUSH) !== 0 && this.wEnd - this.wPos >= 4) {
-          const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
-          const u8 = this.u8;
-          u8[this.wPos] = tpid >>> 8;
-          u8[this.wPos + 1] = tpid & 0xff;
-          u8[this.wPos + 2] = (edit >>> 8) & 0xff;
-          u8[this.wPos + 3] = edit & 0xff;
-          this.wPos += 4;
-        }
-      }
-      if (n > 0 && pos < skipEnd) {
-        const k = n < skipEnd - pos ? n : skipEnd - pos;
-        pos += k;
-        off += k;
-        n -= k;
-      }
-      if (n > 0) {
-        this.rxPut(v, off, n);
-        pos += n;
-      }
-    }
   }
 
   rxPoke(pos: number, value: number): void {

@@ -24,13 +24,12 @@
 import { native } from '../native';
 import { CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc } from '../shared/types';
 import type { CopyQueue } from './bulk-copy';
-import { copyBytes } from './copy';
-import { GuestMemory, RegionViews, makeViews } from './guest-memory';
-import { BAD_OFFLOAD_REASONS, MAX_OFFLOAD_FRAME, enqueueOffload, validateBurst } from './offload';
+import { GuestMemory, RegionViews } from './guest-memory';
+import { BAD_OFFLOAD_REASONS, MAX_OFFLOAD_FRAME, validateBurst } from './offload';
 import { TSO } from './ordering';
 import { BURST, PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
-import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+import { SlotWriter } from './slot-writer';
 
 /** the virtio-net header on a TAP (struct virtio_net_hdr_mrg_rxbuf; TUNSETVNETHDRSZ 12) */
 export const TAP_HDR = 12;
@@ -50,7 +49,7 @@ export interface TapDesc {
 /** Slots of the RX side: software segmentation of one GSO frame may need more than a burst's. */
 const RX_SLOTS = BURST;
 
-export class TapQueue implements RingQueue {
+export class TapQueue extends SlotWriter implements RingQueue {
   readonly index: number;
   readonly size = RX_SLOTS;
   readonly ctrl: Int32Array;
@@ -63,18 +62,17 @@ export class TapQueue implements RingQueue {
   private readonly fd: number;
   private readonly slots: number;
   private readonly lens: Int32Array;
-  private readonly view: RegionViews;
+  protected readonly view: RegionViews;
   private readonly u8: Uint8Array;
   /** the buffer's id in this worker's copy table (tapRead / tapWrite take it) */
   private readonly id: number;
   // RX: frames queued in the slots, and the one being written (rxReserve .. rxCommit)
   private queued = 0;
-  private wPos = 0;
-  private wEnd = 0;
   private badReportAt = -Infinity;
   private badSuppressed = 0;
 
   constructor(vd: VringDesc, tap: TapDesc) {
+    super();
     this.index = vd.index;
     this.fd = tap.fd;
     this.features = { ...vd.features };
@@ -203,39 +201,6 @@ export class TapQueue implements RingQueue {
     else Atomics.store(this.ctrl, CTRL_LOCK, 0);
   }
 
-  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) if (this.enqueue(srcMem, batch, pick === null ? k : pick[k], 0)) done++;
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) {
-      const i = pick[k];
-      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
-    }
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
-    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
-    const len = batch.pktLen[i] + editDelta(edit);
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPutPacket(srcMem, batch, i, edit);
-    this.rxCommit(len);
-    return true;
-  }
-
-  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPut(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
-    this.rxCommit(len);
-    return true;
-  }
-
   /** A slot for a frame of `len` bytes, its header's first 10 bytes from `hdr` (null: zeros). */
   rxReserve(len: number, hdr: Uint8Array | null): boolean {
     if (len + TAP_HDR > TAP_SLOT) {
@@ -254,60 +219,6 @@ export class TapQueue implements RingQueue {
     this.wPos = o + TAP_HDR;
     this.wEnd = o + TAP_HDR + len;
     return true;
-  }
-
-  rxPut(src: RegionViews, off: number, len: number): void {
-    // the callers put exactly the reserved length; never past the slot either way
-    if (len > this.wEnd - this.wPos) len = this.wEnd - this.wPos;
-    if (len <= 0) return;
-    copyBytes(this.view, this.wPos, src, off, len);
-    this.wPos += len;
-  }
-
-  /** The whole of packet i, with its VLAN tag edit made (as Virtqueue.putPacket). */
-  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
-    const views = srcMem.views;
-    const end = batch.segStart[i] + batch.segCount[i];
-    if (edit === 0) {
-      for (let s = batch.segStart[i]; s < end; s++) this.rxPut(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
-      return;
-    }
-    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
-    let pos = 0;
-    for (let s = batch.segStart[i]; s < end; s++) {
-      const v = views[batch.segRegion[s]];
-      let off = batch.segOffset[s];
-      let n = batch.segLen[s];
-      if (pos < 12) {
-        const k = n < 12 - pos ? n : 12 - pos;
-        this.rxPut(v, off, k);
-        pos += k;
-        off += k;
-        n -= k;
-        if (pos === 12 && (edit & EDIT_PUSH) !== 0) this.putTag(edit);
-      }
-      if (n > 0 && pos < skipEnd) {
-        const k = n < skipEnd - pos ? n : skipEnd - pos;
-        pos += k;
-        off += k;
-        n -= k;
-      }
-      if (n > 0) {
-        this.rxPut(v, off, n);
-        pos += n;
-      }
-    }
-  }
-
-  private putTag(edit: number): void {
-    if (this.wEnd - this.wPos < 4) return;
-    const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
-    const u8 = this.u8;
-    u8[this.wPos] = tpid >>> 8;
-    u8[this.wPos + 1] = tpid & 0xff;
-    u8[this.wPos + 2] = (edit >>> 8) & 0xff;
-    u8[this.wPos + 3] = edit & 0xff;
-    this.wPos += 4;
   }
 
   /** Overwrite frame byte `pos` (0 = first byte after the header) of the frame being written. */

@@ -26,13 +26,11 @@
  */
 import { native } from '../native';
 import { CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc, XskDesc, XskRing } from '../shared/types';
-import { BULK_MIN, type CopyQueue } from './bulk-copy';
-import { copyBytes } from './copy';
-import { GuestMemory, RegionViews, makeViews } from './guest-memory';
-import { enqueueOffload } from './offload';
+import type { CopyQueue } from './bulk-copy';
+import { GuestMemory, RegionViews } from './guest-memory';
 import { BURST, PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
-import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+import { SlotWriter } from './slot-writer';
 
 /** linux/if_xdp.h: a ring's flags word asks for a syscall */
 const XDP_RING_NEED_WAKEUP = 1;
@@ -57,7 +55,7 @@ class Ring {
   }
 }
 
-export class XskQueue implements RingQueue {
+export class XskQueue extends SlotWriter implements RingQueue {
   readonly index: number;
   readonly size: number;
   readonly ctrl: Int32Array;
@@ -72,7 +70,7 @@ export class XskQueue implements RingQueue {
   private readonly mask: number;
   /** bytes of the UMEM's RX half (frames below it are the fill ring's) */
   private readonly rxBytes: number;
-  private readonly view: RegionViews;
+  protected readonly view: RegionViews;
   private readonly rx: Ring;
   private readonly tx: Ring;
   private readonly fill: Ring;
@@ -85,10 +83,9 @@ export class XskQueue implements RingQueue {
   private compCons = 0;
   private published = 0;
   private wSlot = 0;
-  private wPos = 0;
-  private wEnd = 0;
 
   constructor(vd: VringDesc, d: XskDesc) {
+    super();
     this.index = vd.index;
     this.fd = d.fd;
     this.fs = d.frameSize;
@@ -108,6 +105,8 @@ export class XskQueue implements RingQueue {
     this.mem = new GuestMemory([{ gpa: 0, size: d.umem.byteLength, uva: 0, sab: d.umem, sabOffset: 0 }]);
     this.mem.enableBulk(native);
     this.view = this.mem.views[0];
+    // TX frames' copies batched: publish() hands the descriptors over after the batch ran
+    this.copyId = (this.mem.bulkIds as Int32Array)[0];
   }
 
   dispose(): void {
@@ -239,39 +238,6 @@ export class XskQueue implements RingQueue {
     if ((Atomics.load(tx.u32, tx.flags) & XDP_RING_NEED_WAKEUP) !== 0 && native.xdpKick(this.fd, Math.ceil(queued / KERNEL_TX_BATCH) + 1) < 0) this.stats[ST_ERRORS]++;
   }
 
-  enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) if (this.enqueue(srcMem, batch, pick === null ? k : pick[k], 0)) done++;
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) {
-      const i = pick[k];
-      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
-    }
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
-    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
-    const len = batch.pktLen[i] + editDelta(edit);
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPutPacket(srcMem, batch, i, edit);
-    this.rxCommit(len);
-    return true;
-  }
-
-  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPut(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
-    this.rxCommit(len);
-    return true;
-  }
-
   /** `hdr` is ignored: no virtio-net header on an XDP socket (the frame has no offload left by now). */
   rxReserve(len: number, _hdr: Uint8Array | null): boolean {
     if (len > this.fs || len < MIN_FRAME) {
@@ -292,70 +258,6 @@ export class XskQueue implements RingQueue {
     this.wPos = o;
     this.wEnd = o + len;
     return true;
-  }
-
-  rxPut(src: RegionViews, off: number, len: number): void {
-    if (len > this.wEnd - this.wPos) len = this.wEnd - this.wPos;
-    if (len <= 0) return;
-    copyBytes(this.view, this.wPos, src, off, len);
-    this.wPos += len;
-  }
-
-  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
-    const views = srcMem.views;
-    const end = batch.segStart[i] + batch.segCount[i];
-    if (edit === 0) {
-      const bulk = this.bulk;
-      const ids = srcMem.bulkIds;
-      const umemId = (this.mem.bulkIds as Int32Array)[0];
-      for (let s = batch.segStart[i]; s < end; s++) {
-        const r = batch.segRegion[s];
-        let n = batch.segLen[s];
-        if (bulk !== null && ids !== null && n >= BULK_MIN) {
-          if (n > this.wEnd - this.wPos) n = this.wEnd - this.wPos;
-          if (n <= 0) continue;
-          // with the burst's other copies, one addon call, before publish() hands the frame over
-          bulk.add(ids[r], srcMem.regions[r].sabOffset + batch.segOffset[s], umemId, this.wPos, n);
-          this.wPos += n;
-        } else {
-          this.rxPut(views[r], batch.segOffset[s], n);
-        }
-      }
-      return;
-    }
-    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
-    let pos = 0;
-    for (let s = batch.segStart[i]; s < end; s++) {
-      const v = views[batch.segRegion[s]];
-      let off = batch.segOffset[s];
-      let n = batch.segLen[s];
-      if (pos < 12) {
-        const k = n < 12 - pos ? n : 12 - pos;
-        this.rxPut(v, off, k);
-        pos += k;
-        off += k;
-        n -= k;
-        if (pos === 12 && (edit & EDIT_PUSH) !== 0 && this.wEnd - this.wPos >= 4) {
-          const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
-          const u8 = this.view.u8;
-          u8[this.wPos] = tpid >>> 8;
-          u8[this.wPos + 1] = tpid & 0xff;
-          u8[this.wPos + 2] = (edit >>> 8) & 0xff;
-          u8[this.wPos + 3] = edit & 0xff;
-          this.wPos += 4;
-        }
-      }
-      if (n > 0 && pos < skipEnd) {
-        const k = n < skipEnd - pos ? n : skipEnd - pos;
-        pos += k;
-        off += k;
-        n -= k;
-      }
-      if (n > 0) {
-        this.rxPut(v, off, n);
-        pos += n;
-      }
-    }
   }
 
   rxPoke(pos: number, value: number): void {
