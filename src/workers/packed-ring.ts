@@ -581,9 +581,12 @@ export class PackedVirtqueue implements RingQueue {
             const u32 = v.u32;
             if (u32 !== null && (off & 3) === 0) {
               const hw = off >> 2;
-              u32[hw] = 0;
-              u32[hw + 1] = 0;
-              u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
+              // written only where it differs, as the split ring does (NOTES.md #11): the
+              // buffer's last use often left these values, and a store pulls the line back
+              // from the frontend's cache
+              if (u32[hw] !== 0) u32[hw] = 0;
+              if (u32[hw + 1] !== 0) u32[hw + 1] = 0;
+              if (u32[hw + 2] !== 0x10000) u32[hw + 2] = 0x10000; // num_buffers = 1 (bytes 10..11, LE)
             } else {
               const u8 = v.u8;
               for (let b = 0; b < 12; b++) u8[off + b] = b === 10 ? 1 : 0;
