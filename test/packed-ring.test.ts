@@ -19,6 +19,8 @@ import { BACKGROUND, eq, Guest, layout, makeGuest, pattern, vringDesc } from '..
 import { PackedDriver } from './packed-driver';
 import { GUEST_ALL, HOST_ALL, build, l4Verifies } from '../kit/offload-lib';
 import { EDIT_PUSH } from '../src/workers/vlan';
+import { CopyQueue } from '../src/workers/bulk-copy';
+import { native } from '../src/native';
 
 const batch = new PacketBatch(32);
 
@@ -407,6 +409,30 @@ t.test('offloads through packed rings: NEEDS_CSUM completed in software, a TSO f
       t.equal(rx.stats[ST_GSO_PASSED], 1);
     }
   }
+});
+
+t.test('NEEDS_CSUM completed in software with bulk copies queued: the checksum stored survives the copies (packed)', async (t) => {
+  // completeCsum puts the frame, then pokes the checksum into it: a frame copy queued on the
+  // worker's bulk queue (BULK_MIN bytes and more) that ran later would write the source's
+  // field (the pseudo-header sum) over it
+  const { a, b, tx, rx } = pair({ size: 16, tx: { netBits: HOST_ALL }, rx: { netBits: 0 } });
+  a.gm.enableBulk(native);
+  b.gm.enableBulk(native);
+  const q = new CopyQueue(native);
+  tx.vq.bulk = q;
+  rx.vq.bulk = q;
+  const f = build({ v6: false, payload: pattern(1000, 7), optLen: 12 });
+  tx.drv.postTx(f.frame, { hdr: f.hdr, chunks: 1 });
+  const chain = rx.drv.postRx(2048);
+  t.equal(forward(tx, rx).done, 1);
+  const used = rx.drv.collectUsed();
+  t.equal(used.length, 1);
+  const data = rx.drv.chainBytes(chain, used[0].len).subarray(12);
+  t.equal(data.length, f.frame.length, 'the frame\'s length');
+  t.ok(l4Verifies(data, f.l3, false), 'the TCP checksum verifies');
+  t.equal(rx.stats[ST_CSUM_SW], 1);
+  a.gm.dispose();
+  b.gm.dispose();
 });
 
 t.test('a VLAN tag pushed on the way (enqueueEdited): the tag after the MACs, byte-exact', async (t) => {

@@ -30,6 +30,8 @@ import { HOST_ALL, build, offloadPair, refComplete, refSegments } from '../kit/o
 import { pattern } from '../kit/vq-harness';
 import { XskQueue } from '../src/workers/xsk-port';
 import { PacketBatch } from '../src/workers/packet-batch';
+import { CopyQueue } from '../src/workers/bulk-copy';
+import { native } from '../src/native';
 
 const why = canUseNetns();
 if (why) t.plan(0, `AF_XDP uplink tests need root, ip netns and python3: ${why}`);
@@ -285,6 +287,35 @@ t.test('AF_XDP: a guest TSO frame is segmented and a partial checksum completed 
   t.equal(Atomics.load(comp, 1), 2, 'the completion ring consumed');
   t.equal(Atomics.load(ring, 0), 5, 'the fifth descriptor published, in slot 0 again');
   t.equal(ring[16], 4 * 2048, 'slot 0 uses frame 4 again');
+});
+
+t.test('AF_XDP: a partial checksum completed in software with the frame copy on the worker\'s bulk queue: the stored checksum survives the copy', async (t) => {
+  // the frame (BULK_MIN bytes and more) is copied in the burst's batch, after completeCsum
+  // poked the checksum into the slot: the poke must not be overwritten by the late copy
+  const { d, vd } = synthetic(0, 4);
+  const vq = new XskQueue(vd, d);
+  t.teardown(() => vq.dispose());
+  const { a, tx } = offloadPair({ netBits: HOST_ALL }, { netBits: 0 });
+  a.gm.enableBulk(native);
+  t.teardown(() => a.gm.dispose());
+  vq.bulk = new CopyQueue(native);
+  const c = build({ v6: false, udp: true, payload: pattern(1200, 9) });
+  tx.drv.postTx(c.frame, { hdr: c.hdr });
+  const batch = new PacketBatch();
+  const n = tx.vq.dequeueBurst(batch, 32);
+  t.equal(n, 1, 'one frame from the guest');
+  vq.acquire();
+  t.equal(vq.enqueueBurst(a.gm, batch, null, n), 1, 'taken');
+  vq.flush();
+  vq.release();
+  tx.vq.completeBurst(batch);
+  const ring = new Uint32Array(d.tx.sab);
+  const umem = new Uint8Array(d.umem);
+  t.equal(Atomics.load(ring, 0), 1, 'one TX descriptor published');
+  const out = umem.slice(ring[16], ring[16] + ring[18]);
+  const want = refComplete(c.frame, { l3: c.l3, l4: c.l4, v6: false, udp: true });
+  t.equal(out.length, want.length, 'the length');
+  t.ok(Buffer.compare(Buffer.from(out), Buffer.from(want)) === 0, 'byte-exact against the reference, checksum included');
 });
 
 t.test('AF_XDP: the program goes with a killed process; a takeover is refused by name (AF_XDP_NOT_HANDED_OVER), the running process goes on', async (t) => {

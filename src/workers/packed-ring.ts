@@ -711,6 +711,10 @@ export class PackedVirtqueue implements RingQueue {
   }
 
   rxPoke(pos: number, value: number): void {
+    // the frame's bytes may still sit in the worker's bulk queue (copies of BULK_MIN bytes and
+    // more run before publishing): run it first, or the queued copy lands over this byte later
+    // (a software checksum of a TCP frame towards a port without checksum offload)
+    this.bulk?.run();
     let p = pos + this.features.hdrLen;
     for (let s = 0; s < this.nDSeg; s++) {
       if (p < this.dSegLen[s]) {

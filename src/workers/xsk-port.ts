@@ -261,6 +261,10 @@ export class XskQueue extends SlotWriter implements RingQueue {
   }
 
   rxPoke(pos: number, value: number): void {
+    // the frame's bytes may still sit in the worker's bulk queue (copies of BULK_MIN bytes and
+    // more run before publishing): run it first, or the queued copy lands over this byte later
+    // (a software checksum of a TCP frame towards a port without checksum offload)
+    this.bulk?.run();
     const at = this.wSlot + pos;
     if (at < this.wEnd) this.view.u8[at] = value;
   }
