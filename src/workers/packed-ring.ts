@@ -33,27 +33,23 @@ import {
   ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { PACKED_EVENT_AREA, packedIndex } from '../protocol/ring-layout';
-import { BULK_MIN, CopyQueue } from './bulk-copy';
+import { BULK_MIN } from './bulk-copy';
 import { copyBytes, F64_EXACT } from './copy';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
-import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
-import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, enqueueOffload, validateBurst } from './offload';
+import { GuestMemory, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
+import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, validateBurst } from './offload';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
-import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+import { RxBuffers } from './rx-buffers';
 
 const F_AVAIL = VRING_PACKED_DESC_F_AVAIL;
 const F_USED = VRING_PACKED_DESC_F_USED;
 const F_BOTH = F_AVAIL | F_USED;
 const PAGE_INV = 1 / LOG_PAGE;
 
-/** The 4 bytes of a pushed 802.1Q tag, written here then copied like any source piece. */
-const tagBytes = new Uint8Array(8);
-const tagViews = makeViews(tagBytes.buffer, 0, 8);
-
-export class PackedVirtqueue implements RingQueue {
+export class PackedVirtqueue extends RxBuffers implements RingQueue {
   readonly index: number;
   readonly size: number;
   readonly isTx: boolean;
@@ -62,7 +58,6 @@ export class PackedVirtqueue implements RingQueue {
   readonly log: DirtyLog;
   readonly ctrl: Int32Array;
   readonly stats: Float64Array;
-  bulk: CopyQueue | null = null;
   onBadOffload: ((reason: string, suppressed: number) => void) | null = null;
 
   /** the descriptor ring: u32 [4i] addr lo, [4i+1] addr hi, [4i+2] len; u16 [8i+6] id, [8i+7] flags */
@@ -107,16 +102,9 @@ export class PackedVirtqueue implements RingQueue {
   private wIndK = 0;
   private wDone = true;
 
-  // RX scratch: the buffers reserved for the frame being enqueued
-  private dSegRegion = new Uint16Array(64);
-  private dSegOff = new Float64Array(64);
-  private dSegLen = new Uint32Array(64);
-  private nDSeg = 0;
+  // RX: the chains reserve() took for the frame being enqueued (their segments: RxBuffers)
   private chainFrom = 0;
   private nChains = 0;
-  private wSeg = 0;
-  private wPos = 0;
-  private rxHdr: Uint8Array | null = null;
   private readonly txHdr = new Uint8Array(12);
 
   /** page runs [first, last] written this burst, marked in publish() after the copies ran */
@@ -128,6 +116,7 @@ export class PackedVirtqueue implements RingQueue {
   private badSuppressed = 0;
 
   constructor(vd: VringDesc, mem: GuestMemory, log: DirtyLog) {
+    super();
     const size = vd.size;
     // a packed ring need not be a power of two, but every frontend uses one and so do we
     if (!Number.isInteger(size) || size <= 0 || (size & (size - 1)) !== 0) {
@@ -667,68 +656,6 @@ export class PackedVirtqueue implements RingQueue {
     return done;
   }
 
-  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) {
-      const i = pick[k];
-      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
-    }
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
-    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
-    const len = batch.pktLen[i] + editDelta(edit);
-    if (!this.reserve(len)) return false;
-    this.putPacket(srcMem, batch, i, edit);
-    this.commit(len);
-    return true;
-  }
-
-  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
-    if (!this.reserve(len)) return false;
-    this.put(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
-    this.commit(len);
-    return true;
-  }
-
-  rxReserve(len: number, hdr: Uint8Array | null): boolean {
-    this.rxHdr = hdr;
-    try {
-      return this.reserve(len);
-    } finally {
-      this.rxHdr = null;
-    }
-  }
-
-  rxPut(src: RegionViews, off: number, len: number): void {
-    this.put(src, off, len);
-  }
-
-  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
-    this.putPacket(srcMem, batch, i, edit);
-  }
-
-  rxPoke(pos: number, value: number): void {
-    // the frame's bytes may still sit in the worker's bulk queue (copies of BULK_MIN bytes and
-    // more run before publishing): run it first, or the queued copy lands over this byte later
-    // (a software checksum of a TCP frame towards a port without checksum offload)
-    this.bulk?.run();
-    let p = pos + this.features.hdrLen;
-    for (let s = 0; s < this.nDSeg; s++) {
-      if (p < this.dSegLen[s]) {
-        this.mem.views[this.dSegRegion[s]].u8[this.dSegOff[s] + p] = value;
-        return;
-      }
-      p -= this.dSegLen[s];
-    }
-  }
-
-  rxCommit(len: number): void {
-    this.commit(len);
-  }
-
   flush(): boolean {
     return this.nPend > 0 ? this.publish() : false;
   }
@@ -738,7 +665,7 @@ export class PackedVirtqueue implements RingQueue {
    * and the chains (as pending, not yet counted). False and ST_DROP_NO_BUF when there is not
    * enough; the indices do not move then.
    */
-  private reserve(len: number): boolean {
+  protected reserve(len: number): boolean {
     if (this.isTx) throw new Error(`enqueue on guest TX queue ${this.index}`);
     const mrg = this.features.mrgRxbuf;
     let left = this.features.hdrLen + len;
@@ -791,88 +718,8 @@ export class PackedVirtqueue implements RingQueue {
     return true;
   }
 
-  /** The virtio-net header (first 10 bytes from rxHdr or zeros), num_buffers at byte 10 when there. */
-  private writeHeader(numBuffers: number): void {
-    const hdrLen = this.features.hdrLen;
-    const rxHdr = this.rxHdr;
-    for (let b = 0; b < hdrLen; b++) {
-      const v = b === 10 ? numBuffers & 0xff : b === 11 ? numBuffers >>> 8 : rxHdr !== null ? rxHdr[b] : 0;
-      while (this.wPos === this.dSegLen[this.wSeg]) {
-        this.wSeg++;
-        this.wPos = 0;
-      }
-      this.mem.views[this.dSegRegion[this.wSeg]].u8[this.dSegOff[this.wSeg] + this.wPos] = v;
-      this.wPos++;
-    }
-  }
-
-  /** src[off, off + len) to the write cursor; from a guest region `srcId` >= 0, large pieces go to the bulk queue. */
-  private put(src: RegionViews, off: number, len: number, srcMem: GuestMemory | null = null, srcRegion = -1): void {
-    const views = this.mem.views;
-    const bulk = this.bulk;
-    while (len > 0) {
-      let room = this.dSegLen[this.wSeg] - this.wPos;
-      if (room === 0) {
-        this.wSeg++;
-        this.wPos = 0;
-        room = this.dSegLen[this.wSeg];
-      }
-      const n = len < room ? len : room;
-      const dr = this.dSegRegion[this.wSeg];
-      const dOff = this.dSegOff[this.wSeg] + this.wPos;
-      if (bulk !== null && n >= BULK_MIN && srcMem !== null && srcMem.bulkIds !== null && this.mem.bulkIds !== null) {
-        bulk.add(srcMem.bulkIds[srcRegion], srcMem.regions[srcRegion].sabOffset + off, this.mem.bulkIds[dr], this.mem.regions[dr].sabOffset + dOff, n);
-      } else {
-        copyBytes(views[dr], dOff, src, off, n);
-      }
-      this.wPos += n;
-      off += n;
-      len -= n;
-    }
-  }
-
-  /** Packet i of `batch` to the write cursor, with its VLAN tag edit (as the split ring's putPacket). */
-  private putPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
-    const views = srcMem.views;
-    const end = batch.segStart[i] + batch.segCount[i];
-    if (edit === 0) {
-      for (let s = batch.segStart[i]; s < end; s++) {
-        const r = batch.segRegion[s];
-        this.put(views[r], batch.segOffset[s], batch.segLen[s], srcMem, r);
-      }
-      return;
-    }
-    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
-    let pos = 0;
-    if ((edit & EDIT_PUSH) !== 0) setTag(edit);
-    for (let s = batch.segStart[i]; s < end; s++) {
-      const r = batch.segRegion[s];
-      const v = views[r];
-      let off = batch.segOffset[s];
-      let n = batch.segLen[s];
-      if (pos < 12) {
-        const k = n < 12 - pos ? n : 12 - pos;
-        this.put(v, off, k);
-        pos += k;
-        off += k;
-        n -= k;
-        if (pos === 12 && (edit & EDIT_PUSH) !== 0) this.put(tagViews, 0, 4);
-      }
-      if (n > 0 && pos < skipEnd) {
-        const k = n < skipEnd - pos ? n : skipEnd - pos;
-        pos += k;
-        off += k;
-        n -= k;
-      }
-      if (n > 0) {
-        this.put(v, off, n, srcMem, r);
-        pos += n;
-      }
-    }
-  }
-
   /** The reserved chains become pending used elements; their buffers are marked after the copies. */
-  private commit(len: number): void {
+  protected commit(len: number): void {
     if (this.logging) {
       const mem = this.mem;
       for (let s = 0; s < this.nDSeg; s++) this.deferMark(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
@@ -1014,19 +861,6 @@ export class PackedVirtqueue implements RingQueue {
     this.nMarks = n + 1;
   }
 
-  /** Pathological guests (tiny buffers): grow the scratch, amortised, never per packet. */
-  private growSegs(): void {
-    const n = this.dSegLen.length * 2;
-    const r = new Uint16Array(n);
-    const o = new Float64Array(n);
-    const l = new Uint32Array(n);
-    r.set(this.dSegRegion);
-    o.set(this.dSegOff);
-    l.set(this.dSegLen);
-    this.dSegRegion = r;
-    this.dSegOff = o;
-    this.dSegLen = l;
-  }
 }
 
 function checkArea(mem: GuestMemory, name: string, loc: RingLocation, bytes: number, align: number): void {
@@ -1045,12 +879,4 @@ function readNetHdr(batch: PacketBatch, p: number, u8: Uint8Array, o: number): v
   batch.csumStart[p] = u8[o + 6] | (u8[o + 7] << 8);
   batch.csumOffset[p] = u8[o + 8] | (u8[o + 9] << 8);
   batch.nOffload++;
-}
-
-function setTag(edit: number): void {
-  const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
-  tagBytes[0] = tpid >>> 8;
-  tagBytes[1] = tpid & 0xff;
-  tagBytes[2] = (edit >>> 8) & 0xff;
-  tagBytes[3] = edit & 0xff;
 }

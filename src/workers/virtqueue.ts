@@ -17,27 +17,23 @@ import {
 } from '../shared/types';
 import { availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
 import { copyBytes, COPY_LOOP_MAX, F64_EXACT } from './copy';
-import { BULK_MIN, CopyQueue } from './bulk-copy';
+import { BULK_MIN } from './bulk-copy';
 import { DescWalker } from './desc-walker';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
-import { GuestMemory, makeViews, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
+import { GuestMemory, RegionViews, WIN_HI, WIN_LO, WIN_OFF, WIN_SPAN } from './guest-memory';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
-import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, enqueueOffload, validateBurst } from './offload';
-import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+import { RxBuffers } from './rx-buffers';
+import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, validateBurst } from './offload';
 
 export { GuestError } from './guest-error';
 
 /** 1 / LOG_PAGE: page numbers by an exact multiplication (a power of two), not a division */
 const PAGE_INV = 1 / LOG_PAGE;
 
-/** The 4 bytes of a pushed 802.1Q tag, written here then copied like any source piece (general path). */
-const tagBytes = new Uint8Array(8);
-const tagViews = makeViews(tagBytes.buffer, 0, 8);
-
-export class Virtqueue implements RingQueue {
+export class Virtqueue extends RxBuffers implements RingQueue {
   readonly index: number;
   readonly size: number;
   readonly isTx: boolean;
@@ -67,8 +63,6 @@ export class Virtqueue implements RingQueue {
   private readonly walker: DescWalker;
   /** the descriptor table as u32 words for the fast paths (null when not 4-aligned in its SAB) */
   private readonly desc32: Uint32Array | null;
-  /** the worker's deferred bulk copies (null: copy at once, e.g. in unit tests) */
-  bulk: CopyQueue | null = null;
 
   // Ring state: owned by the TX worker, or loaded by acquire() for RX.
   private lastAvail = 0;
@@ -96,21 +90,12 @@ export class Virtqueue implements RingQueue {
   /** RX: first used entry not yet logged (entries are logged per burst in publish) */
   private usedLogFrom = 0;
 
-  // RX scratch: the destination buffers reserved for the packet being enqueued.
-  private dSegRegion = new Uint16Array(64); // region index: up to MAX_MEM_SLOTS (509)
-  private dSegOff = new Float64Array(64);
-  private dSegLen = new Uint32Array(64);
-  private nDSeg = 0;
+  // RX: the chains reserve() took for the packet being enqueued (their segments: RxBuffers)
   private chainHead: Uint16Array | null = null;
   private chainLen: Uint32Array | null = null;
   private nChains = 0;
-  // write cursor into the reserved segments
-  private wSeg = 0;
-  private wPos = 0;
 
   // ---- offloads (src/workers/offload.ts)
-  /** the virtio-net header's first 10 bytes for the next reserve() (null: zeros) */
-  private rxHdr: Uint8Array | null = null;
   /** TX: the header of a chain, gathered while its descriptors are walked */
   private readonly txHdr = new Uint8Array(12);
   /** TX: frames dropped for a bad header are reported (worker log) at most once a second */
@@ -119,6 +104,7 @@ export class Virtqueue implements RingQueue {
   private badSuppressed = 0;
 
   constructor(vd: VringDesc, mem: GuestMemory, log: DirtyLog) {
+    super();
     const size = vd.size;
     if (!Number.isInteger(size) || size <= 0 || (size & (size - 1)) !== 0) {
       throw new GuestError('queue size not a power of two', `size ${size}`);
@@ -769,207 +755,6 @@ export class Virtqueue implements RingQueue {
     return done;
   }
 
-  /**
-   * enqueueBurst() for packets with VLAN tag edits (vlan.ts): `edits[i]` (indexed like the
-   * batch) is made while packet i is copied: 0 none, EDIT_POP, EDIT_PUSH | TCI, or both. Its
-   * own loop, so that enqueueBurst's, tuned for the untagged case, stays as it was; each
-   * packet takes enqueue(), whose one-buffer fast path makes the edit with word copies.
-   */
-  enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) {
-      const i = pick[k];
-      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
-    }
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
-  }
-
-  /**
-   * Copy packet i of `batch` (dequeued from a ring of `srcMem`) into this ring. False, and
-   * ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is consumed then.
-   */
-  enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
-    // offloads: handed over or done in software, per this ring's features (offload.ts); the
-    // tag edit shifts the header's offsets there
-    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
-    if (this.enqueueOne(srcMem, batch, i, edit)) return true;
-    const len = batch.pktLen[i] + editDelta(edit);
-    if (!this.reserve(len)) return false;
-    this.putPacket(srcMem, batch, i, edit);
-    this.commit(len);
-    return true;
-  }
-
-  /**
-   * Packet i of `batch` to the write cursor (reserve()d for its length as delivered), with its
-   * tag edit made in the same pass over any segmentation of the source: bytes [0, 12) (the
-   * MACs), then the pushed tag, then the rest past a popped source tag [12, 16).
-   */
-  private putPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
-    const views = srcMem.views;
-    const end = batch.segStart[i] + batch.segCount[i];
-    if (edit === 0) {
-      for (let s = batch.segStart[i]; s < end; s++) {
-        this.put(views[batch.segRegion[s]], batch.segOffset[s], batch.segLen[s]);
-      }
-      return;
-    }
-    const skipEnd = (edit & EDIT_POP) !== 0 ? 16 : 12;
-    let pos = 0;
-    if ((edit & EDIT_PUSH) !== 0) setTag(edit);
-    for (let s = batch.segStart[i]; s < end; s++) {
-      const v = views[batch.segRegion[s]];
-      let off = batch.segOffset[s];
-      let n = batch.segLen[s];
-      if (pos < 12) {
-        const k = n < 12 - pos ? n : 12 - pos;
-        this.put(v, off, k);
-        pos += k;
-        off += k;
-        n -= k;
-        if (pos === 12 && (edit & EDIT_PUSH) !== 0) this.put(tagViews, 0, 4);
-      }
-      if (n > 0 && pos < skipEnd) {
-        const k = n < skipEnd - pos ? n : skipEnd - pos;
-        pos += k;
-        off += k;
-        n -= k;
-      }
-      if (n > 0) {
-        this.put(v, off, n);
-        pos += n;
-      }
-    }
-  }
-
-  /**
-   * Fast path for the common case (bench/NOTES.md): a 12-byte header (mergeable RX or
-   * VERSION_1), the next avail chain is one writable descriptor big enough for header + packet, the packet is one segment,
-   * offsets 4-aligned. Word loads and stores, no cursor. Anything else (including every
-   * malformed case) returns false untouched, and the general path validates and names it.
-   */
-  private enqueueOne(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): boolean {
-    const t = this.desc32;
-    if (t === null || this.features.hdrLen !== 12 || batch.segCount[i] !== 1) return false;
-    const idx = this.lastAvail;
-    if (idx === this.availIdx) {
-      const a = TSO ? this.avail16[1] : Atomics.load(this.avail16, 1);
-      if (((a - idx) & 0xffff) > this.size) return false; // the general path raises the error
-      this.availIdx = a;
-      if (idx === a) return false; // no buffer: the general path counts the drop
-    }
-    const head = this.avail16[2 + (idx & this.mask)];
-    if (head >= this.size) return false;
-    const w = head * 4;
-    const flags = t[w + 3] & 0xffff;
-    if (flags !== VRING_DESC_F_WRITE) return false;
-    const len = batch.pktLen[i] + editDelta(edit);
-    const dlen = t[w + 2];
-    if (dlen < len + 12) return false;
-    const mem = this.mem;
-    const r = mem.translate(t[w] + t[w + 1] * 0x1_0000_0000, len + 12);
-    if (r < 0) return false;
-    const off = mem.off;
-    const v = mem.views[r];
-    const u32 = v.u32;
-    if (u32 === null || (off & 3) !== 0 || off >= 0x7fff_ffff) return false;
-    const s = batch.segStart[i];
-    const hw = (off | 0) >> 2;
-    u32[hw] = 0;
-    u32[hw + 1] = 0;
-    u32[hw + 2] = 1 << 16; // num_buffers = 1 (bytes 10..11, little endian)
-    const srcIds = srcMem.bulkIds;
-    const dstIds = mem.bulkIds;
-    const logging = this.logging;
-    const sr = batch.segRegion[s];
-    const so = batch.segOffset[s];
-    const sv = srcMem.views[sr];
-    // the VLAN tag edit in the copy: the 12 MAC bytes, the pushed tag, then the rest of the
-    // frame from past a popped tag; `from` / `at`: where the rest starts in source / buffer
-    let from = 0;
-    let at = 12;
-    if (edit !== 0) {
-      copyBytes(v, off + 12, sv, so, 12);
-      at = 24;
-      if ((edit & EDIT_PUSH) !== 0) {
-        const u8 = v.u8;
-        const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
-        u8[off + 24] = tpid >>> 8;
-        u8[off + 25] = tpid & 0xff;
-        u8[off + 26] = (edit >>> 8) & 0xff;
-        u8[off + 27] = edit & 0xff;
-        at = 28;
-      }
-      from = (edit & EDIT_POP) !== 0 ? 16 : 12;
-    }
-    const rest = len + 12 - at;
-    if (this.bulk !== null && rest >= BULK_MIN && srcIds !== null && dstIds !== null) {
-      this.bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + so + from, dstIds[r], mem.regions[r].sabOffset + off + at, rest);
-      // Bits must follow the bytes: this buffer is marked in publish(), after the bulk run.
-      if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
-    } else {
-      copyBytes(v, off + at, sv, so + from, rest);
-      if (logging) this.log.markRange(mem.gpaOf(r, off), len + 12);
-    }
-    const first = this.lastUsed;
-    const e = 1 + 2 * (first & this.mask);
-    this.used32[e] = head;
-    this.used32[e + 1] = len + 12;
-    // The used entry is logged once per burst in publish().
-    this.lastUsed = (first + 1) & 0xffff;
-    this.lastAvail = (idx + 1) & 0xffff;
-    this.unpublished = true;
-    this.stats[ST_PACKETS]++;
-    this.stats[ST_BYTES] += len;
-    return true;
-  }
-
-  /** Enqueue a frame made by the backend itself (e.g. RARP). Rare: builds temporary views. */
-  enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
-    if (!this.reserve(len)) return false;
-    this.put(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
-    this.commit(len);
-    return true;
-  }
-
-  // ---- offload hooks (src/workers/offload.ts): reserve, fill, commit one frame under acquire()
-
-  /** reserve() with the virtio-net header's first 10 bytes taken from `hdr` (null: zeros) */
-  rxReserve(len: number, hdr: Uint8Array | null): boolean {
-    this.rxHdr = hdr;
-    try {
-      return this.reserve(len);
-    } finally {
-      this.rxHdr = null;
-    }
-  }
-
-  rxPut(src: RegionViews, off: number, len: number): void {
-    this.put(src, off, len);
-  }
-
-  /** The whole of packet i to the write cursor, with its VLAN tag edit (vlan.ts) made. */
-  rxPutPacket(srcMem: GuestMemory, batch: PacketBatch, i: number, edit: number): void {
-    this.putPacket(srcMem, batch, i, edit);
-  }
-
-  /** Overwrite frame byte `pos` (0 = first byte after the header) of the reserved buffers. */
-  rxPoke(pos: number, value: number): void {
-    let p = pos + this.features.hdrLen;
-    for (let s = 0; s < this.nDSeg; s++) {
-      if (p < this.dSegLen[s]) {
-        this.mem.views[this.dSegRegion[s]].u8[this.dSegOff[s] + p] = value;
-        return;
-      }
-      p -= this.dSegLen[s];
-    }
-  }
-
-  rxCommit(len: number): void {
-    this.commit(len);
-  }
-
   /** Publish used->idx (after the entries and the log). True: notify the guest. */
   flush(): boolean {
     return this.unpublished ? this.publish() : false;
@@ -1037,7 +822,7 @@ export class Virtqueue implements RingQueue {
    * Walk (without writing) enough RX chains for hdrLen + len bytes and remember the buffers.
    * False and ST_DROP_NO_BUF when there is not enough; no index moves then.
    */
-  private reserve(len: number): boolean {
+  protected reserve(len: number): boolean {
     if (this.isTx) throw new Error(`enqueue on guest TX queue ${this.index}`);
     if (this.chainHead === null) {
       this.chainHead = new Uint16Array(this.size);
@@ -1090,58 +875,11 @@ export class Virtqueue implements RingQueue {
     return true;
   }
 
-  /** Zeroed virtio-net header; num_buffers (u16 LE at byte 10) when the header has it. */
-  private writeHeader(numBuffers: number): void {
-    const hdrLen = this.features.hdrLen;
-    // Fast path: the first buffer holds the whole header at a 4-aligned offset (every real
-    // driver): three word stores instead of twelve byte stores through the cursor.
-    const rxHdr = this.rxHdr;
-    if (rxHdr === null && hdrLen === 12 && this.dSegLen[0] >= 12 && this.wPos === 0 && this.wSeg === 0) {
-      const v = this.mem.views[this.dSegRegion[0]];
-      const off = this.dSegOff[0];
-      if (v.u32 !== null && (off & 3) === 0) {
-        const w = off / 4;
-        v.u32[w] = 0;
-        v.u32[w + 1] = 0;
-        v.u32[w + 2] = numBuffers << 16; // little endian: num_buffers is bytes 10..11
-        this.wPos = 12;
-        return;
-      }
-    }
-    for (let b = 0; b < hdrLen; b++) {
-      const v = b === 10 ? numBuffers & 0xff : b === 11 ? numBuffers >>> 8 : rxHdr !== null ? rxHdr[b] : 0;
-      while (this.wPos === this.dSegLen[this.wSeg]) {
-        this.wSeg++;
-        this.wPos = 0;
-      }
-      this.mem.views[this.dSegRegion[this.wSeg]].u8[this.dSegOff[this.wSeg] + this.wPos] = v;
-      this.wPos++;
-    }
-  }
-
-  /** Append src[off, off + len) at the write cursor (space was reserved). */
-  private put(src: RegionViews, off: number, len: number): void {
-    const views = this.mem.views;
-    while (len > 0) {
-      let room = this.dSegLen[this.wSeg] - this.wPos;
-      if (room === 0) {
-        this.wSeg++;
-        this.wPos = 0;
-        room = this.dSegLen[this.wSeg];
-      }
-      const n = len < room ? len : room;
-      copyBytes(views[this.dSegRegion[this.wSeg]], this.dSegOff[this.wSeg] + this.wPos, src, off, n);
-      this.wPos += n;
-      off += n;
-      len -= n;
-    }
-  }
-
-  /** Log the written buffers, write the used entries (published by flush), advance. */
-  private commit(len: number): void {
+  /** Write the used entries (published by flush), advance; the buffers are marked in publish(), after their (bulk) copies. */
+  protected commit(len: number): void {
     if (this.logging) {
       const mem = this.mem;
-      for (let s = 0; s < this.nDSeg; s++) this.log.markRange(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
+      for (let s = 0; s < this.nDSeg; s++) this.deferMark(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
     }
     const u32 = this.used32;
     const mask = this.mask;
@@ -1282,19 +1020,6 @@ export class Virtqueue implements RingQueue {
     if (this.logUsedGpa >= 0 && this.logging) this.log.markRange(this.logUsedGpa + off, 2);
   }
 
-  /** Pathological guests (tiny buffers): grow the scratch, amortised, never per packet. */
-  private growSegs(): void {
-    const n = this.dSegLen.length * 2;
-    const r = new Uint16Array(n);
-    const o = new Float64Array(n);
-    const l = new Uint32Array(n);
-    r.set(this.dSegRegion);
-    o.set(this.dSegOff);
-    l.set(this.dSegLen);
-    this.dSegRegion = r;
-    this.dSegOff = o;
-    this.dSegLen = l;
-  }
 }
 
 function checkRing(mem: GuestMemory, name: string, loc: RingLocation, bytes: number, align: number): void {
@@ -1320,13 +1045,4 @@ function readNetHdr(batch: PacketBatch, p: number, u8: Uint8Array, o: number): v
   batch.csumStart[p] = u8[o + 6] | (u8[o + 7] << 8);
   batch.csumOffset[p] = u8[o + 8] | (u8[o + 9] << 8);
   batch.nOffload++;
-}
-
-/** The tag of an EDIT_PUSH edit (TPID, then the TCI, big endian) into tagBytes. */
-function setTag(edit: number): void {
-  const tpid = (edit & EDIT_TPID_AD) !== 0 ? TPID_8021AD : TPID_8021Q;
-  tagBytes[0] = tpid >>> 8;
-  tagBytes[1] = tpid & 0xff;
-  tagBytes[2] = (edit >>> 8) & 0xff;
-  tagBytes[3] = edit & 0xff;
 }
