@@ -10,7 +10,8 @@ import { DirtyLog } from '../src/workers/dirty-log';
 import { GuestMemory } from '../src/workers/guest-memory';
 import { PacketBatch, BURST } from '../src/workers/packet-batch';
 import { CopyQueue } from '../src/workers/bulk-copy';
-import { Virtqueue } from '../src/workers/virtqueue';
+import { openQueue } from '../src/workers/open-queue';
+import type { RingQueue } from '../src/workers/ring-format';
 import { CTRL_INTS, STATS_SLOTS, VringDesc } from '../src/shared/types';
 import { VRING_DESC_F_WRITE } from '../src/protocol/constants';
 import { native } from '../src/native';
@@ -44,7 +45,7 @@ const BUF = 0x100000;
 // the buffer start instead (packet 4 bytes off 8-alignment, as some Linux layouts are).
 const HDR_AT = process.argv.includes('hdr0') ? 0 : 116;
 
-function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen: number, logSab: SharedArrayBuffer | null): Virtqueue {
+function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen: number, logSab: SharedArrayBuffer | null): RingQueue {
   for (let i = 0; i < Q; i++) {
     const o = DESC + i * 16;
     g.dv.setUint32(o, BUF + i * 2048 + HDR_AT, true);
@@ -67,7 +68,7 @@ function ring(g: ReturnType<typeof guest>, index: number, write: boolean, bufLen
     log.enableNative(native);
   }
   if (logSab) log.set({ sab: logSab, offset: 0, size: logSab.byteLength });
-  return new Virtqueue(vd, g.gm, log);
+  return openQueue(vd, g.gm, log);
 }
 
 const a = guest();

@@ -16,9 +16,8 @@ import { MacTable } from './mac-table';
 import { PacketBatch, BURST } from './packet-batch';
 import { CopyQueue } from './bulk-copy';
 import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
-import { PackedVirtqueue } from './packed-ring';
 import type { RingQueue } from './ring-format';
-import { Virtqueue } from './virtqueue';
+import { openQueue } from './open-queue';
 import { TapQueue } from './tap-port';
 import { PacketQueue } from './packet-port';
 import { XskQueue } from './xsk-port';
@@ -121,7 +120,7 @@ function makeRing(m: Extract<ToWorker, { op: 'attach-tx' | 'attach-rx' }>): Ring
   log.set(m.ring.features.logAll || m.forceLog ? m.log : null);
   const ring = m.forceLog ? { ...m.ring, features: { ...m.ring.features, logAll: true } } : m.ring;
   mem.enableBulk(native);
-  const vq: RingQueue = ring.features.packed === true ? new PackedVirtqueue(ring, mem, log) : new Virtqueue(ring, mem, log);
+  const vq = openQueue(ring, mem, log);
   vq.bulk = bulk;
   // offloads: a frame dropped for its header is logged by the main thread (rate-limited in vq)
   vq.onBadOffload = (reason, suppressed) => send({ op: 'bad-offload', device: m.ring.device, index: m.ring.index, reason, suppressed });
