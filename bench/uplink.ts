@@ -13,7 +13,7 @@
  *
  * --type af_xdp: the same with AF_XDP uplinks (vhostfwd `af_xdp` ports, DPDK `net_af_xdp`).
  *
- *   node dist/bench/uplink.js [--type af_packet|af_xdp] [--sizes 64,1518] [--rounds 3] [--duration 5] [--warmup 2] [--burst-frames 4]
+ *   node dist/bench/uplink.js [--type af_packet|af_xdp] [--sizes 64,1518] [--rounds 3] [--duration 5] [--warmup 2] [--burst-frames 4] [--ab-cli OTHER/dist/src/cli.js]
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -29,7 +29,8 @@ import { median } from './stats';
 const ROOT = path.join(__dirname, '..', '..');
 const U1 = 'vfu1a';
 const U2 = 'vfu2a';
-type Backend = 'vhostfwd' | 'dpdk';
+/** 'vhostfwd B': the build given by --ab-cli, in every round beside this one */
+type Backend = 'vhostfwd' | 'vhostfwd B' | 'dpdk';
 type UplinkType = 'af_packet' | 'af_xdp';
 
 function delUplinks(): void {
@@ -54,14 +55,14 @@ function veths(ns: NetNs): void {
   ns.mirror('vfu1b', 'vfu2b');
 }
 
-async function trial(backend: Backend, type: UplinkType, size: number, a: { duration: number; warmup: number; burstFrames: number }, dir: string): Promise<number> {
+async function trial(backend: Backend, type: UplinkType, size: number, a: { duration: number; warmup: number; burstFrames: number; abCli: string | undefined }, dir: string): Promise<number> {
   const sock = (n: string): string => path.join(dir, `${n}.sock`);
   for (const n of ['a', 'b', 'control']) fs.rmSync(sock(n), { force: true });
   let vf: VhostfwdProc | null = null;
   let be: Testpmd | null = null;
   let fe: Testpmd | null = null;
   try {
-    if (backend === 'vhostfwd') {
+    if (backend !== 'dpdk') {
       const cfg = {
         interfaces: [
           { name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') },
@@ -72,7 +73,7 @@ async function trial(backend: Backend, type: UplinkType, size: number, a: { dura
         control: { socket: sock('control') },
       };
       fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify(cfg));
-      vf = VhostfwdProc.start(['--config', path.join(dir, 'cfg.json'), '--handover', 'off']);
+      vf = VhostfwdProc.start(['--config', path.join(dir, 'cfg.json'), '--handover', 'off'], {}, backend === 'vhostfwd B' && a.abCli ? a.abCli : undefined);
       await vf.waitFor('forwarder started', 30_000);
     } else {
       // ports 0, 1: net_vhost a, b; 2, 3: the AF_PACKET uplinks; io forward pairs 0-2 and 1-3
@@ -114,9 +115,12 @@ async function main(): Promise<void> {
     .option('duration', { type: 'number', default: 5 })
     .option('warmup', { type: 'number', default: 2 })
     .option('burst-frames', { type: 'number', default: 4, describe: 'bursts of 32 frames per port in the loop (testpmd tx_first)' })
+    .option('ab-cli', { type: 'string', describe: "A/B of two builds: another build's dist/src/cli.js, run as 'vhostfwd B' in every round beside this one" })
     .strict()
     .parse();
   const sizes = a.sizes.split(',').map(Number);
+  const abCli = a['ab-cli'] ? path.resolve(a['ab-cli']) : undefined;
+  const backends: Backend[] = abCli ? ['vhostfwd', 'vhostfwd B', 'dpdk'] : ['vhostfwd', 'dpdk'];
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostfwd-bench-up-'));
   delUplinks();
   const ns = new NetNs('vhf-bench-uplink');
@@ -133,15 +137,15 @@ async function main(): Promise<void> {
   try {
     veths(ns);
     for (const size of sizes) {
-      const got: Record<Backend, number[]> = { vhostfwd: [], dpdk: [] };
+      const got: Record<Backend, number[]> = { vhostfwd: [], 'vhostfwd B': [], dpdk: [] };
       for (let r = 0; r < a.rounds; r++) {
-        for (const b of ['vhostfwd', 'dpdk'] as const) {
-          const mpps = await trial(b, a.type, size, { duration: a.duration, warmup: a.warmup, burstFrames: a['burst-frames'] }, dir);
+        for (const b of backends) {
+          const mpps = await trial(b, a.type, size, { duration: a.duration, warmup: a.warmup, burstFrames: a['burst-frames'], abCli }, dir);
           got[b].push(mpps);
           process.stderr.write(`${size} B round ${r + 1} ${b}: ${mpps.toFixed(3)} Mpps\n`);
         }
       }
-      for (const b of ['vhostfwd', 'dpdk'] as const) rows.push({ size, backend: b, rounds: got[b], median: median(got[b]) ?? Number.NaN });
+      for (const b of backends) rows.push({ size, backend: b, rounds: got[b], median: median(got[b]) ?? Number.NaN });
     }
   } finally {
     cleanup();
@@ -153,6 +157,14 @@ async function main(): Promise<void> {
     const v = rows.find((x) => x.size === size && x.backend === 'vhostfwd')?.median ?? Number.NaN;
     const d = rows.find((x) => x.size === size && x.backend === 'dpdk')?.median ?? Number.NaN;
     lines.push(`${String(size).padStart(4)}  ${v.toFixed(3).padStart(13)}  ${d.toFixed(3).padStart(9)}  ${(v / d).toFixed(2).padStart(7)}`);
+  }
+  if (abCli) {
+    for (const size of sizes) {
+      const v = rows.find((x) => x.size === size && x.backend === 'vhostfwd')?.median ?? Number.NaN;
+      const b = rows.find((x) => x.size === size && x.backend === 'vhostfwd B')?.median ?? Number.NaN;
+      const d = rows.find((x) => x.size === size && x.backend === 'dpdk')?.median ?? Number.NaN;
+      lines.push(`A/B ${size} B: A ${v.toFixed(3)} / B ${b.toFixed(3)} Mpps median (B/A ${(b / v).toFixed(3)}); B/DPDK ${(b / d).toFixed(2)} (B: ${abCli})`);
+    }
   }
   const txt = lines.join('\n');
   process.stdout.write(`${txt}\n`);

@@ -39,9 +39,9 @@ export class VhostfwdProc {
     }
   }
 
-  /** `vhostfwd run ARGS --log-json` with `env` added to this process's environment. */
-  static start(args: readonly string[], env: Record<string, string> = {}): VhostfwdProc {
-    const child = spawn(process.execPath, [CLI, 'run', ...args, '--log-json'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  /** `vhostfwd run ARGS --log-json` with `env` added to this process's environment; `cli`: another build's dist/src/cli.js (bench A/B runs). */
+  static start(args: readonly string[], env: Record<string, string> = {}, cli = CLI): VhostfwdProc {
+    const child = spawn(process.execPath, [cli, 'run', ...args, '--log-json'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
     return new VhostfwdProc(child);
   }
 
