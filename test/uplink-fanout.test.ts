@@ -21,7 +21,8 @@ import { QueueStats } from '../src/main/stats';
 import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { api } from '../src/ctl';
-import { tmpDir } from '../kit/env';
+import { UplinkOpenError } from '../src/main/ports/uplink';
+import { fdCount, tmpDir } from '../kit/env';
 import { sum16 } from '../kit/offload-lib';
 
 const why = canUseNetns();
@@ -188,6 +189,15 @@ t.test('AF_PACKET with queues: 2 on a veth: two sockets in one fanout group, man
   t.equal(rx[0] + rx[1], outward.length, 'and together every frame the guest sent');
   t.equal(fwd.stats().filter((s) => s.iface === here).reduce((n, s) => n + s.errors + s.dropBadOffload + s.dropTooBig + s.dropNoBuffer + s.dropNoDest, 0), 0, 'no drops or errors on the port');
   t.same(a.brokenGuards(), [], 'no write outside the guest buffers');
+  // queue pair 1 moved to worker 0 (ctl's PUT .../queues/1): its socket's RX ring polled there, nothing lost
+  await fwd.moveQueue(here, 1, 0);
+  t.equal(fwd.workerOf(here, 1), 0, 'queue pair 1 moved to worker 0');
+  const before = perQueue(fwd.stats(), here, 'tx');
+  const moved = flows(macOf(1), macOf(2), 1, 200000);
+  ns.send(there, moved);
+  sameFlows(t, await guestUdp(a, moved.length, 10000), moved, 'after the move: the namespace -> guest');
+  const after = perQueue(fwd.stats(), here, 'tx');
+  t.ok(after[1] > before[1], `queue 1 still reads its share, now on worker 0 (${after[1] - before[1]} frames)`);
   // idle: both workers asleep on their sockets
   await sleep(300);
   const tids = fwd.pool.workerInfo().map((w) => w.tid);
@@ -219,6 +229,23 @@ t.test('AF_PACKET with queues: 2, steering "pair": every frame from the guest le
   t.equal(await guestSend(a, outward), outward.length, 'the guest posted every frame');
   sameFlows(t, (await cap.frames).filter(isOurs), outward, 'guest -> AF_PACKET -> the namespace');
   t.same(perQueue(fwd.stats(), here, 'rx'), [outward.length, 0], 'all by TX queue 0');
+});
+
+t.test('a multi-queue port that cannot be opened: an UplinkOpenError naming the device, nothing left open; fanout errors named', async (t) => {
+  const dir = tmpDir('vhostfwd-fanout-');
+  const fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: path.join(dir, 'a.sock') }, { type: 'af_packet', device: `vfz${tag}`, queues: 2 }] }, os.cpus().length));
+  t.teardown(async () => {
+    await fwd.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await fwd.prestart(); // the workers' fds first: what start() opens after them is the port's
+  const fds = fdCount();
+  await t.rejects(fwd.start(), { name: 'UplinkOpenError', message: new RegExp(`^interface vfz${tag}: cannot open an AF_PACKET socket on vfz${tag}: no such network device`) }, 'no such device: named');
+  t.equal(fdCount(), fds, 'no fd left open');
+  const err = (code: string): string => new UplinkOpenError('up', 'af_packet', 'eth1', Object.assign(new Error('x'), { code, syscall: 'PACKET_FANOUT' })).message;
+  t.match(err('EINVAL'), /^interface up: cannot open an AF_PACKET socket on eth1: the packet sockets cannot form a fanout group for the queues .*\(PACKET_FANOUT EINVAL\)$/, 'EINVAL from PACKET_FANOUT: the group, named');
+  t.match(err('EBUSY'), /the fanout group for the queues is taken .*\(PACKET_FANOUT EBUSY\)$/, 'EBUSY: named');
+  t.match(err('ENOSPC'), /the fanout group is full/, 'ENOSPC: named');
 });
 
 t.test('takeover (run --takeover) carries both sockets of a queues: 2 port and their fanout group: flows both ways before and after, counters go on', async (t) => {
