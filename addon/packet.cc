@@ -46,10 +46,6 @@ constexpr int kPageSize = 4096;
 
 bool PowerOfTwo(int32_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
-}  // namespace
-
-namespace {
-
 // Fanout flag: the group's hook skips the frames going out of the device (what
 // PACKET_IGNORE_OUTGOING does for a lone socket: a socket in a group receives through the
 // group's hook, not its own). Linux 6.9+; older kernels refuse it with EINVAL and the
@@ -171,7 +167,9 @@ Napi::Value PacketOpen(const Napi::CallbackInfo& info) {
       // PACKET_FANOUT_HASH: a frame's socket is its symmetric flow hash mod the members, so a
       // flow (both directions, all fragments: the kernel hashes a fragment by its addresses
       // only) stays on one socket and in order. Not FLAG_DEFRAG: it reassembles fragments
-      // before the socket sees them, and a forwarder passes the frames that arrived.
+      // before the socket sees them, and a forwarder passes the frames that arrived. Not
+      // FLAG_ROLLOVER: a frame for a full ring is dropped, not moved to another socket,
+      // where it could overtake its flow's earlier frames.
       // The first socket asks the kernel for an id no group of this network namespace has
       // (FLAG_UNIQUEID: no clash with another process's group, which a fixed id would join
       // or be refused by); the others join that id, read back from the first.
