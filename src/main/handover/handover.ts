@@ -320,7 +320,7 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
   return { macTable: s.macTable, interfaces, uplinks };
 }
 
-/** An uplink port's record: an uplink of the announced state, an fd index, an AF_PACKET port's ring geometry (checked against the config by UplinkPort.adoptFd). */
+/** An uplink port's record: an uplink of the announced state, an fd index, an AF_PACKET port's ring geometry and its other queues' fd indices (checked against the config by UplinkPort.adoptFd). */
 function uplinkFrom(v: unknown, k: number, ups: Map<string, string>): UplinkSnapshot {
   const r = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
   const kind = typeof r.name === 'string' ? ups.get(r.name) : undefined;
