@@ -258,14 +258,17 @@ export interface Native {
    * header before each frame), PACKET_LOSS, PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING, bound
    * to the device (ETH_P_ALL). Map both rings with mmap(fd, 2 * ringBytes, 0): RX first.
    * txData: where a TX frame's data starts in its slot; hdrLen: the RX frame header's size.
+   * `queues` > 1 (up to 256): that many such sockets (fds; fd is fds[0]), each with its own
+   * rings, in one PACKET_FANOUT_HASH group (fanout: the group's getsockopt(PACKET_FANOUT)
+   * word; 0 for one socket). Throws with .syscall 'PACKET_FANOUT' when the group cannot be made.
    */
-  packetOpen(device: string, frameSize: number, frames: number): { fd: number; ifindex: number; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number };
+  packetOpen(device: string, frameSize: number, frames: number, queues?: number): { fd: number; fds: number[]; fanout: number; ifindex: number; ringBytes: number; frameSize: number; frames: number; txData: number; hdrLen: number };
   /** send(fd, NULL, 0, MSG_DONTWAIT): the TX ring's requested frames go out. 0, or -errno. */
   packetKick(fd: number): number;
   /** getsockopt(SO_ERROR): the socket's pending error, cleared by the read (0: none). */
   packetError(fd: number): number;
-  /** An AF_PACKET socket's bound ifindex, TPACKET version and PACKET_VNET_HDR; throws (EPROTOTYPE, ENOTSOCK) for any other fd. */
-  packetInfo(fd: number): { ifindex: number; version: number; vnetHdr: boolean };
+  /** An AF_PACKET socket's bound ifindex, TPACKET version, PACKET_VNET_HDR and fanout group word (0: none); throws (EPROTOTYPE, ENOTSOCK) for any other fd. */
+  packetInfo(fd: number): { ifindex: number; version: number; vnetHdr: boolean; fanout: number };
   /** if_nametoindex(3): 0 when there is no such device. */
   ifIndex(name: string): number;
 

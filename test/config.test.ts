@@ -106,9 +106,24 @@ t.test('AF_PACKET uplink ports (issue 22): parsed, defaults, errors named, and r
     ['a frame size not a power of two', { type: 'af_packet', device: 'eth1', frameSize: 3000 }, /^interfaces\[0\]\.frameSize: expected a power of two 2048\.\.131072/],
     ['frames not a power of two', { type: 'af_packet', device: 'eth1', frames: 100 }, /^interfaces\[0\]\.frames: expected a power of two 8\.\.65536/],
     ['a socket', { type: 'af_packet', device: 'eth1', socket: '/tmp/x' }, /^interfaces\[0\]\.socket: expected one of the keys/],
+    ['queues 0', { type: 'af_packet', device: 'eth1', queues: 0 }, /^interfaces\[0\]\.queues: expected an integer 1\.\.128, got 0/],
+    ['queues "x"', { type: 'af_packet', device: 'eth1', queues: 'x' }, /^interfaces\[0\]\.queues: expected an integer 1\.\.128, got "x"/],
+    ['queues 1.5', { type: 'af_packet', device: 'eth1', queues: 1.5 }, /^interfaces\[0\]\.queues: expected an integer 1\.\.128/],
+    ['queues 129', { type: 'af_packet', device: 'eth1', queues: 129 }, /^interfaces\[0\]\.queues: expected an integer 1\.\.128, got 129/],
+    ['a steering not hash or pair', { type: 'af_packet', device: 'eth1', queues: 2, steering: 'rss' }, /^interfaces\[0\]\.steering: expected "hash" or "pair"/],
   ];
   for (const [what, itf, re] of bad) t.throws(() => parseConfig({ interfaces: [itf] }, 2), re, what);
   t.throws(() => parseConfig({ interfaces: [{ type: 'tap', name: 'vf0' }, { type: 'af_packet', device: 'vf0', name: 'x' }] }, 2), /^interfaces\[1\]\.device: expected a network device used by one uplink port only/, 'one device, one uplink port');
+  // queues (PACKET_FANOUT): queue pairs placed on workers as a guest's, round-tripped
+  t.equal(p.queues, 1, 'one queue by default');
+  const mq = parseConfig({ interfaces: [{ name: 'vm1', socket: '/tmp/a.sock' }, { type: 'af_packet', device: 'eth1', queues: 4, steering: 'pair' }], workers: [{ queues: ['vm1:0', 'eth1:0', 'eth1:2'] }, { queues: ['eth1:1'] }] }, 4);
+  t.same([mq.interfaces[1].queues, mq.interfaces[1].steering], [4, 'pair'], 'queues and steering parsed');
+  t.same(mq.workers.map((w) => w.queues), [['vm1:0', 'eth1:0', 'eth1:2', 'eth1:3'], ['eth1:1']], 'its queue pairs are "eth1:0".."eth1:3" in the placement (an unplaced one goes to worker 0)');
+  t.same(interfaceToRaw(mq.interfaces[1]), { type: 'af_packet', device: 'eth1', queues: 4, steering: 'pair' }, 'queues and steering round-trip');
+  t.same(parseConfig({ interfaces: [interfaceToRaw(mq.interfaces[1])] }, 2).interfaces[0], mq.interfaces[1], 'and parse back the same');
+  t.throws(() => parseConfig({ interfaces: [{ type: 'af_packet', device: 'eth1', queues: 2 }], workers: [{ queues: ['eth1:2'] }] }, 2), /^workers\[0\]\.queues\[0\]: expected one of eth1:0, eth1:1/, 'a queue pair the port does not have is named');
+  t.throws(() => parseConfig({ interfaces: [{ type: 'tap', name: 'vf0', queues: 2 }] }, 2), /^interfaces\[0\]\.queues: expected one of the keys/, 'a TAP has no queues key');
+  t.throws(() => parseConfig({ interfaces: [{ type: 'af_xdp', device: 'eth1', queues: 2 }] }, 2), /^interfaces\[0\]\.queues: expected one of the keys/, 'an AF_XDP port has no queues key (one socket per device queue: `queue`)');
 });
 
 t.test('AF_XDP uplink ports (issue 22): parsed, defaults, errors named, and round-tripped', async (t) => {

@@ -27,6 +27,7 @@ export interface InterfaceConfig {
   queue: number;
   socket: string;
   mode: 'server' | 'client';
+  /** queue pairs: a vhost-user interface's (VIRTIO_NET_F_MQ), an af_packet port's sockets (PACKET_FANOUT); 1 for tap, af_xdp */
   queues: number;
   /** feature names removed from the default offer (e.g. to test a guest without EVENT_IDX). */
   maskFeatures: FeatureName[];
@@ -206,7 +207,9 @@ const IFNAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}$/;
 /**
  * Uplink ports (issue 22): `{"type": "tap", "name": "vf0"}`, a TAP (`name` is the kernel
  * device's and the port's), or `{"type": "af_packet", "device": "eth1"}`, a packet socket on
- * an existing device (the port's `name` defaults to the device's), or `{"type": "af_xdp",
+ * an existing device (the port's `name` defaults to the device's; `queues` > 1: that many
+ * sockets in a PACKET_FANOUT group, queue pairs "name:0".. placed on workers as a vhost-user
+ * interface's are, `steering` as theirs), or `{"type": "af_xdp",
  * "device": "eth1", "queue": 0}`, an XDP socket on one queue of an existing device (UMEM
  * `frames` frames of `frameSize` 2048 or 4096 bytes, half for each direction).
  */
@@ -221,11 +224,13 @@ function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet' | 'af_xdp')
   let frameSize = 0;
   let frames = 0;
   let queue = 0;
+  let queues = 1;
+  let steering: InterfaceConfig['steering'] = 'hash';
   if (type === 'tap') {
     checkKeys(v, path, ['type', 'name', 'mtu', 'offloads', 'vlan']);
     name = device = ifname(v.name, `${path}.name`);
   } else {
-    checkKeys(v, path, ['type', 'device', 'name', 'mtu', 'offloads', 'vlan', 'frameSize', 'frames', ...(type === 'af_xdp' ? ['queue'] : [])]);
+    checkKeys(v, path, ['type', 'device', 'name', 'mtu', 'offloads', 'vlan', 'frameSize', 'frames', ...(type === 'af_xdp' ? ['queue'] : ['queues', 'steering'])]);
     device = ifname(v.device, `${path}.device`);
     name = v.name === undefined ? device : str(v.name, `${path}.name`);
     if (!NAME_RE.test(name)) throw new ConfigError(`${path}.name`, 'a name of 1..64 letters, digits, _ . -', v.name);
@@ -242,6 +247,11 @@ function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet' | 'af_xdp')
     } else {
       frameSize = pow2(v.frameSize, `${path}.frameSize`, 2048, 131072, 2048);
       frames = pow2(v.frames, `${path}.frames`, 8, 65536, 1024);
+      // one packet socket per queue, the sockets in one PACKET_FANOUT group (ports/uplink.ts)
+      queues = int(v.queues, `${path}.queues`, 1, MAX_QUEUE_PAIRS, 1);
+      const st = v.steering ?? 'hash';
+      if (st !== 'hash' && st !== 'pair') throw new ConfigError(`${path}.steering`, '"hash" or "pair"', v.steering);
+      steering = st;
     }
   }
   return {
@@ -253,7 +263,7 @@ function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet' | 'af_xdp')
     queue,
     socket: '',
     mode: 'server',
-    queues: 1,
+    queues,
     maskFeatures: [],
     maskProtocolFeatures: [],
     offloads: bool(v.offloads, `${path}.offloads`, true),
@@ -261,7 +271,7 @@ function parseUplink(v: Obj, path: string, type: 'tap' | 'af_packet' | 'af_xdp')
     mtu: v.mtu === undefined ? null : int(v.mtu, `${path}.mtu`, 68, 65535),
     coalesceFrames: 0,
     coalesceUsecs: 0,
-    steering: 'hash',
+    steering,
     vlan: parseVlan(v.vlan, `${path}.vlan`),
     owner: null,
     group: null,
@@ -312,6 +322,8 @@ export function interfaceToRaw(c: InterfaceConfig): Record<string, unknown> {
     if (c.type !== 'tap' && c.name !== c.device) t.name = c.name;
     if (c.type !== 'tap' && c.frameSize !== 2048) t.frameSize = c.frameSize;
     if (c.type !== 'tap' && c.frames !== (c.type === 'af_xdp' ? 4096 : 1024)) t.frames = c.frames;
+    if (c.type === 'af_packet' && c.queues !== 1) t.queues = c.queues;
+    if (c.type === 'af_packet' && c.steering !== 'hash') t.steering = c.steering;
     if (c.mtu !== null) t.mtu = c.mtu;
     if (!c.offloads) t.offloads = false;
     if (c.vlan?.mode === 'access') t.vlan = { mode: 'access', tag: c.vlan.tag };

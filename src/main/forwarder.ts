@@ -131,10 +131,12 @@ export class Forwarder {
     if (port < 0) port = this.ports.length;
     while (this.ports.length < port) this.ports.push(null);
     if (c.type !== 'vhost-user') {
-      const up = new UplinkPort({ kind: c.type, name: c.name, device: c.device, frameSize: c.frameSize, frames: c.frames, queue: c.queue, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
+      const up = new UplinkPort({ kind: c.type, name: c.name, device: c.device, frameSize: c.frameSize, frames: c.frames, queue: c.queue, queues: c.queues, offloads: c.offloads, mtu: c.mtu }, port, this.pool);
       this.ports[port] = up;
       this.specs.set(c.name, c);
-      if (!this.placement.has(`${c.name}:0`)) this.placement.set(`${c.name}:0`, 0);
+      // an AF_PACKET port's queues beyond the first go where a guest's would (q mod workers)
+      const n = Math.max(1, this.config.workers.length);
+      for (let q = 0; q < up.queues; q++) if (!this.placement.has(`${c.name}:${q}`)) this.placement.set(`${c.name}:${q}`, q % n);
       return up;
     }
     const itf = new Interface(
@@ -263,9 +265,9 @@ export class Forwarder {
     this.placement.set(`${name}:${queue}`, worker);
     const d = this.interface(name)?.device;
     if (d) await this.pool.moveRing(d.id, 2 * queue + 1, worker);
-    // an uplink's ring 1 (from the device) is its polled ring
+    // an uplink's ring 2q + 1 (from the device) is its polled ring
     const up = this.uplink(name);
-    if (up?.running) await this.pool.moveRing(up.id, 1, worker);
+    if (up?.running) await this.pool.moveRing(up.id, 2 * queue + 1, worker);
     this.changed();
   }
 
@@ -339,6 +341,11 @@ export class Forwarder {
       if (c && (c.coalesceFrames || c.coalesceUsecs)) this.pool.setCoalesce(i.port, c.coalesceFrames, c.coalesceUsecs);
       if (c) this.pool.setSteering(i.port, c.steering === 'hash');
       if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
+    }
+    // uplinks: how frames towards a multi-queue AF_PACKET port pick its TX queue, as a guest's
+    for (const u of this.uplinks) {
+      const c = this.specs.get(u.name);
+      if (c && u.queues > 1) this.pool.setSteering(u.port, c.steering === 'hash');
     }
   }
 
@@ -514,7 +521,7 @@ export class Forwarder {
     const upByName = new Map((snap.uplinks ?? []).map((h) => [h.name, h]));
     for (const u of this.uplinks) {
       const h = upByName.get(u.name);
-      if (h && fdAt(h.fd) >= 0) u.adoptFd(fdAt(h.fd), h.packet);
+      if (h && fdAt(h.fd) >= 0) u.adoptFd(fdAt(h.fd), h.packet, (h.queueFds ?? []).map(fdAt));
     }
     // The workers build every ring now (views, walkers, logs), parked: after the stop only
     // the positions remain to be set.
@@ -596,7 +603,7 @@ export class Forwarder {
       }
     }
     for (const u of this.uplinks) {
-      for (const index of [0, 1]) out.push(queueStats(u.name, index, new Float64Array(u.ringStats[index])));
+      u.ringStats.forEach((sab, index) => out.push(queueStats(u.name, index, new Float64Array(sab))));
     }
     return out;
   }

@@ -16,6 +16,9 @@
  *    A full ring drops and counts (no buffer). Several workers may send: the ring's head
  *    lives in ctrl and moves under the ring's lock.
  *
+ * A multi-queue port (config queues) is one such socket per queue pair, in a PACKET_FANOUT
+ * group: each queue's rings are a PacketQueue of their own, ring indices 2q and 2q + 1.
+ *
  * Everything in a ring frame's header is checked against the frame's bounds before use (the
  * kernel writes it, the wire decides its contents); the virtio-net header (PACKET_VNET_HDR)
  * goes through the offload validator as a guest's does, DATA_VALID cleared.
@@ -52,6 +55,8 @@ const TP_STATUS_VLAN_VALID = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID = 1 << 6;
 const TP_STATUS_AVAILABLE = 0;
 const TP_STATUS_SEND_REQUEST = 1;
+/** sockaddr_ll.sll_pkttype (after the frame header): a frame going out of the device */
+const PACKET_OUTGOING = 4;
 /** struct virtio_net_hdr (PACKET_VNET_HDR: 10 bytes) */
 const VNET = 10;
 const DATA_VALID = 2;
@@ -167,6 +172,11 @@ export class PacketQueue extends SlotWriter implements RingQueue {
         stats[ST_ERRORS]++;
         continue;
       }
+      // A socket of a fanout group (queues > 1) receives through the group's hook, which
+      // before Linux 6.9 (PACKET_FANOUT_FLAG_IGNORE_OUTGOING) also hands over what the host
+      // sends out of the device: not ours to forward, as PACKET_IGNORE_OUTGOING keeps it from
+      // a lone socket. Handed back uncounted.
+      if (u8[o + this.d.hdrLen + 10] === PACKET_OUTGOING) continue;
       const h = o + mac - VNET;
       const flags = u8[h] & ~DATA_VALID;
       const gt = u8[h + 1];

@@ -25,11 +25,14 @@ import { VhostfwdProc } from '../../kit/vhostfwd-proc';
 const SECONDS = Number(process.env.VHOSTFWD_LOOP_SECONDS ?? 5);
 const tag = process.pid % 10000;
 
-for (const type of ['af_packet', 'af_xdp', 'tap'] as const) {
-  t.test(`testpmd loops 64 B frames through two ${type} uplinks for ${SECONDS} s: TX == RX exactly, no drop`, async (t) => {
+// the last case: AF_PACKET ports of two queues each (a PACKET_FANOUT group of two sockets),
+// testpmd's first bursts made of many flows (--txonly-multi-flow: a source address per frame)
+// so the kernel's flow hash uses both sockets, and the frames towards the ports both TX queues
+for (const [type, queues] of [['af_packet', 1], ['af_xdp', 1], ['tap', 1], ['af_packet', 2]] as const) {
+  t.test(`testpmd loops 64 B frames through two ${type} uplinks${queues > 1 ? ` of ${queues} queues` : ''} for ${SECONDS} s: TX == RX exactly, no drop`, async (t) => {
     const dir = tmpDir('vhostfwd-uptpmd-');
     const sock = (n: string): string => path.join(dir, `${n}.sock`);
-    const c = { af_packet: 'p', af_xdp: 'x', tap: 't' }[type];
+    const c = queues > 1 ? 'm' : { af_packet: 'p', af_xdp: 'x', tap: 't' }[type];
     const u = [`vfq1${c}${tag}`, `vfq2${c}${tag}`];
     const far = [`vfr1${c}${tag}`, `vfr2${c}${tag}`];
     const ns = new NetNs(`vhf-uptpmd-${tag}`);
@@ -55,7 +58,7 @@ for (const type of ['af_packet', 'af_xdp', 'tap'] as const) {
       }
       ns.mirror(far[0], far[1]);
     }
-    const uplink = (d: string): Record<string, unknown> => (type === 'tap' ? { type, name: d } : type === 'af_xdp' ? { type, device: d, queue: 0 } : { type, device: d });
+    const uplink = (d: string): Record<string, unknown> => (type === 'tap' ? { type, name: d } : type === 'af_xdp' ? { type, device: d, queue: 0 } : queues > 1 ? { type, device: d, queues } : { type, device: d });
     fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({
       interfaces: [{ name: 'a', socket: sock('a') }, { name: 'b', socket: sock('b') }, uplink(u[0]), uplink(u[1])],
       forwarding: { mode: 'xconnect', pairs: [['a', u[0]], ['b', u[1]]] },
@@ -84,7 +87,7 @@ for (const type of ['af_packet', 'af_xdp', 'tap'] as const) {
         rx: latest.filter((q) => q.iface === n && q.dir === 'rx').reduce((s, q) => s + q.packets, 0),
         tx: latest.filter((q) => q.iface === n && q.dir === 'tx').reduce((s, q) => s + q.packets, 0),
       }));
-    fe = new Testpmd({ role: 'frontend', sockets: [sock('a'), sock('b')], lcores: [1, 0], prefix: `vhf-uptpmd-${process.pid}-${type}`, txpkts: 64 });
+    fe = new Testpmd({ role: 'frontend', sockets: [sock('a'), sock('b')], lcores: [1, 0], prefix: `vhf-uptpmd-${process.pid}-${type}${c}`, txpkts: 64, ...(queues > 1 ? { extraArgs: ['--txonly-multi-flow'] } : {}) });
     await fe.ready(60_000);
     t.notMatch(fe.output, /Fail to start port|Failed to setup|Cannot/i, 'no port failed to start');
     await fe.cmd('start tx_first 4');
@@ -102,9 +105,11 @@ for (const type of ['af_packet', 'af_xdp', 'tap'] as const) {
     t.equal(d.ports[1].rxPackets, d.ports[0].txPackets, `port 1 received exactly what port 0 sent (${d.ports[0].txPackets}) through ${u[0]} and ${u[1]}`);
     t.equal(d.ports[0].rxPackets, d.ports[1].txPackets, `port 0 received exactly what port 1 sent (${d.ports[1].txPackets})`);
     t.ok(d.ports[0].txPackets > 100_000, `frames carried (${d.ports[0].txPackets} from port 0)`);
+    // every queue of each uplink carried frames: with two queues, both fanout sockets and both TX queues
     for (const q of final.filter((x) => u.includes(x.iface))) {
-      t.equal(q.packets > 0, true, `${q.iface} ${q.dir}: ${q.packets} frames`);
+      t.equal(q.packets > 0, true, `${q.iface} queue ${q.queue} ${q.dir}: ${q.packets} frames`);
     }
+    t.equal(final.filter((x) => u.includes(x.iface)).length, 2 * 2 * queues, `counters for ${queues} queue pair(s) on each uplink`);
     t.equal(final.reduce((s, q) => s + q.errors + q.dropNoBuffer + q.dropNoDest + q.dropTooBig, 0), 0, 'vhostfwd dropped nothing, on any port');
     t.equal(await fe.quit(), 0, 'testpmd quits cleanly');
   });

@@ -320,7 +320,7 @@ function snapshotFrom(v: unknown, want: ForwarderState): ForwarderSnapshot {
   return { macTable: s.macTable, interfaces, uplinks };
 }
 
-/** An uplink port's record: an uplink of the announced state, an fd index, an AF_PACKET port's ring geometry (checked against the config by UplinkPort.adoptFd). */
+/** An uplink port's record: an uplink of the announced state, an fd index, an AF_PACKET port's ring geometry and its other queues' fd indices (checked against the config by UplinkPort.adoptFd). */
 function uplinkFrom(v: unknown, k: number, ups: Map<string, string>): UplinkSnapshot {
   const r = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
   const kind = typeof r.name === 'string' ? ups.get(r.name) : undefined;
@@ -332,7 +332,11 @@ function uplinkFrom(v: unknown, k: number, ups: Map<string, string>): UplinkSnap
     if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new TakeoverError(`uplinks[${k}] (${r.name}): ring geometry ${JSON.stringify(r.packet)}`);
     return x;
   };
-  return { name: r.name, fd: r.fd, packet: { ringBytes: n(g.ringBytes), frameSize: n(g.frameSize), frames: n(g.frames), txData: n(g.txData), hdrLen: n(g.hdrLen) } };
+  const packet = { ringBytes: n(g.ringBytes), frameSize: n(g.frameSize), frames: n(g.frames), txData: n(g.txData), hdrLen: n(g.hdrLen) };
+  if (r.queueFds === undefined) return { name: r.name, fd: r.fd, packet };
+  // a multi-queue port: its other sockets (the fanout group's members), checked by adoptFd
+  if (!Array.isArray(r.queueFds) || r.queueFds.length > 255 || !r.queueFds.every((x) => typeof x === 'number' && Number.isInteger(x) && x >= 0)) throw new TakeoverError(`uplinks[${k}] (${r.name}): queue fd indices ${JSON.stringify(r.queueFds).slice(0, 100)}`);
+  return { name: r.name, fd: r.fd, packet, queueFds: r.queueFds as number[] };
 }
 
 function die(step: string): void {

@@ -6,6 +6,11 @@
  * device) polled by the worker the placement names for "name:0", index 0 (frames towards
  * it) a destination for every worker. The data side: src/workers/tap-port.ts, packet-port.ts.
  *
+ * An AF_PACKET port with `queues` > 1 is that many packet sockets in one PACKET_FANOUT group
+ * (addon/packet.cc), numbered as a multi-queue guest's rings are: socket q's RX ring is ring
+ * 2q + 1, polled by the worker placed for "name:q", its TX ring is ring 2q, a destination
+ * the workers pick among by flow hash or source queue (steering), as for a guest's RX queues.
+ *
  * The device is the operator's to configure (addresses, up, MTU, namespace); vhostfwd only
  * holds it open. A port that cannot be opened fails start() with an UplinkOpenError naming
  * the device and the cause, as a vhost-user socket that cannot be made does.
@@ -44,6 +49,16 @@ export class UplinkOpenError extends Error {
       ENODEV: 'no such network device',
     };
     if (kind === 'af_packet') Object.assign(why, { EPERM: 'not permitted (CAP_NET_RAW is needed for a packet socket)', EACCES: 'permission denied (CAP_NET_RAW)' });
+    if (kind === 'af_packet' && cause.syscall === 'PACKET_FANOUT') {
+      // queues > 1: the sockets' fanout group (addon/packet.cc asks the kernel for an unused id)
+      Object.assign(why, {
+        EINVAL: `the packet sockets cannot form a fanout group for the queues (${cause.message}; the kernel needs PACKET_FANOUT_FLAG_UNIQUEID, Linux 4.3+)`,
+        EBUSY: 'the fanout group for the queues is taken (another socket group holds its id)',
+        EALREADY: 'a packet socket is in another fanout group already',
+        ENOSPC: 'the fanout group is full (too many queues)',
+        ENOMEM: 'no free fanout group id is left in this network namespace',
+      });
+    }
     if (kind === 'af_xdp') {
       // the step that failed names the error (addon/xdp.cc): XDP_ATTACH_FAILED, XDP_PROG_LOAD_FAILED, ...
       Object.assign(why, {
@@ -78,6 +93,8 @@ export interface UplinkSnapshot {
   name: string;
   fd: number;
   packet?: PacketGeometry;
+  /** AF_PACKET with queues > 1: the other queues' sockets (queue 1 first), indices as `fd` */
+  queueFds?: number[];
 }
 
 export type UplinkKind = 'tap' | 'af_packet' | 'af_xdp';
@@ -97,6 +114,8 @@ export interface UplinkOptions {
   frames: number;
   /** AF_XDP: the device queue */
   queue: number;
+  /** AF_PACKET: queue pairs, one packet socket each (a fanout group when > 1); 1 for the others */
+  queues: number;
   /** offloads both ways (TUNSETOFFLOAD; the header handed over): default true */
   offloads: boolean;
   /** frames towards the kernel over mtu + 18 are dropped as too big; null: no limit */
@@ -105,17 +124,24 @@ export interface UplinkOptions {
 
 export class UplinkPort {
   readonly id = newDeviceId();
-  /** the TAP fd, -1 when closed */
+  /** the TAP fd, the AF_XDP socket, queue 0's packet socket; -1 when closed */
   fd = -1;
-  /** ring 0: towards the kernel; ring 1: from it (the guest's RX / TX naming) */
-  readonly ringStats: [SharedArrayBuffer, SharedArrayBuffer] = [new SharedArrayBuffer(STATS_SLOTS * 8), new SharedArrayBuffer(STATS_SLOTS * 8)];
-  /** rings 0 and 1 handed to the workers */
-  private readonly started = [false, false];
+  /** AF_PACKET: every queue's socket (fds[0] is fd); empty when closed */
+  private fds: number[] = [];
+  /**
+   * ring 2q: towards the kernel; ring 2q + 1: from it (the guest's RX / TX naming), for each
+   * queue q (one queue but on a multi-queue AF_PACKET port)
+   */
+  readonly ringStats: SharedArrayBuffer[];
+  /** each ring handed to the workers */
+  private readonly started: boolean[];
   /** why a worker gave the port up (the device went away), null while it runs */
   failed: string | null = null;
 
-  /** AF_PACKET: the mapped rings and their geometry (null for a TAP) */
-  private packet: ({ ring: SharedArrayBuffer } & PacketGeometry) | null = null;
+  /** AF_PACKET: the geometry of every queue's rings (null for a TAP) */
+  private packet: PacketGeometry | null = null;
+  /** AF_PACKET: each queue's RX and TX rings, mapped */
+  private maps: SharedArrayBuffer[] = [];
   /** AF_XDP: the UMEM and rings (the socket is `fd`) and the bpf_link that holds the program on the device */
   private xsk: XskDesc | null = null;
   private linkFd = -1;
@@ -123,10 +149,19 @@ export class UplinkPort {
    * each ring's control words, kept for the port's life: an AF_PACKET ring's head lives there
    * (CTRL_LAST_AVAIL) across a stop and a start, a move to another worker and a takeover
    */
-  private readonly ringCtrl: [SharedArrayBuffer, SharedArrayBuffer] = [new SharedArrayBuffer(CTRL_INTS * 4), new SharedArrayBuffer(CTRL_INTS * 4)];
+  private readonly ringCtrl: SharedArrayBuffer[];
 
   constructor(readonly opts: UplinkOptions, readonly port: number, private readonly dp: Dataplane) {
-    if (opts.mtu !== null) new Int32Array(this.ringCtrl[0])[CTRL_MAX_FRAME] = opts.mtu + 18;
+    const rings = 2 * this.queues;
+    this.ringStats = Array.from({ length: rings }, () => new SharedArrayBuffer(STATS_SLOTS * 8));
+    this.ringCtrl = Array.from({ length: rings }, () => new SharedArrayBuffer(CTRL_INTS * 4));
+    this.started = new Array<boolean>(rings).fill(false);
+    if (opts.mtu !== null) for (let i = 0; i < rings; i += 2) new Int32Array(this.ringCtrl[i])[CTRL_MAX_FRAME] = opts.mtu + 18;
+  }
+
+  /** queue pairs: an AF_PACKET port's sockets, else 1 */
+  get queues(): number {
+    return this.opts.kind === 'af_packet' ? Math.max(1, this.opts.queues) : 1;
   }
 
   get kind(): UplinkKind {
@@ -138,42 +173,63 @@ export class UplinkPort {
   }
 
   get running(): boolean {
-    return this.started[0] || this.started[1];
+    return this.started.some((s) => s);
   }
 
-  /** Hand ring `index` to the workers (0: towards the device, 1: from it), unless it runs. */
-  async startRing(index: 0 | 1): Promise<void> {
-    if (this.started[index] || this.fd < 0) return;
-    this.started[index] = true;
-    await this.dp.startRing(this.ring(index), [], null);
+  /**
+   * Hand the rings of direction `dir` to the workers (0: towards the device, 1: from it:
+   * ring 2q + dir of every queue q), those not running.
+   */
+  async startRing(dir: 0 | 1): Promise<void> {
+    if (this.fd < 0) return;
+    const starts: Promise<void>[] = [];
+    for (let i = dir; i < this.started.length; i += 2) {
+      if (this.started[i]) continue;
+      this.started[i] = true;
+      starts.push(this.dp.startRing(this.ring(i), [], null));
+    }
+    await Promise.all(starts);
   }
 
-  /** Take ring `index` from the workers (at a burst boundary), unless it is stopped. */
-  async stopRing(index: 0 | 1): Promise<void> {
-    if (!this.started[index]) return;
-    this.started[index] = false;
-    await this.dp.stopRing(this.id, index);
+  /** Take the rings of direction `dir` from the workers (at a burst boundary), those running. */
+  async stopRing(dir: 0 | 1): Promise<void> {
+    const stops: Promise<void>[] = [];
+    for (let i = dir; i < this.started.length; i += 2) {
+      if (!this.started[i]) continue;
+      this.started[i] = false;
+      stops.push(this.dp.stopRing(this.id, i));
+    }
+    await Promise.all(stops);
   }
 
   /**
    * Takeover, new side: the previous process's TAP fd, checked (a TAP of this name with a
-   * 12-byte header); its rings start later (startRing), once the previous process stopped them.
+   * 12-byte header), or its packet sockets (queue 0's and `more`, the other queues'); the
+   * rings start later (startRing), once the previous process stopped them.
    */
-  adoptFd(fd: number, geometry?: PacketGeometry): void {
+  adoptFd(fd: number, geometry?: PacketGeometry, more: readonly number[] = []): void {
     if (this.kind === 'tap') {
       const info = native.tapInfo(fd);
       if (info.name !== this.opts.device || info.vnetHdr !== 12) throw new Error(`interface ${this.name}: the fd handed over is TAP ${info.name} with a ${info.vnetHdr}-byte header`);
     } else {
-      // the packet socket: bound to this device, TPACKET_V2 with virtio-net headers, and rings
-      // of the geometry this config asks for (the mapping is made from it)
-      const info = native.packetInfo(fd);
+      // the packet sockets, one per queue: bound to this device, TPACKET_V2 with virtio-net
+      // headers, and rings of the geometry this config asks for (the mappings are made from
+      // it); several: all in one fanout group (the kernel spreads the frames over them)
+      const all = [fd, ...more];
+      if (all.length !== this.queues) throw new Error(`interface ${this.name}: ${all.length} packet sockets handed over, the config asks for queues: ${this.queues}`);
       const ifindex = native.ifIndex(this.opts.device);
-      if (info.version !== 2 || !info.vnetHdr || info.ifindex !== ifindex) throw new Error(`interface ${this.name}: the fd handed over is not a TPACKET_V2 socket with virtio-net headers on ${this.opts.device} (ifindex ${info.ifindex}, version ${info.version})`);
+      const infos = all.map((f) => native.packetInfo(f));
+      for (const info of infos) {
+        if (info.version !== 2 || !info.vnetHdr || info.ifindex !== ifindex) throw new Error(`interface ${this.name}: the fd handed over is not a TPACKET_V2 socket with virtio-net headers on ${this.opts.device} (ifindex ${info.ifindex}, version ${info.version})`);
+      }
+      if (all.length > 1 && (infos[0].fanout === 0 || infos.some((i) => i.fanout !== infos[0].fanout))) throw new Error(`interface ${this.name}: the packet sockets handed over are not one fanout group (${infos.map((i) => i.fanout).join(', ')})`);
       const g = geometry;
       if (!g || g.frameSize !== this.opts.frameSize || g.frames !== this.opts.frames || g.ringBytes !== g.frames * g.frameSize || g.txData !== PACKET_TX_DATA || g.hdrLen !== PACKET_HDR_LEN) {
         throw new Error(`interface ${this.name}: the rings handed over are not ${this.opts.frames} frames of ${this.opts.frameSize} bytes: ${JSON.stringify(g ?? null)}`);
       }
-      this.packet = { ring: native.mmap(fd, 2 * g.ringBytes, 0), ringBytes: g.ringBytes, frameSize: g.frameSize, frames: g.frames, txData: g.txData, hdrLen: g.hdrLen };
+      this.packet = { ringBytes: g.ringBytes, frameSize: g.frameSize, frames: g.frames, txData: g.txData, hdrLen: g.hdrLen };
+      this.maps = all.map((f) => native.mmap(f, 2 * g.ringBytes, 0));
+      this.fds = all;
     }
     this.fd = fd;
     this.failed = null;
@@ -192,24 +248,25 @@ export class UplinkPort {
     } else {
       let p: ReturnType<typeof native.packetOpen>;
       try {
-        p = native.packetOpen(this.opts.device, this.opts.frameSize, this.opts.frames);
+        p = native.packetOpen(this.opts.device, this.opts.frameSize, this.opts.frames, this.queues);
       } catch (e) {
         throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
       }
       this.fd = p.fd;
+      this.fds = p.fds;
       try {
         if (p.txData !== PACKET_TX_DATA || p.hdrLen !== PACKET_HDR_LEN) throw new Error(`unexpected TPACKET_V2 header sizes ${p.hdrLen}/${p.txData}`);
-        this.packet = { ring: native.mmap(p.fd, 2 * p.ringBytes, 0), ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen };
+        this.packet = { ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen };
+        for (const f of p.fds) this.maps.push(native.mmap(f, 2 * p.ringBytes, 0));
       } catch (e) {
-        safeClose(p.fd);
-        this.fd = -1;
+        this.closePacket();
         throw new UplinkOpenError(this.name, this.kind, this.opts.device, e as NodeJS.ErrnoException);
       }
     }
     this.failed = null;
     await this.startRing(0);
     await this.startRing(1);
-    log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames } : {}), ...this.xskInfo });
+    log.info(`${this.kind} port up`, { iface: this.name, device: this.opts.device, port: this.port, fd: this.fd, offloads: this.opts.offloads, ...(this.packet ? { frameSize: this.packet.frameSize, frames: this.packet.frames, queues: this.queues } : {}), ...this.xskInfo });
   }
 
   /** AF_XDP: how the socket and the program run (logged, shown), null otherwise */
@@ -259,8 +316,21 @@ export class UplinkPort {
     if (d) for (const sab of [d.umem, d.rx.sab, d.tx.sab, d.fill.sab, d.comp.sab]) native.retire(sab);
   }
 
-  private ring(index: 0 | 1): VringDesc {
-    const ctrl = this.ringCtrl[index];
+  /** AF_PACKET: every socket closed and every mapping let go (the sockets' rings go with the last) */
+  private closePacket(): void {
+    for (const sab of this.maps) native.retire(sab);
+    this.maps = [];
+    for (const f of this.fds) safeClose(f);
+    this.fds = [];
+    this.fd = -1;
+    this.packet = null;
+  }
+
+  /** Ring `i` as the workers take it: queue i >> 1, towards the device when even. */
+  private ring(i: number): VringDesc {
+    const ctrl = this.ringCtrl[i];
+    const index = i & 1;
+    const q = i >> 1;
     // AF_PACKET with ring frames too small for a GSO frame: partial checksums only (GSO frames
     // are segmented towards it, and the kernel's would not fit a frame: cut, dropped, counted)
     const gso = this.packet === null || this.packet.frameSize >= 65536 + 128;
@@ -273,18 +343,18 @@ export class UplinkPort {
     };
     const nowhere = { region: 0, offset: 0 };
     return {
-      device: this.id, port: this.port, index, size: 0, desc: nowhere, avail: nowhere, used: nowhere, logUsedGpa: -1, kickFd: -1, callFd: -1,
-      features, ctrl, stats: this.ringStats[index], uplink: this.xsk ?? (this.packet ? { kind: 'af_packet', fd: this.fd, ...this.packet } : { kind: 'tap', fd: this.fd }),
+      device: this.id, port: this.port, index: i, size: 0, desc: nowhere, avail: nowhere, used: nowhere, logUsedGpa: -1, kickFd: -1, callFd: -1,
+      features, ctrl, stats: this.ringStats[i], uplink: this.xsk ?? (this.packet ? { kind: 'af_packet', fd: this.fds[q], ring: this.maps[q], ...this.packet } : { kind: 'tap', fd: this.fd }),
     };
   }
 
-  /** A worker gave a ring up (the device went away): stop the other ring too, keep the fd for stop(). */
+  /** A worker gave a ring up (the device went away): stop the other rings too, keep the fds for stop(). */
   onBroken(index: number, reason: string): void {
     if (!this.running || this.failed !== null) return;
     this.failed = `ring ${index}: ${reason}`;
     log.error(`${this.kind} port failed: its rings stopped (restart once the device is back)`, { iface: this.name, reason: this.failed });
-    this.started[index] = false;
-    void this.stopRing(index === 0 ? 1 : 0).catch(() => undefined);
+    if (index >= 0 && index < this.started.length) this.started[index] = false;
+    void Promise.all([this.stopRing(0), this.stopRing(1)]).catch(() => undefined);
   }
 
   /** Stop the rings, from the kernel first, and close the fd (the kernel deletes a non-persistent TAP). */
@@ -292,10 +362,9 @@ export class UplinkPort {
     await this.stopRing(1);
     await this.stopRing(0);
     if (this.kind === 'af_xdp') this.closeXsk();
+    if (this.kind === 'af_packet') this.closePacket();
     safeClose(this.fd);
     this.fd = -1;
-    if (this.packet) native.retire(this.packet.ring);
-    this.packet = null;
   }
 
   /** Takeover failed, old side: run again on the same fd (the rings it stopped). */
@@ -307,26 +376,33 @@ export class UplinkPort {
 
   /** Takeover succeeded, old side: the successor holds the device; let go of the fd. */
   abandon(): void {
-    this.started[0] = this.started[1] = false;
+    this.started.fill(false);
+    if (this.kind === 'af_packet') this.closePacket();
     safeClose(this.fd);
     this.fd = -1;
   }
 
-  /** Takeover, old side: the fd (numbered for the message); the counters follow with the positions. */
+  /**
+   * Takeover, old side: the fd (numbered for the message), an AF_PACKET port's ring geometry
+   * and its other queues' sockets (each keeps its fanout group); the counters follow with the positions.
+   */
   snapshot(fd: (n: number) => number): UplinkSnapshot {
     const p = this.packet;
-    return p ? { name: this.name, fd: fd(this.fd), packet: { ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen } } : { name: this.name, fd: fd(this.fd) };
+    if (!p) return { name: this.name, fd: fd(this.fd) };
+    const snap: UplinkSnapshot = { name: this.name, fd: fd(this.fd), packet: { ringBytes: p.ringBytes, frameSize: p.frameSize, frames: p.frames, txData: p.txData, hdrLen: p.hdrLen } };
+    if (this.fds.length > 1) snap.queueFds = this.fds.slice(1).map((f) => fd(f));
+    return snap;
   }
 
   /** Takeover, old side, rings stopped: the counters, as the positions message carries a device's. */
   position(): { name: string; rings: Array<{ index: number; lastAvailIdx: number; stats: number[]; started: boolean }> } {
-    return { name: this.name, rings: ([0, 1] as const).map((i) => ({ index: i, lastAvailIdx: new Int32Array(this.ringCtrl[i])[CTRL_LAST_AVAIL] & 0xffff, stats: Array.from(new Float64Array(this.ringStats[i])), started: true })) };
+    return { name: this.name, rings: this.ringCtrl.map((ctrl, i) => ({ index: i, lastAvailIdx: new Int32Array(ctrl)[CTRL_LAST_AVAIL] & 0xffff, stats: Array.from(new Float64Array(this.ringStats[i])), started: true })) };
   }
 
   /** New side: the counters continue where the old process left them, an AF_PACKET ring from where it stopped. */
   restorePositions(rings: ReadonlyArray<{ index: number; lastAvailIdx: number; stats: readonly number[] }>): void {
     for (const r of rings) {
-      if (r.index !== 0 && r.index !== 1) continue;
+      if (!Number.isInteger(r.index) || r.index < 0 || r.index >= this.ringCtrl.length) continue;
       new Float64Array(this.ringStats[r.index]).set(r.stats.slice(0, STATS_SLOTS));
       if (this.packet) new Int32Array(this.ringCtrl[r.index])[CTRL_LAST_AVAIL] = r.lastAvailIdx & (this.packet.frames - 1);
     }
