@@ -8,7 +8,8 @@
  *
  * The device is the operator's to configure (addresses, up, MTU, namespace); vhostfwd only
  * holds it open. A port that cannot be opened fails start() with an UplinkOpenError naming
- * the device and the cause, as a vhost-user socket that cannot be made does.
+ * the device and the cause, as a vhost-user socket that cannot be made does. Ports come
+ * from the config, the state file or the control API (Forwarder.addUplink, removeInterface).
  */
 import { F } from '../../protocol/constants';
 import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc, XskDesc, XskRing } from '../../shared/types';
