@@ -198,6 +198,19 @@ async function setup(t: Test, raw: (dir: string) => Record<string, unknown>, gue
 
 type Err = { error: { code: string; message: string; field?: string } };
 
+t.test("the OpenAPI document's UplinkSpec takes the config's uplink entries and refuses what the parser refuses", async (t) => {
+  const good = [{ type: 'tap', name: 'vf0' }, { type: 'tap', name: 'vf0', mtu: 9000, offloads: false, vlan: { mode: 'access', tag: 10 } }, { type: 'af_packet', device: 'eth1' }, { type: 'af_packet', device: 'eth1', name: 'up1', frameSize: 131072, frames: 64, vlan: { mode: 'trunk', allowed: [10, 20], native: 5 } }, { type: 'af_xdp', device: 'eth1', queue: 3, frameSize: 4096, frames: 64 }];
+  for (const v of good) {
+    t.equal(valid('UplinkSpec', v), null, `UplinkSpec takes ${JSON.stringify(v)}`);
+    t.doesNotThrow(() => parseConfig({ interfaces: [v], forwarding: { mode: 'bridge' }, control: false }, 2), 'and so does the config parser');
+  }
+  const bad = [{ type: 'tap', name: 'vf0', colour: 'red' }, { type: 'tap', device: 'vf0' }, { type: 'af_packet' }, { type: 'af_packet', device: 'eth1', queue: 0 }, { type: 'af_xdp', device: 'eth1', frameSize: 8192 }, { type: 'tap', name: 'a-very-long-device-name' }];
+  for (const v of bad) {
+    t.not(valid('UplinkSpec', v), null, `UplinkSpec refuses ${JSON.stringify(v)}`);
+    t.throws(() => parseConfig({ interfaces: [v], forwarding: { mode: 'bridge' }, control: false }, 2), 'and so does the config parser');
+  }
+});
+
 t.test('TAP added through the API (xconnect): frames both ways; DELETE: the TAP gone, a and b still forward, the port number reused; refusals', async (t) => {
   const tap = `vua${tag}`;
   const tap2 = `vub${tag}`;
