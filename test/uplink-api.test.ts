@@ -94,7 +94,8 @@ function vethPair(t: Test, here: string, there: string): NetNs {
       // went with the namespace
     }
   });
-  run('sysctl', ['-qw', `net.ipv6.conf.${here}.disable_ipv6=1`]);
+  // no IPv6 on either end: no neighbour discovery frames besides the test's
+  for (const dev of [here, there]) run('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`]);
   run('ip', ['link', 'set', here, 'up']);
   ns.adopt(there, '10.81.0.1/24');
   return ns;
@@ -372,40 +373,50 @@ t.test('AF_XDP added through the API (xconnect): frames both ways; DELETE: the p
   await round(2);
 });
 
-t.test("an uplink's vlan is applied on the data path: a trunk TAP carries a's VLAN 10 and b's VLAN 20 tagged (config-time and API-added)", async (t) => {
-  for (const how of ['config', 'api'] as const) {
-    await t.test(how, async (t) => {
-      const tap = `vv${how[0]}${tag}`;
-      const ns = new NetNs(`vhf-${tap}`);
-      t.teardown(() => ns.remove());
+t.test("an uplink's vlan is applied on the data path: a trunk uplink carries a's VLAN 10 and b's VLAN 20 tagged (config-time and API-added; TAP, AF_PACKET, AF_XDP)", async (t) => {
+  const cases: Array<['config' | 'api', 'tap' | 'af_packet' | 'af_xdp']> = [['config', 'tap'], ['api', 'tap'], ['config', 'af_packet'], ['api', 'af_packet'], ['api', 'af_xdp']];
+  for (const [how, type] of cases) {
+    await t.test(`${how}: ${type}`, async (t) => {
+      const here = `vv${how[0]}${type === 'tap' ? 't' : type === 'af_packet' ? 'p' : 'x'}${tag}`;
+      // the device in the namespace where frames are sent and captured: the TAP itself, or the veth's peer
+      let ns: NetNs;
+      let there = here;
+      if (type === 'tap') {
+        ns = new NetNs(`vhf-${here}`);
+        t.teardown(() => ns.remove());
+      } else {
+        there = `vw${how[0]}${type === 'af_packet' ? 'p' : 'x'}${tag}`;
+        ns = vethPair(t, here, there);
+      }
       const vlan = { mode: 'trunk', allowed: [10, 20] };
+      const spec = type === 'tap' ? { type, name: here, vlan } : { type, device: here, vlan, frames: 64 };
       const { fwd, sock, g } = await setup(
         t,
         (dir) => ({
           interfaces: [
             { name: 'a', socket: path.join(dir, 'a.sock'), vlan: { mode: 'access', tag: 10 } },
             { name: 'b', socket: path.join(dir, 'b.sock'), vlan: { mode: 'access', tag: 20 } },
-            ...(how === 'config' ? [{ type: 'tap', name: tap, vlan }] : []),
+            ...(how === 'config' ? [spec] : []),
           ],
           forwarding: { mode: 'bridge' },
         }),
         ['a', 'b'],
       );
-      if (how === 'api') t.equal((await api(sock, 'POST', '/v1/interfaces', { type: 'tap', name: tap, vlan })).status, 201, 'the TAP is added with its vlan');
-      t.match((await api(sock, 'GET', `/v1/interfaces/${tap}`)).body, { spec: { vlan } }, 'show: its vlan');
-      ns.adopt(tap);
+      if (how === 'api') t.equal((await api(sock, 'POST', '/v1/interfaces', spec)).status, 201, 'the port is added with its vlan');
+      t.match((await api(sock, 'GET', `/v1/interfaces/${here}`)).body, { spec: { vlan } }, 'show: its vlan');
+      if (type === 'tap') ns.adopt(here);
       const out = SIZES.map((s, i) => frame(macOf(9), macOf(1), s, i));
-      const cap = await captureTagged(ns, tap, out.length, 4000);
+      const cap = await captureTagged(ns, there, out.length, 4000);
       t.equal(g.a.send(0, out), out.length, 'a (access 10) posted every frame');
-      sameFrames(t, await cap.frames, out.map((f) => tagged(f, 10)), 'a -> TAP: tagged with VID 10 on the wire');
+      sameFrames(t, await cap.frames, out.map((f) => tagged(f, 10)), `a -> ${type}: tagged with VID 10 on the wire`);
       // a frame of VLAN 20 from the device: to b (access 20) untagged, never to a
       const back = SIZES.map((s, i) => frame(macOf(2), macOf(9), s, 100 + i));
-      ns.send(tap, back.map((f) => tagged(f, 20)));
-      sameFrames(t, await guestFrames(g.b, back.length, 4000), back, 'TAP (tagged 20) -> b (access 20), untagged');
+      ns.send(there, back.map((f) => tagged(f, 20)));
+      sameFrames(t, await guestFrames(g.b, back.length, 4000), back, `${type} (tagged 20) -> b (access 20), untagged`);
       // an untagged frame from the trunk (no native VLAN): dropped, counted
-      ns.send(tap, [frame(macOf(1), macOf(9), 100, 999)]);
-      await waitUntil(() => (q(fwd.stats(), tap, 'tx')?.dropVlan ?? 0) >= 1, 3000, 'the untagged frame counted').catch(() => undefined);
-      t.equal(q(fwd.stats(), tap, 'tx')?.dropVlan, 1, 'an untagged frame from the trunk (no native VLAN) is dropped and counted');
+      ns.send(there, [frame(macOf(1), macOf(9), 100, 999)]);
+      await waitUntil(() => (q(fwd.stats(), here, 'tx')?.dropVlan ?? 0) >= 1, 3000, 'the untagged frame counted').catch(() => undefined);
+      t.equal(q(fwd.stats(), here, 'tx')?.dropVlan, 1, 'an untagged frame from the trunk (no native VLAN) is dropped and counted');
       t.equal((await guestFrames(g.a, 1, 500)).length, 0, 'nothing of VLAN 20, nothing untagged reaches a');
     });
   }
