@@ -27,6 +27,7 @@ import { api } from '../src/ctl';
 import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { tmpDir, waitUntil } from '../kit/env';
+import { native } from '../src/native';
 import { assertFlows, pump } from './helpers/traffic';
 
 const why = canUseNetns();
@@ -263,6 +264,15 @@ t.test('TAP added through the API (xconnect): frames both ways; DELETE: the TAP 
     t.equal(valid('Error', r.body), null, `${what}: a valid Error`);
     t.match((r.body as Err).error, { field, message: msg }, `${what}: field ${field}, ${(r.body as Err).error?.message}`);
   }
+  // a TAP another holder has open (a single-queue TAP takes one fd): the open fails with
+  // EBUSY, a conflict, and the port is undone
+  const held = `vuh${tag}`;
+  const heldFd = native.tapOpen(held, 0).fd;
+  t.teardown(() => native.close(heldFd));
+  const busy = await api(sock, 'POST', '/v1/interfaces', { type: 'tap', name: held });
+  t.equal(busy.status, 409, 'a TAP held by another fd: 409');
+  t.equal(valid('Error', busy.body), null, 'a valid Error');
+  t.match((busy.body as Err).error, { code: 'Conflict', field: 'name', message: new RegExp(`${held}: the device is held by another process .*EBUSY`) }, `naming the device and the cause: ${(busy.body as Err).error?.message}`);
   t.same(fwd.state().interfaces.map((i) => i.name), ['a', 'b', 'c', tap], 'no refusal left a port behind');
   t.same(Object.values(fwd.portMap()).sort(), [0, 1, 2, 3], 'nor took a port number');
 
