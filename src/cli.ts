@@ -228,27 +228,48 @@ function ctlCommands(y: ReturnType<typeof yargs>) {
     .command('list', 'list interfaces', {}, (a) => void ctl(sock(a), a.json === true, 'list', 'GET', '/v1/interfaces'))
     .command('show <name>', 'one interface: connection, features, rings, counters', (b) => b.positional('name', { type: 'string', demandOption: true }), (a) => void ctl(sock(a), a.json === true, 'show', 'GET', `/v1/interfaces/${enc(a.name)}`))
     .command(
-      'add <name>',
-      'add an interface (its socket listens or connects at once)',
+      'add [name]',
+      'add an interface (its socket listens or connects at once) or an uplink port (its device opened at once)',
       (b) =>
         b
-          .positional('name', { type: 'string', demandOption: true })
-          .option('socket', { type: 'string', demandOption: true, describe: 'vhost-user socket path (absolute)' })
-          .option('mode', { choices: ['server', 'client'] as const, default: 'server' as const })
-          .option('queues', { type: 'number', default: 1 })
+          .positional('name', { type: 'string', describe: 'the interface name (also --name); a TAP: its device name; af_packet/af_xdp: default the device' })
+          .option('type', { choices: ['vhost-user', 'tap', 'af_packet', 'af_xdp'] as const, default: 'vhost-user' as const, describe: 'a vhost-user interface or an uplink port' })
+          .option('socket', { type: 'string', describe: 'vhost-user socket path (absolute; vhost-user only)' })
+          .option('mode', { choices: ['server', 'client'] as const, describe: 'vhost-user: server (default) or client' })
+          .option('queues', { type: 'number', describe: 'vhost-user: queue pairs (default 1)' })
+          .option('device', { type: 'string', describe: 'af_packet, af_xdp: the network device' })
+          .option('queue', { type: 'number', describe: 'af_xdp: the device queue (default 0)' })
+          .option('frame-size', { type: 'number', describe: 'af_packet, af_xdp: ring frame bytes' })
+          .option('frames', { type: 'number', describe: 'af_packet, af_xdp: frames per ring' })
+          .option('offloads', { type: 'boolean', describe: 'checksum and segmentation offloads (default true; --no-offloads)' })
           .option('mtu', { type: 'number' })
           .option('owner', { type: 'string', describe: 'user (name or uid) given the server socket' })
           .option('group', { type: 'string', describe: 'group (name or gid) given the server socket' })
           .option('permissions', { type: 'string', describe: 'octal mode of the server socket, e.g. 0660' })
           .option('mask-features', { type: 'string', array: true, describe: 'feature names removed from the offer' })
           .option('vlan', { type: 'string', describe: '802.1Q (bridge mode): access:TAG, or trunk:ID,ID,FROM-TO[:native=ID]' })
+          .check((a) => {
+            if (a.type === 'vhost-user' && (a.name === undefined || a.socket === undefined)) throw new Error('a vhost-user interface needs a name and --socket PATH');
+            if (a.type === 'tap' && a.name === undefined && a.device === undefined) throw new Error('a TAP port needs a name (its device)');
+            if ((a.type === 'af_packet' || a.type === 'af_xdp') && a.device === undefined) throw new Error(`an ${a.type} port needs --device DEV`);
+            return true;
+          })
           .example('$0 ctl add vm3 --socket /run/vhostfwd/vm3.sock --mode client --queues 2', '')
-          .example('$0 ctl add vm5 --socket /run/vhostfwd/vm5.sock --vlan trunk:100-199:native=10', ''),
+          .example('$0 ctl add vm5 --socket /run/vhostfwd/vm5.sock --vlan trunk:100-199:native=10', '')
+          .example('$0 ctl add --type tap --name vf0', '')
+          .example('$0 ctl add --type af_packet --device eth1 --vlan trunk:10,20', '')
+          .example('$0 ctl add --type af_xdp --device eth1 --queue 0', ''),
       (a) => {
-        const body: Record<string, unknown> = { name: a.name, socket: a.socket, mode: a.mode, queues: a.queues };
-        if (a.mtu !== undefined) body.mtu = a.mtu;
-        for (const k of ['owner', 'group', 'permissions'] as const) if (a[k] !== undefined) body[k] = a[k];
-        if (a['mask-features']) body.maskFeatures = a['mask-features'];
+        // every option given goes to the API under its key, also one the type does not take:
+        // the API refuses it naming the key (the config parser's errors), not the client
+        const body: Record<string, unknown> = {};
+        if (a.type !== 'vhost-user') body.type = a.type;
+        // a TAP's device is its name
+        const name = a.name ?? (a.type === 'tap' ? a.device : undefined);
+        if (name !== undefined) body.name = name;
+        if (a.device !== undefined && !(a.type === 'tap' && a.name === undefined)) body.device = a.device;
+        const keys = [['socket', 'socket'], ['mode', 'mode'], ['queues', 'queues'], ['queue', 'queue'], ['frame-size', 'frameSize'], ['frames', 'frames'], ['offloads', 'offloads'], ['mtu', 'mtu'], ['owner', 'owner'], ['group', 'group'], ['permissions', 'permissions'], ['mask-features', 'maskFeatures']] as const;
+        for (const [opt, key] of keys) if (a[opt] !== undefined) body[key] = a[opt];
         if (a.vlan !== undefined) {
           try {
             body.vlan = vlanArg(a.vlan);

@@ -176,7 +176,7 @@ export class Forwarder {
    * before this returns; other ports are not touched beyond a new forwarding plan.
    */
   addInterface(c: InterfaceConfig): Interface {
-    if (c.type !== 'vhost-user') throw new ControlError(400, 'type', `${c.type} ports come from the config file (the control API adds vhost-user interfaces only, for now)`);
+    if (c.type !== 'vhost-user') throw new ControlError(400, 'type', `${c.type} ports are added with addUplink`);
     if (this.specs.has(c.name)) throw new ControlError(409, 'name', `interface ${c.name} exists`);
     const clash = [...this.specs.values()].find((o) => o.socket === c.socket);
     if (clash) throw new ControlError(409, 'socket', `socket ${c.socket} is used by interface ${clash.name}`);
@@ -205,13 +205,63 @@ export class Forwarder {
   }
 
   /**
+   * Add an uplink port at run time (control API), checked as parseConfig checks the config's:
+   * a name used once, a device held by one uplink only. The device is opened and both rings
+   * run before this resolves; if the open fails nothing of the port is left (its number,
+   * spec, placement and VLAN go back) and the UplinkOpenError is thrown as it came.
+   */
+  async addUplink(c: InterfaceConfig): Promise<UplinkPort> {
+    if (c.type === 'vhost-user') throw new ControlError(400, 'type', 'vhost-user interfaces are added with addInterface');
+    // a TAP's device is its name: the key the client gave is the one named
+    const devKey = c.type === 'tap' ? 'name' : 'device';
+    if (this.specs.has(c.name)) throw new ControlError(409, 'name', `interface ${c.name} exists`);
+    const clash = this.uplinks.find((u) => u.opts.device === c.device);
+    if (clash) throw new ControlError(409, devKey, `network device ${c.device} is used by uplink ${clash.name}`);
+    if (c.vlan !== null && this.forwarding.mode !== 'bridge') throw new ControlError(400, 'vlan', 'no vlan with forwarding.mode "xconnect" (VLANs are a bridge feature)');
+    const up = this.place(c) as UplinkPort;
+    if (this.started) {
+      // before its rings run: no frame from the device is bridged without its VLANs, and a
+      // multi-queue AF_PACKET port's TX queue is picked as configurePool sets it at start
+      this.pool.setVlan(up.port, c.vlan);
+      if (up.queues > 1) this.pool.setSteering(up.port, c.steering === 'hash');
+      try {
+        await up.start();
+      } catch (e) {
+        // start() closes what it opened when the open fails; a ring the workers refused
+        // after the open leaves the fd open: stop() closes it either way
+        await up.stop().catch(() => undefined);
+        this.forget(up);
+        this.pool.setVlan(up.port, null);
+        this.macs.forgetPort(up.port);
+        throw e;
+      }
+      this.pool.setPlan(this.plan(), this.macTable);
+    }
+    log.info('interface added', { iface: c.name, port: up.port, type: c.type, device: c.device });
+    this.changed();
+    return up;
+  }
+
+  /**
    * Remove an interface: its rings stop as GET_VRING_BASE would stop them (the workers
    * acknowledge), the connection and the socket close, the path we created is unlinked,
    * its pair and the MACs learned on it are dropped. Resolves when all of that is done.
+   * An uplink port: its rings stop (from the device first), its fd closes (the kernel
+   * deletes a TAP vhostfwd made; an AF_XDP program leaves the device with its link).
    */
   async removeInterface(name: string): Promise<void> {
     const up = this.uplink(name);
-    if (up) throw new ControlError(409, 'name', `${name} is a ${up.kind} port: it goes with the config file (the control API removes vhost-user interfaces only, for now)`);
+    if (up) {
+      await up.stop();
+      this.forget(up);
+      this.pool.setVlan(up.port, null);
+      this.pool.setSteering(up.port, true);
+      this.pool.setPlan(this.plan(), this.macTable);
+      this.macs.forgetPort(up.port);
+      log.info('interface removed', { iface: name, port: up.port, type: up.kind });
+      this.changed();
+      return;
+    }
     const itf = this.interface(name);
     if (!itf) throw new ControlError(404, 'name', `no interface ${name}`);
     await itf.stop();
@@ -317,6 +367,7 @@ export class Forwarder {
         }
         log.error('interface left out: its device cannot be opened', { iface: u.name, error: (e as Error).message });
         this.forget(u);
+        this.pool.setVlan(u.port, null);
       }
     }
     for (const i of this.interfaces) {
@@ -342,10 +393,13 @@ export class Forwarder {
       if (c) this.pool.setSteering(i.port, c.steering === 'hash');
       if (c?.vlan) this.pool.setVlan(i.port, c.vlan);
     }
-    // uplinks: how frames towards a multi-queue AF_PACKET port pick its TX queue, as a guest's
+    // uplinks: how frames towards a multi-queue AF_PACKET port pick its TX queue, as a
+    // guest's; and an uplink's `vlan` is its port's as a guest's is (it was once left out
+    // here: a config-time uplink bridged as a port without VLANs whatever its config said)
     for (const u of this.uplinks) {
       const c = this.specs.get(u.name);
       if (c && u.queues > 1) this.pool.setSteering(u.port, c.steering === 'hash');
+      if (c?.vlan) this.pool.setVlan(u.port, c.vlan);
     }
   }
 

@@ -18,7 +18,7 @@ import { F, PF } from '../../protocol/constants';
 import { ConfigError, interfaceToRaw, parseInterface } from '../config';
 import { ControlError, Forwarder } from '../forwarder';
 import { Interface, SocketPathError } from '../interface';
-import type { UplinkPort } from '../ports/uplink';
+import { UplinkOpenError, UplinkPort } from '../ports/uplink';
 import { log } from '../log';
 import { OwnershipError } from './ownership';
 
@@ -35,8 +35,18 @@ export class ControlSocketError extends Error {
   }
 }
 
-type Code = 'BadRequest' | 'NotFound' | 'Conflict' | 'PayloadTooLarge' | 'UnsupportedMediaType' | 'MethodNotAllowed' | 'Internal';
-const CODE: Record<number, Code> = { 400: 'BadRequest', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict', 413: 'PayloadTooLarge', 415: 'UnsupportedMediaType', 500: 'Internal' };
+type Code = 'BadRequest' | 'NotFound' | 'Conflict' | 'PayloadTooLarge' | 'UnsupportedMediaType' | 'MethodNotAllowed' | 'Unprocessable' | 'Internal';
+const CODE: Record<number, Code> = { 400: 'BadRequest', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict', 413: 'PayloadTooLarge', 415: 'UnsupportedMediaType', 422: 'Unprocessable', 500: 'Internal' };
+
+/**
+ * An uplink whose device cannot be opened: 409 when something else holds it (another
+ * process's TAP or XDP socket, an XDP program already attached), else 422: the request is
+ * well formed but the device is not there or not usable as asked (ENODEV, no such queue,
+ * missing capabilities). The message names the device and the cause.
+ */
+function uplinkOpenStatus(e: UplinkOpenError): number {
+  return e.code === 'EBUSY' || e.code === 'EEXIST' ? 409 : 422;
+}
 
 class HttpError extends Error {
   constructor(readonly status: number, message: string, readonly field?: string) {
@@ -66,9 +76,11 @@ function summary(i: Interface): Record<string, unknown> {
   return { name: i.name, port: i.port, socket: i.opts.socket, mode: i.opts.mode, queues: i.opts.queuePairs, connected: i.device !== null };
 }
 
-/** An uplink port (TAP, AF_PACKET) in `list`. */
+/** An uplink port (TAP, AF_PACKET, AF_XDP) in `list`. */
 function uplinkSummary(fwd: Forwarder, u: UplinkPort): Record<string, unknown> {
-  return { name: u.name, port: u.port, type: u.kind, device: u.opts.device, running: u.running, failed: u.failed, worker: fwd.workerOf(u.name, 0) };
+  // an AF_PACKET port of several queues (PACKET_FANOUT) has a worker per queue: `workers`
+  const workers = Array.from({ length: u.queues }, (_, q) => fwd.workerOf(u.name, q));
+  return { name: u.name, port: u.port, type: u.kind, device: u.opts.device, running: u.running, failed: u.failed, worker: workers[0], workers };
 }
 
 /** `show` of an uplink port: its summary, its config form and its two queues' counters. */
@@ -229,7 +241,18 @@ export async function startControl(fwd: Forwarder, opts: ControlOptions): Promis
           if (e instanceof ConfigError) throw new HttpError(400, e.message.replace(/^\./, ''), e.path.replace(/^\./, '') || '(body)');
           throw e;
         }
-        if (c.type !== 'vhost-user') throw new HttpError(400, `${c.type} ports come from the config file (the API adds vhost-user interfaces only, for now)`, 'type');
+        if (c.type !== 'vhost-user') {
+          // an uplink port (TAP, AF_PACKET, AF_XDP): opened and running before the reply
+          const up = c;
+          return serial(async () => {
+            try {
+              return [201, describeUplink(fwd, await fwd.addUplink(up))] as [number, unknown];
+            } catch (e) {
+              if (e instanceof UplinkOpenError) throw new HttpError(uplinkOpenStatus(e), e.message, e.field);
+              throw e;
+            }
+          });
+        }
         checkSocketPath(c.socket, opts.socketDir);
         const cfg = c;
         return serial(() => {

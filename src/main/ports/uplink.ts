@@ -13,7 +13,8 @@
  *
  * The device is the operator's to configure (addresses, up, MTU, namespace); vhostfwd only
  * holds it open. A port that cannot be opened fails start() with an UplinkOpenError naming
- * the device and the cause, as a vhost-user socket that cannot be made does.
+ * the device and the cause, as a vhost-user socket that cannot be made does. Ports come
+ * from the config, the state file or the control API (Forwarder.addUplink, removeInterface).
  */
 import { F } from '../../protocol/constants';
 import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc, XskDesc, XskRing } from '../../shared/types';
@@ -38,7 +39,12 @@ const FROM_KERNEL = bit(F.VIRTIO_NET_F_CSUM) | bit(F.VIRTIO_NET_F_HOST_TSO4) | b
 const TO_KERNEL = bit(F.VIRTIO_NET_F_GUEST_CSUM) | bit(F.VIRTIO_NET_F_GUEST_TSO4) | bit(F.VIRTIO_NET_F_GUEST_TSO6) | bit(F.VIRTIO_NET_F_GUEST_ECN);
 
 export class UplinkOpenError extends Error {
-  constructor(readonly iface: string, kind: UplinkKind, device: string, cause: NodeJS.ErrnoException) {
+  /** the errno name of the cause ('' when it had none), e.g. ENODEV */
+  readonly code: string;
+  /** the config key the cause is about (the control API's error field): the device's, or af_xdp's queue */
+  readonly field: 'name' | 'device' | 'queue';
+
+  constructor(readonly iface: string, kind: UplinkKind, readonly device: string, cause: NodeJS.ErrnoException) {
     const code = cause.code ?? '';
     const why: Record<string, string> = {
       ENOENT: '/dev/net/tun does not exist (modprobe tun)',
@@ -73,6 +79,9 @@ export class UplinkOpenError extends Error {
     const what = kind === 'tap' ? 'TAP' : kind === 'af_xdp' ? 'an AF_XDP socket on' : 'an AF_PACKET socket on';
     super(`interface ${iface}: cannot open ${what} ${device}: ${why[code] ?? cause.message}${code ? ` (${cause.syscall ?? 'open'} ${code})` : ''}`);
     this.name = 'UplinkOpenError';
+    this.code = code;
+    // a TAP's device is named by its `name` key; a queue the device lacks by `queue`
+    this.field = kind === 'tap' ? 'name' : kind === 'af_xdp' && code === 'EINVAL' && cause.syscall === 'bind AF_XDP' ? 'queue' : 'device';
   }
 }
 
