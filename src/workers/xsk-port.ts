@@ -26,7 +26,8 @@
  */
 import { native } from '../native';
 import { CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc, XskDesc, XskRing } from '../shared/types';
-import type { CopyQueue } from './bulk-copy';
+import { BULK_MIN, type CopyQueue } from './bulk-copy';
+import { copyBytes, F64_EXACT } from './copy';
 import { GuestMemory, RegionViews } from './guest-memory';
 import { BURST, PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
@@ -236,6 +237,90 @@ export class XskQueue extends SlotWriter implements RingQueue {
     Atomics.store(tx.u32, tx.prod, this.txProd);
     this.published = this.txProd;
     if ((Atomics.load(tx.u32, tx.flags) & XDP_RING_NEED_WAKEUP) !== 0 && native.xdpKick(this.fd, Math.ceil(queued / KERNEL_TX_BATCH) + 1) < 0) this.stats[ST_ERRORS]++;
+  }
+
+  /**
+   * The burst towards the device in one loop for the common frame (one source segment, no
+   * offload flag): the TX slot, the copy (8-byte words inline below BULK_MIN, the bulk queue
+   * above) and the descriptor, with the ring's state in locals; anything else, and a full
+   * ring, through enqueue() (SlotWriter: rxReserve, rxPutPacket, rxCommit), which counts the
+   * drops. The per-frame calls of that path were the difference at 64 B (bench/NOTES.md #50).
+   */
+  override enqueueBurst(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array | null, count: number): number {
+    const tx = this.tx;
+    const t32 = tx.u32;
+    const desc = tx.desc;
+    const mask = this.mask;
+    const size = this.size;
+    const fs = this.fs;
+    const view = this.view;
+    const d64 = view.f64;
+    const d8 = view.u8;
+    const bulk = this.bulk;
+    const srcIds = srcMem.bulkIds;
+    const useBulk = bulk !== null && srcIds !== null && this.copyId >= 0;
+    const srcViews = srcMem.views;
+    const segCount = batch.segCount;
+    const segStart = batch.segStart;
+    const segRegion = batch.segRegion;
+    const segOffset = batch.segOffset;
+    const pktLen = batch.pktLen;
+    const flags = batch.flags;
+    const anyOffload = batch.nOffload > 0;
+    const bulkMin = BULK_MIN;
+    let prod = this.txProd;
+    let done = 0;
+    let bytes = 0;
+    let fast = 0;
+    for (let k = 0; k < count; k++) {
+      const i = pick === null ? k : pick[k];
+      const len = pktLen[i];
+      if (segCount[i] !== 1 || (anyOffload && flags[i] !== 0) || len > fs || len < MIN_FRAME || ((prod - this.compCons) >>> 0) >= size) {
+        // the general path, with the ring state handed over and taken back
+        this.txProd = prod;
+        if (this.enqueue(srcMem, batch, i, 0)) done++;
+        prod = this.txProd;
+        continue;
+      }
+      const o = (size + (prod & mask)) * fs;
+      const s = segStart[i];
+      const sr = segRegion[s];
+      const so = segOffset[s];
+      if (useBulk && len >= bulkMin) {
+        bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + so, this.copyId, o, len);
+      } else {
+        const sv = srcViews[sr];
+        const s64 = sv.f64;
+        if (F64_EXACT && d64 !== null && s64 !== null && (so & 7) === 0 && so < 0x7fff_ffff) {
+          // UMEM frames are frame-size aligned; a guest's buffer usually 8-aligned (DPDK's
+          // mbufs): word copies with int32 indices, the tail by bytes
+          const dw = o >> 3;
+          const sw = (so | 0) >> 3;
+          const n = len >> 3;
+          for (let q = 0; q < n; q++) d64[dw + q] = s64[sw + q];
+          const s8 = sv.u8;
+          for (let q = n << 3; q < len; q++) d8[o + q] = s8[(so | 0) + q];
+        } else {
+          copyBytes(view, o, sv, so, len);
+        }
+      }
+      const d = desc + 4 * (prod & mask);
+      t32[d] = o;
+      t32[d + 1] = 0;
+      t32[d + 2] = len;
+      t32[d + 3] = 0;
+      prod = (prod + 1) >>> 0;
+      bytes += len;
+      fast++;
+      done++;
+    }
+    this.txProd = prod;
+    if (fast > 0) {
+      this.stats[ST_PACKETS] += fast;
+      this.stats[ST_BYTES] += bytes;
+    }
+    if (done > 0) this.stats[ST_BURSTS]++;
+    return done;
   }
 
   /** `hdr` is ignored: no virtio-net header on an XDP socket (the frame has no offload left by now). */
