@@ -40,7 +40,7 @@ const MEM_END = R0_SIZE + R1_SIZE;
 
 const RACER = `
 const { workerData } = require('node:worker_threads');
-const { sab, targets, stop } = workerData;
+const { sab, targets, stop, holdEvil, holdGood } = workerData;
 const dv = new DataView(sab);
 const st = new Int32Array(stop);
 // the four words of a descriptor (addr lo, addr hi, len, id | flags << 16) in varying orders,
@@ -56,8 +56,9 @@ while (Atomics.load(st, 0) === 0) {
     k++;
     for (const f of order) dv.setUint32(tg.off + 4 * f, tg.evil[e + f], true);
     if ((k & 7) === 0) dv.setUint16(tg.off + 14, tg.good[3] >>> 16, true); // the flags alone back first
-    for (let s = 0; s < 30; s++) Atomics.load(st, 0); // hold the bad values a moment
+    for (let s = 0; s < holdEvil; s++) Atomics.load(st, 0); // hold the bad values a moment
     for (const f of order) dv.setUint32(tg.off + 4 * f, tg.good[f], true);
+    for (let s = 0; s < holdGood; s++) Atomics.load(st, 0);
     flips++;
   }
 }
@@ -87,8 +88,9 @@ class Race {
     return this.worker !== null;
   }
 
-  async start(sab: SharedArrayBuffer, targets: Target[]): Promise<void> {
-    this.worker = new Worker(RACER, { eval: true, workerData: { sab, targets, stop: this.stop } });
+  /** Flip `targets` in turn; each bad value held for `holdEvil` spins, each good one for `holdGood`. */
+  async start(sab: SharedArrayBuffer, targets: Target[], holdEvil = 30, holdGood = 0): Promise<void> {
+    this.worker = new Worker(RACER, { eval: true, workerData: { sab, targets, stop: this.stop, holdEvil, holdGood } });
     const st = new Int32Array(this.stop);
     const end = Date.now() + 30000;
     while (Atomics.load(st, 2) === 0) {
@@ -396,3 +398,82 @@ t.test('packed TX descriptors rewritten by a racing vCPU: no byte from outside g
   a.gm.dispose();
   b.gm.dispose();
 });
+
+/**
+ * Wrap-counter games alone: the racer flips only the AVAIL/USED bits of slots 0 and 1 of a
+ * full ring, between "available for this lap" (as posted) and "available for the next lap".
+ * A burst that takes every chain comes round to slot 0 with its wrap counter flipped, where
+ * the flipped bits say "available" although the device has not returned that buffer yet: the
+ * driver made a slot available twice. The device must not take a slot it holds (no more
+ * buffers in flight than the ring has slots: their used elements would overwrite each other,
+ * and the pending arrays have `size` entries), so such a burst stops with a GuestError; a
+ * burst the racer left alone returns every chain it took. Two shapes: eight one-descriptor
+ * chains (the inline paths), and a chain of two at slots 0-1 then six (the walker).
+ */
+for (const dir of ['tx', 'rx'] as const) {
+  for (const shape of ['single', 'chain'] as const) {
+    t.test(`packed ${dir.toUpperCase()}, ${shape === 'single' ? 'one-descriptor chains' : 'a chain of two first'}: a racing vCPU flipping the AVAIL/USED bits to the next lap's: no slot taken twice, every chain returned, only GuestError`, async (t) => {
+      const a = makeGuest();
+      const b = makeGuest();
+      const batch = new PacketBatch();
+      const race = new Race();
+      const end = Date.now() + 30000;
+      const l = layout(dir === 'tx' ? 1 : 0);
+      const raced = dir === 'tx' ? a : b;
+      const chains = shape === 'single' ? RING_SLOTS : RING_SLOTS - 1;
+      const tooMany: string[] = [];
+      const stuck: string[] = [];
+      let it = 0;
+      for (; race.more(it, 2000, end); it++) {
+        const tx = makePacked(a, { index: 1, size: dir === 'tx' ? RING_SLOTS : 16 });
+        const rx = makePacked(b, { index: 0, size: dir === 'rx' ? RING_SLOTS : 16 });
+        // the raced ring full; the other with more than enough
+        for (let k = 0; k < (dir === 'tx' ? chains : 12); k++) tx.drv.postTx(pattern(60 + 8 * k, it + k), dir === 'tx' && k === 0 && shape === 'chain' ? { chunks: 2 } : {});
+        for (let k = 0; k < (dir === 'rx' ? chains : 16); k++) rx.drv.postRx(dir === 'rx' && k === 0 && shape === 'chain' ? 512 : 1024, dir === 'rx' && k === 0 && shape === 'chain' ? { chunks: 2 } : {});
+        if (!race.started) {
+          const targets: Target[] = [];
+          for (const s of [0, 1]) {
+            const good = descWords(raced.sab, l.desc + DESC_SIZE * s);
+            // the same descriptor with AVAIL and USED swapped: available for the next lap (wrap 0)
+            const evil = Uint32Array.from(good);
+            evil[3] ^= (F_AVAIL | F_USED) << 16;
+            targets.push({ off: l.desc + DESC_SIZE * s, good, evil });
+          }
+          // about half the time each way: the first read of a slot and the one a lap later can differ
+          await race.start(raced.sab, targets, 60, 60);
+        }
+        const q = dir === 'tx' ? tx : rx;
+        let taken = -1;
+        try {
+          const n = tx.vq.dequeueBurst(batch, 32);
+          if (dir === 'tx') taken = n;
+          rx.vq.acquire();
+          try {
+            const done = rx.vq.enqueueBurst(a.gm, batch, null, n);
+            if (dir === 'rx') taken = done;
+            rx.vq.flush();
+            rx.vq.release();
+          } catch (e) {
+            rx.vq.abandon();
+            throw e;
+          }
+          tx.vq.completeBurst(batch);
+          race.accepted++;
+          if (taken > chains && tooMany.length < 3) tooMany.push(`round ${it}: ${taken} chains from a ring of ${chains}`);
+          if (q.vq.lastUsedIdx !== q.vq.lastAvailIdx && stuck.length < 3) {
+            stuck.push(`round ${it}: used ${q.vq.lastUsedIdx.toString(16)} avail ${q.vq.lastAvailIdx.toString(16)} after ${taken} chains`);
+          }
+        } catch (e) {
+          race.caught(e);
+        }
+      }
+      const flips = await race.finish();
+      t.same(race.unexpected.slice(0, 3), [], 'only GuestError was thrown');
+      t.same(tooMany, [], 'no burst took more chains than the ring holds');
+      t.same(stuck, [], 'every chain taken in a burst was returned in it (used index = avail index)');
+      t.ok(flips > 0, `the racer ran: ${flips} flips in ${it} rounds`);
+      t.ok(race.accepted > 0 && race.rejected > 0, `both outcomes happened: ${race.accepted} bursts through, ${race.rejected} refused (${race.summary()})`);
+      t.same([...race.reasons.keys()].filter((r) => r !== 'ring slot made available again before it was used'), [], 'refused for that reason only');
+    });
+  }
+}
