@@ -138,10 +138,16 @@ function d(addr: number, len: number, id: number, flags: number): number[] {
   return [addr % 2 ** 32, Math.floor(addr / 2 ** 32), len, (id & 0xffff) | ((flags & 0xffff) << 16)];
 }
 
+/** `good` with its address replaced by each of `addrs` in turn (length, id and flags kept) */
+function addrOnly(good: Uint32Array, addrs: number[]): Uint32Array {
+  return new Uint32Array(addrs.flatMap((a) => [a % 2 ** 32, Math.floor(a / 2 ** 32), good[2], good[3]]));
+}
+
 /** the raced ring's size */
 const RING_SLOTS = 8;
 
-t.test('packed RX descriptors rewritten by a racing vCPU: writes stay in the ring and the posted buffers, or stop with a GuestError', async (t) => {
+for (const focus of [false, true]) {
+  t.test(`packed RX descriptors rewritten by a racing vCPU: writes stay in the ring and the posted buffers, or stop with a GuestError${focus ? ' (focused: the inline paths\' addresses, fast flips)' : ''}`, async (t) => {
   const a = makeGuest();
   const b = makeGuest();
   a.gm.enableBulk(native);
@@ -204,9 +210,18 @@ t.test('packed RX descriptors rewritten by a racing vCPU: writes stay in the rin
         ...d(bufA + 2 ** 32, 1024, 0, WRITE | NEXT), // 4 GiB above (NEXT means nothing in a packed table)
       ]);
       const targets: Target[] = [];
-      for (let s = 0; s < RING_SLOTS; s++) targets.push({ off: l.desc + DESC_SIZE * s, good: descWords(b.sab, l.desc + DESC_SIZE * s), evil: ringEvil });
-      for (let e = 0; e < tbl.n; e++) targets.push({ off: tbl.gpa + DESC_SIZE * e, good: descWords(b.sab, tbl.gpa + DESC_SIZE * e), evil: tableEvil });
-      await race.start(b.sab, targets);
+      if (focus) {
+        // the one-buffer chains (slots 0 and 4, the inline path): only their addresses flip,
+        // fast, so that a second read of the address after its check would be caught
+        for (const s of [0, 4]) {
+          const good = descWords(b.sab, l.desc + DESC_SIZE * s);
+          targets.push({ off: l.desc + DESC_SIZE * s, good, evil: addrOnly(good, [R0_SIZE - 64, MEM_END - 64, SAB_SIZE - 0x1000]) });
+        }
+      } else {
+        for (let s = 0; s < RING_SLOTS; s++) targets.push({ off: l.desc + DESC_SIZE * s, good: descWords(b.sab, l.desc + DESC_SIZE * s), evil: ringEvil });
+        for (let e = 0; e < tbl.n; e++) targets.push({ off: tbl.gpa + DESC_SIZE * e, good: descWords(b.sab, tbl.gpa + DESC_SIZE * e), evil: tableEvil });
+      }
+      await race.start(b.sab, targets, focus ? 3 : 30, focus ? 3 : 0);
     }
     // 12 frames for 8 slots: mergeable RX takes chains until the ring runs out, so the device
     // comes round to slots it has taken this burst (a slot the racer made "available for the
@@ -257,9 +272,11 @@ t.test('packed RX descriptors rewritten by a racing vCPU: writes stay in the rin
   t.ok(race.accepted > 0 && race.rejected > 0, `both outcomes happened: ${race.accepted} frames written, ${race.rejected} bursts refused (${race.summary()})`);
   a.gm.dispose();
   b.gm.dispose();
-});
+  });
+}
 
-t.test('packed TX descriptors rewritten by a racing vCPU: no byte from outside guest memory reaches the receiver', async (t) => {
+for (const focus of [false, true]) {
+  t.test(`packed TX descriptors rewritten by a racing vCPU: no byte from outside guest memory reaches the receiver${focus ? ' (focused: the inline paths\' addresses, fast flips)' : ''}`, async (t) => {
   // The TX inline path reads a descriptor's fields once, checks the address against the
   // region window and places the packet by that read; the walker (chains, indirect) reads
   // each descriptor once too. Bytes after guest A's memory hold a secret; guest B must never
@@ -337,9 +354,18 @@ t.test('packed TX descriptors rewritten by a racing vCPU: no byte from outside g
         ...d(good, 0xffffffff, 0, 0), // 4 GiB - 1 long
       ]);
       const targets: Target[] = [];
-      for (let s = 0; s < RING_SLOTS; s++) targets.push({ off: l.desc + DESC_SIZE * s, good: descWords(a.sab, l.desc + DESC_SIZE * s), evil: ringEvil });
-      for (let e = 0; e < tbl.n; e++) targets.push({ off: tbl.gpa + DESC_SIZE * e, good: descWords(a.sab, tbl.gpa + DESC_SIZE * e), evil: tableEvil });
-      await race.start(a.sab, targets);
+      if (focus) {
+        // the one-descriptor chains (slots 0, 1 in region 1, 5: the inline path): only their
+        // addresses flip, fast, so that a second read of the address after its check would be caught
+        for (const s of [0, 1, 5]) {
+          const good = descWords(a.sab, l.desc + DESC_SIZE * s);
+          targets.push({ off: l.desc + DESC_SIZE * s, good, evil: addrOnly(good, [MEM_END - 64, MEM_END + 0x100, R0_SIZE - 64]) });
+        }
+      } else {
+        for (let s = 0; s < RING_SLOTS; s++) targets.push({ off: l.desc + DESC_SIZE * s, good: descWords(a.sab, l.desc + DESC_SIZE * s), evil: ringEvil });
+        for (let e = 0; e < tbl.n; e++) targets.push({ off: tbl.gpa + DESC_SIZE * e, good: descWords(a.sab, tbl.gpa + DESC_SIZE * e), evil: tableEvil });
+      }
+      await race.start(a.sab, targets, focus ? 3 : 30, focus ? 3 : 0);
     }
     try {
       const n = tx.vq.dequeueBurst(batch, 32);
@@ -397,7 +423,8 @@ t.test('packed TX descriptors rewritten by a racing vCPU: no byte from outside g
   t.ok(race.accepted > 0 && race.rejected > 0, `both outcomes happened: ${race.accepted} packets delivered, ${race.rejected} bursts refused (${race.summary()})`);
   a.gm.dispose();
   b.gm.dispose();
-});
+  });
+}
 
 /**
  * Wrap-counter games alone: the racer flips only the AVAIL/USED bits of slots 0 and 1 of a
