@@ -13,6 +13,7 @@
 import t from 'tap';
 import { PacketBatch } from '../../src/workers/packet-batch';
 import { GuestError } from '../../src/workers/guest-error';
+import { packedIndex } from '../../src/protocol/ring-layout';
 import { CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_SIGNALLED_USED, QueueFeatures, ST_DROP_NO_BUF } from '../../src/shared/types';
 import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../src/protocol/constants';
 import { R0_SIZE, R1_SIZE, eq, layout, makeGuest, pattern } from '../../kit/vq-harness';
@@ -396,5 +397,100 @@ t.test('RX: a descriptor of length 0xffffffff whose first bytes fit: the inline 
       t.ok(err instanceof GuestError && err.reason === 'descriptor crosses a memory region end', `general path: ${String(err)}`);
       t.ok(eq(g.mem8, snap), 'nothing written');
     }
+  }
+});
+
+t.test('a slot the device holds made available again (the next lap\'s bits) before it was used: refused, TX and RX, inline and general paths', async (t) => {
+  // Deterministic form of the wrap-counter race (toctou-packed.test.ts): the device takes the
+  // whole ring and has not published yet (the worker flushes RX once per acquire, TX in
+  // completeBurst); the driver then marks slot 0 available for the next lap. Taking it would
+  // put nine buffers in flight in a ring of eight.
+  const SLOT_HELD = 'ring slot made available again before it was used';
+  const held = (err: unknown): boolean => err instanceof GuestError && err.reason === SLOT_HELD;
+  // TX: a burst takes all eight, then the driver re-marks slot 0 (one descriptor) or slots 0-1 (a chain of two)
+  for (const chain of [false, true]) {
+    const g = makeGuest();
+    const q = makePacked(g, { index: 1, size: 8 });
+    for (let k = 0; k < 8; k++) put(q, k, txBuf(q), 72, k, 0);
+    t.equal(q.vq.dequeueBurst(batch, 32), 8, `TX${chain ? ' (chain)' : ''}: the whole ring taken`);
+    const b = txBuf(q);
+    if (chain) {
+      q.drv.writeDesc(1, b + 12, 60, 1, F_USED);
+      q.drv.writeDesc(0, b, 12, 1, F_USED | NEXT);
+    } else {
+      q.drv.writeDesc(0, b, 72, 0, F_USED);
+    }
+    const snap = g.mem8.slice();
+    const second = new PacketBatch(32);
+    let err: unknown = null;
+    try {
+      q.vq.dequeueBurst(second, 32);
+    } catch (e) {
+      err = e;
+    }
+    t.ok(held(err), `TX${chain ? ' (chain)' : ''}: ${String(err)}`);
+    t.ok(eq(g.mem8, snap), 'nothing written');
+  }
+  // within one burst, no race needed: slots 0-6 taken, then a chain at slot 7 whose NEXT
+  // runs on into slot 0, which the device holds (nine slots in flight)
+  {
+    const g = makeGuest();
+    const q = makePacked(g, { index: 1, size: 8 });
+    const b = txBuf(q);
+    put(q, 7, b, 12, 7, NEXT);
+    for (let k = 0; k < 7; k++) put(q, k, txBuf(q), 72, k, 0);
+    const snap = g.mem8.slice();
+    let err: unknown = null;
+    try {
+      q.vq.dequeueBurst(batch, 32);
+    } catch (e) {
+      err = e;
+    }
+    t.ok(held(err), `TX, a chain from slot 7 into held slot 0: ${String(err)}`);
+    t.ok(eq(g.mem8, snap), 'nothing written');
+    t.equal(q.vq.lastUsedIdx, packedIndex(0, 1), 'nothing returned');
+  }
+  {
+    const g = makeGuest();
+    const q = makePacked(g, { index: 0, size: 8 });
+    put(q, 7, rxBuf(q, 16), 16, 7, WRITE | NEXT);
+    for (let k = 0; k < 7; k++) put(q, k, rxBuf(q, 256), 256, k, WRITE);
+    const src = makePacked(makeGuest(), { index: 1, size: 16 });
+    for (let k = 0; k < 8; k++) src.drv.postTx(pattern(60, k));
+    const n = src.vq.dequeueBurst(batch, 32);
+    q.vq.acquire();
+    let err: unknown = null;
+    try {
+      q.vq.enqueueBurst(src.g.gm, batch, null, n);
+    } catch (e) {
+      err = e;
+    }
+    q.vq.abandon();
+    t.ok(held(err), `RX, a chain from slot 7 into held slot 0: ${String(err)}`);
+  }
+  // RX: eight frames fill the ring (not flushed), slot 0 re-marked, one more frame
+  for (const chunks of [1, 2]) {
+    const g = makeGuest();
+    const q = makePacked(g, { index: 0, size: 8 });
+    for (let k = 0; k < 8; k++) put(q, k, rxBuf(q, 256), 256, k, WRITE);
+    const src = makePacked(makeGuest(), { index: 1, size: 16 });
+    for (let k = 0; k < 8; k++) src.drv.postTx(pattern(60, k), { chunks });
+    const n = src.vq.dequeueBurst(batch, 32);
+    q.vq.acquire();
+    t.equal(q.vq.enqueueBurst(src.g.gm, batch, null, n), 8, `RX (source in ${chunks}): the whole ring taken`);
+    src.vq.completeBurst(batch);
+    q.drv.writeDesc(0, rxBuf(q, 256), 256, 0, F_USED | WRITE);
+    src.drv.postTx(pattern(60, 9), { chunks });
+    const m = src.vq.dequeueBurst(batch, 32);
+    const snap = g.mem8.slice();
+    let err: unknown = null;
+    try {
+      q.vq.enqueueBurst(src.g.gm, batch, null, m);
+    } catch (e) {
+      err = e;
+    }
+    q.vq.abandon();
+    t.ok(held(err), `RX (source in ${chunks}): ${String(err)}`);
+    t.ok(eq(g.mem8, snap), 'nothing written by the refused frame');
   }
 });
