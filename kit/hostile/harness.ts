@@ -83,8 +83,9 @@ export interface Arena {
 
 const PAIRS = [['b1', 'b2'], ['v', 'w']];
 
-export async function startArena(extra: Record<string, unknown> = {}): Promise<Arena> {
-  const env = await startForwarder(['v', 'w', 'b1', 'b2'], { forwarding: { mode: 'xconnect', pairs: PAIRS }, ...extra });
+/** `perIface`: options of every interface (e.g. packedRing: offered to all, taken only by a guest that wants it) */
+export async function startArena(extra: Record<string, unknown> = {}, perIface: Record<string, unknown> = {}): Promise<Arena> {
+  const env = await startForwarder(['v', 'w', 'b1', 'b2'], { forwarding: { mode: 'xconnect', pairs: PAIRS }, ...extra }, perIface);
   const b1 = await SyntheticGuest.start({ socket: env.sock('b1'), mac: MAC_B1 });
   const b2 = await SyntheticGuest.start({ socket: env.sock('b2'), mac: MAC_B2 });
   return {

@@ -278,6 +278,19 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
     return id;
   }
 
+  /**
+   * Ring slots taken and not yet returned were the device's avail index at (slot, wrap): at
+   * most `size` unless the driver made available a slot the device holds (the used index is
+   * where publish() last stopped).
+   */
+  private inFlight(slot: number, wrap: number): number {
+    return slot - this.lastUsed + (wrap !== this.usedWrap ? this.size : 0);
+  }
+
+  private slotHeld(slot: number, wrap: number): never {
+    throw new GuestError('ring slot made available again before it was used', `slot ${slot} wrap ${wrap}, ${this.inFlight(slot, wrap)} slots in flight, size ${this.size}`);
+  }
+
   /** Move the avail index past `slots` descriptors (the wrap counter flips at the end). */
   private advanceAvail(slots: number): void {
     let a = this.lastAvail + slots;
@@ -322,6 +335,11 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
       const f = tso ? d16[8 * slot + 7] : Atomics.load(d16, 8 * slot + 7);
       const wrapBits = this.availWrap === 1 ? F_AVAIL : F_USED;
       if ((f & F_BOTH) !== wrapBits) break; // not available
+      // Every slot taken and none returned yet, and the one after looks available: the driver
+      // made available a slot the device holds (a racing vCPU flipping the wrap bits). Taking
+      // it would put more buffers in flight than the ring has slots (pending arrays overrun,
+      // used elements over each other): refused (issue 19, toctou-packed.test.ts).
+      if (slot === this.lastUsed && this.availWrap !== this.usedWrap) this.slotHeld(slot, this.availWrap);
       // Fast path: one read-only descriptor holding header and data (what Linux and DPDK
       // send); anything else takes the validating walker (dequeueChain)
       const w = 4 * slot;
@@ -430,6 +448,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
       total += len;
     }
     const id = this.walkId();
+    if (this.inFlight(this.lastAvail, this.availWrap) + this.wSlots > this.size) this.slotHeld(this.lastAvail, this.availWrap);
     if (overflow) {
       batch.nSegs = segMark;
       if (batch.nUsed > 0) return -1;
@@ -545,7 +564,8 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
         const dlen = d32[w + 2];
         const id = d16[8 * slot + 6];
         const need = len + 12;
-        if ((f & F_BOTH) === wrapBits && (f & ~F_BOTH) === fWrite && dlen >= need && id < size) {
+        // (a full ring, every slot taken and none returned: reserve() refuses the next one)
+        if ((f & F_BOTH) === wrapBits && (f & ~F_BOTH) === fWrite && dlen >= need && id < size && (slot !== this.lastUsed || this.availWrap === this.usedWrap)) {
           const lo = d32[w];
           const hi = d32[w + 1] | 0;
           let d = (lo - cLo) | 0;
@@ -693,6 +713,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
         got += take;
       }
       const k = from + nChains;
+      if (this.inFlight(slot, wrap) + this.wSlots > this.size) this.slotHeld(slot, wrap);
       this.pId[k] = this.walkId();
       this.pLen[k] = got;
       this.pCnt[k] = this.wSlots;
