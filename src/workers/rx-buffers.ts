@@ -7,14 +7,13 @@
  * once. Each format's enqueueBurst keeps its own inline loop for the common one-buffer frame
  * (the per-packet code never crosses a class boundary) and hands everything else to enqueue().
  */
-import { ST_BURSTS } from '../shared/types';
 import type { QueueFeatures } from '../shared/types';
 import { BULK_MIN, CopyQueue } from './bulk-copy';
 import { copyBytes } from './copy';
 import { GuestMemory, makeViews, RegionViews } from './guest-memory';
-import { enqueueOffload } from './offload';
+import { enqueueBytesFrame, enqueueEditedFrames, enqueueFrame } from './frame-path';
 import { PacketBatch } from './packet-batch';
-import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q } from './vlan';
 
 /** The 4 bytes of a pushed 802.1Q tag, written here then copied like any source piece. */
 const tagBytes = new Uint8Array(8);
@@ -53,42 +52,23 @@ export abstract class RxBuffers {
   /** The reserved chains become used elements (published by flush); their buffers' pages are marked after the copies. */
   protected abstract commit(len: number): void;
 
-  /**
-   * enqueueBurst() for packets with VLAN tag edits (vlan.ts): `edits[i]` (indexed like the
-   * batch) is made while packet i is copied: 0 none, EDIT_POP, EDIT_PUSH | TCI, or both. Its
-   * own loop, so that enqueueBurst's, tuned for the untagged case, stays as it was.
-   */
+  /** A burst with VLAN tag edits (vlan.ts), frame by frame (frame-path.ts). */
   enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) {
-      const i = pick[k];
-      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
-    }
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
+    return enqueueEditedFrames(this, srcMem, batch, pick, count, edits);
   }
 
   /**
-   * Copy packet i of `batch` (dequeued from a ring of `srcMem`) into this ring. False, and
-   * ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is consumed then.
+   * Copy packet i of `batch` (dequeued from a ring of `srcMem`) into this ring (frame-path.ts).
+   * False, and ST_DROP_NO_BUF counted, when the guest posted too little buffer; nothing is
+   * consumed then.
    */
   enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
-    // offloads: handed over or done in software, per this ring's features (offload.ts); the
-    // tag edit shifts the header's offsets there
-    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
-    const len = batch.pktLen[i] + editDelta(edit);
-    if (!this.reserve(len)) return false;
-    this.putPacket(srcMem, batch, i, edit);
-    this.commit(len);
-    return true;
+    return enqueueFrame(this, srcMem, batch, i, edit);
   }
 
-  /** Enqueue a frame made by the backend itself (e.g. RARP). Rare: builds temporary views. */
+  /** Enqueue a frame made by the backend itself (e.g. RARP). */
   enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
-    if (!this.reserve(len)) return false;
-    this.put(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
-    this.commit(len);
-    return true;
+    return enqueueBytesFrame(this, src, off, len);
   }
 
   // ---- offload hooks (src/workers/offload.ts): reserve, fill, commit one frame under acquire()

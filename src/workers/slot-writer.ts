@@ -7,12 +7,12 @@
  */
 import { BULK_MIN, type CopyQueue } from './bulk-copy';
 import { copyBytes } from './copy';
-import { GuestMemory, RegionViews, makeViews } from './guest-memory';
-import { enqueueOffload } from './offload';
+import { GuestMemory, RegionViews } from './guest-memory';
+import { enqueueBytesFrame, enqueueEditedFrames, enqueueFrame } from './frame-path';
 import { PacketBatch } from './packet-batch';
 import type { RxFrameSink } from './ring-format';
 import { ST_BURSTS, QueueFeatures } from '../shared/types';
-import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q, editDelta } from './vlan';
+import { EDIT_POP, EDIT_PUSH, EDIT_TPID_AD, TPID_8021AD, TPID_8021Q } from './vlan';
 
 export abstract class SlotWriter implements RxFrameSink {
   abstract readonly features: QueueFeatures;
@@ -42,29 +42,15 @@ export abstract class SlotWriter implements RxFrameSink {
   }
 
   enqueueEdited(srcMem: GuestMemory, batch: PacketBatch, pick: Uint16Array, count: number, edits: Int32Array): number {
-    let done = 0;
-    for (let k = 0; k < count; k++) {
-      const i = pick[k];
-      if (this.enqueue(srcMem, batch, i, edits[i])) done++;
-    }
-    if (done > 0) this.stats[ST_BURSTS]++;
-    return done;
+    return enqueueEditedFrames(this, srcMem, batch, pick, count, edits);
   }
 
   enqueue(srcMem: GuestMemory, batch: PacketBatch, i: number, edit = 0): boolean {
-    if (batch.flags[i] !== 0) return enqueueOffload(this, srcMem, batch, i, edit);
-    const len = batch.pktLen[i] + editDelta(edit);
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPutPacket(srcMem, batch, i, edit);
-    this.rxCommit(len);
-    return true;
+    return enqueueFrame(this, srcMem, batch, i, edit);
   }
 
   enqueueBytes(src: Uint8Array, off: number, len: number): boolean {
-    if (!this.rxReserve(len, null)) return false;
-    this.rxPut(makeViews(src.buffer, src.byteOffset, src.byteLength), off, len);
-    this.rxCommit(len);
-    return true;
+    return enqueueBytesFrame(this, src, off, len);
   }
 
   rxPut(src: RegionViews, off: number, len: number): void {
