@@ -24,7 +24,7 @@ import { Forwarder } from '../src/main/forwarder';
 import { QueueStats } from '../src/main/stats';
 import { startControl } from '../src/main/control/server';
 import { api } from '../src/ctl';
-import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
+import { NetNs, canUseNetns, linkExists, run, vethPair } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { tmpDir, waitUntil } from '../kit/env';
 import { native } from '../src/native';
@@ -76,30 +76,6 @@ function sameFrames(t: Test, got: Buffer[], sent: Uint8Array[], what: string): v
   let bad = 0;
   for (let i = 0; i < Math.min(got.length, sent.length); i++) if (Buffer.compare(got[i], Buffer.from(sent[i])) !== 0) bad++;
   t.equal(bad, 0, `${what}: every frame byte-exact and in order`);
-}
-
-/** A veth pair: `here` (vhostfwd's, up, no IPv6) and its peer moved into a new namespace. */
-function vethPair(t: Test, here: string, there: string): NetNs {
-  try {
-    run('ip', ['link', 'del', here]);
-  } catch {
-    // none left behind
-  }
-  run('ip', ['link', 'add', here, 'type', 'veth', 'peer', 'name', there]);
-  const ns = new NetNs(`vhf-${here}`);
-  t.teardown(() => {
-    ns.remove();
-    try {
-      run('ip', ['link', 'del', here]);
-    } catch {
-      // went with the namespace
-    }
-  });
-  // no IPv6 on either end: no neighbour discovery frames besides the test's
-  for (const dev of [here, there]) run('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`]);
-  run('ip', ['link', 'set', here, 'up']);
-  ns.adopt(there, '10.81.0.1/24');
-  return ns;
 }
 
 /** Packet sockets of this namespace bound to `dev` (/proc/net/packet's Iface column is the ifindex). */
@@ -301,7 +277,7 @@ t.test('TAP added through the API (xconnect): frames both ways; DELETE: the TAP 
 t.test('AF_PACKET added through the API (bridge): frames both ways; DELETE: no socket on the veth, nothing forwarded to or from it; added again at the same port', async (t) => {
   const here = `vpa${tag}`;
   const there = `vpb${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { addr: '10.81.0.1/24', quiet: true });
   const { fwd, sock, g } = await setup(t, (dir) => ({ interfaces: ['a', 'b'].map((n) => ({ name: n, socket: path.join(dir, `${n}.sock`) })), forwarding: { mode: 'bridge' } }), ['a', 'b']);
   const before = packetSocketsOn(here);
   const add = await api(sock, 'POST', '/v1/interfaces', { type: 'af_packet', device: here, frames: 64 });
@@ -366,7 +342,7 @@ t.test('AF_PACKET added through the API (bridge): frames both ways; DELETE: no s
 t.test('AF_XDP added through the API (xconnect): frames both ways; DELETE: the program leaves the device, the queue binds again', async (t) => {
   const here = `vxa${tag}`;
   const there = `vxb${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { addr: '10.81.0.1/24', quiet: true });
   const { fwd, sock, g } = await setup(t, (dir) => ({ interfaces: ['a', 'b', 'c'].map((n) => ({ name: n, socket: path.join(dir, `${n}.sock`) })), forwarding: { mode: 'xconnect', pairs: [['a', 'b']] } }), ['a', 'b', 'c']);
   const round = async (k: number): Promise<void> => {
     const add = await api(sock, 'POST', '/v1/interfaces', { type: 'af_xdp', device: here, queue: 0, frames: 64 });
@@ -409,7 +385,7 @@ t.test("an uplink's vlan is applied on the data path: a trunk uplink carries a's
         t.teardown(() => ns.remove());
       } else {
         there = `vw${how[0]}${type === 'af_packet' ? 'p' : 'x'}${tag}`;
-        ns = vethPair(t, here, there);
+        ns = vethPair(t, here, there, { addr: '10.81.0.1/24', quiet: true });
       }
       const vlan = { mode: 'trunk', allowed: [10, 20] };
       const spec = type === 'tap' ? { type, name: here, vlan } : { type, device: here, vlan, frames: 64 };

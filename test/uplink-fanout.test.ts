@@ -19,7 +19,7 @@ import { SyntheticGuest, macOf } from '../src/frontend/guest';
 import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { QueueStats } from '../src/main/stats';
-import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
+import { canUseNetns, linkExists, run, vethPair } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { api } from '../src/ctl';
 import { UplinkOpenError } from '../src/main/ports/uplink';
@@ -113,30 +113,6 @@ async function guestSend(g: SyntheticGuest, frames: Uint8Array[], ms = 5000): Pr
   return at;
 }
 
-/** A veth pair: `here` (vhostfwd's, up, no IPv6) and its peer moved into a new namespace with 10.79.0.1/24. */
-function vethPair(t: Test, here: string, there: string): NetNs {
-  try {
-    run('ip', ['link', 'del', here]);
-  } catch {
-    // none left behind
-  }
-  run('ip', ['link', 'add', here, 'type', 'veth', 'peer', 'name', there]);
-  made.push(here);
-  const ns = new NetNs(`vhf-${here}`);
-  t.teardown(() => {
-    ns.remove();
-    try {
-      run('ip', ['link', 'del', here]);
-    } catch {
-      // went with the namespace
-    }
-  });
-  run('sysctl', ['-qw', `net.ipv6.conf.${here}.disable_ipv6=1`]);
-  run('ip', ['link', 'set', here, 'up']);
-  ns.adopt(there, '10.79.0.1/24');
-  return ns;
-}
-
 /** packet sockets bound to device `dev` (/proc/net/packet: the Iface column) */
 function socketsOn(dev: string): number {
   const ifindex = fs.readFileSync(`/sys/class/net/${dev}/ifindex`, 'utf8').trim();
@@ -154,7 +130,7 @@ const perQueue = (st: QueueStats[], iface: string, dir: 'rx' | 'tx'): number[] =
 t.test('AF_PACKET with queues: 2 on a veth: two sockets in one fanout group, many flows byte-exact both ways over both queues, each flow in order, asleep when idle', async (t) => {
   const here = `vfa${tag}`;
   const there = `vfb${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { made });
   const dir = tmpDir('vhostfwd-fanout-');
   // two workers: each socket's RX ring polled by its own
   const fwd = new Forwarder(parseConfig({
@@ -219,7 +195,7 @@ t.test('AF_PACKET with queues: 2 on a veth: two sockets in one fanout group, man
 t.test('AF_PACKET with queues: 2, steering "pair": every frame from the guest leaves by TX queue 0 (its source queue pair)', async (t) => {
   const here = `vfc${tag}`;
   const there = `vfd${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { made });
   const dir = tmpDir('vhostfwd-fanout-');
   const fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: path.join(dir, 'a.sock') }, { type: 'af_packet', device: here, queues: 2, steering: 'pair' }] }, os.cpus().length));
   let a: SyntheticGuest | null = null;
@@ -257,7 +233,7 @@ t.test('a multi-queue port that cannot be opened: an UplinkOpenError naming the 
 t.test('takeover (run --takeover) carries both sockets of a queues: 2 port and their fanout group: flows both ways before and after, counters go on', async (t) => {
   const here = `vfe${tag}`;
   const there = `vff${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { made });
   const dir = tmpDir('vhostfwd-fanoutho-');
   const sock = (n: string): string => path.join(dir, `${n}.sock`);
   const control = sock('control');

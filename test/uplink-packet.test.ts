@@ -17,7 +17,7 @@ import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { QueueStats } from '../src/main/stats';
-import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
+import { NetNs, canUseNetns, linkExists, run, vethPair } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { api } from '../src/ctl';
 import { tmpDir, waitUntil } from '../kit/env';
@@ -60,32 +60,8 @@ function sameFrames(t: Test, got: Buffer[], sent: Uint8Array[], what: string): v
   t.equal(bad, 0, `${what}: every frame byte-exact and in order`);
 }
 
-/** A veth pair: `here` (vhostfwd's, up, no IPv6) and its peer moved into a new namespace with 10.79.0.1/24. */
-function vethPair(t: Test, here: string, there: string, mtu = 1500): NetNs {
-  try {
-    run('ip', ['link', 'del', here]);
-  } catch {
-    // none left behind
-  }
-  run('ip', ['link', 'add', here, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', there, 'mtu', String(mtu)]);
-  made.push(here);
-  const ns = new NetNs(`vhf-${here}`);
-  t.teardown(() => {
-    ns.remove();
-    try {
-      run('ip', ['link', 'del', here]);
-    } catch {
-      // went with the namespace
-    }
-  });
-  run('sysctl', ['-qw', `net.ipv6.conf.${here}.disable_ipv6=1`]);
-  run('ip', ['link', 'set', here, 'up']);
-  ns.adopt(there, '10.79.0.1/24');
-  return ns;
-}
-
 async function packetSetup(t: Test, here: string, there: string, extra: Record<string, unknown> = {}, mtu = 1500): Promise<{ fwd: Forwarder; ns: NetNs; a: SyntheticGuest }> {
-  const ns = vethPair(t, here, there, mtu);
+  const ns = vethPair(t, here, there, { mtu, made });
   const dir = tmpDir('vhostfwd-pkt-');
   const fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: path.join(dir, 'a.sock') }, { type: 'af_packet', device: here, ...extra }] }, os.cpus().length));
   let a: SyntheticGuest | null = null;
@@ -164,7 +140,7 @@ t.test('AF_PACKET: partial checksums from the namespace stack completed for the 
 t.test('takeover (run --takeover) carries the AF_PACKET socket and its rings: frames both ways before and after, counters go on, one socket on the device', async (t) => {
   const here = `vpe${tag}`;
   const there = `vpf${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { made });
   const dir = tmpDir('vhostfwd-pktho-');
   const sock = (n: string): string => path.join(dir, `${n}.sock`);
   const control = sock('control');

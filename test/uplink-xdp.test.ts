@@ -19,7 +19,7 @@ import { SyntheticGuest, frame, macOf } from '../src/frontend/guest';
 import { parseConfig } from '../src/main/config';
 import { Forwarder } from '../src/main/forwarder';
 import { QueueStats } from '../src/main/stats';
-import { NetNs, canUseNetns, linkExists, run } from '../kit/peers/netns';
+import { NetNs, canUseNetns, linkExists, run, vethPair } from '../kit/peers/netns';
 import { VhostfwdProc } from '../kit/vhostfwd-proc';
 import { tmpDir, waitUntil } from '../kit/env';
 import { api } from '../src/ctl';
@@ -70,30 +70,6 @@ function sameFrames(t: Test, got: Buffer[], sent: Uint8Array[], what: string): v
   t.equal(bad, 0, `${what}: every frame byte-exact and in order`);
 }
 
-/** A veth pair: `here` (vhostfwd's, up, no IPv6) and its peer moved into a new namespace with 10.79.0.1/24. */
-function vethPair(t: Test, here: string, there: string, mtu = 1500): NetNs {
-  try {
-    run('ip', ['link', 'del', here]);
-  } catch {
-    // none left behind
-  }
-  run('ip', ['link', 'add', here, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', there, 'mtu', String(mtu)]);
-  made.push(here);
-  const ns = new NetNs(`vhf-${here}`);
-  t.teardown(() => {
-    ns.remove();
-    try {
-      run('ip', ['link', 'del', here]);
-    } catch {
-      // went with the namespace
-    }
-  });
-  run('sysctl', ['-qw', `net.ipv6.conf.${here}.disable_ipv6=1`]);
-  run('ip', ['link', 'set', here, 'up']);
-  ns.adopt(there, '10.79.0.1/24');
-  return ns;
-}
-
 /** the XDP program on a device, as ip link shows it ("prog/xdp" in driver mode, "xdpgeneric" in generic) */
 const xdpOn = (dev: string): boolean => /\bxdp/.test(run('ip', ['link', 'show', 'dev', dev]));
 
@@ -111,7 +87,7 @@ function synthetic(index: number, entries: number): { d: XskDesc; vd: VringDesc 
 }
 
 async function xdpSetup(t: Test, here: string, there: string, extra: Record<string, unknown> = {}): Promise<{ fwd: Forwarder; ns: NetNs; a: SyntheticGuest }> {
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { made });
   const dir = tmpDir('vhostfwd-xdp-');
   const fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: path.join(dir, 'a.sock') }, { type: 'af_xdp', device: here, queue: 0, ...extra }] }, os.cpus().length));
   let a: SyntheticGuest | null = null;
@@ -201,7 +177,7 @@ t.test('control API: an AF_XDP port in list and show (valid against the OpenAPI 
   };
   const here = `vxi${tag}`;
   const there = `vxj${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { made });
   const dir = tmpDir('vhostfwd-xdpctl-');
   const fwd = new Forwarder(parseConfig({ interfaces: [{ name: 'a', socket: path.join(dir, 'a.sock') }, { type: 'af_xdp', device: here, queue: 0, frames: 64 }], workers: [{ queues: ['a:0', `${here}:0`] }, { queues: [] }], control: false }, os.cpus().length));
   let a: SyntheticGuest | null = null;
@@ -321,7 +297,7 @@ t.test('AF_XDP: a partial checksum completed in software with the frame copy on 
 t.test('AF_XDP: the program goes with a killed process; a takeover is refused by name (AF_XDP_NOT_HANDED_OVER), the running process goes on', async (t) => {
   const here = `vxe${tag}`;
   const there = `vxf${tag}`;
-  const ns = vethPair(t, here, there);
+  const ns = vethPair(t, here, there, { made });
   const dir = tmpDir('vhostfwd-xdpho-');
   const sock = (n: string): string => path.join(dir, `${n}.sock`);
   fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ interfaces: [{ name: 'a', socket: sock('a') }, { type: 'af_xdp', device: here, queue: 0, frames: 64 }], control: false }));

@@ -155,3 +155,43 @@ export function linkExists(dev: string): boolean {
     return false;
   }
 }
+
+export interface VethOptions {
+  /** both ends' MTU (default: the kernel's, 1500) */
+  mtu?: number;
+  /** `here` is pushed on it: a test file's closing check that none is left */
+  made?: string[];
+  /** the far end's address in the namespace (default 10.79.0.1/24) */
+  addr?: string;
+  /** IPv6 off on the far end too (no neighbour discovery frames besides the test's) */
+  quiet?: boolean;
+}
+
+/**
+ * A veth pair for one test: `here` in this namespace (up, IPv6 off), `there` in a namespace
+ * of its own with `addr`. A `here` an earlier crashed run left is deleted first; both go at
+ * the test's end, also when it fails (`t.teardown`).
+ */
+export function vethPair(t: { teardown(fn: () => void): void }, here: string, there: string, o: VethOptions = {}): NetNs {
+  try {
+    run('ip', ['link', 'del', here]);
+  } catch {
+    // none left behind
+  }
+  const mtu = o.mtu === undefined ? [] : ['mtu', String(o.mtu)];
+  run('ip', ['link', 'add', here, ...mtu, 'type', 'veth', 'peer', 'name', there, ...mtu]);
+  o.made?.push(here);
+  const ns = new NetNs(`vhf-${here}`);
+  t.teardown(() => {
+    ns.remove();
+    try {
+      run('ip', ['link', 'del', here]);
+    } catch {
+      // went with the namespace
+    }
+  });
+  for (const dev of o.quiet ? [here, there] : [here]) run('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`]);
+  run('ip', ['link', 'set', here, 'up']);
+  ns.adopt(there, o.addr ?? '10.79.0.1/24');
+  return ns;
+}
