@@ -31,7 +31,7 @@ import { PortStats, Testpmd } from '../kit/peers/testpmd';
 import { barChart } from './chart';
 import { OvsDpdk, ovsMissing, ovsVersion } from './ovs';
 import { BackendChoice, parseBackends } from './backends';
-import { CpuPlan, Mode, OvsPortType, Topology, checkBridgePorts, cpuPlan, frontendMacs, topologies, topologyLabel, vhostfwdConfig } from './topology';
+import { CpuPlan, Mode, OvsPortType, Topology, checkBridgePorts, cpuPlan, frontendMacs, topologies, topologyLabel, vhostfwdConfig, wantsPacked } from './topology';
 
 /** vfB / vfLogB: the build given by --ab-cli, alternating with vf / vfLog inside each round */
 type Backend = 'dpdk' | 'ovs' | 'vf' | 'vfLog' | 'vfB' | 'vfLogB';
@@ -235,7 +235,7 @@ class VhostfwdProc {
   constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI, mode: Mode = 'xconnect', vlan = false) {
     const plan = planFor(queues);
     // one worker for every queue (the layout before scaling), or one per queue pair
-    const cfg = vhostfwdConfig(sockets, queues, mode, opts.scaling && queues > 1 ? plan.backend : plan.backend[0], vlan);
+    const cfg = vhostfwdConfig(sockets, queues, mode, opts.scaling && queues > 1 ? plan.backend : plan.backend[0], vlan, wantsPacked(opts.virtioUser));
     const file = path.join(path.dirname(sockets[0]), 'vhostfwd.json');
     fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
     const args = [cli, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];

@@ -40,6 +40,11 @@ export function checkBridgePorts(ports: readonly number[]): void {
   }
 }
 
+/** Does this virtio-user devargs string ask for packed rings (`packed_vq=1`)? */
+export function wantsPacked(devargs: string | null): boolean {
+  return devargs !== null && /(^|,)packed_vq=1(,|$)/.test(devargs);
+}
+
 /** Locally administered unicast MAC of frontend port i (02:00:00:00:01:ii). */
 export function portMac(i: number): string {
   if (!Number.isInteger(i) || i < 0 || i > 255) throw new Error(`port ${i}: 0..255`);
@@ -55,16 +60,19 @@ export function frontendMacs(ports: number): { macs: string[]; peers: string[] }
 /**
  * vhostfwd's config: every interface a server on its socket, every queue pair of every
  * interface on one worker pinned to `cpu` (the backend core of every backend); `vlan`: every
- * interface an access port of VLAN 10 (the B side of --ab-vlan, bridge only).
+ * interface an access port of VLAN 10 (the B side of --ab-vlan, bridge only); `packed`: every
+ * interface offers VIRTIO_F_RING_PACKED (`packedRing`, off by default in vhostfwd), for a
+ * frontend that asks for packed rings (`--virtio-user packed_vq=1`), so that vhostfwd runs
+ * the same ring format as DPDK's vhost PMD and OVS-DPDK, which offer it always.
  */
-export function vhostfwdConfig(sockets: readonly string[], queues: number, mode: Mode, cpu: number | readonly number[], vlan = false): Record<string, unknown> {
+export function vhostfwdConfig(sockets: readonly string[], queues: number, mode: Mode, cpu: number | readonly number[], vlan = false, packed = false): Record<string, unknown> {
   if (vlan && mode !== 'bridge') throw new Error('VLAN access ports need the bridge (xconnect does not take vlan)');
   if (mode === 'xconnect' && sockets.length !== 2) throw new Error(`xconnect needs 2 sockets, got ${sockets.length}`);
   const names = sockets.map((_, i) => `vm${i + 1}`);
   return {
     // steering by queue pair: testpmd's txonly stream is one flow, which a hash would put on one queue
     // (only with several queues, so that builds from before steering existed run the 1-queue rows in --ab-cli)
-    interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, ...(queues > 1 ? { steering: 'pair' } : {}), ...(vlan ? { vlan: { mode: 'access', tag: 10 } } : {}) })),
+    interfaces: sockets.map((s, i) => ({ name: names[i], socket: s, mode: 'server', queues, ...(queues > 1 ? { steering: 'pair' } : {}), ...(vlan ? { vlan: { mode: 'access', tag: 10 } } : {}), ...(packed ? { packedRing: true } : {}) })),
     forwarding: mode === 'xconnect' ? { mode: 'xconnect', pairs: [[names[0], names[1]]] } : { mode: 'bridge' },
     workers: typeof cpu === 'number'
       ? [{ cpus: [cpu], queues: Array.from({ length: queues }, (_, q) => names.map((n) => `${n}:${q}`)).flat() }]

@@ -6,7 +6,7 @@ import t from 'tap';
 import { parseBackends } from '../bench/backends';
 import { OvsMissingError } from '../bench/ovs';
 import {
-  checkBridgePorts, cpuPlan, frontendMacs, ovsBridgeArgs, ovsFlows, ovsOtherConfig, portMac, topologies, topologyLabel, vhostfwdConfig,
+  checkBridgePorts, cpuPlan, frontendMacs, ovsBridgeArgs, ovsFlows, ovsOtherConfig, portMac, topologies, topologyLabel, vhostfwdConfig, wantsPacked,
 } from '../bench/topology';
 import { parseConfig } from '../src/main/config';
 
@@ -27,6 +27,13 @@ t.test('vhostfwd configs are valid configs: xconnect of the pair, bridge of ever
   t.equal(br.workers[0].queues.length, 16, 'every queue pair of every port');
 
   t.throws(() => vhostfwdConfig(sockets(3), 1, 'xconnect', 1), /xconnect needs 2 sockets/);
+});
+
+t.test('a frontend asking for packed rings gets them from vhostfwd too (packedRing, off by default)', async (t) => {
+  t.same(parseConfig(vhostfwdConfig(sockets(2), 1, 'xconnect', 1), 2).interfaces.map((i) => i.packedRing), [false, false]);
+  t.same(parseConfig(vhostfwdConfig(sockets(2), 1, 'xconnect', 1, false, true), 2).interfaces.map((i) => i.packedRing), [true, true]);
+  for (const d of ['packed_vq=1', 'packed_vq=1,in_order=1', 'in_order=0,packed_vq=1', 'mrg_rxbuf=0,packed_vq=1,in_order=1']) t.ok(wantsPacked(d), d);
+  for (const d of [null, '', 'packed_vq=0', 'mrg_rxbuf=0', 'packed_vq=10', 'xpacked_vq=1']) t.notOk(wantsPacked(d), String(d));
 });
 
 t.test('OVS flows: port to port both ways for xconnect, NORMAL for the bridge', async (t) => {

@@ -24,16 +24,17 @@
  * the encoding of GET_VRING_BASE / SET_VRING_BASE for packed rings (QEMU, DPDK).
  */
 import {
-  DESC_SIZE, LOG_PAGE, MAX_QUEUE_SIZE, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
+  DESC_SIZE, MAX_QUEUE_SIZE, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
   VRING_PACKED_DESC_F_USED,
 } from '../protocol/constants';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation, ST_BURSTS, ST_BYTES,
-  ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
+  ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { PACKED_EVENT_AREA, packedIndex } from '../protocol/ring-layout';
 import { BULK_MIN } from './bulk-copy';
+import { BurstLog } from './burst-log';
 import { copyBytes, F64_EXACT } from './copy';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
@@ -47,7 +48,6 @@ import { RxBuffers } from './rx-buffers';
 const F_AVAIL = VRING_PACKED_DESC_F_AVAIL;
 const F_USED = VRING_PACKED_DESC_F_USED;
 const F_BOTH = F_AVAIL | F_USED;
-const PAGE_INV = 1 / LOG_PAGE;
 
 export class PackedVirtqueue extends RxBuffers implements RingQueue {
   readonly index: number;
@@ -107,10 +107,8 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
   private nChains = 0;
   private readonly txHdr = new Uint8Array(12);
 
-  /** page runs [first, last] written this burst, marked in publish() after the copies ran */
-  private marks = new Float64Array(128);
-  private nMarks = 0;
-  private pagesSeen = 0;
+  /** the burst's log marks, marked in publish() after the copies ran (burst-log.ts) */
+  private readonly blog: BurstLog;
 
   private badReportAt = -Infinity;
   private badSuppressed = 0;
@@ -147,7 +145,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
     this.pLen = new Uint32Array(size);
     this.pCnt = new Uint16Array(size);
     this.loadState();
-    this.pagesSeen = log.pagesMarked;
+    this.blog = new BurstLog(log);
   }
 
   reload(): void {
@@ -523,7 +521,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
   abandon(): void {
     this.bulk?.discard();
     this.nPend = 0;
-    this.nMarks = 0;
+    this.blog.discard();
     if (TSO) this.ctrl[CTRL_LOCK] = 0;
     else Atomics.store(this.ctrl, CTRL_LOCK, 0);
   }
@@ -654,7 +652,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
                 copyBytes(v, dOff, sv, so, len);
               }
             }
-            if (logging) this.deferMark(mem.gpaOf(r, off), len + 12);
+            if (logging) this.blog.defer(mem.gpaOf(r, off), len + 12);
             const p = this.nPend++;
             this.pId[p] = id;
             this.pLen[p] = len + 12;
@@ -743,7 +741,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
   protected commit(len: number): void {
     if (this.logging) {
       const mem = this.mem;
-      for (let s = 0; s < this.nDSeg; s++) this.deferMark(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
+      for (let s = 0; s < this.nDSeg; s++) this.blog.defer(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
     }
     const from = this.chainFrom;
     for (let c = 0; c < this.nChains; c++) this.advanceAvail(this.pCnt[from + c]);
@@ -791,7 +789,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
           if (TSO) d16[8 * at + 7] = wrap === 1 ? F_BOTH : 0;
           else Atomics.store(d16, 8 * at + 7, wrap === 1 ? F_BOTH : 0);
         }
-        if (logging) this.deferMark(this.descGpa + DESC_SIZE * at + 8, 8);
+        if (logging) this.blog.defer(this.descGpa + DESC_SIZE * at + 8, 8);
       }
       slot += pCnt[k];
       if (slot >= size) {
@@ -806,14 +804,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
     if (this.isTx) {
       this.ctrl[CTRL_LAST_USED] = packedIndex(slot, wrap);
     }
-    if (logging) {
-      if (this.nMarks > 0) this.log.markPageRuns(this.marks, this.nMarks, true);
-      this.nMarks = 0;
-      this.log.flush(true);
-      this.stats[ST_DIRTY_PAGES] += this.log.pagesMarked - this.pagesSeen;
-    }
-    this.nMarks = 0;
-    this.pagesSeen = this.log.pagesMarked;
+    this.blog.commit(logging, this.stats);
     const notify = this.needNotify(oldUsed, slot, wrap);
     if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = this.signalledValid ? this.signalled : -1;
     return notify;
@@ -865,21 +856,6 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
       this.log.markRange(this.devEvtGpa, PACKED_EVENT_AREA);
       this.log.flush();
     }
-  }
-
-  // ---------------------------------------------------------------- internals
-
-  /** Remember [gpa, gpa + len) to mark in publish(), after the copies and the used elements. */
-  private deferMark(gpa: number, len: number): void {
-    const n = this.nMarks;
-    if (n * 2 === this.marks.length) {
-      const m = new Float64Array(this.marks.length * 2);
-      m.set(this.marks);
-      this.marks = m;
-    }
-    this.marks[n * 2] = Math.floor(gpa * PAGE_INV);
-    this.marks[n * 2 + 1] = Math.floor((gpa + len - 1) * PAGE_INV);
-    this.nMarks = n + 1;
   }
 
 }

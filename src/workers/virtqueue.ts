@@ -13,11 +13,12 @@
 import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE } from '../protocol/constants';
 import {
   CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
-  ST_BURSTS, ST_BYTES, ST_DIRTY_PAGES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
+  ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
 import { copyBytes, COPY_LOOP_MAX, F64_EXACT } from './copy';
 import { BULK_MIN } from './bulk-copy';
+import { BurstLog } from './burst-log';
 import { DescWalker } from './desc-walker';
 import { DirtyLog } from './dirty-log';
 import { GuestError } from './guest-error';
@@ -55,7 +56,7 @@ export class Virtqueue extends RxBuffers implements RingQueue {
    * The used ring's log byte and bit when the whole ring (flags, idx, the entries,
    * avail_event) lies in one page, else -1: then every publish marks just that page
    * (it wrote there), one byte mark instead of the entries' range and used->idx (two or
-   * three deferMark calls a publish: per-burst costs weigh with partial bursts).
+   * three BurstLog.defer calls a publish: per-burst costs weigh with partial bursts).
    * Rings from QEMU and DPDK are page-aligned: 2054 bytes for 256 entries.
    */
   private usedLogByte = -1;
@@ -75,18 +76,8 @@ export class Virtqueue extends RxBuffers implements RingQueue {
   private unpublished = false;
   /** a notification decided while completing dropped-only bursts, reported by the next completeBurst */
   private notifyPending = false;
-  private pagesSeen = 0;
-  /** page runs [first, last] of buffers written this burst, marked in publish() after the (bulk) copies ran */
-  private marks = new Float64Array(128);
-  private nMarks = 0;
-  /**
-   * The RX fast path's marks as log bytes: pairs [byte index (page >> 3), mask of its 8
-   * pages], neighbouring buffers in one byte OR'ed together in the loop. testpmd's mbufs
-   * cluster: a 64 B burst leaves several times fewer distinct log bytes than page runs, and
-   * each run costs the marker (bench/NOTES.md #32).
-   */
-  private byteMarks = new Int32Array(128);
-  private nByteMarks = 0;
+  /** the burst's log marks, marked in publish() after the (bulk) copies ran (burst-log.ts) */
+  private readonly blog: BurstLog;
   /** RX: first used entry not yet logged (entries are logged per burst in publish) */
   private usedLogFrom = 0;
 
@@ -139,7 +130,7 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     this.desc32 = dAbs % 4 === 0 ? new Uint32Array(dr.sab, dAbs, 4 * size) : null;
 
     this.reload();
-    this.pagesSeen = log.pagesMarked;
+    this.blog = new BurstLog(log);
   }
 
   reload(): void {
@@ -534,13 +525,13 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     let fastPkts = 0;
     let fastBytes = 0;
     // the burst's log marks, in locals: room for one page run per packet made up front
-    if (logging && 2 * (this.nMarks + count) > this.marks.length) this.growMarks(2 * (this.nMarks + count));
-    if (logging && 2 * (this.nByteMarks + count) > this.byteMarks.length) this.growByteMarks(2 * (this.nByteMarks + count));
-    let marks = this.marks;
-    let nm = this.nMarks;
+    const blog = this.blog;
+    if (logging) blog.reserve(count);
+    let marks = blog.marks;
+    let nm = blog.nMarks;
     // ... and the byte marks, the newest in locals until a buffer lands in another log byte
-    let bm = this.byteMarks;
-    let nb = this.nByteMarks;
+    let bm = blog.byteMarks;
+    let nb = blog.nByteMarks;
     let lb = -1;
     let lm = 0;
     for (let k = 0; k < count; k++) {
@@ -688,14 +679,14 @@ export class Virtqueue extends RxBuffers implements RingQueue {
               nm++;
             }
           } else {
-            this.nMarks = nm;
-            this.nByteMarks = nb;
-            this.deferMark(cStart + off, len + 12);
-            if (2 * (this.nMarks + count - k) > this.marks.length) this.growMarks(2 * (this.nMarks + count - k));
-            marks = this.marks;
-            nm = this.nMarks;
-            bm = this.byteMarks;
-            nb = this.nByteMarks;
+            blog.nMarks = nm;
+            blog.nByteMarks = nb;
+            blog.defer(cStart + off, len + 12);
+            blog.reserve(count - k);
+            marks = blog.marks;
+            nm = blog.nMarks;
+            bm = blog.byteMarks;
+            nb = blog.nByteMarks;
           }
         }
         const e = 1 + 2 * (lu & mask);
@@ -720,21 +711,20 @@ export class Virtqueue extends RxBuffers implements RingQueue {
       this.lastAvail = la;
       this.lastUsed = lu;
       this.availIdx = ai;
-      this.nMarks = nm;
-      this.nByteMarks = nb;
+      blog.nMarks = nm;
+      blog.nByteMarks = nb;
       if (fastPkts > 0) this.unpublished = true;
       if (this.enqueue(srcMem, batch, i)) done++;
       la = this.lastAvail;
       lu = this.lastUsed;
       ai = this.availIdx;
-      // the general path may have queued marks of its own (deferMark), or grown the arrays:
+      // the general path may have queued marks of its own (BurstLog.defer), or grown the arrays:
       // take them back, with room again for one mark per packet left
-      if (logging && 2 * (this.nMarks + count - k) > this.marks.length) this.growMarks(2 * (this.nMarks + count - k));
-      if (logging && 2 * (this.nByteMarks + count - k) > this.byteMarks.length) this.growByteMarks(2 * (this.nByteMarks + count - k));
-      marks = this.marks;
-      nm = this.nMarks;
-      bm = this.byteMarks;
-      nb = this.nByteMarks;
+      if (logging) blog.reserve(count - k);
+      marks = blog.marks;
+      nm = blog.nMarks;
+      bm = blog.byteMarks;
+      nb = blog.nByteMarks;
     }
     if (lb >= 0) {
       bm[2 * nb] = lb;
@@ -744,8 +734,8 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     this.lastAvail = la;
     this.lastUsed = lu;
     this.availIdx = ai;
-    this.nMarks = nm;
-    this.nByteMarks = nb;
+    blog.nMarks = nm;
+    blog.nByteMarks = nb;
     if (fastPkts > 0) {
       this.unpublished = true;
       this.stats[ST_PACKETS] += fastPkts;
@@ -879,7 +869,7 @@ export class Virtqueue extends RxBuffers implements RingQueue {
   protected commit(len: number): void {
     if (this.logging) {
       const mem = this.mem;
-      for (let s = 0; s < this.nDSeg; s++) this.deferMark(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
+      for (let s = 0; s < this.nDSeg; s++) this.blog.defer(mem.gpaOf(this.dSegRegion[s], this.dSegOff[s]), this.dSegLen[s]);
     }
     const u32 = this.used32;
     const mask = this.mask;
@@ -909,10 +899,10 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     // page, NOTES.md #33): one marking pass, after the store below.
     if (logging && this.logUsedGpa >= 0) {
       if (this.usedLogByte >= 0) {
-        this.byteMark(this.usedLogByte, this.usedLogMask);
+        this.blog.byteMark(this.usedLogByte, this.usedLogMask);
       } else {
         this.deferUsedElems(this.usedLogFrom, (this.lastUsed - this.usedLogFrom) & 0xffff);
-        this.deferMark(this.logUsedGpa + 2, 2);
+        this.blog.defer(this.logUsedGpa + 2, 2);
       }
     }
     this.usedLogFrom = this.lastUsed;
@@ -920,12 +910,7 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     // Bits after every write they cover (bytes, used entries, idx): a bit only has to follow
     // its write, and every bit is out before the ring stops. The seq-cst store of used->idx
     // above is the barrier of both the marking and the flush (NOTES.md #19, #21).
-    if (this.nMarks > 0 || this.nByteMarks > 0) this.runMarks();
-    if (logging) {
-      this.log.flush(true);
-      this.stats[ST_DIRTY_PAGES] += this.log.pagesMarked - this.pagesSeen;
-    }
-    this.pagesSeen = this.log.pagesMarked;
+    this.blog.commit(logging, this.stats);
     this.unpublished = false;
     const now = this.lastUsed;
     const old = this.signalled;
@@ -945,75 +930,13 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     return (flags & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
-  /** Remember a buffer [gpa, gpa + len) to mark once its deferred copy has run (publish). */
-  private deferMark(gpa: number, len: number): void {
-    // x 2^-12 is exact in binary floating point, and cheaper than a division
-    const p0 = Math.floor(gpa * PAGE_INV);
-    const p1 = Math.floor((gpa + len - 1) * PAGE_INV);
-    if (p1 < 0x1_0000_0000 && p1 - p0 < 64) {
-      // as byte marks (used entries, used->idx, the general path's buffers): a page run
-      // would cost the marker a call of the addon; OR'ed into the newest mark of its byte
-      for (let p = p0; p <= p1; ) {
-        const b = p >>> 3;
-        const hi = p1 < b * 8 + 7 ? p1 : b * 8 + 7;
-        this.byteMark(b, (0xff >>> (7 - (hi & 7))) & (0xff << (p & 7)));
-        p = hi + 1;
-      }
-      return;
-    }
-    const n = this.nMarks;
-    if (n * 2 === this.marks.length) this.growMarks();
-    this.marks[n * 2] = p0;
-    this.marks[n * 2 + 1] = p1;
-    this.nMarks = n + 1;
-  }
-
-  /** Room for at least `min` entries (bigger bursts, many-buffer packets): amortised, never per packet. */
-  private growMarks(min = 0): void {
-    let n = this.marks.length * 2;
-    while (n < min) n *= 2;
-    const m = new Float64Array(n);
-    m.set(this.marks);
-    this.marks = m;
-  }
-
-  /** Mark the burst's runs; only from publish(), right after its seq-cst store of used->idx. */
-  private runMarks(): void {
-    if (this.nByteMarks > 0) this.log.markBytes(this.byteMarks, this.nByteMarks, true);
-    this.nByteMarks = 0;
-    if (this.nMarks > 0) this.log.markPageRuns(this.marks, this.nMarks, true);
-    this.nMarks = 0;
-  }
-
-  /** OR `mask` into the newest byte mark when it is byte b's, else queue a new one. */
-  private byteMark(b: number, mask: number): void {
-    const k = this.nByteMarks;
-    const bm = this.byteMarks;
-    if (k > 0 && bm[2 * k - 2] === b) {
-      bm[2 * k - 1] |= mask;
-      return;
-    }
-    if (2 * k + 2 > bm.length) this.growByteMarks(2 * k + 2);
-    this.byteMarks[2 * k] = b;
-    this.byteMarks[2 * k + 1] = mask;
-    this.nByteMarks = k + 1;
-  }
-
-  private growByteMarks(min: number): void {
-    let n = this.byteMarks.length * 2;
-    while (n < min) n *= 2;
-    const m = new Int32Array(n);
-    m.set(this.byteMarks);
-    this.byteMarks = m;
-  }
-
-  /** Queue n used elements from ring index `first` for runMarks (two runs when they wrap). */
+  /** Queue n used elements from ring index `first` for the burst log (two runs when they wrap). */
   private deferUsedElems(first: number, n: number): void {
     if (n === 0) return;
     const slot = first & this.mask;
     const till = slot + n <= this.size ? n : this.size - slot;
-    this.deferMark(this.logUsedGpa + 4 + 8 * slot, 8 * till);
-    if (till < n) this.deferMark(this.logUsedGpa + 4, 8 * (n - till));
+    this.blog.defer(this.logUsedGpa + 4 + 8 * slot, 8 * till);
+    if (till < n) this.blog.defer(this.logUsedGpa + 4, 8 * (n - till));
   }
 
   private logUsedField(off: number): void {
