@@ -33,7 +33,6 @@ import {
   ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { PACKED_EVENT_AREA, packedIndex } from '../protocol/ring-layout';
-import { BULK_MIN } from './bulk-copy';
 import { BurstLog } from './burst-log';
 import { copyBytes, F64_EXACT } from './copy';
 import { DirtyLog } from './dirty-log';
@@ -601,7 +600,13 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
             const s = batch.segStart[i];
             const sr = batch.segRegion[s];
             const so = batch.segOffset[s];
-            if (useBulk && len >= BULK_MIN) {
+            // Every copy goes through the bulk queue here, 64 B ones too (the split ring keeps
+            // them inline below BULK_MIN): over packed rings the inline stores into the
+            // frontend's RX buffers were the worker's cost (a loop without those stores ran
+            // 2.3x as fast), and one memmove loop a burst at publish() overlaps them:
+            // +63 % median at 64 B (bench/NOTES.md #51). Measured the same way on split rings
+            // it gained nothing (#20, #23), so the split ring's threshold stays.
+            if (useBulk) {
               bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + so, dstIds[r], mem.regions[r].sabOffset + off + 12, len);
             } else {
               const sv = srcMem.views[sr];
