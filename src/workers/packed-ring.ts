@@ -600,12 +600,11 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
             const s = batch.segStart[i];
             const sr = batch.segRegion[s];
             const so = batch.segOffset[s];
-            // Every copy goes through the bulk queue here, 64 B ones too (the split ring keeps
-            // them inline below BULK_MIN): over packed rings the inline stores into the
-            // frontend's RX buffers were the worker's cost (a loop without those stores ran
-            // 2.3x as fast), and one memmove loop a burst at publish() overlaps them:
-            // +63 % median at 64 B (bench/NOTES.md #51). Measured the same way on split rings
-            // it gained nothing (#20, #23), so the split ring's threshold stays.
+            // Every copy goes through the bulk queue, 64 B ones too (as on split rings): the
+            // inline stores into the frontend's RX buffers were the worker's cost (a loop
+            // without those stores ran 2.3x as fast), and one memmove loop a burst at
+            // publish() overlaps them: +80 % at 64 B (bench/NOTES.md #51). The inline copy
+            // stays for memory the addon did not map (no bulk ids).
             if (useBulk) {
               bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + so, dstIds[r], mem.regions[r].sabOffset + off + 12, len);
             } else {

@@ -17,7 +17,6 @@ import {
 } from '../shared/types';
 import { availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
 import { copyBytes, COPY_LOOP_MAX, F64_EXACT } from './copy';
-import { BULK_MIN } from './bulk-copy';
 import { BurstLog } from './burst-log';
 import { DescWalker } from './desc-walker';
 import { DirtyLog } from './dirty-log';
@@ -487,7 +486,6 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     // Imported constants in locals: compiled to CommonJS, each is a property load from the
     // module's exports object with its map check, per packet (annotation, NOTES.md #23).
     const fWrite = VRING_DESC_F_WRITE;
-    const bulkMin = BULK_MIN;
     const f64Exact = F64_EXACT;
     const loopMax = COPY_LOOP_MAX;
     const tso = TSO;
@@ -596,7 +594,11 @@ export class Virtqueue extends RxBuffers implements RingQueue {
           sF64 = sView.f64;
           sU8 = sView.u8;
         }
-        if (useBulk && len >= bulkMin) {
+        // Every copy through the bulk queue (one memmove loop a burst at publish()), 64 B ones
+        // too: +25 % at 64 B in the testpmd loop, every round (bench/NOTES.md #51; #20 and #23
+        // had measured no gain, before packed rings showed where the inline stores cost).
+        // The inline copy stays for memory the addon did not map (no bulk ids).
+        if (useBulk) {
           bulk.add(srcIds[sr], srcMem.regions[sr].sabOffset + segOffset[s], dstIds[r], mem.regions[r].sabOffset + off + 12, len);
         } else {
           // The common small copy inline (8-byte words, both sides 8-aligned, as DPDK lays
