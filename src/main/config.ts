@@ -39,7 +39,7 @@ export interface InterfaceConfig {
   offloads: boolean;
   /**
    * VIRTIO_F_RING_PACKED offered. Default false: packed rings work (test/packed-ring.test.ts,
-   * testpmd and QEMU) but run at ~0.6x our split rings at 64 B (bench/NOTES.md #44), and a
+   * testpmd and QEMU) but run at ~0.7x our split rings at 64 B (bench/NOTES.md #51), and a
    * frontend that would take packed falls back to split at full speed without the offer.
    */
   packedRing: boolean;
