@@ -101,18 +101,21 @@ export class BurstLog {
   }
 
   private growMarks(min: number): void {
-    let n = this.marks.length * 2;
-    while (n < min) n *= 2;
-    const m = new Float64Array(n);
+    const m = new Float64Array(grownLength(this.marks.length, min));
     m.set(this.marks);
     this.marks = m;
   }
 
   private growByteMarks(min: number): void {
-    let n = this.byteMarks.length * 2;
-    while (n < min) n *= 2;
-    const m = new Int32Array(n);
+    const m = new Int32Array(grownLength(this.byteMarks.length, min));
     m.set(this.byteMarks);
     this.byteMarks = m;
   }
+}
+
+/** Double `len` until it reaches `min` (at least once). */
+function grownLength(len: number, min: number): number {
+  let n = len * 2;
+  while (n < min) n *= 2;
+  return n;
 }
