@@ -31,7 +31,7 @@ import { PortStats, Testpmd } from '../kit/peers/testpmd';
 import { barChart } from './chart';
 import { OvsDpdk, ovsMissing, ovsVersion } from './ovs';
 import { BackendChoice, parseBackends } from './backends';
-import { CpuPlan, Mode, OvsPortType, Topology, checkBridgePorts, cpuPlan, frontendMacs, topologies, topologyLabel, vhostfwdConfig, wantsPacked } from './topology';
+import { CpuPlan, Mode, OvsPortType, Topology, checkBridgePorts, cpuPlan, frontendMacs, topologies, topologyLabel, vhostfwdConfig, wantsPacked, frontendVariants } from './topology';
 
 /** vfB / vfLogB: the build given by --ab-cli, alternating with vf / vfLog inside each round */
 type Backend = 'dpdk' | 'ovs' | 'vf' | 'vfLog' | 'vfB' | 'vfLogB';
@@ -80,7 +80,7 @@ const argv = yargs(hideBin(process.argv))
   .option('retries', { type: 'number', default: 1, describe: 'a failed trial is recorded and re-run up to this many times' })
   .option('ab-cli', { type: 'string', describe: "A/B of two builds: another build's dist/src/cli.js, run as 'vhostfwd B' in every round beside this one (trials interleave, so the VM's slow mode hits both alike)" })
   .option('ab-vlan', { type: 'boolean', default: false, describe: "A/B in this build: 'vhostfwd B' is the bridge with every port a VLAN access port of VLAN 10 (802.1Q classification and the (VLAN, MAC) table on every packet), A the same bridge without VLANs; bridge rows only (use with --modes bridge)" })
-  .option('virtio-user', { type: 'string', describe: "more devargs for the frontend's virtio-user ports, e.g. mrg_rxbuf=0 or packed_vq=1,in_order=1 (every backend gets the same frontend)" })
+  .option('virtio-user', { type: 'string', describe: "more devargs for the frontend's virtio-user ports, e.g. mrg_rxbuf=0 or packed_vq=1,in_order=1 (every backend gets the same frontend); several variants separated by ';' give rows of each in one run, 'default' for testpmd's defaults: 'default;packed_vq=1;mrg_rxbuf=0'" })
   .option('scaling', { type: 'boolean', default: false, describe: 'one forwarding core per queue pair for every backend (vhostfwd a worker per pair, DPDK --nb-cores N, OVS N PMD threads) and N for the frontend; with --queues 1,2,4,8 the scaling rows. Without: all queues on one backend core' })
   .option('tcp', { type: 'boolean', default: false, describe: 'VM-to-VM TCP instead (bench/tcp.ts): iperf3 between two QEMU guests through vhostfwd with offloads, without, and OVS-DPDK with userspace TSO; --rounds rounds of --duration seconds (defaults 3 and 10 here)' })
   .option('wait-foreign', { type: 'number', default: 300, describe: 'seconds to wait for other testpmd/QEMU/vhostfwd processes to finish first' })
@@ -134,7 +134,7 @@ const opts = {
   vhostfwd: choice.vhostfwd,
   ovs: choice.ovs,
   ovsNote: choice.ovsNote,
-  topologies: topologies(modes, bridgePorts),
+  topologies: topologies(modes, bridgePorts, frontendVariants(argv['virtio-user'] ?? null)),
   ovsPortType: argv['ovs-port-type'] as OvsPortType,
   ovsSocketMemMb: argv['ovs-socket-mem'],
   idle: argv.idle,
@@ -232,10 +232,10 @@ class VhostfwdProc {
   private exited: Promise<void>;
 
   /** mode: xconnect or bridge (bench/topology.ts); vlan: every port an access port of VLAN 10 (--ab-vlan's B) */
-  constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI, mode: Mode = 'xconnect', vlan = false) {
+  constructor(readonly sockets: string[], queues: number, forceLog: boolean, cli = CLI, mode: Mode = 'xconnect', vlan = false, packed = false) {
     const plan = planFor(queues);
     // one worker for every queue (the layout before scaling), or one per queue pair
-    const cfg = vhostfwdConfig(sockets, queues, mode, opts.scaling && queues > 1 ? plan.backend : plan.backend[0], vlan, wantsPacked(opts.virtioUser));
+    const cfg = vhostfwdConfig(sockets, queues, mode, opts.scaling && queues > 1 ? plan.backend : plan.backend[0], vlan, packed);
     const file = path.join(path.dirname(sockets[0]), 'vhostfwd.json');
     fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
     const args = [cli, 'run', '--config', file, '--log-level', 'info', ...(forceLog ? ['--force-log'] : [])];
@@ -300,6 +300,8 @@ interface FrontendExtras {
   mode?: Mode;
   /** the backend connects to us (OVS dpdkvhostuserclient): virtio-user server=1 */
   peerIsClient?: boolean;
+  /** more virtio-user devargs (the row's frontend variant, Topology.frontend) */
+  devargs?: string;
 }
 
 function testpmd(role: 'frontend' | 'backend', sockets: string[], queues: number, size?: number, fx: FrontendExtras = {}): Testpmd {
@@ -308,7 +310,7 @@ function testpmd(role: 'frontend' | 'backend', sockets: string[], queues: number
   const t = new Testpmd({
     role, sockets, queues, lcores: role === 'frontend' ? planFor(queues).frontend : planFor(queues).dpdkBackend, prefix: newPrefix(role === 'frontend' ? 'fe' : 'be'),
     memMb: TESTPMD_MEM_MB, txpkts: size, extraArgs: TESTPMD_EXTRA, peerIsClient: fx.peerIsClient,
-    ...(role === 'frontend' && opts.virtioUser ? { devargs: opts.virtioUser } : {}),
+    ...(role === 'frontend' && fx.devargs ? { devargs: fx.devargs } : {}),
     ...(macs ? { forwardMode: 'mac', macs: macs.macs, ethPeers: macs.peers } : {}),
   });
   track(t.proc);
@@ -339,6 +341,8 @@ interface Trial {
   /** topology (bench/topology.ts): xconnect, or a bridge of `ports` ports */
   mode: Mode;
   ports: number;
+  /** the row's frontend devargs (Topology.frontend), absent for testpmd's defaults */
+  frontend?: string;
   size: number;
   queues: number;
   round: number;
@@ -451,7 +455,8 @@ async function startBackend(backend: Backend, t: Topology, queues: number, dir: 
     });
     return { vf: null, be: null, ovs, sockets: ovs.sockets };
   }
-  const vf = new VhostfwdProc(own, queues, isLogged(backend), isB(backend) ? (opts.abCli ?? CLI) : CLI, t.mode, opts.abVlan && isB(backend));
+  // a frontend asking for packed rings gets them from vhostfwd too (DPDK and OVS offer them always)
+  const vf = new VhostfwdProc(own, queues, isLogged(backend), isB(backend) ? (opts.abCli ?? CLI) : CLI, t.mode, opts.abVlan && isB(backend), wantsPacked(t.frontend ?? null));
   await readyOrStop({ vf, be: null, ovs: null, sockets: own }, () => vf.ready());
   return { vf, be: null, ovs: null, sockets: own };
 }
@@ -483,14 +488,14 @@ async function ovsDrops(ovs: OvsDpdk): Promise<Record<string, number>> {
 }
 
 async function throughputTrial(backend: Backend, topo: Topology, size: number, queues: number, round: number, attempt: number): Promise<Trial> {
-  const base: Trial = { backend, mode: topo.mode, ports: topo.ports, size, queues, round, attempt, ok: false, load1: Number(os.loadavg()[0].toFixed(2)) };
+  const base: Trial = { backend, mode: topo.mode, ports: topo.ports, ...(topo.frontend ? { frontend: topo.frontend } : {}), size, queues, round, attempt, ok: false, load1: Number(os.loadavg()[0].toFixed(2)) };
   const dir = fs.mkdtempSync(path.join(TMP, `${backend}-`));
   let started: Started | null = null;
   let fe: Testpmd | null = null;
   try {
     started = await startBackend(backend, topo, queues, dir);
     const { vf, be, ovs } = started;
-    fe = testpmd('frontend', started.sockets, queues, size, { mode: topo.mode, peerIsClient: ovs !== null && opts.ovsPortType === 'dpdkvhostuserclient' });
+    fe = testpmd('frontend', started.sockets, queues, size, { mode: topo.mode, peerIsClient: ovs !== null && opts.ovsPortType === 'dpdkvhostuserclient', ...(topo.frontend ? { devargs: topo.frontend } : {}) });
     await fe.ready(60000);
     if (be) await startWhenUp(be, topo.ports, 15000);
     if (ovs) await ovs.waitLinksUp();
@@ -782,6 +787,8 @@ interface Row {
   /** topology: xconnect (2 ports) or a bridge of `ports` ports; `topology` its table label (xc, br2, br8) */
   mode: Mode;
   ports: number;
+  /** the row's frontend devargs (Topology.frontend) */
+  frontend?: string;
   topology: string;
   size: number;
   queues: number;
@@ -839,8 +846,8 @@ function summarize(trials: Trial[], backends: Backend[]): Row[] {
     const bs = backendsFor(topo, backends);
     for (const size of opts.sizes) {
       for (const queues of opts.queues) {
-        const mine = trials.filter((t) => t.mode === topo.mode && t.ports === topo.ports && t.size === size && t.queues === queues);
-        const row = { mode: topo.mode, ports: topo.ports, topology: topologyLabel(topo), size, queues, backends: bs } as Row;
+        const mine = trials.filter((t) => t.mode === topo.mode && t.ports === topo.ports && t.frontend === topo.frontend && t.size === size && t.queues === queues);
+        const row = { mode: topo.mode, ports: topo.ports, ...(topo.frontend ? { frontend: topo.frontend } : {}), topology: topologyLabel(topo), size, queues, backends: bs } as Row;
         for (const b of bs) row[b] = cellOf(mine.filter((t) => t.backend === b), size);
         const dpdk = compareCells(row.vf, row.dpdk);
         const ovs = compareCells(row.vf, row.ovs);

@@ -20,16 +20,48 @@ export interface Topology {
   mode: Mode;
   /** vhost-user ports, all on the frontend (xconnect: always 2) */
   ports: number;
+  /**
+   * More devargs for the frontend's virtio-user ports in this row (`packed_vq=1`,
+   * `mrg_rxbuf=0`, ...), the same for every backend; absent: testpmd's defaults.
+   */
+  frontend?: string;
 }
 
-/** Row label: `xc` for the cross-connect, `br2` / `br8` for a bridge of 2 / 8 ports. */
-export const topologyLabel = (t: Topology): string => (t.mode === 'xconnect' ? 'xc' : `br${t.ports}`);
+/**
+ * Row label: `xc` for the cross-connect, `br2` / `br8` for a bridge of 2 / 8 ports, with the
+ * frontend's devargs after a slash when the row has them (`xc/packed_vq=1`).
+ */
+export const topologyLabel = (t: Topology): string => (t.mode === 'xconnect' ? 'xc' : `br${t.ports}`) + (t.frontend ? `/${t.frontend}` : '');
 
-/** The measured topologies: xconnect (if asked for) first, then one bridge per port count. */
-export function topologies(modes: readonly Mode[], bridgePorts: readonly number[]): Topology[] {
+/**
+ * The measured topologies: for each frontend variant (`--virtio-user`, frontendVariants),
+ * xconnect (if asked for) first, then one bridge per port count.
+ */
+export function topologies(modes: readonly Mode[], bridgePorts: readonly number[], frontends: ReadonlyArray<string | null> = [null]): Topology[] {
   const out: Topology[] = [];
-  if (modes.includes('xconnect')) out.push({ mode: 'xconnect', ports: 2 });
-  if (modes.includes('bridge')) for (const p of bridgePorts) out.push({ mode: 'bridge', ports: p });
+  for (const fe of frontends) {
+    const extra = fe === null ? {} : { frontend: fe };
+    if (modes.includes('xconnect')) out.push({ mode: 'xconnect', ports: 2, ...extra });
+    if (modes.includes('bridge')) for (const p of bridgePorts) out.push({ mode: 'bridge', ports: p, ...extra });
+  }
+  return out;
+}
+
+/**
+ * `--virtio-user`: frontend variants separated by `;`, each a devargs string for every
+ * virtio-user port of its rows; `default` (or nothing between two `;`) is testpmd's defaults.
+ * `default;packed_vq=1;mrg_rxbuf=0` gives split, packed and no-MRG_RXBUF rows in one run,
+ * each row with every backend alternating in its rounds. null (no option): the defaults only.
+ */
+export function frontendVariants(arg: string | null): Array<string | null> {
+  if (arg === null) return [null];
+  const out: Array<string | null> = [];
+  for (const raw of arg.split(';')) {
+    const v = raw.trim();
+    const fe = v === '' || v === 'default' ? null : v;
+    if (fe !== null && /\s/.test(fe)) throw new Error(`--virtio-user: "${fe}": devargs have no spaces (variants are separated by ';')`);
+    if (!out.includes(fe)) out.push(fe);
+  }
   return out;
 }
 

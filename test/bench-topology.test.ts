@@ -6,7 +6,7 @@ import t from 'tap';
 import { parseBackends } from '../bench/backends';
 import { OvsMissingError } from '../bench/ovs';
 import {
-  checkBridgePorts, cpuPlan, frontendMacs, ovsBridgeArgs, ovsFlows, ovsOtherConfig, portMac, topologies, topologyLabel, vhostfwdConfig, wantsPacked,
+  checkBridgePorts, cpuPlan, frontendMacs, ovsBridgeArgs, ovsFlows, ovsOtherConfig, portMac, topologies, topologyLabel, vhostfwdConfig, wantsPacked, frontendVariants,
 } from '../bench/topology';
 import { parseConfig } from '../src/main/config';
 
@@ -83,6 +83,18 @@ t.test('topologies: xconnect first, then a bridge per port count; odd port count
   t.same(topologies(['xconnect'], [2, 8]), [{ mode: 'xconnect', ports: 2 }]);
   t.doesNotThrow(() => checkBridgePorts([2, 4, 8]));
   for (const bad of [1, 3, 0, 2.5]) t.throws(() => checkBridgePorts([bad]), /even number of ports/, `${bad}`);
+});
+
+t.test('frontend variants (--virtio-user a;b;c): each its rows, labelled, the defaults as before', async (t) => {
+  t.same(frontendVariants(null), [null], 'no option: the defaults only');
+  t.same(frontendVariants('packed_vq=1'), ['packed_vq=1'], 'one devargs string: one variant, as before');
+  t.same(frontendVariants('default;packed_vq=1; mrg_rxbuf=0 ;;packed_vq=1'), [null, 'packed_vq=1', 'mrg_rxbuf=0'], 'default and empty are the defaults; repeats dropped');
+  t.throws(() => frontendVariants('packed_vq=1 mrg_rxbuf=0'), /no spaces/);
+  const ts = topologies(['xconnect', 'bridge'], [2], frontendVariants('default;packed_vq=1'));
+  t.same(ts.map(topologyLabel), ['xc', 'br2', 'xc/packed_vq=1', 'br2/packed_vq=1']);
+  t.same(ts[0], { mode: 'xconnect', ports: 2 }, 'a default row has no frontend key (JSON as before)');
+  t.same(ts[2], { mode: 'xconnect', ports: 2, frontend: 'packed_vq=1' });
+  t.equal(topologies(['xconnect'], [2])[0].frontend, undefined);
 });
 
 t.test('backends: OVS by default when installed, a note when not, a named error when asked for and missing', async (t) => {
