@@ -15,7 +15,11 @@ export interface BulkCopier {
   copyRun(id: number, count: number): number;
 }
 
-/** Copies at least this long go through the queue (measured: bench/NOTES.md). */
+/**
+ * Copies at least this long go through the queue on the uplinks' loops (xsk-port.ts,
+ * packet-port.ts, slot-writer.ts) and the frame-at-a-time path (rx-buffers.ts). The guest
+ * rings' burst loops queue every copy whatever its length (bench/NOTES.md #51).
+ */
 export const BULK_MIN = 256;
 const JOBS = 256;
 
