@@ -185,7 +185,11 @@ t.test('QEMU live migration of a two-queue-pair guest pinging on both queue pair
   await ready(t, src, n);
   await ready(t, b, n);
   if (!t.equal((await src.sh('reach 10.0.0.2', 60000)).rc, 0, 'A reaches B')) return;
-  const count = 200;
+  // 60 s of flows (0.1 s apart): they must outlast starting the destination QEMU and the
+  // migration itself (256 MiB at QEMU's default 32 MiB/s under TCG), which took more than
+  // the 20 s of a 200-ping flow on a slow CI run: the flows had ended before the guest moved.
+  const count = 600;
+  const started = Date.now();
   await src.sh(`pingers m ${count} 10.0.0.2`);
   const s0 = perQueue(env, 'a', 'tx');
   await until(() => minus(perQueue(env, 'a', 'tx'), s0).every((x) => x >= 5), 20000, 'traffic on both TX queues of A');
@@ -203,7 +207,7 @@ t.test('QEMU live migration of a two-queue-pair guest pinging on both queue pair
   }
   t.match(info, /Migration status: completed/, 'QEMU reports the migration completed');
   const downtime = info.match(/downtime: (\d+) ms/);
-  t.comment(`migration downtime ${downtime ? downtime[1] : '?'} ms`);
+  t.comment(`migration downtime ${downtime ? downtime[1] : '?'} ms; completed ${((Date.now() - started) / 1000).toFixed(1)} s after the flows started (they last ${count / 10} s)`);
   const seen = env.fwd.interfaces[0].device?.seen;
   t.comment(`requests on the source device: ${seen ? [...seen.entries()].map(([k, v]) => `${k}x${v}`).join(' ') : '(gone)'}`);
   t.ok((seen?.get('SET_LOG_BASE') ?? 0) >= n, `SET_LOG_BASE from each queue pair (${seen?.get('SET_LOG_BASE')})`);
@@ -211,7 +215,16 @@ t.test('QEMU live migration of a two-queue-pair guest pinging on both queue pair
 
   // the flows carry on from the destination; the same shell runs there now
   const d0 = perQueue(env, 'a2', 'tx');
-  await until(() => minus(perQueue(env, 'a2', 'tx'), d0).every((x) => x >= 5), 30000, 'the migrated guest sending on both queue pairs');
+  try {
+    await until(() => minus(perQueue(env, 'a2', 'tx'), d0).every((x) => x >= 5), 30000, 'the migrated guest sending on both queue pairs');
+  } catch (e) {
+    // say where it stood: which rings the destination runs, what each queue pair moved, and the guest's own view
+    const rings = dd()?.vrings.map((v, i) => `${i}:${v.enabled ? 'E' : 'e'}${v.started ? 'S' : 's'}`).join(' ') ?? 'no device';
+    t.comment(`destination rings (E enabled, S started): ${rings}; TX per queue pair since: ${minus(perQueue(env, 'a2', 'tx'), d0)}; RX: ${perQueue(env, 'a2', 'rx')}; ${((Date.now() - started) / 1000).toFixed(1)} s after the flows started`);
+    t.comment(`destination device requests: ${[...(dd()?.seen.entries() ?? [])].map(([k, v]) => `${k}x${v}`).join(' ')}; resets: ${env.fwd.interfaces[2].resets.join('; ')}`);
+    t.comment(`guest: ${(await dst.sh(`${ETHTOOL} -S eth0 | grep packets; ls /tmp; pidof ping`, 10000).catch((x: Error) => ({ out: x.message }))).out}`);
+    throw e;
+  }
   const flows = await flowResults(dst, 'm', 120000);
   checkFlows(t, 'A (migrated)', flows, n, count);
   const dstTx = perQueue(env, 'a2', 'tx');
