@@ -42,13 +42,14 @@ import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, validateBurst } from './offload';
 import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
+import { needEvent, publishBurst, UsedPublisher } from './ring-core';
 import { RxBuffers } from './rx-buffers';
 
 const F_AVAIL = VRING_PACKED_DESC_F_AVAIL;
 const F_USED = VRING_PACKED_DESC_F_USED;
 const F_BOTH = F_AVAIL | F_USED;
 
-export class PackedVirtqueue extends RxBuffers implements RingQueue {
+export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublisher {
   readonly index: number;
   readonly size: number;
   readonly isTx: boolean;
@@ -76,6 +77,10 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
   /** used index (no wrap) at the last notification decision, as DPDK's signalled_used */
   private signalled = 0;
   private signalledValid = false;
+  /** the burst being published (ring-core.ts): its first slot, that slot's used flags, and lastUsed before it */
+  private pubFirst = 0;
+  private pubFirstFlags = 0;
+  private pubOld = 0;
   private devFlags = -1;
   private notifyPending = false;
 
@@ -756,33 +761,36 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
 
   // ---------------------------------------------------------------- publish
 
-  /**
-   * Write the pending used elements in place (each one's flags after its id and length), mark
-   * the burst's pages, then decide on notifying (driver event area, after a full fence).
-   */
+  /** Hand the burst to the guest (ring-core.ts: bytes, used elements, the first one's flags, log bits, notify decision). */
   private publish(): boolean {
-    this.bulk?.run();
+    return publishBurst(this, this.bulk, this.blog, this.logging, this.stats);
+  }
+
+  /**
+   * ring-core step 2: every pending element's id and length, the flags of all but the
+   * burst's first (stored in storeUsed, last, as DPDK's vhost flushes its shadow ring): the
+   * driver reads used elements in order, so the whole burst becomes visible at once, and it
+   * does not take the burst piecemeal while it is being written (small bursts, cache lines
+   * bouncing). Each written element's 8 bytes of id, length and flags are logged.
+   */
+  writeUsed(logging: boolean): void {
     const n = this.nPend;
     this.nPend = 0;
     const d32 = this.d32;
     const d16 = this.d16;
     const size = this.size;
-    const logging = this.logging;
-    const oldUsed = this.lastUsed;
     // VIRTIO_F_IN_ORDER, TX: one used element for the whole burst, the id of its last buffer,
     // at the burst's first slot (the driver frees by position up to that id)
     const batchTx = this.isTx && this.features.inOrder && n > 1;
     let slot = this.lastUsed;
     let wrap = this.usedWrap;
     const first = slot;
-    const firstFlags = wrap === 1 ? F_BOTH : 0;
     const pId = this.pId;
     const pLen = this.pLen;
     const pCnt = this.pCnt;
-    // Every element's id and length, the flags of all but the burst's first; the first
-    // element's flags last (as DPDK's vhost flushes its shadow ring): the driver reads used
-    // elements in order, so the whole burst becomes visible at once, and it does not take
-    // the burst piecemeal while it is being written (small bursts, cache lines bouncing)
+    this.pubFirst = first;
+    this.pubFirstFlags = wrap === 1 ? F_BOTH : 0;
+    this.pubOld = first;
     for (let k = 0; k < n; k++) {
       if (!batchTx || k === n - 1) {
         const at = batchTx ? first : slot;
@@ -801,33 +809,34 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue {
         wrap ^= 1;
       }
     }
-    // seq-cst: after every element above, and the fence before the driver event area is read
-    Atomics.store(d16, 8 * first + 7, firstFlags);
     this.lastUsed = slot;
     this.usedWrap = wrap;
-    if (this.isTx) {
-      this.ctrl[CTRL_LAST_USED] = packedIndex(slot, wrap);
-    }
-    this.blog.commit(logging, this.stats);
-    const notify = this.needNotify(oldUsed, slot, wrap);
-    if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = this.signalledValid ? this.signalled : -1;
-    return notify;
   }
 
-  /** As DPDK's vhost_vring_call_packed: the driver's flags, with EVENT_IDX its off_wrap. */
-  private needNotify(old: number, now: number, wrap: number): boolean {
+  /** ring-core step 3: the burst's first flags, seq-cst (after every element, and the fence before the driver event area is read). */
+  storeUsed(): void {
+    Atomics.store(this.d16, 8 * this.pubFirst + 7, this.pubFirstFlags);
+    if (this.isTx) this.ctrl[CTRL_LAST_USED] = packedIndex(this.lastUsed, this.usedWrap);
+  }
+
+  /** ring-core step 5, as DPDK's vhost_vring_call_packed: the driver's flags, with EVENT_IDX its off_wrap. */
+  notifyDue(): boolean {
+    const now = this.lastUsed;
     const ev = this.drvEvt;
     const flags = (TSO ? ev[1] : Atomics.load(ev, 1)) & 3;
-    const prev = this.signalledValid ? this.signalled : old;
+    const prev = this.signalledValid ? this.signalled : this.pubOld;
     this.signalled = now;
     this.signalledValid = true;
+    if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = this.signalled;
     if (flags !== RING_EVENT_FLAGS_DESC || !this.features.eventIdx) return flags !== RING_EVENT_FLAGS_DISABLE;
     const offWrap = TSO ? ev[0] : Atomics.load(ev, 0);
+    // off and the previous position brought into one line of indices before `now` (the
+    // spec's wrap counters), then the split ring's vring_need_event
     let off = offWrap & 0x7fff;
     let o = prev;
     if (now <= o) o -= this.size;
-    if (wrap !== offWrap >>> 15) off -= this.size;
-    return ((now - off - 1) & 0xffff) < ((now - o) & 0xffff);
+    if (this.usedWrap !== offWrap >>> 15) off -= this.size;
+    return needEvent(off, now, o);
   }
 
   // ---------------------------------------------------------------- notifications

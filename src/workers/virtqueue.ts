@@ -26,6 +26,7 @@ import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
 import { RxBuffers } from './rx-buffers';
+import { needEvent, publishBurst, UsedPublisher } from './ring-core';
 import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, validateBurst } from './offload';
 
 export { GuestError } from './guest-error';
@@ -33,7 +34,7 @@ export { GuestError } from './guest-error';
 /** 1 / LOG_PAGE: page numbers by an exact multiplication (a power of two), not a division */
 const PAGE_INV = 1 / LOG_PAGE;
 
-export class Virtqueue extends RxBuffers implements RingQueue {
+export class Virtqueue extends RxBuffers implements RingQueue, UsedPublisher {
   readonly index: number;
   readonly size: number;
   readonly isTx: boolean;
@@ -892,13 +893,17 @@ export class Virtqueue extends RxBuffers implements RingQueue {
   }
 
   /** Store used->idx after the entries and the log bits, then decide on notifying. */
+  /** Hand the burst to the guest (ring-core.ts: bytes, used log spans, used->idx, log bits, notify decision). */
   private publish(): boolean {
-    // Queued copies land before used->idx tells the guest they are there.
-    this.bulk?.run();
-    const logging = this.logging;
-    // The used entries written since the last publish (written already) and used->idx
-    // (written next) join the burst's buffer marks (one byte mark when the ring lies in one
-    // page, NOTES.md #33): one marking pass, after the store below.
+    return publishBurst(this, this.bulk, this.blog, this.logging, this.stats);
+  }
+
+  /**
+   * ring-core step 2. The used entries are in place already (the burst loops wrote them);
+   * those written since the last publish and used->idx (stored next) join the burst's buffer
+   * marks (one byte mark when the ring lies in one page, NOTES.md #33).
+   */
+  writeUsed(logging: boolean): void {
     if (logging && this.logUsedGpa >= 0) {
       if (this.usedLogByte >= 0) {
         this.blog.byteMark(this.usedLogByte, this.usedLogMask);
@@ -908,12 +913,16 @@ export class Virtqueue extends RxBuffers implements RingQueue {
       }
     }
     this.usedLogFrom = this.lastUsed;
+  }
+
+  /** ring-core step 3: used->idx, seq-cst (the barrier of the marking and of the event check, NOTES.md #19, #21). */
+  storeUsed(): void {
     Atomics.store(this.used16, 1, this.lastUsed);
-    // Bits after every write they cover (bytes, used entries, idx): a bit only has to follow
-    // its write, and every bit is out before the ring stops. The seq-cst store of used->idx
-    // above is the barrier of both the marking and the flush (NOTES.md #19, #21).
-    this.blog.commit(logging, this.stats);
     this.unpublished = false;
+  }
+
+  /** ring-core step 5: used_event with EVENT_IDX, else VRING_AVAIL_F_NO_INTERRUPT. */
+  notifyDue(): boolean {
     const now = this.lastUsed;
     const old = this.signalled;
     // As vhost does: "old" is used->idx at the previous check, so the guest's used_event is
@@ -924,10 +933,7 @@ export class Virtqueue extends RxBuffers implements RingQueue {
     if (now === old) return false;
     // After the seq-cst store: an Atomics.load (a plain load could pass the store on ARM64);
     // on x86 the xchg is the fence and a plain load after it cannot pass it (ordering.ts).
-    if (this.features.eventIdx) {
-      const usedEvent = TSO ? this.avail16[2 + this.size] : Atomics.load(this.avail16, 2 + this.size);
-      return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
-    }
+    if (this.features.eventIdx) return needEvent(TSO ? this.avail16[2 + this.size] : Atomics.load(this.avail16, 2 + this.size), now, old);
     const flags = TSO ? this.avail16[0] : Atomics.load(this.avail16, 0);
     return (flags & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
