@@ -77,10 +77,9 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
   /** used index (no wrap) at the last notification decision, as DPDK's signalled_used */
   private signalled = 0;
   private signalledValid = false;
-  /** the burst being published (ring-core.ts): its first slot, that slot's used flags, and lastUsed before it */
+  /** the burst being published (ring-core.ts): its first slot (lastUsed before it) and that slot's used flags */
   private pubFirst = 0;
   private pubFirstFlags = 0;
-  private pubOld = 0;
   private devFlags = -1;
   private notifyPending = false;
 
@@ -790,7 +789,6 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
     const pCnt = this.pCnt;
     this.pubFirst = first;
     this.pubFirstFlags = wrap === 1 ? F_BOTH : 0;
-    this.pubOld = first;
     for (let k = 0; k < n; k++) {
       if (!batchTx || k === n - 1) {
         const at = batchTx ? first : slot;
@@ -824,7 +822,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
     const now = this.lastUsed;
     const ev = this.drvEvt;
     const flags = (TSO ? ev[1] : Atomics.load(ev, 1)) & 3;
-    const prev = this.signalledValid ? this.signalled : this.pubOld;
+    const prev = this.signalledValid ? this.signalled : this.pubFirst;
     this.signalled = now;
     this.signalledValid = true;
     if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = this.signalled;
