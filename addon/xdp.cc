@@ -17,8 +17,10 @@
 // The UMEM is a memfd: mapped here once to register it (XDP_UMEM_REG pins the pages, then
 // this mapping goes), and mapped again by the caller through the mmap/SAB bridge, so the
 // workers see the very pages the kernel writes. frames frames of frameSize bytes: the first
-// half belong to the fill/RX side, the second half to TX (slot k of the TX ring always uses
-// frame frames/2 + k); every ring has frames/2 entries.
+// half belong to the fill/RX side, the second half to TX (the workers keep the free ones on a
+// stack, src/workers/xsk-port.ts); every ring has frames/2 entries. Ordinary pages: huge
+// pages measured +3 % at 64 B (within the rounds' noise, before the stacks made the frames
+// in use few) and would take pages an operator reserves for guests (bench/NOTES.md #53).
 //
 // The program (hand-assembled, BPF_PROG_TYPE_XDP):
 //   r2 = *(u32 *)(r1 + offsetof(struct xdp_md, rx_queue_index))

@@ -28,7 +28,7 @@ import Ajv2020 from 'ajv/dist/2020';
 import { CTRL_INTS, ST_DROP_NO_BUF, ST_ERRORS, STATS_SLOTS, VringDesc, XskDesc } from '../src/shared/types';
 import { HOST_ALL, build, offloadPair, refComplete, refSegments } from '../kit/offload-lib';
 import { pattern } from '../kit/vq-harness';
-import { XskQueue } from '../src/workers/xsk-port';
+import { XskQueue, newXskPool } from '../src/workers/xsk-port';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { CopyQueue } from '../src/workers/bulk-copy';
 import { native } from '../src/native';
@@ -76,7 +76,7 @@ const xdpOn = (dev: string): boolean => /\bxdp/.test(run('ip', ['link', 'show', 
 /** A UMEM and rings in plain SharedArrayBuffers (no socket): producer at byte 0, consumer 4, flags 8, descriptors 64. */
 function synthetic(index: number, entries: number): { d: XskDesc; vd: VringDesc } {
   const ringSab = (descWords: number): XskDesc['rx'] => ({ sab: new SharedArrayBuffer(64 + descWords * 4 * entries), producer: 0, consumer: 4, flags: 8, desc: 64 });
-  const d: XskDesc = { kind: 'af_xdp', fd: -1, umem: new SharedArrayBuffer(2 * entries * 2048), frameSize: 2048, frames: 2 * entries, entries, rx: ringSab(4), tx: ringSab(4), fill: ringSab(2), comp: ringSab(2) };
+  const d: XskDesc = { kind: 'af_xdp', fd: -1, umem: new SharedArrayBuffer(2 * entries * 2048), frameSize: 2048, frames: 2 * entries, entries, rx: ringSab(4), tx: ringSab(4), fill: ringSab(2), comp: ringSab(2), pool: newXskPool(entries, 2048) };
   const nowhere = { region: 0, offset: 0 };
   const vd: VringDesc = {
     device: 1, port: 1, index, size: 0, desc: nowhere, avail: nowhere, used: nowhere, logUsedGpa: -1, kickFd: -1, callFd: -1,
@@ -242,7 +242,7 @@ t.test('AF_XDP: a guest TSO frame is segmented and a partial checksum completed 
   const want = [...refSegments(f.frame, { l3: f.l3, l4: f.l4, hl: f.hl, mss: 1000, v6: false }), refComplete(c.frame, { l3: c.l3, l4: c.l4, v6: false, udp: true })];
   t.same(out.map((x) => x.length), want.map((x) => x.length), 'the lengths of the reference segments');
   t.ok(out.every((x, k) => Buffer.compare(Buffer.from(x), Buffer.from(want[k])) === 0), 'byte-exact against the reference (kit/offload-lib.ts)');
-  t.same([0, 1, 2, 3].map((k) => ring[16 + 4 * k]), [4, 5, 6, 7].map((k) => k * 2048), 'TX slot k uses UMEM frame entries + k');
+  t.same([0, 1, 2, 3].map((k) => ring[16 + 4 * k]), [4, 5, 6, 7].map((k) => k * 2048), 'TX frames from the TX half, the lowest first');
   // the ring is full until the kernel completes: the next frame is dropped (no buffer)
   const g = build({ v6: false, udp: true, payload: pattern(100, 7) });
   tx.drv.postTx(g.frame, { hdr: g.hdr });
@@ -253,8 +253,10 @@ t.test('AF_XDP: a guest TSO frame is segmented and a partial checksum completed 
   vq.release();
   tx.vq.completeBurst(batch);
   t.equal(new Float64Array(vd.stats)[ST_DROP_NO_BUF], 1, 'counted as no buffer');
-  // the kernel completes two: two slots free again
+  // the kernel completes two (their addresses on the completion ring, as it writes them): two slots free again
   const comp = new Uint32Array(d.comp.sab);
+  comp[16] = 4 * 2048;
+  comp[18] = 5 * 2048;
   Atomics.store(comp, 0, 2);
   const m2 = tx.vq.dequeueBurst(batch, 1);
   vq.acquire();
@@ -262,7 +264,19 @@ t.test('AF_XDP: a guest TSO frame is segmented and a partial checksum completed 
   vq.release();
   t.equal(Atomics.load(comp, 1), 2, 'the completion ring consumed');
   t.equal(Atomics.load(ring, 0), 5, 'the fifth descriptor published, in slot 0 again');
-  t.equal(ring[16], 4 * 2048, 'slot 0 uses frame 4 again');
+  t.equal(ring[16], 5 * 2048, 'slot 0 uses the frame completed last (frame 5: still in the caches), not the oldest');
+  t.equal(new Float64Array(vd.stats)[ST_ERRORS], 0, 'no error counted so far');
+  // a completion the kernel could not have written (a frame of the RX half, or not a frame start) is counted, not reused
+  comp[20] = 0;
+  comp[22] = 6 * 2048 + 100;
+  Atomics.store(comp, 0, 4);
+  tx.drv.postTx(g.frame, { hdr: g.hdr });
+  const m3 = tx.vq.dequeueBurst(batch, 1);
+  vq.acquire();
+  t.equal(vq.enqueueBurst(a.gm, batch, null, m3), 1, 'the next frame taken (frame 4 is free)');
+  vq.release();
+  t.equal(new Float64Array(vd.stats)[ST_ERRORS], 2, 'the two bogus completions counted as errors');
+  t.equal(ring[20], 4 * 2048, 'the frame used is 4, never one from a bogus completion');
 });
 
 t.test('AF_XDP: a partial checksum completed in software with the frame copy on the worker\'s bulk queue: the stored checksum survives the copy', async (t) => {
@@ -397,7 +411,69 @@ t.test('AF_XDP: bogus RX descriptors are dropped and counted, never read outside
   vq.completeBurst();
   const fill = new Uint32Array(d.fill.sab);
   t.equal(Atomics.load(fill, 0), 4, 'four chunks back on the fill ring (the in-range ones; the three out of range are not ours)');
-  t.same([fill[16], fill[18], fill[20], fill[22]], [0, 2048, 3 * 2048, 4 * 2048], 'the chunks, not the frame addresses');
+  t.same([fill[16], fill[18], fill[20], fill[22]], [4 * 2048, 3 * 2048, 2048, 0], 'the chunks, not the frame addresses, the one taken last first');
+});
+
+t.test('AF_XDP: the fill ring stays shallow while the worker polls (a few hot chunks go round), every chunk goes back into it before a sleep, none lost or doubled', async (t) => {
+  // a synthetic socket as the main thread opens it (every RX chunk in the fill ring), and a
+  // "kernel" here that moves chunks from the fill ring to the RX ring 32 at a time
+  const entries = 512;
+  const fsz = 2048;
+  const { d, vd } = synthetic(1, entries);
+  const vq = new XskQueue(vd, d);
+  t.teardown(() => vq.dispose());
+  const fill = new Uint32Array(d.fill.sab);
+  const rx = new Uint32Array(d.rx.sab);
+  for (let k = 0; k < entries; k++) fill[16 + 2 * k] = k * fsz;
+  Atomics.store(fill, 0, entries);
+  const batch = new PacketBatch();
+  const kernelRound = (): number[] => {
+    const cons = fill[1];
+    const prod = rx[0];
+    const n = Math.min(32, (fill[0] - cons) >>> 0);
+    const got: number[] = [];
+    for (let k = 0; k < n; k++) {
+      const chunk = fill[16 + 2 * ((cons + k) & (entries - 1))];
+      got.push(chunk);
+      const dsc = 16 + 4 * ((prod + k) & (entries - 1));
+      rx[dsc] = chunk + 256;
+      rx[dsc + 1] = 0;
+      rx[dsc + 2] = 64;
+    }
+    Atomics.store(fill, 1, (cons + n) >>> 0);
+    Atomics.store(rx, 0, (prod + n) >>> 0);
+    return got;
+  };
+  const used = new Set<number>();
+  let deepest = 0;
+  for (let r = 0; r < 100; r++) {
+    const got = kernelRound();
+    t.equal(got.length, 32, `round ${r}: the kernel found 32 chunks in the fill ring`);
+    if (r >= 50) for (const c of got) used.add(c);
+    t.equal(vq.dequeueBurst(batch, 64), 32, `round ${r}: 32 frames taken`);
+    vq.completeBurst();
+    if (r >= 20) deepest = Math.max(deepest, (fill[0] - fill[1]) >>> 0);
+  }
+  t.equal(deepest, 128, 'once drained, the fill ring holds 128 chunks (four bursts), not 512');
+  t.ok(used.size <= 128 + 32, `the last 50 rounds (1600 frames) went through ${used.size} distinct chunks (at most the ring's 128 and a burst)`);
+  const pool = new Int32Array(d.pool);
+  t.equal(pool[0] + ((fill[0] - fill[1]) >>> 0), entries, 'every chunk is either in the fill ring or on the spare stack');
+  t.equal(vq.enableNotify(), false, 'enableNotify: nothing to report (the socket is the notification)');
+  t.equal((fill[0] - fill[1]) >>> 0, entries, 'before a sleep the fill ring holds every chunk');
+  t.equal(pool[0], 0, 'the spare stack is empty');
+  const inRing = new Set<number>();
+  for (let k = 0; k < entries; k++) inRing.add(fill[16 + 2 * ((fill[1] + k) & (entries - 1))]);
+  t.equal(inRing.size, entries, 'each chunk once');
+  t.ok([...inRing].every((c) => c % fsz === 0 && c < entries * fsz), 'and only chunks of the RX half');
+  // awake again: the ring drains back to the busy depth as frames come
+  vq.disableNotify();
+  for (let r = 0; r < 30; r++) {
+    kernelRound();
+    vq.dequeueBurst(batch, 64);
+    vq.completeBurst();
+  }
+  t.equal((fill[0] - fill[1]) >>> 0, 128, 'awake and busy: back to 128');
+  t.equal(new Float64Array(vd.stats)[ST_ERRORS], 0, 'no error counted');
 });
 
 t.test('no veth or namespace left behind by the tests above', async (t) => {

@@ -128,7 +128,10 @@ export interface XskRing {
 /**
  * An AF_XDP port's socket, UMEM and rings (src/workers/xsk-port.ts): `frames` UMEM frames of
  * `frameSize` bytes, the first `entries` (frames / 2) for frames from the device (fill, RX),
- * the rest towards it (TX slot k uses frame entries + k; completion), rings of `entries`.
+ * the rest towards it (TX, completion), rings of `entries`. `pool` (Int32Array, 2 + 2 x
+ * entries words: XSK_POOL_*) holds the frames no ring holds, as two stacks: RX chunks kept
+ * out of the fill ring, free TX frames; it lives beside the rings, not in a worker, so a
+ * queue opened again on another worker finds them where the last one left them.
  */
 export interface XskDesc {
   kind: 'af_xdp';
@@ -141,7 +144,13 @@ export interface XskDesc {
   tx: XskRing;
   fill: XskRing;
   comp: XskRing;
+  pool: SharedArrayBuffer;
 }
+
+/** XskDesc.pool: word 0 the RX spare stack's depth, word 1 the TX free stack's, then the two stacks (entries words each). */
+export const XSK_POOL_RX_TOP = 0;
+export const XSK_POOL_TX_TOP = 1;
+export const XSK_POOL_STACKS = 2;
 
 /** The dirty log of one device (SET_LOG_BASE), as a SAB. Bit n of the log = guest page n (gpa >> 12). */
 export interface LogDesc {

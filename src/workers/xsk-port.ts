@@ -9,11 +9,20 @@
  *    copy); completeBurst, once every deferred copy ran, hands the frames' chunks back on the
  *    fill ring (and wakes the driver if the fill ring asks: XDP_RING_NEED_WAKEUP). The worker
  *    sleeps on the socket (POLLIN: the RX ring has frames).
- *  - "RX" (index 0, frames towards the device): each frame is copied into the UMEM frame of
- *    the next TX ring slot (slot k always uses frame entries + k, free again once the
- *    completion ring has gone past it), the descriptors published once a burst (release),
- *    then a sendto() kick only when the TX ring says XDP_RING_NEED_WAKEUP (copy mode: always).
- *    Several workers may send: the ring's lock is in ctrl, its position in the ring itself.
+ *  - "RX" (index 0, frames towards the device): each frame is copied into a free TX frame
+ *    (the top of the pool's TX stack), the descriptors published once a burst (release), then
+ *    a sendto() kick only when the TX ring says XDP_RING_NEED_WAKEUP (copy mode: always); the
+ *    completion ring's frames go back on the stack. Several workers may send: the ring's lock
+ *    is in ctrl, its position in the ring itself, the stack in the pool.
+ *
+ * Few frames, reused hot (bench/NOTES.md #53): a ring walked FIFO touches every one of its
+ * frames in turn, a TLB entry (two 2 KiB chunks a page) and cache lines each, on our side and
+ * on the kernel's (copy mode reaches the UMEM through a vmap of 4 KiB pages even when the
+ * UMEM is in huge pages). So TX frames come off a stack, the frame the kernel completed last
+ * first, and the fill ring is kept shallow while the worker polls (FILL_BUSY chunks; the rest
+ * wait on the pool's RX stack, the chunk handed back last on top) and filled to the last
+ * chunk before the worker sleeps (enableNotify), when a burst from the wire may come with no
+ * one to refill it. 4096 frames in FIFO rings ran 0.90-0.94x DPDK's net_af_xdp at 64 B.
  *
  * No virtio-net header crosses an XDP socket: the port's features carry no offloads, so a
  * guest's frame with a partial checksum or GSO goes through the software path of offload.ts
@@ -25,7 +34,7 @@
  * UMEM. A chunk whose address was bad is not handed back (it is not one of ours).
  */
 import { native } from '../native';
-import { CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc, XskDesc, XskRing } from '../shared/types';
+import { CTRL_LOCK, QueueFeatures, ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_ERRORS, ST_PACKETS, VringDesc, XSK_POOL_RX_TOP, XSK_POOL_STACKS, XSK_POOL_TX_TOP, XskDesc, XskRing } from '../shared/types';
 import { BULK_MIN, type CopyQueue } from './bulk-copy';
 import { copyBytes, F64_EXACT } from './copy';
 import { GuestMemory, RegionViews } from './guest-memory';
@@ -38,6 +47,22 @@ const XDP_RING_NEED_WAKEUP = 1;
 /** copy mode sends at most this many frames per sendto() (the kernel's TX_BATCH_SIZE) */
 const KERNEL_TX_BATCH = 32;
 const MIN_FRAME = 14;
+/** chunks in the fill ring while the worker polls: four bursts (the kernel's copy mode delivers 32 a kick) */
+const FILL_BUSY = 4 * BURST;
+
+/**
+ * XskDesc.pool for a new socket: no spare RX chunk (the main thread puts every one in the
+ * fill ring), every TX frame free, the lowest on top.
+ */
+export function newXskPool(entries: number, frameSize: number): SharedArrayBuffer {
+  const pool = new SharedArrayBuffer(4 * (XSK_POOL_STACKS + 2 * entries));
+  const words = new Int32Array(pool);
+  const txStack = XSK_POOL_STACKS + entries;
+  for (let k = 0; k < entries; k++) words[txStack + k] = (2 * entries - 1 - k) * frameSize;
+  words[XSK_POOL_RX_TOP] = 0;
+  words[XSK_POOL_TX_TOP] = entries;
+  return pool;
+}
 
 /** A ring's words as Uint32Array indices. */
 class Ring {
@@ -79,6 +104,12 @@ export class XskQueue extends SlotWriter implements RingQueue {
   /** chunks taken by the burst, handed back to the fill ring by completeBurst */
   private readonly taken: Uint32Array = new Uint32Array(BURST);
   private nTaken = 0;
+  /** XskDesc.pool: the RX spare stack at rxStack, the TX free stack at txStack, their depths in words 0 and 1 */
+  private readonly pool: Int32Array;
+  private readonly rxStack = XSK_POOL_STACKS;
+  private readonly txStack: number;
+  /** the fill ring's depth to keep: FILL_BUSY while polling, every chunk before a sleep */
+  private fillTo: number;
   // TX: our producer (read from the ring under the lock), the completion consumer, the frame being written
   private txProd = 0;
   private compCons = 0;
@@ -103,6 +134,10 @@ export class XskQueue extends SlotWriter implements RingQueue {
     const rings: Array<[Ring, number]> = [[this.rx, 4], [this.tx, 4], [this.fill, 2], [this.comp, 2]];
     for (const [r, words] of rings) if (r.desc + words * d.entries > r.u32.length) throw new Error('AF_XDP ring descriptors do not fit their mapping');
     this.rxBytes = d.entries * d.frameSize;
+    this.fillTo = FILL_BUSY < d.entries ? FILL_BUSY : d.entries;
+    this.pool = new Int32Array(d.pool);
+    this.txStack = XSK_POOL_STACKS + d.entries;
+    if (this.pool.length < this.txStack + d.entries) throw new Error('AF_XDP frame pool does not fit its rings');
     this.mem = new GuestMemory([{ gpa: 0, size: d.umem.byteLength, uva: 0, sab: d.umem, sabOffset: 0 }]);
     this.mem.enableBulk(native);
     this.view = this.mem.views[0];
@@ -176,21 +211,35 @@ export class XskQueue extends SlotWriter implements RingQueue {
     return n;
   }
 
-  /** The burst's chunks go back to the fill ring once every copy out of them ran. */
+  /**
+   * The burst's chunks, once every copy out of them ran, go on the pool's RX stack, and the
+   * fill ring is topped up to fillTo from the stack's top: the chunks just used, still in the
+   * caches and the TLB, are the next the kernel fills.
+   */
   private handBack(): void {
     this.bulk?.run();
+    const pool = this.pool;
+    const base = this.rxStack;
+    let top = pool[XSK_POOL_RX_TOP];
+    // never past its half: only a ring that hands one chunk out twice could fill it
+    for (let k = 0; k < this.nTaken; k++) {
+      if (top < this.size) pool[base + top++] = this.taken[k];
+      else this.stats[ST_ERRORS]++;
+    }
+    this.nTaken = 0;
     const f = this.fill;
     const u32 = f.u32;
     const prod = u32[f.prod];
-    const room = this.size - ((prod - Atomics.load(u32, f.cons)) >>> 0);
-    const n = this.nTaken < room ? this.nTaken : room; // never short: the fill ring holds every RX chunk
+    const want = this.fillTo - ((prod - Atomics.load(u32, f.cons)) >>> 0);
+    const n = want < top ? want : top;
     for (let k = 0; k < n; k++) {
       const d = f.desc + 2 * ((prod + k) & this.mask);
-      u32[d] = this.taken[k];
+      u32[d] = pool[base + --top];
       u32[d + 1] = 0;
     }
+    pool[XSK_POOL_RX_TOP] = top;
+    if (n <= 0) return;
     Atomics.store(u32, f.prod, (prod + n) >>> 0);
-    this.nTaken = 0;
     if ((Atomics.load(u32, f.flags) & XDP_RING_NEED_WAKEUP) !== 0 && native.xdpWakeRx(this.fd) < 0) this.stats[ST_ERRORS]++;
   }
 
@@ -210,11 +259,32 @@ export class XskQueue extends SlotWriter implements RingQueue {
     this.reap();
   }
 
-  /** The completion ring: every frame the kernel is done with frees its TX slot (their order is the TX ring's). */
+  /**
+   * The completion ring: every frame the kernel is done with goes back on the pool's TX stack
+   * (and frees a TX slot). An address that is not a TX frame is counted and not kept: the
+   * stack only ever holds frames of the TX half.
+   */
   private reap(): void {
     const c = this.comp;
-    const prod = Atomics.load(c.u32, c.prod);
-    if (prod !== c.u32[c.cons]) Atomics.store(c.u32, c.cons, prod);
+    const u32 = c.u32;
+    const prod = Atomics.load(u32, c.prod);
+    let cons = u32[c.cons];
+    if (prod !== cons) {
+      const pool = this.pool;
+      const base = this.txStack;
+      const lo = this.rxBytes;
+      const hi = 2 * lo;
+      const fs = this.fs;
+      let top = pool[XSK_POOL_TX_TOP];
+      for (; cons !== prod; cons = (cons + 1) >>> 0) {
+        const d = c.desc + 2 * (cons & this.mask);
+        const addr = u32[d];
+        if (u32[d + 1] !== 0 || addr < lo || addr >= hi || (addr & (fs - 1)) !== 0 || top >= this.size) this.stats[ST_ERRORS]++;
+        else pool[base + top++] = addr;
+      }
+      pool[XSK_POOL_TX_TOP] = top;
+      Atomics.store(u32, c.cons, prod);
+    }
     this.compCons = prod;
   }
 
@@ -268,6 +338,9 @@ export class XskQueue extends SlotWriter implements RingQueue {
     const flags = batch.flags;
     const anyOffload = batch.nOffload > 0;
     const bulkMin = BULK_MIN;
+    const pool = this.pool;
+    const txStack = this.txStack;
+    let top = pool[XSK_POOL_TX_TOP];
     let prod = this.txProd;
     let done = 0;
     let bytes = 0;
@@ -275,14 +348,16 @@ export class XskQueue extends SlotWriter implements RingQueue {
     for (let k = 0; k < count; k++) {
       const i = pick === null ? k : pick[k];
       const len = pktLen[i];
-      if (segCount[i] !== 1 || (anyOffload && flags[i] !== 0) || len > fs || len < MIN_FRAME || ((prod - this.compCons) >>> 0) >= size) {
+      if (segCount[i] !== 1 || (anyOffload && flags[i] !== 0) || len > fs || len < MIN_FRAME || ((prod - this.compCons) >>> 0) >= size || top === 0) {
         // the general path, with the ring state handed over and taken back
         this.txProd = prod;
+        pool[XSK_POOL_TX_TOP] = top;
         if (this.enqueue(srcMem, batch, i, 0)) done++;
         prod = this.txProd;
+        top = pool[XSK_POOL_TX_TOP];
         continue;
       }
-      const o = (size + (prod & mask)) * fs;
+      const o = pool[txStack + --top];
       const s = segStart[i];
       const sr = segRegion[s];
       const so = segOffset[s];
@@ -315,6 +390,7 @@ export class XskQueue extends SlotWriter implements RingQueue {
       done++;
     }
     this.txProd = prod;
+    pool[XSK_POOL_TX_TOP] = top;
     if (fast > 0) {
       this.stats[ST_PACKETS] += fast;
       this.stats[ST_BYTES] += bytes;
@@ -329,16 +405,17 @@ export class XskQueue extends SlotWriter implements RingQueue {
       this.stats[ST_DROP_TOO_BIG]++;
       return false;
     }
-    if (((this.txProd - this.compCons) >>> 0) >= this.size) {
+    if (((this.txProd - this.compCons) >>> 0) >= this.size || this.pool[XSK_POOL_TX_TOP] === 0) {
       // every TX frame is in flight: send what is written, see what came back
       this.publish();
       this.reap();
-      if (((this.txProd - this.compCons) >>> 0) >= this.size) {
+      if (((this.txProd - this.compCons) >>> 0) >= this.size || this.pool[XSK_POOL_TX_TOP] === 0) {
         this.stats[ST_DROP_NO_BUF]++;
         return false;
       }
     }
-    const o = (this.size + (this.txProd & this.mask)) * this.fs;
+    // the stack's top, taken off it by rxCommit (a frame reserved and not committed stays free)
+    const o = this.pool[this.txStack + this.pool[XSK_POOL_TX_TOP] - 1];
     this.wSlot = o;
     this.wPos = o;
     this.wEnd = o + len;
@@ -363,6 +440,7 @@ export class XskQueue extends SlotWriter implements RingQueue {
     u32[d + 2] = len;
     u32[d + 3] = 0;
     this.txProd = (this.txProd + 1) >>> 0;
+    this.pool[XSK_POOL_TX_TOP]--;
     this.stats[ST_PACKETS]++;
     this.stats[ST_BYTES] += len;
   }
@@ -374,12 +452,16 @@ export class XskQueue extends SlotWriter implements RingQueue {
 
   // ---------------------------------------------------------------- notifications
 
+  /** Before a sleep: every spare chunk into the fill ring, for a burst that comes while nobody refills it. */
   enableNotify(): boolean {
+    this.fillTo = this.size;
+    if (this.index === 1) this.handBack();
     return false;
   }
 
+  /** Awake: the fill ring drains back to FILL_BUSY as frames come (the socket's POLLIN is the notification). */
   disableNotify(): void {
-    // nothing to turn off: the socket's POLLIN is the notification
+    this.fillTo = FILL_BUSY < this.size ? FILL_BUSY : this.size;
   }
 
   get lastAvailIdx(): number {

@@ -22,6 +22,7 @@ import { native, XdpRingInfo } from '../../native';
 import { safeClose } from '../connection';
 import { Dataplane, newDeviceId } from '../device';
 import { log } from '../log';
+import { newXskPool } from '../../workers/xsk-port';
 
 /** linux/if_tun.h: what TUNSETOFFLOAD lets the kernel hand us */
 const TUN_F_CSUM = 0x01;
@@ -297,7 +298,8 @@ export class UplinkPort {
     this.linkFd = x.linkFd;
     try {
       const ring = (r: XdpRingInfo): XskRing => ({ sab: native.mmap(x.fd, r.bytes, r.pgoff), producer: r.producer, consumer: r.consumer, flags: r.flags, desc: r.desc });
-      const d: XskDesc = { kind: 'af_xdp', fd: x.fd, umem: native.mmap(x.umemFd, x.umemBytes, 0), frameSize: x.frameSize, frames: x.frames, entries: x.entries, rx: ring(x.rx), tx: ring(x.tx), fill: ring(x.fill), comp: ring(x.comp) };
+      const pool = newXskPool(x.entries, x.frameSize);
+      const d: XskDesc = { kind: 'af_xdp', fd: x.fd, umem: native.mmap(x.umemFd, x.umemBytes, 0), frameSize: x.frameSize, frames: x.frames, entries: x.entries, rx: ring(x.rx), tx: ring(x.tx), fill: ring(x.fill), comp: ring(x.comp), pool };
       const fill = new Uint32Array(d.fill.sab);
       for (let k = 0; k < x.entries; k++) {
         fill[(d.fill.desc >> 2) + 2 * k] = k * x.frameSize;
