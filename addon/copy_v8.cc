@@ -160,4 +160,36 @@ void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
   info.GetReturnValue().Set(RunCopyJobs(BoundJobTable()[id]->data, n));
 }
 
+// copyPrefetch(id, count) -> 0, or EINVAL (bad id or count): a read prefetch of the cache
+// line at each of the first `count` [regionId, offset] pairs of binding `id` (a Float64Array
+// bound with copyBind, read two numbers a pair). A pair outside its region is skipped: a
+// prefetch is a hint, and never a load of memory that is not there. Why: the bridge reads
+// each frame's MACs in JS right after the frontend wrote them on its core, a miss a frame,
+// and JS loads wait for each miss in turn (bench/NOTES.md #54); the prefetches of a burst,
+// issued together, overlap theirs.
+void CopyPrefetch(const v8::FunctionCallbackInfo<v8::Value>& info) {
+  if (info.Length() < 2 || !info[0]->IsUint32() || !info[1]->IsUint32()) {
+    info.GetReturnValue().Set(EINVAL);
+    return;
+  }
+  const uint32_t id = info[0].As<v8::Uint32>()->Value();
+  const uint32_t n = info[1].As<v8::Uint32>()->Value();
+  if (id >= BoundJobTable().size() || BoundJobTable()[id]->data == nullptr || static_cast<size_t>(n) * 2 > BoundJobTable()[id]->length) {
+    info.GetReturnValue().Set(EINVAL);
+    return;
+  }
+  const double* j = BoundJobTable()[id]->data;
+  const std::vector<CopyRegion>& table = CopyRegions();
+  for (uint32_t k = 0; k < n; k++) {
+    const double rid = j[2 * k];
+    const double off = j[2 * k + 1];
+    // also false for NaN; the casts below are then of integers in range
+    if (!(rid >= 0 && rid < static_cast<double>(table.size()) && off >= 0)) continue;
+    const CopyRegion& r = table[static_cast<size_t>(rid)];
+    if (r.data == nullptr || !(off < static_cast<double>(r.size))) continue;
+    __builtin_prefetch(r.data + static_cast<uint64_t>(off), 0, 3);
+  }
+  info.GetReturnValue().Set(0);
+}
+
 }  // namespace vhostfwd

@@ -69,6 +69,7 @@ void SetV8Function(Napi::Env env, Napi::Object exports, const char* name, v8::Fu
 // The per-burst helpers, V8 function callbacks (copy_v8.cc, log_v8.cc).
 void CopyBind(const v8::FunctionCallbackInfo<v8::Value>& info);
 void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info);
+void CopyPrefetch(const v8::FunctionCallbackInfo<v8::Value>& info);
 void LogBind(const v8::FunctionCallbackInfo<v8::Value>& info);
 void LogUnbind(const v8::FunctionCallbackInfo<v8::Value>& info);
 void LogRun(const v8::FunctionCallbackInfo<v8::Value>& info);

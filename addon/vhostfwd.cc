@@ -104,6 +104,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   for (const Entry& e : kEntries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   SetV8Function(env, exports, "copyBind", CopyBind);
   SetV8Function(env, exports, "copyRun", CopyRun);
+  SetV8Function(env, exports, "copyPrefetch", CopyPrefetch);
   SetV8Function(env, exports, "logBind", LogBind);
   SetV8Function(env, exports, "logUnbind", LogUnbind);
   SetV8Function(env, exports, "logRun", LogRun);

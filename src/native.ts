@@ -213,6 +213,12 @@ export interface Native {
    * throws the named error.
    */
   copyRun(id: number, count: number): number;
+  /**
+   * Prefetch (read) the cache line at each of the first `count` [regionId, offset] pairs of
+   * binding `id` (a Float64Array bound with copyBind, two numbers a pair; a pair outside its
+   * region is skipped). A V8 callback like copyRun. Returns 0, or EINVAL (bad id or count).
+   */
+  copyPrefetch(id: number, count: number): number;
 
   /**
    * Dirty-log marking (hot-path helper): bind a log view and a page-run array

@@ -83,6 +83,29 @@ t.test('copyRun runs a bound job array, returns an errno instead of throwing, Co
   native.copyUnregister(ib);
 });
 
+t.test('copyPrefetch: a hint over bound [region, offset] pairs; bad pairs skipped without a load, bad id or count refused', async (t) => {
+  const a = new SharedArrayBuffer(4096);
+  const ua = new Uint8Array(a);
+  for (let i = 0; i < ua.length; i++) ua[i] = (i * 7 + 3) & 0xff;
+  const before = Uint8Array.from(ua);
+  const ia = native.copyRegister(a);
+  const pairs = new Float64Array(16);
+  const id = native.copyBind(pairs);
+  pairs.set([ia, 0, ia, 4095, ia, 64]);
+  t.equal(native.copyPrefetch(id, 3), 0, 'three lines inside the region prefetched');
+  // every pair below is outside what the addon mapped: each one skipped (a pointer past the
+  // region is never formed), the call still answers 0 and the process lives
+  pairs.set([ia, 4096, ia, 1e15, ia, -1, ia, NaN, 9999, 0, -1, 0, NaN, 0, ia, 2 ** 53]);
+  t.equal(native.copyPrefetch(id, 8), 0, 'pairs past the end, negative, NaN or of an unknown region: skipped');
+  t.same([...ua], [...before], 'a prefetch writes nothing');
+  t.equal(native.copyPrefetch(id, 9), 22 /* EINVAL */, 'count beyond the bound array (8 pairs) refused');
+  t.equal(native.copyPrefetch(9999, 1), 22 /* EINVAL */, 'unknown binding refused');
+  t.equal(native.copyPrefetch(id, -1), 22 /* EINVAL */, 'negative count refused');
+  native.copyUnregister(ia);
+  pairs.set([ia, 0]);
+  t.equal(native.copyPrefetch(id, 1), 0, 'a pair of a region unregistered since: skipped');
+});
+
 t.test('a collected job array frees its binding (held weakly), a live one keeps it', async (t) => {
   v8.setFlagsFromString('--expose-gc');
   const gc = vm.runInNewContext('gc') as () => void;

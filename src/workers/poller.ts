@@ -64,6 +64,9 @@ const dstOf = new Int32Array(BURST);
 /** packets of the burst bound for the port being delivered to (bridge) */
 const pick = new Uint16Array(BURST);
 const macScratch = new Uint8Array(16);
+/** the bridge's header prefetches, [regionId, offset] a frame, bound once (headerPrefetch) */
+const prefetchPairs = new Float64Array(2 * BURST);
+const prefetchId = native.copyBind(prefetchPairs);
 /** VLAN bridge: each packet's VLAN, its source tag (-1 untagged, else the TCI), and its tag
  *  edit towards the port being delivered to (vlan.ts EDIT_*) */
 const vidOf = new Uint16Array(BURST);
@@ -584,6 +587,26 @@ function headerOf(mem: GuestMemory, i: number, need = 12): Uint8Array | null {
   return got >= 12 ? macScratch : null;
 }
 
+/**
+ * Prefetch the first line of each frame of the burst (its MACs), in one addon call, before
+ * the bridge's loop reads them: the frontend has just written those lines on its core, and a
+ * JS load waits for its miss before the next frame's starts, where the prefetches of a burst
+ * overlap theirs (bench/NOTES.md #54). Only for memory the addon has mapped (bulk ids).
+ */
+function headerPrefetch(mem: GuestMemory, n: number): void {
+  const ids = mem.bulkIds;
+  if (ids === null) return;
+  const regions = mem.regions;
+  const pairs = prefetchPairs;
+  for (let i = 0; i < n; i++) {
+    const s = batch.segStart[i];
+    const r = batch.segRegion[s];
+    pairs[2 * i] = ids[r];
+    pairs[2 * i + 1] = regions[r].sabOffset + batch.segOffset[s];
+  }
+  native.copyPrefetch(prefetchId, n);
+}
+
 function forward(src: Ring, n: number): void {
   flowsReady = false;
   if (mode === 'xconnect') {
@@ -598,6 +621,7 @@ function forward(src: Ring, n: number): void {
     src.stats[ST_DROP_NO_DEST] += n;
     return;
   }
+  headerPrefetch(src.mem, n);
   const now = (Date.now() / 1000) | 0;
   if (vlans.kind[src.port] !== KIND_NONE) {
     forwardVlan(src, n, macs, now);
