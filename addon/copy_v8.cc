@@ -144,20 +144,33 @@ void CopyBind(const v8::FunctionCallbackInfo<v8::Value>& info) {
   info.GetReturnValue().Set(static_cast<uint32_t>(id));
 }
 
+namespace {
+
+// The arguments (id, n) of a call over a bound array whose entries are `stride` numbers: the
+// array's data and n, or null (EINVAL set as the call's return value) when the arguments are
+// not two uint32, the binding is unknown or gone, or n entries do not fit the array.
+const double* BoundEntries(const v8::FunctionCallbackInfo<v8::Value>& info, size_t stride, uint32_t& n) {
+  if (info.Length() < 2 || !info[0]->IsUint32() || !info[1]->IsUint32()) {
+    info.GetReturnValue().Set(EINVAL);
+    return nullptr;
+  }
+  const uint32_t id = info[0].As<v8::Uint32>()->Value();
+  n = info[1].As<v8::Uint32>()->Value();
+  if (id >= BoundJobTable().size() || BoundJobTable()[id]->data == nullptr || static_cast<size_t>(n) * stride > BoundJobTable()[id]->length) {
+    info.GetReturnValue().Set(EINVAL);
+    return nullptr;
+  }
+  return BoundJobTable()[id]->data;
+}
+
+}  // namespace
+
 // copyRun(id, n) -> 0 when the first n jobs of binding `id` ran, else an errno (EINVAL: bad
 // id or count; ERANGE: a job out of its stores), nothing copied.
 void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
-  if (info.Length() < 2 || !info[0]->IsUint32() || !info[1]->IsUint32()) {
-    info.GetReturnValue().Set(EINVAL);
-    return;
-  }
-  const uint32_t id = info[0].As<v8::Uint32>()->Value();
-  const uint32_t n = info[1].As<v8::Uint32>()->Value();
-  if (id >= BoundJobTable().size() || BoundJobTable()[id]->data == nullptr || static_cast<size_t>(n) * 5 > BoundJobTable()[id]->length) {
-    info.GetReturnValue().Set(EINVAL);
-    return;
-  }
-  info.GetReturnValue().Set(RunCopyJobs(BoundJobTable()[id]->data, n));
+  uint32_t n = 0;
+  const double* jobs = BoundEntries(info, 5, n);
+  if (jobs != nullptr) info.GetReturnValue().Set(RunCopyJobs(jobs, n));
 }
 
 // copyPrefetch(id, count) -> 0, or EINVAL (bad id or count): a read prefetch of the cache
@@ -168,17 +181,9 @@ void CopyRun(const v8::FunctionCallbackInfo<v8::Value>& info) {
 // and JS loads wait for each miss in turn (bench/NOTES.md #54); the prefetches of a burst,
 // issued together, overlap theirs.
 void CopyPrefetch(const v8::FunctionCallbackInfo<v8::Value>& info) {
-  if (info.Length() < 2 || !info[0]->IsUint32() || !info[1]->IsUint32()) {
-    info.GetReturnValue().Set(EINVAL);
-    return;
-  }
-  const uint32_t id = info[0].As<v8::Uint32>()->Value();
-  const uint32_t n = info[1].As<v8::Uint32>()->Value();
-  if (id >= BoundJobTable().size() || BoundJobTable()[id]->data == nullptr || static_cast<size_t>(n) * 2 > BoundJobTable()[id]->length) {
-    info.GetReturnValue().Set(EINVAL);
-    return;
-  }
-  const double* j = BoundJobTable()[id]->data;
+  uint32_t n = 0;
+  const double* j = BoundEntries(info, 2, n);
+  if (j == nullptr) return;
   const std::vector<CopyRegion>& table = CopyRegions();
   for (uint32_t k = 0; k < n; k++) {
     const double rid = j[2 * k];
