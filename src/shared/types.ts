@@ -60,6 +60,12 @@ export const CTRL_SIGNALLED_USED = 4;
  * main thread at ring start and on NET_SET_MTU, read by the workers once per burst.
  */
 export const CTRL_MAX_FRAME = 5;
+/**
+ * 1 while the ring's last "do not notify" was decided without a fence and waits for the
+ * poller's sweep (src/workers/ring-core.ts): CTRL_SIGNALLED_USED is still the start of the
+ * entries not decided on. Written by the ring's owner (RX: under the lock).
+ */
+export const CTRL_NOTIFY_UNSURE = 6;
 export const CTRL_INTS = 8;
 
 /** Per-queue counters: a Float64Array over `stats` (doubles so workers add without BigInt). */

@@ -12,8 +12,10 @@
  * and every plain store a release; V8 emits one machine load or store per typed-array
  * access and keeps them in program order (they are on its effect chain), so there a plain
  * access is the acquire or the release. The full fences stay Atomics.store (an xchg), and
- * a load after one needs nothing more. Elsewhere (ARM64) every ordered access is an Atomics
- * call, as the memory model asks.
+ * a load after one needs nothing more; the first of them (used->idx, then the notification
+ * fields) is taken once per poller sweep instead of per burst when no dirty log is on, its
+ * decisions provisional until then (ring-core.ts). Elsewhere (ARM64) every ordered access is
+ * an Atomics call, as the memory model asks.
  *
  * VHOSTFWD_ORDERING=atomics forces the portable form on x86 too (the tests run both).
  */

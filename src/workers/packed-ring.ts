@@ -811,14 +811,28 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
     this.usedWrap = wrap;
   }
 
-  /** ring-core step 3: the burst's first flags, seq-cst (after every element, and the fence before the driver event area is read). */
-  storeUsed(): void {
+  /**
+   * ring-core step 3: the burst's first flags, seq-cst (after every element, and the fence
+   * before the driver event area is read), `fenced` or not: a packed ring's decision window is
+   * counted in slots within one lap of the ring, and a burst of long chains can move many
+   * slots, so its decisions are not deferred (ring-core.ts) and are never provisional.
+   */
+  storeUsed(_fenced: boolean): void {
     Atomics.store(this.d16, 8 * this.pubFirst + 7, this.pubFirstFlags);
     if (this.isTx) this.ctrl[CTRL_LAST_USED] = packedIndex(this.lastUsed, this.usedWrap);
   }
 
-  /** ring-core step 5, as DPDK's vhost_vring_call_packed: the driver's flags, with EVENT_IDX its off_wrap. */
-  notifyDue(): boolean {
+  /** Decisions are never provisional here (storeUsed): nothing to decide again. */
+  recheckNotify(): boolean {
+    return false;
+  }
+
+  get notifyUnsure(): boolean {
+    return false;
+  }
+
+  /** ring-core step 5, as DPDK's vhost_vring_call_packed: the driver's flags, with EVENT_IDX its off_wrap (always after the fence of storeUsed). */
+  notifyDue(_fenced: boolean): boolean {
     const now = this.lastUsed;
     const ev = this.drvEvt;
     const flags = (TSO ? ev[1] : Atomics.load(ev, 1)) & 3;

@@ -17,6 +17,7 @@ import { PacketBatch, BURST } from './packet-batch';
 import { CopyQueue } from './bulk-copy';
 import { FLOW_HASH_BYTES, flowHash } from './flow-hash';
 import type { RingQueue } from './ring-format';
+import { fence, notifyChecks, SWEEP_ROUNDS } from './ring-core';
 import { openQueue } from './open-queue';
 import { TapQueue } from './tap-port';
 import { PacketQueue } from './packet-port';
@@ -238,6 +239,8 @@ function goLive(ring: Ring, tx: boolean): void {
 }
 
 function detach(device: number, index: number): void {
+  // a provisional decision of the ring is made before it goes (ring-core.ts)
+  if (notifyChecks.due > 0) sweepNotifications();
   parked = parked.filter((p) => p.ring.device !== device || p.ring.index !== index);
   const i = txRings.findIndex((r) => r.device === device && r.index === index);
   if (i >= 0) {
@@ -376,6 +379,26 @@ function notifyRx(r: Ring): void {
   if (r.pending === 0) r.pendingSince = performance.now();
   r.pending++;
   if ((c.frames > 0 && r.pending >= c.frames) || (c.usecs > 0 && (performance.now() - r.pendingSince) * 1000 >= c.usecs)) signal(r);
+}
+
+/**
+ * Decide again every provisional "do not notify" of this worker's rings (ring-core.ts), after
+ * one fence: the TX rings here; the RX rings under their lock, whose compare-exchange is the
+ * fence for the stores of every worker that held them before.
+ */
+function sweepNotifications(): void {
+  notifyChecks.due = 0;
+  fence();
+  for (const r of txRings) if (r.vq.notifyUnsure && r.vq.recheckNotify()) signal(r);
+  for (const list of rxRings) {
+    for (const r of list) {
+      if (!r || !r.vq.notifyUnsure) continue;
+      r.vq.acquire();
+      const due = r.vq.recheckNotify();
+      r.vq.release();
+      if (due) notifyRx(r);
+    }
+  }
 }
 
 function flushCoalesced(): void {
@@ -848,6 +871,7 @@ function pollOnce(): number {
  * sleeping again, which kept an idle worker measurably busy (bench/NOTES.md #27).
  */
 function sleep(): void {
+  if (notifyChecks.due > 0) sweepNotifications();
   flushCoalesced();
   for (const r of txRings) r.vq.enableNotify();
   if (pollOnce() > 0) {
@@ -892,6 +916,8 @@ function main(): void {
   // where each Atomics.load is a builtin call, two a round. drainMailbox() reads
   // the counter again with Atomics.load before it takes the messages.
   const tso = TSO;
+  // rounds since the last sweep of provisional notification decisions (ring-core.ts)
+  let unswept = 0;
   while (running && (tso ? ctrl[W_RUN] : Atomics.load(ctrl, W_RUN)) === 1) {
     if ((tso ? ctrl[W_MAILBOX] : Atomics.load(ctrl, W_MAILBOX)) !== seenMailbox) drainMailbox();
     if (txRings.length === 0) {
@@ -903,6 +929,12 @@ function main(): void {
       continue;
     }
     const moved = pollOnce();
+    // provisional "do not notify"s are decided again on the first round without work, or
+    // after SWEEP_ROUNDS busy ones: one fence for them all (ring-core.ts)
+    if (notifyChecks.due > 0 && (moved === 0 || ++unswept >= SWEEP_ROUNDS)) {
+      unswept = 0;
+      sweepNotifications();
+    }
     if (moved > 0) {
       idle = 0;
       worked = true;
@@ -921,6 +953,7 @@ function main(): void {
       }
     }
   }
+  if (notifyChecks.due > 0) sweepNotifications();
   flushCoalesced();
   port.close();
 }

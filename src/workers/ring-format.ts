@@ -42,6 +42,10 @@ export interface RingQueue extends RxFrameSink {
   enqueueBytes(src: Uint8Array, off: number, len: number): boolean;
   flush(): boolean;
   // notifications
+  /** a provisional "do not notify" waits for a fenced decision (ring-core.ts; RX: a hint read without the lock) */
+  readonly notifyUnsure: boolean;
+  /** decide a provisional "do not notify" again, after a fence (RX: under acquire()); true: notify now */
+  recheckNotify(): boolean;
   enableNotify(): boolean;
   disableNotify(): void;
   readonly lastAvailIdx: number;

@@ -30,6 +30,12 @@ export abstract class SlotWriter implements RxFrameSink {
    */
   protected copyId = -1;
 
+  /** A device's queue has no driver to notify (ring-core.ts's provisional decisions are the guest rings'). */
+  readonly notifyUnsure: boolean = false;
+  recheckNotify(): boolean {
+    return false;
+  }
+
   abstract rxReserve(len: number, hdr: Uint8Array | null): boolean;
   abstract rxPoke(pos: number, value: number): void;
   abstract rxCommit(len: number): void;

@@ -12,7 +12,7 @@
  */
 import { LOG_PAGE, MAX_QUEUE_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, VRING_DESC_F_WRITE } from '../protocol/constants';
 import {
-  CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
+  CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_LOCK, CTRL_NOTIFY_UNSURE, CTRL_SIGNALLED_USED, QueueFeatures, RingLocation,
   ST_BURSTS, ST_BYTES, ST_DROP_NO_BUF, ST_DROP_TOO_BIG, ST_PACKETS, VringDesc,
 } from '../shared/types';
 import { availRingBytes, descTableBytes, usedRingBytes } from '../protocol/ring-layout';
@@ -26,7 +26,7 @@ import { TSO } from './ordering';
 import { PacketBatch } from './packet-batch';
 import type { RingQueue } from './ring-format';
 import { RxBuffers } from './rx-buffers';
-import { needEvent, publishBurst, UsedPublisher } from './ring-core';
+import { fence, needEvent, notifyChecks, publishBurst, UNSURE_SPAN, UsedPublisher } from './ring-core';
 import { BAD_OFFLOAD_REASONS, HOST_OFFLOADS, validateBurst } from './offload';
 
 export { GuestError } from './guest-error';
@@ -69,6 +69,8 @@ export class Virtqueue extends RxBuffers implements RingQueue, UsedPublisher {
   private lastAvail = 0;
   private lastUsed = 0;
   private signalled = 0;
+  /** the "do not notify" since `signalled` was read without a fence (ring-core.ts): decide again */
+  private unsure = false;
   /** last avail->idx read (validated), so RX reloads it only when it runs short */
   private availIdx = 0;
   private usedFlags = 0;
@@ -137,6 +139,7 @@ export class Virtqueue extends RxBuffers implements RingQueue, UsedPublisher {
     this.lastAvail = this.ctrl[CTRL_LAST_AVAIL] & 0xffff;
     this.lastUsed = this.ctrl[CTRL_LAST_USED] & 0xffff;
     this.signalled = this.ctrl[CTRL_SIGNALLED_USED] & 0xffff;
+    this.unsure = this.ctrl[CTRL_NOTIFY_UNSURE] !== 0;
     this.availIdx = this.lastAvail;
     this.usedLogFrom = this.lastUsed;
   }
@@ -429,6 +432,7 @@ export class Virtqueue extends RxBuffers implements RingQueue, UsedPublisher {
     this.lastAvail = ctrl[CTRL_LAST_AVAIL] & 0xffff;
     this.lastUsed = ctrl[CTRL_LAST_USED] & 0xffff;
     this.signalled = ctrl[CTRL_SIGNALLED_USED] & 0xffff;
+    this.unsure = ctrl[CTRL_NOTIFY_UNSURE] !== 0;
     this.availIdx = this.lastAvail;
     this.usedLogFrom = this.lastUsed;
   }
@@ -440,6 +444,7 @@ export class Virtqueue extends RxBuffers implements RingQueue, UsedPublisher {
     ctrl[CTRL_LAST_AVAIL] = this.lastAvail;
     ctrl[CTRL_LAST_USED] = this.lastUsed;
     ctrl[CTRL_SIGNALLED_USED] = this.signalled;
+    ctrl[CTRL_NOTIFY_UNSURE] = this.unsure ? 1 : 0;
     // the unlock is a release: a plain store on x86 (ordering.ts), where the stores above and
     // every access of the critical section stay before it
     if (TSO) ctrl[CTRL_LOCK] = 0;
@@ -915,27 +920,65 @@ export class Virtqueue extends RxBuffers implements RingQueue, UsedPublisher {
     this.usedLogFrom = this.lastUsed;
   }
 
-  /** ring-core step 3: used->idx, seq-cst (the barrier of the marking and of the event check, NOTES.md #19, #21). */
-  storeUsed(): void {
-    Atomics.store(this.used16, 1, this.lastUsed);
+  /**
+   * ring-core step 3: used->idx. Fenced: seq-cst (the barrier of the marking and of the event
+   * check, NOTES.md #19, #21). Else (x86 only) a plain store, a release: the entries and the
+   * bytes before it are plain stores, which x86 keeps in order (ordering.ts).
+   */
+  storeUsed(fenced: boolean): void {
+    if (fenced) Atomics.store(this.used16, 1, this.lastUsed);
+    else this.used16[1] = this.lastUsed;
     this.unpublished = false;
   }
 
   /** ring-core step 5: used_event with EVENT_IDX, else VRING_AVAIL_F_NO_INTERRUPT. */
-  notifyDue(): boolean {
+  notifyDue(fenced: boolean): boolean {
     const now = this.lastUsed;
+    // As vhost does: "old" is used->idx at the previous decision, so the guest's used_event
+    // is compared against exactly the entries published since (a provisional "no" keeps it).
     const old = this.signalled;
-    // As vhost does: "old" is used->idx at the previous check, so the guest's used_event is
-    // compared against exactly the entries published since.
+    let due = false;
+    if (now !== old) {
+      // Fenced: after the seq-cst store, an Atomics.load (a plain load could pass the store on
+      // ARM64); on x86 the xchg is the fence and a plain load after it cannot pass it. Not
+      // fenced (x86 only): a plain load that may pass the store, so a "no" is provisional.
+      if (this.features.eventIdx) due = needEvent(TSO ? this.avail16[2 + this.size] : Atomics.load(this.avail16, 2 + this.size), now, old);
+      else due = ((TSO ? this.avail16[0] : Atomics.load(this.avail16, 0)) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+      if (!due && !fenced) {
+        if (((now - old) & 0xffff) > UNSURE_SPAN) {
+          fence();
+          return this.notifyDue(true);
+        }
+        if (!this.unsure) {
+          this.unsure = true;
+          if (this.isTx) this.ctrl[CTRL_NOTIFY_UNSURE] = 1;
+        }
+        notifyChecks.due++;
+        return false;
+      }
+    }
     this.signalled = now;
+    if (this.unsure) {
+      this.unsure = false;
+      if (this.isTx) this.ctrl[CTRL_NOTIFY_UNSURE] = 0;
+    }
     // RX state goes back to ctrl in release(); TX has no lock, so keep ctrl current here.
     if (this.isTx) this.ctrl[CTRL_SIGNALLED_USED] = now;
-    if (now === old) return false;
-    // After the seq-cst store: an Atomics.load (a plain load could pass the store on ARM64);
-    // on x86 the xchg is the fence and a plain load after it cannot pass it (ordering.ts).
-    if (this.features.eventIdx) return needEvent(TSO ? this.avail16[2 + this.size] : Atomics.load(this.avail16, 2 + this.size), now, old);
-    const flags = TSO ? this.avail16[0] : Atomics.load(this.avail16, 0);
-    return (flags & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    return due;
+  }
+
+  /**
+   * A provisional "do not notify" (ring-core.ts) decided again, after a fence (the poller's
+   * sweep; RX: under acquire(), whose locked compare-exchange is the fence for the stores of
+   * every earlier holder). True: notify the guest now.
+   */
+  recheckNotify(): boolean {
+    return this.unsure ? this.notifyDue(true) : false;
+  }
+
+  /** A provisional decision waits for recheckNotify() (RX: as of the last release(), read without the lock). */
+  get notifyUnsure(): boolean {
+    return this.ctrl[CTRL_NOTIFY_UNSURE] !== 0;
   }
 
   /** Queue n used elements from ring index `first` for the burst log (two runs when they wrap). */
