@@ -2,6 +2,15 @@
  * Walks one descriptor chain (direct or through an indirect table), validating each
  * descriptor before anyone uses it. Iterator style so that no object is made per descriptor:
  * start(head), then next() until it returns false; the current descriptor is in the fields.
+ *
+ * Each 32-bit field (addr low, addr high, len, flags | next << 16) is read once, with one
+ * load, and only that value is checked and used: the guest may rewrite the descriptor while
+ * we read it (test/hostile/toctou). A DataView read is four byte loads until TurboFan
+ * compiles it (measured: torn values from a racing writer), so a table whose fields are
+ * 4-aligned (the ring always is; indirect tables nearly always) is read through the
+ * region's Uint32Array, and only an unaligned one through the DataView. A torn value would
+ * still be checked before use; whole ones keep what the backend acts on a value the guest
+ * actually wrote.
  */
 import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../protocol/constants';
 import { GuestError } from './guest-error';
@@ -18,10 +27,12 @@ export class DescWalker {
   private readonly size: number;
   private readonly indirectOk: boolean;
   private readonly ringDv: DataView;
+  private readonly ringU32: Uint32Array | null;
   private readonly ringOff: number;
 
-  // walk state
+  // walk state: the table's views (u32 null when its fields are not 4-aligned)
   private dv: DataView;
+  private u32: Uint32Array | null;
   private tableOff = 0;
   private tableLen = 0;
   private idx = 0;
@@ -34,13 +45,16 @@ export class DescWalker {
     this.size = size;
     this.indirectOk = indirectOk;
     this.ringDv = mem.views[descRegion].dv;
+    this.ringU32 = (descOffset & 3) === 0 ? mem.views[descRegion].u32 : null;
     this.ringOff = descOffset;
     this.dv = this.ringDv;
+    this.u32 = this.ringU32;
   }
 
   /** Begin the chain at `head` (already checked < size by the caller). */
   start(head: number): void {
     this.dv = this.ringDv;
+    this.u32 = this.ringU32;
     this.tableOff = this.ringOff;
     this.tableLen = this.size;
     this.idx = head;
@@ -53,23 +67,22 @@ export class DescWalker {
   next(): boolean {
     if (this.done) return false;
     let o = this.tableOff + this.idx * DESC_SIZE;
-    let dv = this.dv;
-    let flags = dv.getUint16(o + 12, true);
-    if ((flags & VRING_DESC_F_INDIRECT) !== 0) {
-      this.enterIndirect(o, flags);
+    let fw = this.field(o, 3);
+    if ((fw & VRING_DESC_F_INDIRECT) !== 0) {
+      this.enterIndirect(o, fw & 0xffff);
       o = this.tableOff;
-      dv = this.dv;
-      flags = dv.getUint16(o + 12, true);
-      if ((flags & VRING_DESC_F_INDIRECT) !== 0) throw new GuestError('nested indirect descriptor');
+      fw = this.field(o, 3);
+      if ((fw & VRING_DESC_F_INDIRECT) !== 0) throw new GuestError('nested indirect descriptor');
     }
+    const flags = fw & 0xffff;
     // A chain longer than its table must revisit a descriptor: that is the loop check.
     if (++this.count > this.tableLen) {
       throw new GuestError(this.indirect ? 'indirect chain loop (longer than its table)' : 'descriptor chain loop (longer than the queue size)');
     }
     if (this.count > this.size) throw new GuestError('descriptor chain longer than the queue size');
     // addr is a u64; above 2^53 it rounds, but such an address is outside every region anyway.
-    const addr = dv.getUint32(o, true) + dv.getUint32(o + 4, true) * 0x1_0000_0000;
-    const len = dv.getUint32(o + 8, true);
+    const addr = this.field(o, 0) + this.field(o, 1) * 0x1_0000_0000;
+    const len = this.field(o, 2);
     const r = this.mem.translate(addr, len);
     if (r < 0) {
       throw this.mem.translate(addr, 0) < 0
@@ -81,7 +94,7 @@ export class DescWalker {
     this.len = len;
     this.writable = (flags & VRING_DESC_F_WRITE) !== 0;
     if ((flags & VRING_DESC_F_NEXT) !== 0) {
-      const nxt = dv.getUint16(o + 14, true);
+      const nxt = fw >>> 16;
       // Checked when taken, so a bad index is only an error if the chain really goes there.
       if (nxt >= this.tableLen) {
         throw new GuestError(this.indirect ? 'indirect next index out of range' : 'descriptor next index out of range', `next ${nxt}`);
@@ -93,17 +106,24 @@ export class DescWalker {
     return true;
   }
 
+  /** Word k of the descriptor at table offset o (little endian, as the views are on our hosts), one load. */
+  private field(o: number, k: number): number {
+    const u = this.u32;
+    return u !== null ? u[(o >> 2) + k] : this.dv.getUint32(o + 4 * k, true);
+  }
+
   private enterIndirect(o: number, flags: number): void {
     if (this.indirect) throw new GuestError('nested indirect descriptor');
     if (!this.indirectOk) throw new GuestError('indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC');
     if ((flags & VRING_DESC_F_NEXT) !== 0) throw new GuestError('indirect descriptor with NEXT');
-    const dv = this.dv;
-    const addr = dv.getUint32(o, true) + dv.getUint32(o + 4, true) * 0x1_0000_0000;
-    const len = dv.getUint32(o + 8, true);
+    const addr = this.field(o, 0) + this.field(o, 1) * 0x1_0000_0000;
+    const len = this.field(o, 2);
     if (len === 0 || len % DESC_SIZE !== 0) throw new GuestError('indirect table length not a non-zero multiple of 16', `len ${len}`);
     const r = this.mem.translate(addr, len);
     if (r < 0) throw new GuestError('indirect table outside guest memory', `addr 0x${addr.toString(16)} len ${len}`);
-    this.dv = this.mem.views[r].dv;
+    const v = this.mem.views[r];
+    this.dv = v.dv;
+    this.u32 = (this.mem.off & 3) === 0 ? v.u32 : null;
     this.tableOff = this.mem.off;
     this.tableLen = len / DESC_SIZE;
     this.idx = 0;

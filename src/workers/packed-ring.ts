@@ -100,6 +100,8 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
   private wSlot = 0;
   private wCount = 0;
   private wInd = -1;
+  /** the table's Uint32Array when its entries are 4-aligned (one load per field), else null: its DataView */
+  private wIndU32: Uint32Array | null = null;
   private wIndOff = 0;
   private wIndN = 0;
   private wIndK = 0;
@@ -224,11 +226,21 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
         this.wDone = true;
         return false;
       }
-      const dv = mem.views[this.wInd].dv;
       const o = this.wIndOff + DESC_SIZE * this.wIndK++;
-      addr = dv.getUint32(o, true) + dv.getUint32(o + 4, true) * 0x1_0000_0000;
-      len = dv.getUint32(o + 8, true);
-      flags = dv.getUint16(o + 14, true);
+      // each field read with one load where it can be: the guest may rewrite the table as we
+      // read it, and a DataView read is byte loads until compiled (desc-walker.ts)
+      const u = this.wIndU32;
+      if (u !== null) {
+        const i = o >> 2;
+        addr = u[i] + u[i + 1] * 0x1_0000_0000;
+        len = u[i + 2];
+        flags = u[i + 3] >>> 16;
+      } else {
+        const dv = mem.views[this.wInd].dv;
+        addr = dv.getUint32(o, true) + dv.getUint32(o + 4, true) * 0x1_0000_0000;
+        len = dv.getUint32(o + 8, true);
+        flags = dv.getUint16(o + 14, true);
+      }
       if ((flags & VRING_DESC_F_INDIRECT) !== 0) throw new GuestError('nested indirect descriptor');
       if (++this.wCount > this.size) throw new GuestError('descriptor chain longer than the queue size');
     } else {
@@ -250,6 +262,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
         const r = mem.translate(addr, len);
         if (r < 0) throw new GuestError('indirect table outside guest memory', `addr 0x${addr.toString(16)} len ${len}`);
         this.wInd = r;
+        this.wIndU32 = (mem.off & 3) === 0 ? mem.views[r].u32 : null;
         this.wIndOff = mem.off;
         this.wIndN = len / DESC_SIZE;
         this.wIndK = 0;

@@ -14,13 +14,21 @@
  * Both the fast paths (one descriptor per frame: dequeueBurst's and enqueueBurst's inline
  * loops) and the general path (chains of several descriptors, indirect tables, mergeable RX)
  * run, with the worker's bulk copy queue on. Whatever mix of old and new fields the backend
- * reads: only GuestError is thrown; on RX nothing is written outside the ring and the
- * posted buffers (region 1, the bytes after guest memory and the rest of region 0 stay as
- * they were); on TX nothing from outside guest memory reaches the receiving guest and the
+ * reads: only GuestError is thrown; on RX nothing is written outside the ring, the
+ * posted buffers and the buffers a mix of whole fields describes (region 1, the bytes after
+ * guest memory and the rest of region 0 stay as they were); on TX nothing from outside guest memory reaches the receiving guest and the
  * TX guest's memory is written only in its ring; after every burst that was not refused,
  * every chain taken was returned (the used index is back at the avail index). Bounded: a
  * minimum of rounds, then until both outcomes (accepted and refused) were seen, up to a
  * deadline.
+ *
+ * A mix of whole fields is a descriptor the guest could have written at that moment (the
+ * racer writes field by field), and writing its buffer is no fault where it lies in guest
+ * memory: a posted address with the next bad value's length is one, and failed a run here.
+ * mixesOf lists them; the bad values are chosen so that none reaches region 1 and none is a
+ * table but the real one (both checked). Fields are whole on both sides: one 32-bit store in
+ * the racer, one load in the backend (desc-walker.ts: a DataView read is byte loads until it
+ * is compiled, and byte mixes can land anywhere).
  */
 import t from 'tap';
 import { Worker } from 'node:worker_threads';
@@ -29,7 +37,7 @@ import { PacketBatch } from '../../src/workers/packet-batch';
 import { CopyQueue } from '../../src/workers/bulk-copy';
 import { native } from '../../src/native';
 import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../../src/protocol/constants';
-import { BACKGROUND, R0_SIZE, R1_SIZE, SAB_SIZE, layout, makeGuest, pattern } from '../../kit/vq-harness';
+import { BACKGROUND, R0_SIZE, R1_SIZE, SAB_SIZE, type Guest, layout, makeGuest, pattern } from '../../kit/vq-harness';
 import { Chain } from '../packed-driver';
 import { F_AVAIL, F_USED, makePacked } from './packed-kit';
 
@@ -41,10 +49,12 @@ const MEM_END = R0_SIZE + R1_SIZE;
 const RACER = `
 const { workerData } = require('node:worker_threads');
 const { sab, targets, stop, holdEvil, holdGood } = workerData;
-const dv = new DataView(sab);
+const u32 = new Uint32Array(sab);
+const u16 = new Uint16Array(sab);
 const st = new Int32Array(stop);
 // the four words of a descriptor (addr lo, addr hi, len, id | flags << 16) in varying orders,
-// so that the backend can read any mix of old and new fields
+// so that the backend can read any mix of old and new fields; each word whole (one store, as
+// a vCPU writes a field: a DataView store is byte stores until compiled)
 const ORDERS = [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1], [1, 3, 0, 2]];
 let k = 0;
 let flips = 0;
@@ -54,10 +64,10 @@ while (Atomics.load(st, 0) === 0) {
     const e = (k % (tg.evil.length / 4)) * 4;
     const order = ORDERS[k & 3];
     k++;
-    for (const f of order) dv.setUint32(tg.off + 4 * f, tg.evil[e + f], true);
-    if ((k & 7) === 0) dv.setUint16(tg.off + 14, tg.good[3] >>> 16, true); // the flags alone back first
+    for (const f of order) Atomics.store(u32, (tg.off >> 2) + f, tg.evil[e + f]);
+    if ((k & 7) === 0) Atomics.store(u16, (tg.off + 14) >> 1, tg.good[3] >>> 16); // the flags alone back first
     for (let s = 0; s < holdEvil; s++) Atomics.load(st, 0); // hold the bad values a moment
-    for (const f of order) dv.setUint32(tg.off + 4 * f, tg.good[f], true);
+    for (const f of order) Atomics.store(u32, (tg.off >> 2) + f, tg.good[f]);
     for (let s = 0; s < holdGood; s++) Atomics.load(st, 0);
     flips++;
   }
@@ -146,6 +156,42 @@ function addrOnly(good: Uint32Array, addrs: number[]): Uint32Array {
 /** the raced ring's size */
 const RING_SLOTS = 8;
 
+/** What the racing fields can describe: [start, end) of buffers, and of indirect tables. */
+interface Mixes {
+  bufs: Array<[number, number]>;
+  tables: Array<[number, number]>;
+}
+
+/**
+ * Every descriptor that a mix of whole fields of one target can make (each field as the
+ * racer left it: its good value or one of its bad ones) and that lies in guest memory: a
+ * descriptor the guest could have written at that moment, whose buffer the backend may then
+ * write (or whose table it may read). Zero lengths are left out: nothing is written there.
+ */
+function mixesOf(g: Guest, targets: Target[], size: number, table: { gpa: number; n: number }): Mixes {
+  const out: Mixes = { bufs: [], tables: [] };
+  const seen = new Set<string>();
+  for (const tg of targets) {
+    const field = (f: number): number[] => [...new Set([tg.good[f], ...tg.evil.filter((_, j) => j % 4 === f)])];
+    for (const lo of field(0)) for (const hi of field(1)) for (const len of field(2)) for (const fw of field(3)) {
+      const gpa = lo + hi * 2 ** 32;
+      const flags = fw >>> 16;
+      if (len === 0 || g.gm.translate(gpa, len) < 0) continue;
+      const isTable = (flags & INDIRECT) !== 0;
+      // a table the walker refuses (nested in a table, NEXT with it, a length no table has) is never read
+      const inTable = tg.off >= table.gpa && tg.off < table.gpa + DESC_SIZE * table.n;
+      if (isTable && (inTable || (flags & NEXT) !== 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > size)) continue;
+      const key = `${isTable}:${gpa}:${len}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      (isTable ? out.tables : out.bufs).push([gpa, gpa + len]);
+    }
+  }
+  return out;
+}
+
+const span = ([s, e]: [number, number]): string => `0x${s.toString(16)}..0x${e.toString(16)}`;
+
 for (const focus of [false, true]) {
   t.test(`packed RX descriptors rewritten by a racing vCPU: writes stay in the ring and the posted buffers, or stop with a GuestError${focus ? ' (focused: the inline paths\' addresses, fast flips)' : ''}`, async (t) => {
   const a = makeGuest();
@@ -162,6 +208,7 @@ for (const focus of [false, true]) {
   const end = Date.now() + 40000;
   let region0: Uint8Array | null = null;
   let posted: Chain[] = [];
+  let mixes: Mixes = { bufs: [], tables: [] };
   const stuck: string[] = [];
   let it = 0;
   for (; race.more(it, 2000, end); it++) {
@@ -183,26 +230,33 @@ for (const focus of [false, true]) {
       const bufA = posted[0].bufs[0][0];
       const tbl = tableOf(b.sab, l.desc + DESC_SIZE * 3);
       // evil ring descriptors: each good flag word is WRITE (and NEXT inside chains) | AVAIL
-      const ringEvil = new Uint32Array([
-        ...d(R0_SIZE - 64, 2048, 0, WRITE | A), // crosses the end of region 0
-        ...d(MEM_END - 64, 2048, 1, WRITE | A), // crosses the end of region 1 (into what is not guest memory)
+      // The bad values keep every mix of fields (see mixesOf) either refused or a buffer in
+      // region 0, and a table only where the table is: the addresses near a region end are
+      // 8 bytes before it (every length is over 8, or 0), and no bad length is a table's
+      // (16 to 128 bytes, a multiple of 16). The indirect slot's own bad values use the table's
+      // address where the others use bufA: with its good length (32) and INDIRECT flag, bufA
+      // would be a table read from a posted buffer, whose bytes (the frames written there)
+      // could name any buffer in guest memory.
+      const ringEvilAt = (good: number): Uint32Array => new Uint32Array([
+        ...d(R0_SIZE - 8, 2048, 0, WRITE | A), // crosses the end of region 0
+        ...d(MEM_END - 8, 2048, 1, WRITE | A), // crosses the end of region 1 (into what is not guest memory)
         ...d(SAB_SIZE - 0x1000, 2048, 2, WRITE | A), // outside guest memory
-        ...d(bufA + 2 ** 32, 2048, 3, WRITE | A), // 4 GiB above a good buffer
-        ...d(bufA, 0xffffffff, 4, WRITE | A), // 4 GiB - 1 long
-        ...d(bufA, 64, 5, WRITE | NEXT | A), // NEXT: the chain runs on into the next slots
-        ...d(bufA, 2048, 6, INDIRECT | A), // a "table" of 128 entries of 0xee: longer than the queue
-        ...d(tbl.gpa, 32, 7, INDIRECT | NEXT | A), // indirect with NEXT
-        ...d(bufA, 2048, 0, A), // readable, in an RX ring
-        ...d(bufA, 2048, 8, WRITE | A), // buffer id = queue size
-        ...d(bufA, 2048, 0xffff, WRITE | A), // buffer id 0xffff
-        ...d(bufA, 2048, 1, WRITE | A | F_USED), // "used" at wrap 1
-        ...d(bufA, 2048, 2, WRITE), // "not available"
-        ...d(bufA, 2048, 3, WRITE | F_USED), // available for the next lap: looks available when the device comes round
-        ...d(bufA, 0, 4, WRITE | A), // zero length
+        ...d(good + 2 ** 32, 2048, 3, WRITE | A), // 4 GiB above a good buffer
+        ...d(good, 0xffffffff, 4, WRITE | A), // 4 GiB - 1 long
+        ...d(good, 72, 5, WRITE | NEXT | A), // NEXT: the chain runs on into the next slots
+        ...d(good, 2048, 6, INDIRECT | A), // a "table" of 128 entries: longer than the queue
+        ...d(tbl.gpa, 2048, 7, INDIRECT | NEXT | A), // indirect with NEXT
+        ...d(good, 2048, 0, A), // readable, in an RX ring
+        ...d(good, 2048, 8, WRITE | A), // buffer id = queue size
+        ...d(good, 2048, 0xffff, WRITE | A), // buffer id 0xffff
+        ...d(good, 2048, 1, WRITE | A | F_USED), // "used" at wrap 1
+        ...d(good, 2048, 2, WRITE), // "not available"
+        ...d(good, 2048, 3, WRITE | F_USED), // available for the next lap: looks available when the device comes round
+        ...d(good, 0, 4, WRITE | A), // zero length
       ]);
       const tableEvil = new Uint32Array([
-        ...d(MEM_END - 16, 1024, 0, WRITE), // crosses the end of memory
-        ...d(R0_SIZE - 16, 1024, 0, WRITE), // crosses region 0's end
+        ...d(MEM_END - 8, 1024, 0, WRITE), // crosses the end of memory
+        ...d(R0_SIZE - 8, 1024, 0, WRITE), // crosses region 0's end
         ...d(SAB_SIZE - 0x800, 1024, 0, WRITE), // outside guest memory
         ...d(bufA, 1024, 0, 0), // readable
         ...d(tbl.gpa, 32, 0, INDIRECT | WRITE), // nested indirect (itself)
@@ -215,12 +269,15 @@ for (const focus of [false, true]) {
         // fast, so that a second read of the address after its check would be caught
         for (const s of [0, 4]) {
           const good = descWords(b.sab, l.desc + DESC_SIZE * s);
-          targets.push({ off: l.desc + DESC_SIZE * s, good, evil: addrOnly(good, [R0_SIZE - 64, MEM_END - 64, SAB_SIZE - 0x1000]) });
+          targets.push({ off: l.desc + DESC_SIZE * s, good, evil: addrOnly(good, [R0_SIZE - 8, MEM_END - 8, SAB_SIZE - 0x1000]) });
         }
       } else {
-        for (let s = 0; s < RING_SLOTS; s++) targets.push({ off: l.desc + DESC_SIZE * s, good: descWords(b.sab, l.desc + DESC_SIZE * s), evil: ringEvil });
+        for (let s = 0; s < RING_SLOTS; s++) targets.push({ off: l.desc + DESC_SIZE * s, good: descWords(b.sab, l.desc + DESC_SIZE * s), evil: ringEvilAt(s === 3 ? tbl.gpa : bufA) });
         for (let e = 0; e < tbl.n; e++) targets.push({ off: tbl.gpa + DESC_SIZE * e, good: descWords(b.sab, tbl.gpa + DESC_SIZE * e), evil: tableEvil });
       }
+      mixes = mixesOf(b, targets, RING_SLOTS, tbl);
+      t.same(mixes.tables.filter(([s, e]) => s !== tbl.gpa || e !== tbl.gpa + DESC_SIZE * tbl.n).map(span), [], 'no mix of the racing fields is a table but the table');
+      t.same(mixes.bufs.filter(([, e]) => e > R0_SIZE).map(span), [], 'no mix of the racing fields is a buffer outside region 0');
       await race.start(b.sab, targets, focus ? 3 : 30, focus ? 3 : 0);
     }
     // 12 frames for 8 slots: mergeable RX takes chains until the ring runs out, so the device
@@ -254,20 +311,23 @@ for (const focus of [false, true]) {
   t.equal(r1Bad, 0, 'region 1 (no buffer there) untouched');
   t.equal(bgBad, 0, 'bytes after guest memory untouched');
   // region 0: the descriptor ring (the racer, the driver and the used elements), the device
-  // event area, the posted buffers and the indirect table (the racer) may change; nothing else
+  // event area, the posted buffers, the indirect table (the racer) and the buffers a mix of
+  // the racing fields describes (a posted address with a bad length, say) may change;
+  // nothing else
   const tbl = tableOf(b.sab, l.desc + DESC_SIZE * 3);
   const mayChange: Array<[number, number]> = [
     [l.desc, l.desc + DESC_SIZE * RING_SLOTS],
     [l.used, l.used + 4],
     [tbl.gpa, tbl.gpa + DESC_SIZE * 2],
     ...posted.flatMap((c) => c.bufs.map(([g, n]): [number, number] => [g, g + n])),
+    ...mixes.bufs,
   ];
   const changed: number[] = [];
   for (let k = 0; k < R0_SIZE; k++) {
     if (mayChange.some(([s, e]) => k >= s && k < e)) continue;
     if (b.mem8[k] !== region0![k]) changed.push(k);
   }
-  t.same(changed.slice(0, 8).map((k) => '0x' + k.toString(16)), [], `region 0 outside the ring, the table and the posted buffers equals its snapshot (${changed.length} bytes differ)`);
+  t.same(changed.slice(0, 8).map((k) => '0x' + k.toString(16)), [], `region 0 outside the ring, the table, the posted buffers and the mixes' buffers equals its snapshot (${changed.length} bytes differ)`);
   t.ok(flips > 0, `the racer ran: ${flips} flips in ${it} rounds`);
   t.ok(race.accepted > 0 && race.rejected > 0, `both outcomes happened: ${race.accepted} frames written, ${race.rejected} bursts refused (${race.summary()})`);
   a.gm.dispose();
