@@ -82,9 +82,12 @@ async function flowResults(g: QemuGuest, tag: string, timeoutMs: number): Promis
   return [...out.matchAll(/VF:FLOW (\S+) (\d+) (\d+)/g)].map((m) => ({ flow: m[1], sent: Number(m[2]), received: Number(m[3]) }));
 }
 
-function checkFlows(t: Test, who: string, flows: Array<{ flow: string; sent: number; received: number }>, n: number, count: number): void {
+/** Every flow sent `count` pings and lost at most `maxLost` of them (none unless a migration moved the guest). */
+function checkFlows(t: Test, who: string, flows: Array<{ flow: string; sent: number; received: number }>, n: number, count: number, maxLost = 0): void {
   t.equal(flows.length, n, `${who}: ${n} flows reported`);
-  for (const f of flows) t.ok(f.sent === count && f.received === count, `${who} ${f.flow}: ${f.received} of ${f.sent} answered (${count} sent, 0 lost)`);
+  for (const f of flows) {
+    t.ok(f.sent === count && f.received <= count && count - f.received <= maxLost, `${who} ${f.flow}: ${f.received} of ${f.sent} answered (${count} sent, at most ${maxLost} lost)`);
+  }
 }
 
 async function multiQueue(t: Test, n: number, mode: 'xconnect' | 'bridge'): Promise<void> {
@@ -226,7 +229,11 @@ t.test('QEMU live migration of a two-queue-pair guest pinging on both queue pair
     throw e;
   }
   const flows = await flowResults(dst, 'm', 120000);
-  checkFlows(t, 'A (migrated)', flows, n, count);
+  // At most 2 lost per flow, the bound of the single-queue migration test (qemu-migration):
+  // a reply that reaches the source's port after GET_VRING_BASE stopped its rings, and before
+  // the destination's first frame moved the bridge's entry, has no ring to go to (the guest
+  // memory is the destination's then). CI lost 1 of 600 once, at 12 ms of downtime.
+  checkFlows(t, 'A (migrated)', flows, n, count, 2);
   const dstTx = perQueue(env, 'a2', 'tx');
   t.comment(`destination TX per queue pair: ${dstTx}; source: ${perQueue(env, 'a', 'tx')}`);
   t.same(env.fwd.interfaces.map((i) => i.resets.filter((r) => r !== 'peer closed the socket')), [[], [], []], 'no device was reset with an error');
