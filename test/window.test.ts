@@ -10,7 +10,12 @@ import t from 'tap';
 import { GuestMemory, inWindow, windowOf, WIN_OFF, WINDOW_OFF_MAX } from '../src/workers/guest-memory';
 import { PacketBatch } from '../src/workers/packet-batch';
 import { ST_PACKETS } from '../src/shared/types';
-import { eq, Guest, makeQueue, pattern, Queue } from '../kit/vq-harness';
+import { eq, Guest, makeQueue, pattern, Queue, vringDesc } from '../kit/vq-harness';
+import { PackedVirtqueue } from '../src/workers/packed-ring';
+import { packedIndex } from '../src/protocol/ring-layout';
+import { DirtyLog } from '../src/workers/dirty-log';
+import { CTRL_LAST_AVAIL, CTRL_LAST_USED, CTRL_SIGNALLED_USED } from '../src/shared/types';
+import { Chain, PackedDriver } from './packed-driver';
 import { rng } from './helpers/rng';
 
 const G4 = 0x1_0000_0000;
@@ -146,4 +151,73 @@ t.test('a region larger than the window: buffers past WINDOW_OFF_MAX take the ge
   const { got, sent } = run(a, b, txGpa, rxGpa, lens);
   t.equal(got.length, lens.length, 'every packet received');
   t.same(got.map((g, k) => eq(g, sent[k])), lens.map(() => true), 'bytes received equal bytes sent, in order');
+});
+
+// The chain walkers (desc-walker.ts, packed-ring.ts walkNext) read a table's fields through
+// its region's Uint32Array at index offset / 4: a table 2 GiB or more into its region is a
+// double offset there (offset >> 2 would turn negative and read nothing).
+const DEEP = 0x8000_0000;
+
+t.test('split rings and indirect tables 2 GiB and more into their region: chains walked, every packet arrives', async (t) => {
+  const SIZE = 0x8002_0000;
+  const a = guestAt(0x4000_0000, SIZE);
+  const b = guestAt(0x1_0000_0000 + 0x200_000, SIZE);
+  const A = a.regions[0].gpa + DEEP;
+  const B = b.regions[0].gpa + DEEP;
+  const where = (g: Guest, at: number) => ({ desc: at + 0x1000, avail: at + 0x2000, used: at + 0x3000, gpaBase: g.regions[0].gpa, bufBase: at + 0x4000, bufEnd: at + 0x1_0000 });
+  const tx = makeQueue(a, { index: 1, size: 16, ...where(a, A) });
+  const rx = makeQueue(b, { index: 0, size: 16, ...where(b, B) });
+  // TX: header and payload in descriptors of their own, direct and through indirect tables;
+  // RX: chains of two 1 KiB buffers, direct and indirect (each frame fills a chain and more)
+  const sent = [1500, 64, 1200, 700].map((n, k) => pattern(n, k + 11));
+  sent.forEach((p, k) => tx.drv.postTx(p, { hdrSeparate: true, chunks: 2, indirect: (k & 1) === 1 }));
+  rx.drv.postRx(4, 1024, { chunks: 2 });
+  rx.drv.postRx(4, 1024, { chunks: 2, indirect: true });
+  const batch = new PacketBatch();
+  const n = tx.vq.dequeueBurst(batch, 32);
+  t.equal(n, sent.length, 'every TX chain dequeued');
+  rx.vq.acquire();
+  rx.vq.enqueueBurst(a.gm, batch, null, n);
+  rx.vq.flush();
+  rx.vq.release();
+  tx.vq.completeBurst(batch);
+  const got = rx.drv.readRx().map((p) => p.data);
+  t.equal(got.length, sent.length, 'every packet received');
+  t.same(got.map((g, k) => eq(g, sent[k])), sent.map(() => true), 'bytes received equal bytes sent, in order');
+});
+
+t.test('packed rings with indirect tables 2 GiB and more into their region: tables walked, every frame arrives', async (t) => {
+  // guest memory from gpa 0, so that the packed test driver's gpa is its offset
+  const SIZE = 0x8002_0000;
+  const a = guestAt(0, SIZE);
+  const b = guestAt(0, SIZE);
+  const packed = (g: Guest, index: number): { vq: PackedVirtqueue; drv: PackedDriver } => {
+    const at = { desc: DEEP + 0x1000, avail: DEEP + 0x2000, used: DEEP + 0x3000 };
+    const vd = vringDesc(g, { index, size: 16, ...at, features: { packed: true } });
+    const c = new Int32Array(vd.ctrl);
+    c[CTRL_LAST_AVAIL] = c[CTRL_LAST_USED] = packedIndex(0, 1);
+    c[CTRL_SIGNALLED_USED] = -1;
+    const drv = new PackedDriver(g.mem8, { size: 16, descGpa: at.desc, drvGpa: at.avail, devGpa: at.used, bufBase: DEEP + 0x4000, bufEnd: DEEP + 0x1_0000, hdrLen: vd.features.hdrLen });
+    return { vq: new PackedVirtqueue(vd, g.gm, new DirtyLog()), drv };
+  };
+  const tx = packed(a, 1);
+  const rx = packed(b, 0);
+  const sent = [1500, 64, 1200, 700].map((n, k) => pattern(n, k + 17));
+  sent.forEach((p, k) => tx.drv.postTx(p, { chunks: 2, indirect: (k & 1) === 1 }));
+  const chains = new Map<number, Chain>();
+  for (let k = 0; k < 8; k++) {
+    const c = rx.drv.postRx(1024, { chunks: 2, indirect: (k & 1) === 1 });
+    chains.set(c.id, c);
+  }
+  const batch = new PacketBatch();
+  const n = tx.vq.dequeueBurst(batch, 32);
+  t.equal(n, sent.length, 'every TX chain dequeued');
+  rx.vq.acquire();
+  rx.vq.enqueueBurst(a.gm, batch, null, n);
+  rx.vq.flush();
+  rx.vq.release();
+  tx.vq.completeBurst(batch);
+  const got = rx.drv.collectUsed().map((u) => rx.drv.chainBytes(chains.get(u.id)!, u.len).subarray(12));
+  t.equal(got.length, sent.length, 'every frame received');
+  t.same(got.map((g, k) => eq(g, sent[k])), sent.map(() => true), 'bytes received equal bytes sent, in order');
 });

@@ -106,10 +106,13 @@ export class DescWalker {
     return true;
   }
 
-  /** Word k of the descriptor at table offset o (little endian, as the views are on our hosts), one load. */
+  /**
+   * Word k of the descriptor at table offset o (little endian, as the views are on our hosts),
+   * one load. o / 4, not o >> 2: a table 2 GiB or more into its region is a double offset.
+   */
   private field(o: number, k: number): number {
     const u = this.u32;
-    return u !== null ? u[(o >> 2) + k] : this.dv.getUint32(o + 4 * k, true);
+    return u !== null ? u[o / 4 + k] : this.dv.getUint32(o + 4 * k, true);
   }
 
   private enterIndirect(o: number, flags: number): void {

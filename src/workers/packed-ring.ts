@@ -231,7 +231,7 @@ export class PackedVirtqueue extends RxBuffers implements RingQueue, UsedPublish
       // read it, and a DataView read is byte loads until compiled (desc-walker.ts)
       const u = this.wIndU32;
       if (u !== null) {
-        const i = o >> 2;
+        const i = o / 4; // not o >> 2: a table 2 GiB or more into its region
         addr = u[i] + u[i + 1] * 0x1_0000_0000;
         len = u[i + 2];
         flags = u[i + 3] >>> 16;
