@@ -12,10 +12,11 @@
  * is no fault when it lies in guest memory. So the bad values are chosen so that no mix of
  * them with each other or with the good ones is a buffer anywhere but in a posted one: the
  * addresses that cross a region end start 8 bytes before it and every length is over 8
- * (a mix of 64 bytes before the end with the loop's 64-byte length was a valid buffer at the
- * end of region 1, and failed CI once). Fields are whole on both sides: the racer stores each
- * with one 32-bit store, and the backend loads each with one (desc-walker.ts; a DataView read
- * is four byte loads until it is compiled, and byte mixes can land anywhere).
+ * (the old values let 64 bytes before region 1's end mix with the loop's 64-byte length: a
+ * valid buffer there). Fields are whole on both sides: the racer stores each with one 32-bit
+ * store, and the backend loads each with one (desc-walker.ts). A DataView read is four byte
+ * loads until it is compiled, and byte mixes land anywhere: CI stop 39 failed here, and the
+ * old walker, stressed, wrote a packet at 0x1d000 (the bytes of 0xd000 and 0x1ffc0 mixed).
  * The second test races TX descriptors the same way: no byte from outside guest memory may
  * reach the receiving guest.
  */
