@@ -59,6 +59,7 @@ Napi::Value PacketOpen(const Napi::CallbackInfo& info);
 Napi::Value PacketKick(const Napi::CallbackInfo& info);
 Napi::Value PacketError(const Napi::CallbackInfo& info);
 Napi::Value PacketInfo(const Napi::CallbackInfo& info);
+Napi::Value PacketDrops(const Napi::CallbackInfo& info);
 Napi::Value IfIndex(const Napi::CallbackInfo& info);
 
 // xdp.cc: AF_XDP uplink ports (issue 22)

@@ -253,6 +253,19 @@ Napi::Value PacketError(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, err);
 }
 
+// packetDrops(fd) -> frames the kernel dropped on this socket since the last call (getsockopt
+// PACKET_STATISTICS, which resets the counts): with a TPACKET RX ring, frames that found no
+// free ring frame (the worker behind, or the process stopped). -errno when it cannot be read.
+Napi::Value PacketDrops(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ArgFd(info, 0);
+  tpacket_stats st;
+  std::memset(&st, 0, sizeof st);
+  socklen_t len = sizeof st;
+  if (::getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, st.tp_drops);
+}
+
 // ifIndex(name) -> if_nametoindex(name), 0 when there is no such device
 Napi::Value IfIndex(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

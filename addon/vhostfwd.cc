@@ -31,7 +31,7 @@
 //   uplink_v8.cc   TAP uplink ports: tapOpen/tapInfo, and tapRead/tapWrite (a burst between
 //                  the fd and a buffer of the copy table)
 //   packet.cc      AF_PACKET uplink ports: packetOpen (TPACKET_V2 rings), packetKick, packetError,
-//                  packetInfo, ifIndex
+//                  packetInfo, packetDrops, ifIndex
 //   xdp.cc         AF_XDP uplink ports: xdpOpen (UMEM, rings, XSKMAP, program, link), xdpKick,
 //                  xdpWakeRx
 
@@ -96,6 +96,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"packetKick", PacketKick},
       {"packetError", PacketError},
       {"packetInfo", PacketInfo},
+      {"packetDrops", PacketDrops},
       {"ifIndex", IfIndex},
       {"xdpOpen", XdpOpen},
       {"xdpKick", XdpKick},

@@ -1,5 +1,6 @@
 /** Shared test scaffolding: temp dirs, an in-process forwarder, fd counting, log capture. */
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -69,6 +70,28 @@ export function captureLogs(): { lines: LogLine[]; stop: () => void } {
   const lines: LogLine[] = [];
   setSink((l) => lines.push(l));
   return { lines, stop: () => setSink(null) };
+}
+
+/**
+ * Wait until the unix socket at `sock` accepts a connection. Its file appears at bind(2),
+ * before listen(2): a client that goes by the file alone can be refused in between (a CI
+ * run's control-api test was, ECONNREFUSED).
+ */
+export async function waitListening(sock: string, timeoutMs = 10000, what = sock): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  const accepts = (): Promise<boolean> =>
+    new Promise((resolve) => {
+      const c = net.connect(sock);
+      c.once('connect', () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.once('error', () => resolve(false));
+    });
+  while (!(fs.existsSync(sock) && (await accepts()))) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what} to accept connections`);
+    await sleep(5);
+  }
 }
 
 export async function waitUntil(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {

@@ -275,6 +275,8 @@ export interface Native {
   packetError(fd: number): number;
   /** An AF_PACKET socket's bound ifindex, TPACKET version, PACKET_VNET_HDR and fanout group word (0: none); throws (EPROTOTYPE, ENOTSOCK) for any other fd. */
   packetInfo(fd: number): { ifindex: number; version: number; vnetHdr: boolean; fanout: number };
+  /** getsockopt(PACKET_STATISTICS) tp_drops: frames the kernel dropped on the socket since the last call (the read resets it); -errno on failure. */
+  packetDrops(fd: number): number;
   /** if_nametoindex(3): 0 when there is no such device. */
   ifIndex(name: string): number;
 

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { main, portName, socketPathOf } from '../src/cni';
-import { tmpDir, waitUntil } from '../kit/env';
+import { tmpDir, waitListening, waitUntil } from '../kit/env';
 
 const ROOT = path.join(__dirname, '..', '..');
 const CNI = path.join(__dirname, '..', 'src', 'cni.js');
@@ -106,6 +106,7 @@ t.test('the CNI plugin against a running vhostfwd: VERSION, env/stdin errors, AD
   });
   await waitUntil(() => fs.existsSync(control) || child.exitCode !== null, 15000, 'the control socket');
   t.ok(fs.existsSync(control), `vhostfwd run --control made its socket ${daemonErr.slice(-400)}`);
+  await waitListening(control, 10000, 'the control socket');
 
   const conf = { cniVersion: '1.1.0', name: 'vhostnet', type: 'vhostfwd', control, socketDir, queues: 2, permissions: '0660' };
   const stdin = JSON.stringify(conf);

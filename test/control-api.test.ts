@@ -14,7 +14,7 @@ import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020';
 import { SyntheticGuest, macOf } from '../src/frontend/guest';
 import { Traffic } from '../src/frontend/traffic';
-import { tmpDir, waitUntil } from '../kit/env';
+import { tmpDir, waitListening } from '../kit/env';
 import { pump, assertFlows } from './helpers/traffic';
 
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');
@@ -103,7 +103,7 @@ async function setup(t: Test, cfg: Record<string, unknown>, extraArgs: string[] 
     proc.child.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  await waitUntil(() => fs.existsSync(ctl), 10000, 'the control socket');
+  await waitListening(ctl, 10000, 'the control socket');
   return { dir, ctl, sock, proc };
 }
 

@@ -7,7 +7,7 @@ import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tmpDir, waitUntil } from '../kit/env';
+import { tmpDir, waitListening, waitUntil } from '../kit/env';
 
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');
 
@@ -34,7 +34,7 @@ t.test('vhostfwd ctl: add, list, show, pair, rm with tables and --json; exit cod
     p.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  await waitUntil(() => fs.existsSync(control), 10000, 'the control socket');
+  await waitListening(control, 10000, 'the control socket');
 
   const add = ctl(control, 'add', 'vm3', '--socket', sock('vm3'), '--queues', '2');
   t.equal(add.status, 0, `ctl add exits 0 (${add.stderr})`);
@@ -68,6 +68,7 @@ t.test('vhostfwd ctl: add, list, show, pair, rm with tables and --json; exit cod
   t.notOk(fs.existsSync(sock('vm3')), 'the stop unlinked vm3.sock');
   p = start(['--control', control, '--state', state]);
   await waitUntil(() => fs.existsSync(control) && fs.existsSync(sock('vm3')), 10000, 'the control socket and vm3.sock after the restart');
+  await waitListening(control, 10000, 'the control socket after the restart');
   const again = JSON.parse(ctl(control, '--json', 'list').stdout) as { interfaces: Array<{ name: string; mode: string }> };
   t.same(again.interfaces.map((i) => [i.name, i.mode]), [['vm3', 'server'], ['vm4', 'client']], 'the restart restored both interfaces from the state file');
   const rm = ctl(control, 'rm', 'vm4');
@@ -82,6 +83,7 @@ t.test('vhostfwd ctl: add, list, show, pair, rm with tables and --json; exit cod
   fs.writeFileSync(state, JSON.stringify({ version: 1, interfaces: [{ name: 'ok', socket: sock('ok') }, { name: 'lost', socket: path.join(dir, 'gone', 'x.sock') }] }));
   p = start(['--control', control, '--state', state]);
   await waitUntil(() => fs.existsSync(control) && fs.existsSync(sock('ok')), 10000, 'the control socket and ok.sock');
+  await waitListening(control, 10000, 'the control socket');
   const restored = JSON.parse(ctl(control, '--json', 'list').stdout) as { interfaces: Array<{ name: string }> };
   t.same(restored.interfaces.map((i) => i.name), ['ok'], 'the port whose socket cannot be made is left out, the other restored');
   t.match(p.stderr(), /interface left out: its socket cannot be made iface=lost/, 'and the left-out port is named at error');
@@ -113,7 +115,7 @@ t.test('socket ownership: a frontend of another user connects only when permitte
     p.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  await waitUntil(() => fs.existsSync(control), 10000, 'the control socket');
+  await waitListening(control, 10000, 'the control socket');
   t.equal(ctl(control, 'add', 'mine', '--socket', sock('mine'), '--owner', 'nobody').status, 0, 'add with --owner nobody');
   t.equal(ctl(control, 'add', 'grp', '--socket', sock('grp'), '--group', 'nogroup', '--permissions', '0660').status, 0, 'add with --group nogroup --permissions 0660');
   t.equal(ctl(control, 'add', 'root', '--socket', sock('root'), '--permissions', '0600').status, 0, 'add with --permissions 0600 (root only)');

@@ -189,6 +189,55 @@ t.test('takeover (run --takeover) carries the AF_PACKET socket and its rings: fr
   t.equal(a.client.closed, null, 'the guest never saw its connection close');
 });
 
+t.test('frames the kernel drops on a full AF_PACKET RX ring (the process stopped) are counted: dropNoBuffer on the port\'s from-device queue', async (t) => {
+  // A 16-frame ring and a stopped vhostfwd: a burst of 100 from the namespace finds at most
+  // 16 free frames, and the kernel drops the rest (PACKET_STATISTICS tp_drops). Those were
+  // invisible in the counters (an overflow in uplink-fanout's takeover test lost 4 frames
+  // with every counter at 0); they are the port's no-buffer drops. A full ring smaller than a
+  // burst also showed that the worker came round to the frames it had taken in the same burst
+  // and delivered each twice (packet-port.ts now takes one lap at most): the ring's frames
+  // arrive once each.
+  const here = `vpg${tag}`;
+  const there = `vph${tag}`;
+  const ns = vethPair(t, here, there, { made });
+  const dir = tmpDir('vhostfwd-pktdrop-');
+  const sock = (n: string): string => path.join(dir, `${n}.sock`);
+  const control = sock('control');
+  fs.writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ interfaces: [{ name: 'a', socket: sock('a') }, { type: 'af_packet', device: here, frames: 16 }], control: { socket: control } }));
+  const proc = VhostfwdProc.start(['--config', path.join(dir, 'cfg.json')]);
+  let a: SyntheticGuest | null = null;
+  let stopped = false;
+  t.teardown(async () => {
+    if (stopped) process.kill(proc.pid, 'SIGCONT');
+    a?.close();
+    await proc.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await proc.waitFor('af_packet port up');
+  a = await SyntheticGuest.start({ socket: sock('a'), mac: macOf(1) });
+  const warm = Array.from({ length: 8 }, (_, i) => frame(macOf(1), macOf(2), 100, i));
+  ns.send(there, warm);
+  sameFrames(t, await guestFrames(a, warm.length, 5000), warm, 'before the stop: device -> guest');
+  const burst = Array.from({ length: 100 }, (_, i) => frame(macOf(1), macOf(2), 100, 1000 + i));
+  process.kill(proc.pid, 'SIGSTOP');
+  stopped = true;
+  try {
+    ns.send(there, burst);
+  } finally {
+    process.kill(proc.pid, 'SIGCONT');
+    stopped = false;
+  }
+  // what the ring held arrives; then nothing more comes (bounded: 2 s)
+  const got = await guestFrames(a, burst.length, 2000);
+  t.ok(got.length >= 1 && got.length <= 16, `at most the ring's 16 frames arrived (${got.length})`);
+  t.same(got.map((f) => f.toString('hex')), burst.slice(0, got.length).map((f) => Buffer.from(f).toString('hex')), 'the first of the burst, byte-exact, in order, none twice');
+  const tx = async (): Promise<QueueStats | undefined> => q(((await api(control, 'GET', '/v1/stats')).body as { queues: QueueStats[] }).queues, here, 'tx');
+  const st = await tx();
+  t.equal(st?.dropNoBuffer, burst.length - got.length, `the other ${burst.length - got.length} counted as dropNoBuffer on the from-device queue`);
+  t.equal(st?.packets, warm.length + got.length, 'and the frames read counted as packets');
+  t.equal((await tx())?.dropNoBuffer, burst.length - got.length, 'a second read counts them once (the kernel resets its count when read)');
+});
+
 t.test('no veth or namespace left behind by the tests above', async (t) => {
   const nss = run('ip', ['netns', 'list']);
   for (const dev of made) {

@@ -657,6 +657,7 @@ export class Forwarder {
       }
     }
     for (const u of this.uplinks) {
+      u.syncKernelDrops();
       u.ringStats.forEach((sab, index) => out.push(queueStats(u.name, index, new Float64Array(sab))));
     }
     return out;

@@ -145,6 +145,10 @@ export class PacketQueue extends SlotWriter implements RingQueue {
     batch.reset();
     if (this.nTaken > 0) this.handBack();
     if (max > batch.capacity) max = batch.capacity;
+    // At most one lap: the frames taken in this burst go back to the kernel after it, so a
+    // ring smaller than the burst, full, would come round to them still marked as the user's
+    // and take each again (a 16-frame ring delivered every frame twice).
+    if (max > this.mask + 1) max = this.mask + 1;
     const fs = this.d.frameSize;
     const u8 = this.u8;
     const u16 = this.u16;

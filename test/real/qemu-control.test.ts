@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tmpDir, waitUntil } from '../../kit/env';
+import { tmpDir, waitListening, waitUntil } from '../../kit/env';
 import { QemuGuest, pingReplies } from '../../kit/peers/qemu';
 
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli.js');
@@ -42,7 +42,7 @@ t.test('QEMU guests on ports added through ctl: pings, a restart from the state 
     p.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  await waitUntil(() => fs.existsSync(control), 10000, 'the control socket');
+  await waitListening(control, 10000, 'the control socket');
   t.equal(ctl(control, 'add', 'vm1', '--socket', sock('vm1')).status, 0, 'ctl add vm1');
   t.equal(ctl(control, 'add', 'vm2', '--socket', sock('vm2')).status, 0, 'ctl add vm2');
   t.equal(ctl(control, 'pair', 'vm1', 'vm2').status, 0, 'ctl pair vm1 vm2');

@@ -17,7 +17,7 @@
  * from the config, the state file or the control API (Forwarder.addUplink, removeInterface).
  */
 import { F } from '../../protocol/constants';
-import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, VringDesc, XskDesc, XskRing } from '../../shared/types';
+import { CTRL_INTS, CTRL_LAST_AVAIL, CTRL_MAX_FRAME, QueueFeatures, STATS_SLOTS, ST_DROP_NO_BUF, VringDesc, XskDesc, XskRing } from '../../shared/types';
 import { native, XdpRingInfo } from '../../native';
 import { safeClose } from '../connection';
 import { Dataplane, newDeviceId } from '../device';
@@ -405,8 +405,25 @@ export class UplinkPort {
     return snap;
   }
 
+  /**
+   * AF_PACKET: frames the kernel dropped because a queue's RX ring had no free frame (the
+   * worker behind a burst, or the process stopped), read from each socket (PACKET_STATISTICS,
+   * which the read resets) into that queue's from-device counters as dropNoBuffer: the port's
+   * ring had no buffer for them, as a guest's RX ring without one counts it. Called before the
+   * counters are read. This thread is the slot's only writer: a worker counts no-buffer drops
+   * on the towards-device rings only (PacketPort.rxReserve).
+   */
+  syncKernelDrops(): void {
+    if (!this.packet) return;
+    this.fds.forEach((fd, q) => {
+      const n = native.packetDrops(fd);
+      if (n > 0) new Float64Array(this.ringStats[2 * q + 1])[ST_DROP_NO_BUF] += n;
+    });
+  }
+
   /** Takeover, old side, rings stopped: the counters, as the positions message carries a device's. */
   position(): { name: string; rings: Array<{ index: number; lastAvailIdx: number; stats: number[]; started: boolean }> } {
+    this.syncKernelDrops();
     return { name: this.name, rings: this.ringCtrl.map((ctrl, i) => ({ index: i, lastAvailIdx: new Int32Array(ctrl)[CTRL_LAST_AVAIL] & 0xffff, stats: Array.from(new Float64Array(this.ringStats[i])), started: true })) };
   }
 
