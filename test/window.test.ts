@@ -9,6 +9,7 @@
 import t from 'tap';
 import { GuestMemory, inWindow, windowOf, WIN_OFF, WINDOW_OFF_MAX } from '../src/workers/guest-memory';
 import { PacketBatch } from '../src/workers/packet-batch';
+import type { RingQueue } from '../src/workers/ring-format';
 import { ST_PACKETS } from '../src/shared/types';
 import { eq, Guest, makeQueue, pattern, Queue, vringDesc } from '../kit/vq-harness';
 import { PackedVirtqueue } from '../src/workers/packed-ring';
@@ -111,15 +112,21 @@ function run(a: Guest, b: Guest, txGpa: number[], rxGpa: number[], lens: number[
     tx.drv.postChain([{ gpa: txGpa[k], len: body.length }]);
     rx.drv.postChain([{ gpa: rxGpa[k], len: 12 + lens[k], write: true }]);
   }
-  const batch = new PacketBatch();
-  const n = tx.vq.dequeueBurst(batch, 32);
-  rx.vq.acquire();
-  rx.vq.enqueueBurst(a.gm, batch, null, n);
-  rx.vq.flush();
-  rx.vq.release();
-  tx.vq.completeBurst(batch);
+  forward(tx.vq, rx.vq, a.gm);
   const got = rx.drv.readRx().map((p) => p.data);
   return { q: { tx, rx }, got, sent };
+}
+
+/** One burst from the TX ring into the RX ring, as a poller runs it; the frames dequeued. */
+function forward(tx: RingQueue, rx: RingQueue, src: GuestMemory): number {
+  const batch = new PacketBatch();
+  const n = tx.dequeueBurst(batch, 32);
+  rx.acquire();
+  rx.enqueueBurst(src, batch, null, n);
+  rx.flush();
+  rx.release();
+  tx.completeBurst(batch);
+  return n;
 }
 
 t.test('regions straddling 4 GiB: buffers below, above and across the line all arrive intact', async (t) => {
@@ -173,14 +180,7 @@ t.test('split rings and indirect tables 2 GiB and more into their region: chains
   sent.forEach((p, k) => tx.drv.postTx(p, { hdrSeparate: true, chunks: 2, indirect: (k & 1) === 1 }));
   rx.drv.postRx(4, 1024, { chunks: 2 });
   rx.drv.postRx(4, 1024, { chunks: 2, indirect: true });
-  const batch = new PacketBatch();
-  const n = tx.vq.dequeueBurst(batch, 32);
-  t.equal(n, sent.length, 'every TX chain dequeued');
-  rx.vq.acquire();
-  rx.vq.enqueueBurst(a.gm, batch, null, n);
-  rx.vq.flush();
-  rx.vq.release();
-  tx.vq.completeBurst(batch);
+  t.equal(forward(tx.vq, rx.vq, a.gm), sent.length, 'every TX chain dequeued');
   const got = rx.drv.readRx().map((p) => p.data);
   t.equal(got.length, sent.length, 'every packet received');
   t.same(got.map((g, k) => eq(g, sent[k])), sent.map(() => true), 'bytes received equal bytes sent, in order');
@@ -209,14 +209,7 @@ t.test('packed rings with indirect tables 2 GiB and more into their region: tabl
     const c = rx.drv.postRx(1024, { chunks: 2, indirect: (k & 1) === 1 });
     chains.set(c.id, c);
   }
-  const batch = new PacketBatch();
-  const n = tx.vq.dequeueBurst(batch, 32);
-  t.equal(n, sent.length, 'every TX chain dequeued');
-  rx.vq.acquire();
-  rx.vq.enqueueBurst(a.gm, batch, null, n);
-  rx.vq.flush();
-  rx.vq.release();
-  tx.vq.completeBurst(batch);
+  t.equal(forward(tx.vq, rx.vq, a.gm), sent.length, 'every TX chain dequeued');
   const got = rx.drv.collectUsed().map((u) => rx.drv.chainBytes(chains.get(u.id)!, u.len).subarray(12));
   t.equal(got.length, sent.length, 'every frame received');
   t.same(got.map((g, k) => eq(g, sent[k])), sent.map(() => true), 'bytes received equal bytes sent, in order');
